@@ -1,0 +1,1 @@
+"""Generated gRPC code for proto/lasthop/v1."""

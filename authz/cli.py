@@ -1,0 +1,193 @@
+"""The `lasthop` command line. Bad input: exit 2 with the reason on stderr; nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf.json_format import MessageToDict
+
+from authz import config, policy_load
+from authz._proto import grants_pb2 as pb
+from authz.admin_client import AdminClient, AdminError
+from authz.errors import ConfigError, PolicyLoadError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed to stderr, exit 2."""
+
+
+def _admin_address(args: argparse.Namespace) -> str:
+    if args.admin_url:
+        return str(args.admin_url)
+    if os.environ.get("LASTHOP_ADMIN_URL"):
+        return os.environ["LASTHOP_ADMIN_URL"]
+    if args.config:
+        return config.load(args.config).server.admin_listen
+    raise CliError("no admin address: pass --admin-url, set LASTHOP_ADMIN_URL, or pass --config")
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    token = args.admin_token or os.environ.get("LASTHOP_ADMIN_TOKEN", "")
+    if not token:
+        raise CliError("no admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN")
+    address = _admin_address(args).removeprefix("grpc://").removeprefix("http://")
+    return AdminClient(address, token)
+
+
+def _grant_dict(grant: pb.Grant) -> dict[str, object]:
+    return MessageToDict(grant, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def _print_grants(grants: list[pb.Grant], output: str) -> None:
+    if output == "json":
+        print(json.dumps([_grant_dict(g) for g in grants], indent=2))
+        return
+    now = int(time.time())
+    print(f"{'ID':<20} {'AGENT':<16} {'USER':<12} {'ACTIONS':<12} {'PURPOSE':<26} "
+          f"{'REMAINING':>9} {'USES':>7}  RESOURCES")
+    for g in grants:
+        uses = f"{g.uses}/{g.max_uses}" if g.max_uses else f"{g.uses}/-"
+        left = max(0, g.expires_at - now)
+        print(f"{g.id:<20} {g.agent:<16} {g.user:<12} {','.join(g.actions):<12} "
+              f"{g.purpose:<26} {left // 60:>6}m{left % 60:02d}s {uses:>7}  "
+              f"{' '.join(g.resources)}")
+
+
+def cmd_grants_issue(args: argparse.Namespace) -> int:
+    try:
+        ttl = config.parse_duration(args.ttl)
+    except ValueError as err:
+        raise CliError(f"--ttl: {err}") from None
+    if args.max_uses < 0:
+        raise CliError("--max-uses must be 0 (unlimited) or positive")
+    client = _admin(args)
+    grant = client.issue(pb.IssueGrantRequest(
+        agent=args.agent, user=args.user, actions=args.action, resources=args.resource,
+        purpose=args.purpose, ttl_seconds=ttl, max_uses=args.max_uses,
+    ))
+    if args.output == "json":
+        print(json.dumps(_grant_dict(grant), indent=2))
+    else:
+        print(f"issued {grant.id}: {grant.agent} for {grant.user}, {','.join(grant.actions)} on "
+              f"{' '.join(grant.resources)}, purpose {grant.purpose}, expires in {ttl} s")
+    return 0
+
+
+def cmd_grants_revoke(args: argparse.Namespace) -> int:
+    grant = _admin(args).revoke(args.grant_id)
+    if args.output == "json":
+        print(json.dumps(_grant_dict(grant), indent=2))
+    else:
+        print(f"revoked {grant.id}")
+    return 0
+
+
+def cmd_grants_list(args: argparse.Namespace) -> int:
+    _print_grants(_admin(args).list(args.agent, args.user), args.output)
+    return 0
+
+
+def cmd_grants_show(args: argparse.Namespace) -> int:
+    _print_grants([_admin(args).get(args.grant_id)], args.output)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.app import build
+    from authz.server import serve
+
+    settings = config.load(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return asyncio.run(serve(build(settings)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from authz.demo import run_demo
+
+    return run_demo(keep_running=args.keep_running)
+
+
+def cmd_policy_validate(args: argparse.Namespace) -> int:
+    bundle = policy_load.load(Path(args.dir))
+    print(f"ok: {len(bundle.policies)} policies, {len(bundle.agents)} agents, "
+          f"{len(bundle.routes.routes)} routes, version {bundle.version}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lasthop", description="Point-of-use authorization for "
+                                "AI agents: an Envoy ext_authz sidecar.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_authz, admin and metrics listeners")
+    serve.add_argument("--config", required=True, help="TOML config file")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run Envoy + Lasthop + the demo EHR, and walk a scenario")
+    demo.add_argument("--keep-running", action="store_true", help="stay up after the scenario")
+    demo.set_defaults(func=cmd_demo)
+
+    pol = sub.add_parser("policy", help="work with a policy directory").add_subparsers(
+        dest="policy_command", required=True)
+    validate = pol.add_parser("validate", help="parse and validate schema, policies, "
+                              "entities and routes")
+    validate.add_argument("dir", nargs="?", default="policies")
+    validate.set_defaults(func=cmd_policy_validate)
+
+    grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
+        dest="grants_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--admin-url", help="admin API host:port (else LASTHOP_ADMIN_URL)")
+    common.add_argument("--admin-token", help="admin bearer token (else LASTHOP_ADMIN_TOKEN)")
+    common.add_argument("--config", help="read server.admin_listen from this config")
+    common.add_argument("--output", choices=("table", "json"), default="table")
+
+    issue = grants.add_parser("issue", parents=[common], help="issue a grant")
+    issue.add_argument("--agent", required=True)
+    issue.add_argument("--user", required=True)
+    issue.add_argument("--action", action="append", required=True, help="repeatable")
+    issue.add_argument("--resource", action="append", required=True,
+                       help='Cedar entity, e.g. Patient::"p-1001"; repeatable')
+    issue.add_argument("--purpose", required=True)
+    issue.add_argument("--ttl", required=True, help="30s, 15m or 2h")
+    issue.add_argument("--max-uses", type=int, default=0, help="0: unlimited")
+    issue.set_defaults(func=cmd_grants_issue)
+
+    revoke = grants.add_parser("revoke", parents=[common], help="revoke a grant")
+    revoke.add_argument("grant_id")
+    revoke.set_defaults(func=cmd_grants_revoke)
+
+    show = grants.add_parser("show", parents=[common], help="show one grant")
+    show.add_argument("grant_id")
+    show.set_defaults(func=cmd_grants_show)
+
+    lst = grants.add_parser("list", parents=[common], help="list live grants")
+    lst.add_argument("--agent", default="")
+    lst.add_argument("--user", default="")
+    lst.set_defaults(func=cmd_grants_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (CliError, ConfigError, PolicyLoadError, AdminError) as err:
+        print(f"lasthop: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Settings: read once at start-up from one TOML file plus `LASTHOP_<SECTION>_<KEY>` overrides.
+
+Every value is cast strictly; an unknown key, a wrong type or a bad value
+raises `ConfigError` naming the key, and the server does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from authz.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:9191"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9192"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
+
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_UNIT = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> int:
+    """`30s`, `15m`, `2h` -> seconds. Raises ValueError otherwise."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"`{text}` is not a duration like 30s, 15m or 2h")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = DEFAULT_LISTEN
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
+    shutdown_grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    issuer: str = "https://idp.example.org"
+    audiences: tuple[str, ...] = ("ehr-api",)
+    jwks: str = "keys/jwks.json"
+    jwks_refresh_seconds: int = 300
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: int = 30
+    max_token_lifetime: int = 3600
+    max_chain_depth: int = 4
+    bind_peer: bool = False
+    txn_token_issuers: tuple[str, ...] = ()  # empty: the access-token issuer
+
+
+@dataclass(frozen=True)
+class PoliciesSettings:
+    dir: str = "policies"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    redis_url: str = ""
+    timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
+
+
+@dataclass(frozen=True)
+class GrantsSettings:
+    max_ttl: int = 8 * 3600
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    audience: str = "lasthop-admin"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    path: str = "audit/decisions.jsonl"
+    queue_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    identity: IdentitySettings
+    policies: PoliciesSettings
+    store: StoreSettings
+    grants: GrantsSettings
+    admin: AdminSettings
+    audit: AuditSettings
+    base_dir: Path  # relative paths in the file resolve against its directory
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "identity": IdentitySettings,
+    "policies": PoliciesSettings,
+    "store": StoreSettings,
+    "grants": GrantsSettings,
+    "admin": AdminSettings,
+    "audit": AuditSettings,
+}
+_DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (None: defaults only), apply environment overrides, validate."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError("--config", f"file `{file}` not found") from err
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError("--config", f"`{file}` is not valid TOML: {err}") from err
+        base_dir = file.resolve().parent
+    for name in raw:
+        if name not in _SECTIONS:
+            raise ConfigError(name, f"unknown section; expected one of {sorted(_SECTIONS)}")
+    sections = {
+        name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()
+    }
+    settings = Settings(**sections, base_dir=base_dir)
+    _validate(settings)
+    return settings
+
+
+def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(name, "must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", f"unknown key; expected one of {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, f in known.items():
+        dotted = f"{name}.{key}"
+        env_name = f"LASTHOP_{name.upper()}_{key.upper()}"
+        default = f.default
+        if env_name in env:
+            kwargs[key] = _from_env(env_name, env[env_name], default, dotted)
+        elif key in values:
+            kwargs[key] = _cast(dotted, values[key], default)
+    return cls(**kwargs)
+
+
+def _from_env(env_name: str, text: str, default: Any, dotted: str) -> Any:
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(env_name, f"`{text}` is not true or false")
+        return text.lower() in ("true", "1")
+    if isinstance(default, tuple):
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return parse_duration(text) if dotted in _DURATION_KEYS else int(text)
+        except ValueError:
+            if dotted in _DURATION_KEYS:
+                try:
+                    return int(text)
+                except ValueError:
+                    pass
+            raise ConfigError(env_name, f"`{text}` is not an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(env_name, f"`{text}` is not a number") from None
+    return text
+
+
+def _cast(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got `{value!r}`")
+        return value
+    if isinstance(default, int):
+        if key in _DURATION_KEYS and isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError as err:
+                raise ConfigError(key, str(err)) from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(key, f"must be an integer, got `{value!r}`")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(key, f"must be a number, got `{value!r}`")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, "must be a list of strings")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got `{value!r}`")
+    return value
+
+
+def _validate(s: Settings) -> None:
+    for key, addr in (
+        ("server.listen", s.server.listen),
+        ("server.admin_listen", s.server.admin_listen),
+        ("server.metrics_listen", s.server.metrics_listen),
+    ):
+        split_address(key, addr)
+    if not s.identity.issuer:
+        raise ConfigError("identity.issuer", "must not be empty")
+    if not s.identity.audiences:
+        raise ConfigError("identity.audiences", "must name at least one audience")
+    if not s.identity.algorithms:
+        raise ConfigError("identity.algorithms", "must name at least one algorithm")
+    for alg in s.identity.algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                "identity.algorithms",
+                f"`{alg}` is not allowed; use asymmetric ones from {sorted(ASYMMETRIC_ALGORITHMS)}",
+            )
+    if not s.identity.jwks:
+        raise ConfigError("identity.jwks", "must be a file path or an https URL")
+    if s.identity.jwks.startswith("http://"):
+        raise ConfigError("identity.jwks", "a JWKS URL must use https")
+    _positive("identity.jwks_refresh_seconds", s.identity.jwks_refresh_seconds)
+    _range("identity.leeway_seconds", s.identity.leeway_seconds, 0, 300)
+    _positive("identity.max_token_lifetime", s.identity.max_token_lifetime)
+    _range("identity.max_chain_depth", s.identity.max_chain_depth, 1, 16)
+    _range("store.timeout_ms", s.store.timeout_ms, 1, 10_000)
+    url = s.store.redis_url
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("store.redis_url", f"`{url}` must start with redis://, rediss:// or unix://")
+    _positive("grants.max_ttl", s.grants.max_ttl)
+    _positive("audit.queue_size", s.audit.queue_size)
+    if not s.audit.path:
+        raise ConfigError("audit.path", "must not be empty")
+    if not s.admin.audience:
+        raise ConfigError("admin.audience", "must not be empty")
+    if not s.policies.dir:
+        raise ConfigError("policies.dir", "must not be empty")
+
+
+def split_address(key: str, addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"`{addr}` is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be positive, got `{value}`")
+
+
+def _range(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got `{value}`")

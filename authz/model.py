@@ -1,0 +1,168 @@
+"""Typed data passed between the phases of a check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInput:
+    """What Envoy told us about one HTTP request, protocol-free."""
+
+    method: str
+    path: str  # raw path as Envoy saw it, query included
+    host: str
+    headers: dict[str, list[str]]  # lowercase name -> every value sent
+    peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """A verified access token. `raw` holds the full claim set for policies."""
+
+    subject: str
+    issuer: str
+    client_id: str  # client_id, else azp, else ""
+    act: Any  # the `act` claim as sent (validated by the delegation phase)
+    purpose: str
+    txn: str
+    expires_at: int
+    token_digest: str  # sha256 of the token, never the token
+    raw: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """user -> first agent -> ... -> current actor."""
+
+    user: str
+    agents: tuple[str, ...]  # first agent first, current actor last; empty: the user acts
+
+    @property
+    def actor(self) -> str:
+        return self.agents[-1] if self.agents else self.user
+
+    @property
+    def delegator(self) -> str:
+        """Who handed the current actor the task: the previous agent, else the user."""
+        return self.agents[-2] if len(self.agents) > 1 else self.user
+
+    @property
+    def depth(self) -> int:
+        return len(self.agents)
+
+    def render(self) -> str:
+        return " -> ".join((self.user, *self.agents))
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    purpose: str
+    txn: str
+    source: str  # "txn-token" or "access-token"
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRef:
+    type: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.type}::{json.dumps(self.id)}"
+
+    def as_cedar(self) -> dict[str, str]:
+        return {"type": self.type, "id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    action: str
+    resource: EntityRef
+    parents: tuple[EntityRef, ...]  # the resource's ancestors, e.g. its Patient
+    template: str  # the route's path template, for audit and explanations
+    phi: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    owner: str
+    risk: int
+    status: str  # "active" | "suspended"
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    agent: str
+    user: str
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]  # Cedar entity references, e.g. Patient::"p-1001"
+    purpose: str
+    issued_by: str
+    issued_at: int
+    expires_at: int
+    max_uses: int = 0  # 0: unlimited
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Grant:
+        """Raises ValueError on anything that is not a well-formed grant."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("grant is not an object")
+        try:
+            grant = cls(
+                id=_str(data["id"]),
+                agent=_str(data["agent"]),
+                user=_str(data["user"]),
+                actions=tuple(_str(a) for a in data["actions"]),
+                resources=tuple(_str(r) for r in data["resources"]),
+                purpose=_str(data["purpose"]),
+                issued_by=_str(data["issued_by"]),
+                issued_at=_int(data["issued_at"]),
+                expires_at=_int(data["expires_at"]),
+                max_uses=_int(data.get("max_uses", 0)),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed grant: {err}") from err
+        return grant
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one check. `allowed` is True only for a Cedar Allow with no errors."""
+
+    decision_id: str
+    allowed: bool
+    status: int  # 200 on allow, else 401 / 403 / 503
+    reason: str
+    detail: str
+    chain: Chain | None = None
+    intent: Intent | None = None
+    route: RouteMatch | None = None
+    grant: Grant | None = None
+    policies: tuple[str, ...] = ()
+    client_id: str = ""
+    token_digest: str = ""

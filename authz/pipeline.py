@@ -1,0 +1,227 @@
+"""The decision path, one phase per step, in the order the spec gives.
+
+    identity  -> verify the bearer JWT                          (401 on any failure)
+    chain     -> read `act` into user -> agents -> actor; refuse cycles, depth, impersonation
+    registry  -> every agent in the chain registered and active
+    intent    -> purpose and txn, from a verified txn-token or the token's claims
+    route     -> method + path -> Cedar action + resource
+    grants    -> a PHI route needs a live grant of (actor, user) for this purpose
+    cedar     -> Allow with no errors, or deny
+    uses      -> a use-limited grant counts this use atomically; over the limit: deny
+    audit     -> one record per decision; no record, no allow
+
+Combining rule: the first phase that refuses decides, with its reason.
+`Decision.allowed` is True only on the path that reaches the end; every
+exception, whatever its type, becomes a deny.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from authz import delegation, grants, identity, policy
+from authz.audit import AuditRecord, AuditSink
+from authz.errors import DelegationError, GrantError, InternalError, LasthopError, Unavailable
+from authz.intent import TXN_TOKEN_HEADER, IntentReader
+from authz.metrics import Metrics
+from authz.model import Chain, CheckInput, Decision, EntityRef, Grant, Intent, RouteMatch
+from authz.policy_load import PolicyBundle
+from authz.registry import AgentRegistry, resolve_chain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Trace:
+    """What the phases learned so far; the audit record is built from it, allow or deny."""
+
+    client_id: str = ""
+    token_digest: str = ""
+    chain: Chain | None = None
+    intent: Intent | None = None
+    route: RouteMatch | None = None
+    grant: Grant | None = None
+    policies: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    max_chain_depth: int
+    bind_peer: bool
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        verifier: identity.AccessTokenVerifier,
+        intent: IntentReader,
+        registry: AgentRegistry,
+        bundle: PolicyBundle,
+        store: grants.GrantStore,
+        audit: AuditSink,
+        metrics: Metrics | None,
+        options: PipelineOptions,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self.intent = intent
+        self.registry = registry
+        self.bundle = bundle  # replaced whole on reload; a check reads it once
+        self.store = store
+        self.audit = audit
+        self.metrics = metrics
+        self.options = options
+        self.clock = clock
+
+    async def check(self, req: CheckInput) -> Decision:
+        started = time.perf_counter()
+        decision_id = uuid.uuid4().hex
+        bundle = self.bundle
+        trace = _Trace()
+        if self.metrics:
+            self.metrics.in_flight.inc()
+        try:
+            await self._decide(req, bundle, trace)
+            decision = _decision(decision_id, trace, 200, "allow", "allowed")
+        except LasthopError as err:
+            decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
+                                 policies=err.policies or trace.policies)
+        except Exception:  # noqa: BLE001 - any bug is a deny, never an allow
+            log.exception("check %s failed", decision_id)
+            err = InternalError()
+            decision = _decision(decision_id, trace, err.status, err.reason, err.detail)
+        elapsed = time.perf_counter() - started
+        if not self.audit.emit(self._record(req, decision, bundle.version, elapsed)):
+            decision = _decision(decision_id, trace, 503, "audit_unavailable",
+                                 "the audit trail cannot take the record; refusing")
+        if self.metrics:
+            self.metrics.in_flight.dec()
+            self.metrics.check_duration.observe(time.perf_counter() - started)
+            self.metrics.decisions.labels(
+                "allow" if decision.allowed else "deny", decision.reason).inc()
+        return decision
+
+    async def _decide(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace) -> None:
+        # identity: the bearer token, verified
+        token = identity.bearer_token(req.headers.get("authorization", []))
+        trace.token_digest = identity.token_digest(token)
+        claims = self.verifier.verify(token)
+        trace.client_id = claims.client_id
+
+        # chain: user -> agents -> current actor; the presenter must be that actor
+        chain = delegation.read_chain(claims, self.options.max_chain_depth)
+        trace.chain = chain
+        delegation.check_presenter(claims, chain, self.registry.known(), self._peer_agent(req))
+
+        # registry: every agent in the chain registered and active
+        agents = await resolve_chain(self.registry, chain)
+
+        # intent: purpose and txn travel with the decision
+        trace.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+
+        # route: what the request is, in Cedar's terms
+        route = bundle.routes.resolve(req.method, req.path)
+        trace.route = route
+
+        # grants: PHI needs a live grant of this actor for this user and purpose
+        grant = None
+        if route.phi:
+            held = await self.store.for_pair(chain.actor, chain.user)
+            grant = grants.select(held, route, trace.intent.purpose, self.clock())
+            trace.grant = grant
+
+        # cedar: Allow with no errors, or deny
+        request = policy.CedarRequest(
+            principal=EntityRef("Agent", chain.actor) if chain.agents
+            else EntityRef("User", chain.user),
+            action=route.action,
+            resource=route.resource,
+            context=self._context(req, chain, trace.intent, grant),
+        )
+        delta = policy.request_entities(route.resource, route.parents, agents)
+        trace.policies = policy.decide(bundle, request, delta).policies
+
+        # uses: counted only for an allowed request, atomically across replicas
+        if grant is not None and grant.max_uses:
+            if await self.store.consume(grant) > grant.max_uses:
+                raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
+
+    def _peer_agent(self, req: CheckInput) -> str | None:
+        if not self.options.bind_peer:
+            return None
+        agent = delegation.spiffe_agent(req.peer_principal)
+        if agent is None:
+            raise DelegationError("peer_mismatch", "no SPIFFE peer identity from Envoy to bind")
+        return agent
+
+    def _context(self, req: CheckInput, chain: Chain, intent: Intent,
+                 grant: Grant | None) -> dict[str, object]:
+        context: dict[str, object] = {
+            "user": {"__entity": {"type": "User", "id": chain.user}},
+            "chain_depth": chain.depth,
+            "agents": [{"__entity": {"type": "Agent", "id": a}} for a in chain.agents],
+            "delegator": chain.delegator,
+            "purpose": intent.purpose,
+            "txn": intent.txn,
+            "request": {"method": req.method, "path": req.path.partition("?")[0],
+                        "host": req.host},
+            "time": int(self.clock()),
+        }
+        if grant is not None:
+            context["grant"] = {"id": grant.id, "purpose": grant.purpose,
+                                "issued_by": grant.issued_by, "expires_at": grant.expires_at}
+        return context
+
+    def _record(self, req: CheckInput, d: Decision, version: str, elapsed: float) -> AuditRecord:
+        chain = d.chain
+        return AuditRecord(
+            decision_id=d.decision_id,
+            time=datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="milliseconds"),
+            decision="allow" if d.allowed else "deny",
+            status=d.status,
+            reason=d.reason,
+            user=chain.user if chain else "",
+            chain=list(chain.agents) if chain else [],
+            agent=chain.actor if chain else "",
+            client_id=d.client_id,
+            peer=req.peer_principal,
+            action=d.route.action if d.route else "",
+            resource=str(d.route.resource) if d.route else "",
+            method=req.method,
+            host=req.host,
+            path=req.path.partition("?")[0],
+            purpose=d.intent.purpose if d.intent else "",
+            txn=d.intent.txn if d.intent else "",
+            grant_id=d.grant.id if d.grant else "",
+            policies=list(d.policies),
+            policy_version=version,
+            token_sha256=d.token_digest,
+            latency_ms=round(elapsed * 1000, 3),
+        )
+
+
+def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail: str,
+              policies: tuple[str, ...] = ()) -> Decision:
+    return Decision(
+        decision_id=decision_id,
+        allowed=status == 200,
+        status=status,
+        reason=reason,
+        detail=detail,
+        chain=trace.chain,
+        intent=trace.intent,
+        route=trace.route,
+        grant=trace.grant,
+        policies=policies or trace.policies,
+        client_id=trace.client_id,
+        token_digest=trace.token_digest,
+    )
+
+
+__all__ = ["Pipeline", "PipelineOptions", "Unavailable"]

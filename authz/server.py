@@ -1,0 +1,114 @@
+"""The running server: ext_authz + health on `server.listen`, the admin API on
+`server.admin_listen`, Prometheus on `server.metrics_listen`.
+
+SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
+checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
+flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from authz import ext_authz
+from authz._proto import grants_pb2_grpc
+from authz.admin import AdminAuth, GrantsService
+from authz.app import App
+from authz.config import split_address
+from authz.errors import StoreUnavailable
+from authz.jwks import RemoteKeys
+from authz.pipeline import Pipeline
+from authz.redis_store import RedisGrantStore
+
+log = logging.getLogger(__name__)
+
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class AuthorizationService(pb_grpc.AuthorizationServicer):
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Check(self, request: pb.CheckRequest,  # noqa: N802 - gRPC name
+                    context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+        check = ext_authz.to_input(request)
+        decision = await self._pipeline.check(check)
+        return ext_authz.to_response(decision, check)
+
+
+def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
+    host, _ = split_address(key, address)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on `{address}` ({key})")
+    return f"{host}:{port}"
+
+
+async def serve(app: App) -> int:
+    settings = app.settings
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    app.audit.open()
+    if isinstance(app.store, RedisGrantStore):
+        try:
+            await app.store.ping()
+        except StoreUnavailable as err:
+            log.warning("%s; checks needing grants get 503 until it is back", err.detail)
+
+    health_servicer = health.aio.HealthServicer()
+    authz_server = grpc.aio.server()
+    pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(app.pipeline), authz_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
+    listen = _bind(authz_server, "server.listen", settings.server.listen)
+
+    admin_server = grpc.aio.server()
+    grants_pb2_grpc.add_GrantsServicer_to_server(GrantsService(
+        auth=AdminAuth(app.keys, app.admin_rules, time.time), store=app.store,
+        registry=app.registry, actions=lambda: app.pipeline.bundle.actions,
+        max_ttl=settings.grants.max_ttl, clock=time.time,
+    ), admin_server)
+    admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
+
+    metrics_host, metrics_port = split_address("server.metrics_listen",
+                                               settings.server.metrics_listen)
+    metrics_http, _ = start_http_server(metrics_port, metrics_host, app.metrics.registry)
+    metrics = f"{metrics_host}:{metrics_http.server_port}"
+
+    refresher = None
+    if isinstance(app.keys, RemoteKeys):
+        refresher = asyncio.create_task(app.keys.refresh_forever())
+
+    await authz_server.start()
+    await admin_server.start()
+    for service in ("", AUTHZ_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    ready = {"listen": listen, "admin_listen": admin, "metrics_listen": metrics,
+             "policy_version": app.pipeline.bundle.version}
+    print(f"lasthop ready {json.dumps(ready)}", flush=True)
+
+    await stop.wait()
+    log.info("shutting down: draining in-flight checks")
+    await health_servicer.enter_graceful_shutdown()
+    grace = settings.server.shutdown_grace_seconds
+    await asyncio.gather(authz_server.stop(grace), admin_server.stop(grace))
+    if refresher is not None:
+        refresher.cancel()
+    await app.audit.close()
+    await app.store.close()
+    metrics_http.shutdown()
+    print("lasthop stopped", file=sys.stderr, flush=True)
+    return 0
