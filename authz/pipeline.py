@@ -88,7 +88,7 @@ class Pipeline:
             self.metrics.in_flight.inc()
         try:
             await self._decide(req, bundle, trace)
-            decision = _decision(decision_id, trace, 200, "allow", "allowed")
+            decision = _decision(decision_id, trace, 200, "allowed", "allowed")
         except LasthopError as err:
             decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
                                  policies=err.policies or trace.policies)

@@ -1,0 +1,109 @@
+"""Shared fixtures: a demo issuer, and the pipeline built in process from the shipped example."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authz import jwks, policy_load
+from authz.audit import MemoryAudit
+from authz.demo_tokens import ADMIN_AUDIENCE, AUDIENCE, ISSUER, DemoIssuer
+from authz.grants import EmbeddedGrantStore, GrantStore
+from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
+from authz.intent import IntentReader
+from authz.model import CheckInput, Grant
+from authz.pipeline import Pipeline, PipelineOptions
+from authz.registry import SeededRegistry
+
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+PURPOSE = "clinical-documentation"
+
+
+@pytest.fixture(scope="session")
+def issuer() -> DemoIssuer:
+    return DemoIssuer("ES256", kid="test-es256")
+
+
+@pytest.fixture(scope="session")
+def rs_issuer() -> DemoIssuer:
+    return DemoIssuer("RS256", kid="test-rs256")
+
+
+@pytest.fixture(scope="session")
+def bundle() -> policy_load.PolicyBundle:
+    return policy_load.load(POLICIES)
+
+
+def rules(types: frozenset[str] = ACCESS_TOKEN_TYPES, audiences: tuple[str, ...] = (AUDIENCE,),
+          max_lifetime: int = 3600) -> IdentityRules:
+    return IdentityRules(issuers=frozenset({ISSUER}), audiences=frozenset(audiences),
+                         algorithms=frozenset({"RS256", "ES256", "EdDSA"}), types=types,
+                         leeway=30, max_lifetime=max_lifetime)
+
+
+def keys_for(*issuers: DemoIssuer) -> jwks.StaticKeys:
+    doc = {"keys": [i.public_jwk for i in issuers]}
+    import json
+
+    return jwks.StaticKeys(jwks.parse_jwks(json.dumps(doc), ("RS256", "ES256", "EdDSA"), "test"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+PipelineFactory = Callable[..., Pipeline]
+
+
+@pytest.fixture
+def make_pipeline(issuer: DemoIssuer, rs_issuer: DemoIssuer,
+                  bundle: policy_load.PolicyBundle, clock: Clock) -> PipelineFactory:
+    def factory(store: GrantStore | None = None, bind_peer: bool = False,
+                max_chain_depth: int = 4, audit: Any = None) -> Pipeline:
+        keys = keys_for(issuer, rs_issuer)
+        return Pipeline(
+            verifier=AccessTokenVerifier(keys, rules(), clock),
+            intent=IntentReader(keys, rules(types=TXN_TOKEN_TYPES), clock),
+            registry=SeededRegistry(bundle.agents),
+            bundle=bundle,
+            store=store if store is not None else EmbeddedGrantStore(clock),
+            audit=audit if audit is not None else MemoryAudit(),
+            metrics=None,
+            options=PipelineOptions(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
+            clock=clock,
+        )
+    return factory
+
+
+def check_input(token: str | None, method: str = "GET", path: str = "/patients/p-1001/records",
+                headers: dict[str, list[str]] | None = None, peer: str = "") -> CheckInput:
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["authorization"] = [f"Bearer {token}"]
+    return CheckInput(method=method, path=path, host="ehr.local", headers=all_headers,
+                      peer_principal=peer)
+
+
+def grant(agent: str = "scribe", user: str = "dr-alice", actions: tuple[str, ...] = ("read",),
+          resources: tuple[str, ...] = ('Patient::"p-1001"',), purpose: str = PURPOSE,
+          ttl: int = 900, max_uses: int = 0, now: float | None = None) -> Grant:
+    issued = int(now if now is not None else time.time())
+    return Grant(id=f"g-test-{agent}-{issued}-{ttl}-{max_uses}", agent=agent, user=user,
+                 actions=actions, resources=resources, purpose=purpose, issued_by="test",
+                 issued_at=issued, expires_at=issued + ttl, max_uses=max_uses)
+
+
+__all__ = ["ADMIN_AUDIENCE", "PURPOSE", "check_input", "grant", "keys_for", "rules"]

@@ -1,0 +1,33 @@
+"""The pipeline in process, with the shipped hospital example: each allow and deny reason."""
+
+from __future__ import annotations
+
+import asyncio
+
+from authz.demo_tokens import DemoIssuer
+from authz.grants import EmbeddedGrantStore
+from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_read_allowed_with_a_grant(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                                   clock: Clock) -> None:
+    store = EmbeddedGrantStore(clock)
+    run(store.put(grant(now=clock.now)))
+    pipeline = make_pipeline(store=store)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    decision = run(pipeline.check(check_input(token)))
+    assert decision.allowed, decision
+    assert decision.reason == "allowed"
+    assert decision.policies == ("scribe-read-records",)
+    assert decision.chain is not None and decision.chain.render() == "dr-alice -> scribe"
+
+
+def test_same_read_denied_without_a_grant(make_pipeline: PipelineFactory,
+                                          issuer: DemoIssuer) -> None:
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    decision = run(make_pipeline().check(check_input(token)))
+    assert (decision.allowed, decision.status, decision.reason) == (False, 403, "no_grant")
