@@ -45,8 +45,9 @@ def _admin(args: argparse.Namespace) -> AdminClient:
 
 
 def _grant_dict(grant: pb.Grant) -> dict[str, object]:
-    return MessageToDict(grant, preserving_proto_field_name=True,
+    result: dict[str, object] = MessageToDict(grant, preserving_proto_field_name=True,
                          always_print_fields_with_no_presence=True)
+    return result
 
 
 def _print_grants(grants: list[pb.Grant], output: str) -> None:

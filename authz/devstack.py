@@ -41,7 +41,7 @@ def venv_binary(name: str) -> str:
         return str(candidate)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"`{name}` not found; install the test extra: pip install -e '.[test]'")
+        raise FileNotFoundError(f"`{name}` not found; install it: pip install -e '.[test]'")
     return found
 
 

@@ -92,7 +92,7 @@ def _deny(decision: Decision) -> pb.CheckResponse:
     return pb.CheckResponse(
         status=status_pb2.Status(code=_GRPC_CODE.get(decision.status, code_pb2.UNAVAILABLE)),
         denied_response=pb.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=decision.status),
             headers=headers,
             body=body,
         ),

@@ -2,23 +2,23 @@
 
 Rules, each refused with its own reason code (all 401):
 
-- framing: exactly one `authorization` header, exactly `Bearer <token>`  -> malformed_authorization
-- size: at most 8 KiB of token                                             -> token_too_large
-- shape: three base64url parts, strict UTF-8 JSON, no duplicate members    -> malformed_token,
-                                                                              invalid_encoding,
-                                                                              duplicate_member
-- header: `typ` one of at+jwt / application/at+jwt / JWT                   -> invalid_token_type
-          `alg` in the allow-list, never none or HMAC                      -> algorithm_not_allowed
-          no `crit` (we understand no extension, so `b64` too)             -> unsupported_critical_header
-          no embedded or remote keys (`jwk`, `jku`, `x5u`, `x5c`)          -> embedded_key_refused
-          `kid` names a key of ours, bound to the same `alg`               -> unknown_key, key_algorithm_mismatch
-- signature                                                                -> bad_signature
-- claims: `iss` exact; `aud` holds one of ours; `exp`, `iat` integers;
-          `nbf` honoured; leeway applied; exp - iat <= max lifetime        -> invalid_issuer, invalid_audience,
-                                                                              missing_claim, invalid_claim,
-                                                                              token_expired, token_not_yet_valid,
-                                                                              token_issued_in_future,
-                                                                              token_lifetime_too_long
+framing   exactly one `authorization` header, exactly `Bearer <token>`
+          -> missing_token, malformed_authorization
+size      at most 8 KiB of token -> token_too_large
+shape     three base64url parts, strict UTF-8 JSON objects, no duplicate members
+          -> malformed_token, invalid_encoding, duplicate_member
+header    `typ` at+jwt, application/at+jwt or JWT -> invalid_token_type
+          `alg` in the allow-list, never none or HMAC -> algorithm_not_allowed
+          no `crit`, no `b64` (we implement no extension) -> unsupported_critical_header
+          no embedded or remote keys (`jwk`, `jku`, `x5u`, `x5c`) -> embedded_key_refused
+          `kid` names one of the issuer's keys -> unknown_key
+          that key is bound to the same `alg` -> key_algorithm_mismatch
+signature -> bad_signature
+claims    `iss` exact -> invalid_issuer; `aud` holds one of ours -> invalid_audience
+          `exp`, `iat` present integers -> missing_claim, invalid_claim
+          with leeway: -> token_expired, token_issued_in_future, token_not_yet_valid
+          exp - iat within the maximum lifetime -> token_lifetime_too_long
+          `sub` a non-empty string -> missing_claim
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def _check_header(header: dict[str, Any], keys: KeySource, rules: IdentityRules)
     if key is None:
         raise TokenError("unknown_key", "`kid` names no key in the issuer's JWKS")
     if key.algorithm != alg:
-        raise TokenError("key_algorithm_mismatch", f"key is bound to `{key.algorithm}`, not `{alg}`")
+        raise TokenError("key_algorithm_mismatch",
+                         f"key is bound to `{key.algorithm}`, not `{alg}`")
     return key
 
 

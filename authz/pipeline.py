@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
 from authz.audit import AuditRecord, AuditSink
-from authz.errors import DelegationError, GrantError, InternalError, LasthopError, Unavailable
+from authz.errors import DelegationError, GrantError, InternalError, LasthopError
 from authz.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.metrics import Metrics
 from authz.model import Chain, CheckInput, Decision, EntityRef, Grant, Intent, RouteMatch
@@ -94,8 +94,9 @@ class Pipeline:
                                  policies=err.policies or trace.policies)
         except Exception:  # noqa: BLE001 - any bug is a deny, never an allow
             log.exception("check %s failed", decision_id)
-            err = InternalError()
-            decision = _decision(decision_id, trace, err.status, err.reason, err.detail)
+            internal = InternalError()
+            decision = _decision(decision_id, trace, internal.status, internal.reason,
+                                 internal.detail)
         elapsed = time.perf_counter() - started
         if not self.audit.emit(self._record(req, decision, bundle.version, elapsed)):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
@@ -223,5 +224,3 @@ def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail:
         token_digest=trace.token_digest,
     )
 
-
-__all__ = ["Pipeline", "PipelineOptions", "Unavailable"]

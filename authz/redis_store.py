@@ -62,8 +62,8 @@ class RedisGrantStore:
 
     async def put(self, grant: Grant) -> None:
         keys = [f"{PREFIX}grant:{grant.id}", _pair_key(grant.agent, grant.user)]
-        args = [grant.to_json(), grant.id, grant.expires_at,
-                grant.expires_at + EXPIRED_RETENTION_SECONDS]
+        args: list[str | int] = [grant.to_json(), grant.id, grant.expires_at,
+                                 grant.expires_at + EXPIRED_RETENTION_SECONDS]
         try:
             await self._put(keys=keys, args=args)
         except (RedisError, OSError) as err:
@@ -132,7 +132,7 @@ class RedisGrantStore:
         await self._redis.aclose()
 
 
-def _parse(raw: bytes) -> Grant:
+def _parse(raw: bytes | str) -> Grant:
     try:
         return Grant.from_json(raw)
     except (ValueError, UnicodeDecodeError) as err:

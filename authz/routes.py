@@ -96,7 +96,8 @@ def split_path(path: str) -> list[str]:
     if not path.startswith("/"):
         raise RouteError("invalid_path", "path must start with `/`")
     if "//" in path or "\\" in path or _UNSAFE_ENCODED.search(path):
-        raise RouteError("invalid_path", "path has `//`, a backslash or an encoded `/`, `.` or `\\`")
+        raise RouteError("invalid_path",
+                         "path has `//`, a backslash or an encoded `/`, `.` or `\\`")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
         raise RouteError("invalid_path", "path has control characters or spaces")
     segments = path[1:].split("/")
@@ -172,5 +173,6 @@ def _entity_template(text: str, names: set[str], where: str, ctx: str) -> _Templ
         raise PolicyLoadError(where, f"{ctx}: {err}") from err
     used = set(re.findall(r"\{([a-z_][a-z0-9_]*)\}", ref.id))
     if used - names:
-        raise PolicyLoadError(where, f"{ctx}: `{text}` uses unknown parameters {sorted(used - names)}")
+        unknown = sorted(used - names)
+        raise PolicyLoadError(where, f"{ctx}: `{text}` uses unknown parameters {unknown}")
     return _Template(ref.type, ref.id)

@@ -24,7 +24,7 @@ def generate() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}",
-             f"--python_out={tmp}", f"--grpc_python_out={tmp}", f"--pyi_out={tmp}", *sources],
+             f"--python_out={tmp}", f"--grpc_python_out={tmp}", *sources],
             check=True,
         )
         files: dict[str, str] = {}
