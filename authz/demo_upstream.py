@@ -26,6 +26,8 @@ _MEDICATIONS = {
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "demo-ehr/1"
+    protocol_version = "HTTP/1.1"  # keep-alive: Envoy reuses upstream connections
+    disable_nagle_algorithm = True  # headers and body go out in two writes
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         return None
