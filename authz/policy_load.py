@@ -133,33 +133,52 @@ def _strip_comments(text: str) -> str:
 
 
 def _locate(text: str, message: str, parse: Any) -> tuple[int | None, int | None]:
-    """Find the line (and column) a Cedar error points at, since cedarpy gives none.
+    """Find the line and column a Cedar error points at, since cedarpy reports none.
 
-    Parse errors: the shortest prefix of lines that fails with the same message.
-    Other errors: the first line holding the name the message quotes.
+    For `unexpected token X`: the first occurrence of X whose removal does not
+    merely move the error onto the token after it. For other errors: the first
+    line holding the name the message quotes. cedarpy gives no spans, so this
+    is a search, and it says nothing rather than guess when it finds nothing.
     """
-    lines = text.split("\n")
-    if "unexpected token" in message or "invalid" in message:
-        for count in range(1, len(lines) + 1):
-            try:
-                parse("\n".join(lines[:count]))
-            except ValueError as err:
-                if str(err) == message:
-                    return count, _column(lines[count - 1], message)
-    names = re.findall(r"`([^`]+)`|: (\w+)$", message)
-    for quoted, bare in reversed(names):
+    token = re.search(r"unexpected token `([^`]+)`", message)
+    if token is not None:
+        found = _locate_token(text, message, token.group(1), parse)
+        if found is not None:
+            return found
+    if message == "unexpected end of input":
+        lines = text.rstrip().split("\n")
+        return len(lines), len(lines[-1]) + 1
+    for quoted, bare in reversed(re.findall(r"`([^`]+)`|: (\w+)$", message)):
         name = quoted or bare
-        for number, line in enumerate(lines, 1):
-            if name and re.search(rf"(?<![\w\"]){re.escape(name)}(?![\w\"])", line):
-                return number, line.find(name) + 1
+        match = re.search(rf"(?<![\w\"]){re.escape(name)}(?![\w\"])", text) if name else None
+        if match is not None:
+            return _position(text, match.start())
     return None, None
 
 
-def _column(line: str, message: str) -> int | None:
-    match = re.search(r"`([^`]+)`", message)
-    if match and match.group(1) in line:
-        return line.index(match.group(1)) + 1
+def _locate_token(text: str, message: str, token: str,
+                  parse: Any) -> tuple[int, int] | None:
+    for match in re.finditer(re.escape(token), _blank_comments(text)):
+        start, end = match.span()
+        following = re.match(r"\s*(\w+|\S)", text[end:])
+        try:
+            parse(text[:start] + " " * len(token) + text[end:])
+            return _position(text, start)
+        except ValueError as err:
+            moved_on = following is not None and str(err) == (
+                f"unexpected token `{following.group(1)}`")
+            if not moved_on and str(err) != message:
+                return _position(text, start)
     return None
+
+
+def _blank_comments(text: str) -> str:
+    return re.sub(r"//[^\n]*", lambda m: " " * len(m.group(0)), text)
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> list[PolicyInfo]:
