@@ -71,7 +71,6 @@ def run_demo(keep_running: bool = False) -> int:
                   f"demo EHR on 127.0.0.1:{upstream.port}")
             _scenario(envoy.url, AdminClient(lasthop.ready["admin_listen"],
                                              issuer.admin_token()), issuer)
-            print(f"\naudit trail: {Path(work) / 'audit' / 'decisions.jsonl'}")
             if keep_running:
                 _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer)
         finally:
@@ -80,7 +79,18 @@ def run_demo(keep_running: bool = False) -> int:
             if lasthop:
                 lasthop.close()
             upstream.close()
+        _show_audit(Path(work) / "audit" / "decisions.jsonl")
     return 0
+
+
+def _show_audit(path: Path) -> None:
+    """The audit trail the scenario wrote (flushed by Lasthop's SIGTERM), one line a decision."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    print(f"\nAudit trail: {len(records)} decisions, one JSON line each (no tokens, only hashes):")
+    for r in records:
+        chain = " -> ".join([r["user"], *r["chain"]]) if r["user"] else "-"
+        print(f"  {r['decision']:<5} {r['reason']:<22} {chain:<38} {r['action'] or '-':<5} "
+              f"{r['resource'] or r['path']}  grant={r['grant_id'] or '-'}")
 
 
 def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer) -> None:
