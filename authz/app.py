@@ -79,7 +79,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         audit=audit,
         metrics=metrics,
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
-                                bind_peer=ident.bind_peer),
+                                bind_peer=ident.bind_peer,
+                                trust_domain=ident.spiffe_trust_domain),
         clock=clock,
     )
     return App(settings=settings, pipeline=pipeline, keys=keys, store=store, registry=agents,

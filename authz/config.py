@@ -56,6 +56,7 @@ class IdentitySettings:
     max_token_lifetime: int = 3600
     max_chain_depth: int = 4
     bind_peer: bool = False
+    spiffe_trust_domain: str = ""  # with bind_peer: peers must come from this trust domain
     txn_token_issuers: tuple[str, ...] = ()  # empty: the access-token issuer
 
 

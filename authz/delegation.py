@@ -30,7 +30,8 @@ from authz.model import Chain, TokenClaims
 def read_chain(claims: TokenClaims, max_depth: int) -> Chain:
     actors: list[str] = []  # current actor first, as the nesting reads
     act: Any = claims.act
-    while act is not None:
+    present = claims.has_act
+    while present:
         if not isinstance(act, dict):
             raise TokenError("invalid_act", "`act` must be a JSON object")
         sub = act.get("sub")
@@ -41,7 +42,7 @@ def read_chain(claims: TokenClaims, max_depth: int) -> Chain:
         if sub in actors or sub == claims.subject:
             raise DelegationError("delegation_cycle", f"actor `{sub}` appears twice in the chain")
         actors.append(sub)
-        act = act.get("act")
+        present, act = "act" in act, act.get("act")
     return Chain(user=claims.subject, agents=tuple(reversed(actors)))
 
 
@@ -65,10 +66,15 @@ def check_presenter(
         )
 
 
-def spiffe_agent(principal: str) -> str | None:
-    """The workload name in a SPIFFE ID: the last path segment (`.../sa/scribe` -> `scribe`)."""
+def spiffe_agent(principal: str, trust_domain: str = "") -> str | None:
+    """The workload name in a SPIFFE ID: the last path segment (`.../sa/scribe` -> `scribe`).
+
+    With `trust_domain` set, an ID from any other trust domain binds to nothing.
+    """
     if not principal.startswith("spiffe://"):
         return None
-    path = principal[len("spiffe://"):].partition("/")[2]
+    domain, _, path = principal[len("spiffe://"):].partition("/")
+    if trust_domain and domain != trust_domain:
+        return None
     name = path.rstrip("/").rpartition("/")[2]
     return name or None

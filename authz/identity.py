@@ -53,7 +53,7 @@ def bearer_token(values: list[str]) -> str:
     value = values[0]
     if len(value) > MAX_TOKEN_BYTES + len("Bearer "):
         raise TokenError("token_too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
-    match = _BEARER.match(value)
+    match = _BEARER.fullmatch(value)
     if not match:
         raise TokenError("malformed_authorization", "expected exactly `Bearer <jwt>`")
     return match.group(1)
@@ -78,7 +78,7 @@ def verify(token: str, keys: KeySource, rules: IdentityRules, now: float) -> dic
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError("token_too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
     parts = token.split(".")
-    if len(parts) != 3 or not all(_B64URL.match(p) for p in parts):
+    if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
         raise TokenError("malformed_token", "not a compact JWS of three base64url parts")
     header = _json_part(parts[0], "header")
     key = _check_header(header, keys, rules)
@@ -116,6 +116,8 @@ def _json_part(part: str, what: str) -> dict[str, Any]:
         raise TokenError("invalid_encoding", f"{what} is not UTF-8") from err
     if text.startswith("\ufeff"):
         raise TokenError("invalid_encoding", f"{what} starts with a byte order mark")
+    if "\x00" in text:  # UTF-16/32 without a BOM decodes as UTF-8 full of NULs
+        raise TokenError("invalid_encoding", f"{what} is not UTF-8 (it holds NUL bytes)")
     try:
         value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constant)
     except ValueError as err:
@@ -214,7 +216,8 @@ class AccessTokenVerifier:
             subject=claims["sub"],
             issuer=claims["iss"],
             client_id=client_id,
-            act=claims.get("act"),
+            act=claims["act"] if "act" in claims else None,
+            has_act="act" in claims,
             purpose=_optional_str(claims, "purp"),
             txn=_optional_str(claims, "txn"),
             expires_at=claims["exp"],

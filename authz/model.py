@@ -27,6 +27,7 @@ class TokenClaims:
     issuer: str
     client_id: str  # client_id, else azp, else ""
     act: Any  # the `act` claim as sent (validated by the delegation phase)
+    has_act: bool  # present at all: `"act": null` is a malformed act, not "no act"
     purpose: str
     txn: str
     expires_at: int

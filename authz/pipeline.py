@@ -53,6 +53,7 @@ class _Trace:
 class PipelineOptions:
     max_chain_depth: int
     bind_peer: bool
+    trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
 
 
 class Pipeline:
@@ -156,9 +157,10 @@ class Pipeline:
     def _peer_agent(self, req: CheckInput) -> str | None:
         if not self.options.bind_peer:
             return None
-        agent = delegation.spiffe_agent(req.peer_principal)
+        agent = delegation.spiffe_agent(req.peer_principal, self.options.trust_domain)
         if agent is None:
-            raise DelegationError("peer_mismatch", "no SPIFFE peer identity from Envoy to bind")
+            raise DelegationError("peer_mismatch",
+                                  "no SPIFFE peer identity from Envoy in the trust domain to bind")
         return agent
 
     def _context(self, req: CheckInput, chain: Chain, intent: Intent,

@@ -1,0 +1,297 @@
+"""authz.delegation: reading the RFC 8693 `act` chain, and tying a token to who presents it.
+
+- read_chain: order (first agent first, current actor last), the user acting
+  alone, the depth limit at exactly max and max + 1, invalid `act`, cycles, and
+  that only `sub` is read inside `act`;
+- check_presenter: `client_id`/`azp` against the chain (impersonation) and the
+  mTLS peer against the current actor (peer_mismatch);
+- spiffe_agent: the workload name of a SPIFFE ID;
+- peer binding through the pipeline (`bind_peer=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from authz.delegation import check_presenter, read_chain, spiffe_agent
+from authz.demo_tokens import ISSUER, DemoIssuer, act_claim
+from authz.errors import DelegationError, TokenError
+from authz.grants import EmbeddedGrantStore
+from authz.model import Chain, Decision, TokenClaims
+from authz.pipeline import Pipeline
+from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
+
+USER = "dr-alice"
+AGENTS = {"scribe", "med-reconciler", "billing-bot", "orchestrator", "chart-exporter"}
+
+
+def claims(act: Any = None, client_id: str = "", sub: str = USER) -> TokenClaims:
+    return TokenClaims(subject=sub, issuer=ISSUER, client_id=client_id, act=act,
+                       has_act=act is not None, purpose=PURPOSE, txn="txn-1", expires_at=0, token_digest="", raw={})
+
+
+def nested(*agents: str) -> dict[str, Any] | None:
+    """Agents first-to-last as a nested `act`, built independently of demo_tokens."""
+    act: dict[str, Any] | None = None
+    for agent in agents:
+        act = {"sub": agent} if act is None else {"sub": agent, "act": act}
+    return act
+
+
+# --- read_chain -------------------------------------------------------------------------
+
+
+def test_design_example_reads_first_agent_first() -> None:
+    # DESIGN.md: act {"sub": "scribe", "act": {"sub": "orchestrator"}} is
+    # dr-alice -> orchestrator -> scribe; scribe is the current actor.
+    chain = read_chain(claims({"sub": "scribe", "act": {"sub": "orchestrator"}}), max_depth=4)
+    assert chain == Chain(user=USER, agents=("orchestrator", "scribe"))
+    assert chain.actor == "scribe"
+    assert chain.delegator == "orchestrator"
+    assert chain.depth == 2
+    assert chain.render() == "dr-alice -> orchestrator -> scribe"
+
+
+@pytest.mark.parametrize("agents", [
+    ("scribe",),
+    ("orchestrator", "scribe"),
+    ("orchestrator", "med-reconciler", "scribe"),
+    ("billing-bot", "med-reconciler", "orchestrator", "scribe"),
+], ids=lambda a: "->".join(a))
+def test_chain_order_is_first_agent_first_current_actor_last(agents: tuple[str, ...]) -> None:
+    chain = read_chain(claims(nested(*agents)), max_depth=4)
+    assert chain.user == USER
+    assert chain.agents == agents
+    assert chain.actor == agents[-1]
+    assert chain.delegator == (agents[-2] if len(agents) > 1 else USER)
+    assert chain.depth == len(agents)
+
+
+def test_nested_helper_agrees_with_demo_tokens() -> None:
+    agents = ["orchestrator", "med-reconciler", "scribe"]
+    assert nested(*agents) == act_claim(agents)
+
+
+def test_user_acting_alone() -> None:
+    chain = read_chain(claims(None), max_depth=4)
+    assert chain == Chain(user=USER, agents=())
+    assert (chain.actor, chain.delegator, chain.depth) == (USER, USER, 0)
+    assert chain.render() == USER
+
+
+@pytest.mark.parametrize("max_depth", [1, 2, 3, 4, 8])
+def test_depth_limit_exactly_at_max_is_accepted(max_depth: int) -> None:
+    agents = tuple(f"agent-{i}" for i in range(max_depth))
+    assert read_chain(claims(nested(*agents)), max_depth).agents == agents
+
+
+@pytest.mark.parametrize("max_depth", [1, 2, 3, 4, 8])
+def test_depth_limit_plus_one_is_refused(max_depth: int) -> None:
+    agents = tuple(f"agent-{i}" for i in range(max_depth + 1))
+    with pytest.raises(DelegationError) as err:
+        read_chain(claims(nested(*agents)), max_depth)
+    assert err.value.reason == "chain_too_deep"
+    assert err.value.status == 403
+
+
+def test_depth_is_counted_over_the_whole_chain_even_if_it_is_much_deeper() -> None:
+    agents = tuple(f"agent-{i}" for i in range(200))
+    with pytest.raises(DelegationError) as err:
+        read_chain(claims(nested(*agents)), max_depth=4)
+    assert err.value.reason == "chain_too_deep"
+
+
+@pytest.mark.parametrize("act", [
+    "scribe", ["scribe"], 7, 1.5, True, {}, {"sub": ""}, {"sub": 7}, {"sub": None},
+    {"sub": ["scribe"]}, {"client_id": "scribe"}, {"sub": "scribe", "act": "orchestrator"},
+    {"sub": "scribe", "act": {}}, {"sub": "scribe", "act": {"sub": 0}},
+    {"sub": "scribe", "act": {"sub": "orchestrator", "act": []}},
+], ids=repr)
+def test_act_that_is_not_an_actor_object_is_invalid(act: Any) -> None:
+    with pytest.raises(TokenError) as err:
+        read_chain(claims(act), max_depth=4)
+    assert err.value.reason == "invalid_act"
+    assert err.value.status == 401
+
+
+@pytest.mark.parametrize("act", [
+    nested(USER),
+    nested(USER, "scribe"),
+    nested("orchestrator", USER, "scribe"),
+    nested("scribe", "scribe"),
+    nested("scribe", "orchestrator", "scribe"),
+    nested("orchestrator", "orchestrator", "scribe"),
+], ids=["actor-is-user", "first-agent-is-user", "user-in-the-middle", "actor-twice",
+        "actor-loops-back", "repeat-before-actor"])
+def test_cycles_are_refused(act: dict[str, Any]) -> None:
+    with pytest.raises(DelegationError) as err:
+        read_chain(claims(act), max_depth=4)
+    assert err.value.reason == "delegation_cycle"
+    assert err.value.status == 403
+
+
+def test_cycle_of_a_different_user_is_not_a_cycle() -> None:
+    # Control for the cycle rule: an agent named like another user is fine.
+    chain = read_chain(claims(nested("bob", "scribe")), max_depth=4)
+    assert chain.agents == ("bob", "scribe")
+
+
+@pytest.mark.parametrize("noise", [
+    {"client_id": "billing-bot"}, {"azp": "billing-bot"}, {"aud": "other"},
+    {"scope": "lasthop:admin"}, {"purp": "billing"}, {"may_act": {"sub": "billing-bot"}},
+    {"iss": "https://evil.example"}, {"exp": 1},
+], ids=repr)
+def test_only_sub_is_read_inside_act(noise: dict[str, Any]) -> None:
+    plain = read_chain(claims(nested("orchestrator", "scribe")), max_depth=4)
+    noisy_actor = {"sub": "scribe", **noise, "act": {"sub": "orchestrator"}}
+    noisy_first = {"sub": "scribe", "act": {"sub": "orchestrator", **noise}}
+    assert read_chain(claims(noisy_actor), max_depth=4) == plain
+    assert read_chain(claims(noisy_first), max_depth=4) == plain
+
+
+# --- check_presenter --------------------------------------------------------------------
+
+
+def presenter_reason(chain_agents: tuple[str, ...], client_id: str = "",
+                     peer: str | None = None) -> str:
+    chain = Chain(user=USER, agents=chain_agents)
+    try:
+        check_presenter(claims(client_id=client_id), chain, AGENTS, peer)
+    except DelegationError as err:
+        assert err.status == 403
+        return err.reason
+    return "ok"
+
+
+@pytest.mark.parametrize("client_id, expected", [
+    ("", "ok"),  # no presenter claim: the user presents their own token
+    ("ehr-portal", "ok"),  # a web client that is not a registered agent
+    ("dr-alice", "ok"),
+    ("scribe", "impersonation"),  # an agent presenting the user's token as the user
+    ("orchestrator", "impersonation"),
+    ("chart-exporter", "impersonation"),
+])
+def test_presenter_of_a_token_without_act(client_id: str, expected: str) -> None:
+    assert presenter_reason((), client_id) == expected
+
+
+@pytest.mark.parametrize("client_id, expected", [
+    ("", "ok"),
+    ("scribe", "ok"),  # the current actor
+    ("orchestrator", "impersonation"),  # an earlier agent in the chain
+    ("dr-alice", "impersonation"),  # the user
+    ("billing-bot", "impersonation"),  # a registered agent outside the chain
+    ("ehr-portal", "impersonation"),  # anything else
+    ("Scribe", "impersonation"),
+])
+def test_presenter_of_a_delegated_token(client_id: str, expected: str) -> None:
+    assert presenter_reason(("orchestrator", "scribe"), client_id) == expected
+
+
+@pytest.mark.parametrize("agents, peer, expected", [
+    (("orchestrator", "scribe"), None, "ok"),  # binding off
+    (("orchestrator", "scribe"), "scribe", "ok"),
+    (("orchestrator", "scribe"), "orchestrator", "peer_mismatch"),
+    (("orchestrator", "scribe"), "billing-bot", "peer_mismatch"),
+    (("orchestrator", "scribe"), "dr-alice", "peer_mismatch"),
+    ((), "dr-alice", "ok"),  # the user acting: the actor is the user
+    ((), "scribe", "peer_mismatch"),
+])
+def test_peer_must_be_the_current_actor(agents: tuple[str, ...], peer: str | None,
+                                        expected: str) -> None:
+    assert presenter_reason(agents, peer=peer) == expected
+
+
+def test_impersonation_is_reported_before_peer_mismatch() -> None:
+    assert presenter_reason(("orchestrator", "scribe"), "orchestrator", "billing-bot") == (
+        "impersonation")
+    assert presenter_reason(("orchestrator", "scribe"), "scribe", "billing-bot") == (
+        "peer_mismatch")
+
+
+# --- spiffe_agent -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("principal, agent", [
+    ("spiffe://trust.example/ns/ehr/sa/scribe", "scribe"),
+    ("spiffe://trust.example/ns/ehr/sa/scribe/", "scribe"),
+    ("spiffe://trust.example/ns/ehr/sa/med-reconciler", "med-reconciler"),
+    ("spiffe://trust.example/scribe", "scribe"),
+    ("spiffe://trust.example/ns/ehr/sa/orchestrator", "orchestrator"),
+    ("spiffe://trust.example", None),
+    ("spiffe://trust.example/", None),
+    ("spiffe://", None),
+    ("", None),
+    ("scribe", None),
+    ("https://trust.example/ns/ehr/sa/scribe", None),
+    ("http://spiffe://trust.example/ns/ehr/sa/scribe", None),
+    ("CN=scribe,O=hospital", None),
+    (" spiffe://trust.example/ns/ehr/sa/scribe", None),
+])
+def test_spiffe_agent(principal: str, agent: str | None) -> None:
+    assert spiffe_agent(principal) == agent
+
+
+# --- peer binding through the pipeline ----------------------------------------------------
+
+
+def scribe_pipeline(make_pipeline: PipelineFactory, clock: Clock, bind_peer: bool) -> Pipeline:
+    store = EmbeddedGrantStore(clock)
+    asyncio.run(store.put(grant(now=clock.now)))
+    return make_pipeline(store=store, bind_peer=bind_peer)
+
+
+def decide(pipeline: Pipeline, token: str, peer: str) -> Decision:
+    return asyncio.run(pipeline.check(check_input(token, peer=peer)))
+
+
+SCRIBE_PEER = "spiffe://trust.example/ns/ehr/sa/scribe"
+
+
+@pytest.mark.parametrize("agents", [["scribe"], ["orchestrator", "scribe"]], ids=repr)
+def test_matching_spiffe_peer_is_allowed(make_pipeline: PipelineFactory, clock: Clock,
+                                         issuer: DemoIssuer, agents: list[str]) -> None:
+    pipeline = scribe_pipeline(make_pipeline, clock, bind_peer=True)
+    token = issuer.access_token(USER, agents, purpose=PURPOSE)
+    for peer in (SCRIBE_PEER, SCRIBE_PEER + "/"):
+        decision = decide(pipeline, token, peer)
+        assert (decision.allowed, decision.status, decision.reason) == (True, 200, "allowed")
+
+
+@pytest.mark.parametrize("peer", [
+    "spiffe://trust.example/ns/ehr/sa/orchestrator",  # the delegator, not the actor
+    "spiffe://trust.example/ns/ehr/sa/billing-bot",
+    "spiffe://trust.example/ns/ehr/sa/dr-alice",
+    "spiffe://trust.example/ns/ehr/sa/Scribe",
+    "spiffe://trust.example",
+    "https://trust.example/ns/ehr/sa/scribe",
+    "scribe",
+    "",
+], ids=repr)
+def test_other_or_missing_peer_is_peer_mismatch(make_pipeline: PipelineFactory, clock: Clock,
+                                                issuer: DemoIssuer, peer: str) -> None:
+    token = issuer.access_token(USER, ["orchestrator", "scribe"], purpose=PURPOSE)
+    bound = scribe_pipeline(make_pipeline, clock, bind_peer=True)
+    decision = decide(bound, token, peer)
+    assert (decision.allowed, decision.status, decision.reason) == (False, 403, "peer_mismatch")
+    # control: the same request with binding off is allowed, so binding is what refused it
+    unbound = scribe_pipeline(make_pipeline, clock, bind_peer=False)
+    decision = decide(unbound, token, peer)
+    assert (decision.allowed, decision.status, decision.reason) == (True, 200, "allowed")
+
+
+@pytest.mark.parametrize(
+    ("principal", "expected"),
+    [
+        ("spiffe://hospital.example/ns/ehr/sa/scribe", "scribe"),
+        ("spiffe://evil.example/ns/ehr/sa/scribe", None),
+        ("spiffe://hospital.example.evil/ns/ehr/sa/scribe", None),
+    ],
+)
+def test_spiffe_agent_with_a_trust_domain_binds_only_that_domain(
+    principal: str, expected: str | None
+) -> None:
+    assert spiffe_agent(principal, "hospital.example") == expected
