@@ -30,7 +30,8 @@ AGENTS = {"scribe", "med-reconciler", "billing-bot", "orchestrator", "chart-expo
 
 def claims(act: Any = None, client_id: str = "", sub: str = USER) -> TokenClaims:
     return TokenClaims(subject=sub, issuer=ISSUER, client_id=client_id, act=act,
-                       has_act=act is not None, purpose=PURPOSE, txn="txn-1", expires_at=0, token_digest="", raw={})
+                       has_act=act is not None,
+                       purpose=PURPOSE, txn="txn-1", expires_at=0, token_digest="", raw={})
 
 
 def nested(*agents: str) -> dict[str, Any] | None:
