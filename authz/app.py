@@ -6,6 +6,7 @@ message that names the config key or the policy file and line.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,15 @@ class App:
     audit: AuditLog
     metrics: Metrics
     admin_rules: IdentityRules
+
+    def install(self, bundle: policy_load.PolicyBundle) -> None:
+        """Put a new policy bundle (and its registry seed) into force.
+
+        Called on the event loop with no await between the two swaps, so no
+        check runs between them.
+        """
+        self.registry.replace(bundle.agents)
+        self.pipeline.bundle = bundle
 
 
 def identity_rules(settings: Settings) -> tuple[IdentityRules, IdentityRules, IdentityRules]:
@@ -80,8 +90,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         metrics=metrics,
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
                                 bind_peer=ident.bind_peer,
-                                trust_domain=ident.spiffe_trust_domain),
+                                trust_domain=ident.spiffe_trust_domain,
+                                dry_run=settings.policies.mode == "dry-run"),
         clock=clock,
     )
+    if settings.policies.mode == "dry-run":
+        logging.getLogger(__name__).warning(
+            "DRY RUN: policy and grant denials are logged and NOT enforced "
+            "(policies.mode = dry-run)")
     return App(settings=settings, pipeline=pipeline, keys=keys, store=store, registry=agents,
                audit=audit, metrics=metrics, admin_rules=admin)

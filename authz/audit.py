@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,9 @@ class AuditRecord:
     policy_version: str
     token_sha256: str
     latency_ms: float
+    shadow: list[dict[str, str]] = field(default_factory=list)  # [{policy, effect}]
+    shadow_disagrees: bool = False  # enforcing the shadow policies would flip the decision
+    dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
 
     def to_line(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True) + "\n"
@@ -105,8 +108,8 @@ class AuditLog:
         lines = "".join(r.to_line() for r in batch)
         try:
             await asyncio.to_thread(self._write_sync, lines)
-        except OSError as err:
-            self._failed = f"audit write failed: {err}"
+        except Exception as err:  # noqa: BLE001 - any failure: stop allowing, never skip
+            self._failed = f"audit write failed: {err!r}"
             log.error("%s; denying every check until restart", self._failed)
         finally:
             for _ in batch:
@@ -119,7 +122,7 @@ class AuditLog:
     async def close(self) -> None:
         """Write everything queued, then close the file."""
         if self._task is not None:
-            if not self._failed:
+            if not self._failed and not self._task.done():
                 await self._queue.join()
             self._task.cancel()
             try:

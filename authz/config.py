@@ -63,6 +63,9 @@ class IdentitySettings:
 @dataclass(frozen=True)
 class PoliciesSettings:
     dir: str = "policies"
+    mode: str = "enforce"  # or "dry-run": policy and grant denials are logged, not enforced
+    allow_dry_run: bool = False  # dry-run refuses to start without this
+    reload_interval_seconds: float = 1.0  # poll the directory for changes; 0: never reload
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError("admin.audience", "must not be empty")
     if not s.policies.dir:
         raise ConfigError("policies.dir", "must not be empty")
+    if s.policies.mode not in ("enforce", "dry-run"):
+        raise ConfigError("policies.mode", f"`{s.policies.mode}` is not enforce or dry-run")
+    if s.policies.mode == "dry-run" and not s.policies.allow_dry_run:
+        raise ConfigError("policies.mode", "dry-run enforces no policy or grant; it refuses to "
+                          "start unless policies.allow_dry_run = true")
+    if s.policies.reload_interval_seconds < 0:
+        raise ConfigError("policies.reload_interval_seconds", "must be 0 (off) or positive")
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

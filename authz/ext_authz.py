@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as pb
@@ -97,6 +98,12 @@ def _deny(decision: Decision) -> pb.CheckResponse:
             body=body,
         ),
     )
+
+
+def internal_error_response() -> pb.CheckResponse:
+    """The deny for a failure outside the pipeline: still an OK RPC, never a gRPC error."""
+    return _deny(Decision(decision_id=uuid.uuid4().hex, allowed=False, status=503,
+                          reason="internal_error", detail="internal error"))
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:

@@ -25,6 +25,15 @@ class Metrics:
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry,
         )
+        self.shadow_disagreements = Counter(
+            "lasthop_shadow_disagreements_total",
+            "Checks whose decision would change if the shadow policies were enforced.",
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            "lasthop_policy_reload_total", "Policy reloads by result.", ["result"],
+            registry=registry,
+        )
         self.policy_version = Gauge(
             "lasthop_policy_version_info", "The policy set in force.", ["version"],
             registry=registry,

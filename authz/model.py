@@ -167,3 +167,6 @@ class Decision:
     policies: tuple[str, ...] = ()
     client_id: str = ""
     token_digest: str = ""
+    cedar: dict[str, Any] | None = None  # the Cedar request as evaluated, for explanations
+    shadow: tuple[tuple[str, str], ...] = ()  # (@id, effect) of shadow policies that held
+    shadow_disagrees: bool = False

@@ -13,6 +13,10 @@
 Combining rule: the first phase that refuses decides, with its reason.
 `Decision.allowed` is True only on the path that reaches the end; every
 exception, whatever its type, becomes a deny.
+
+Dry-run (`policies.mode = "dry-run"`, which needs `policies.allow_dry_run`):
+a grant or Cedar denial is recorded as what it would have been and allowed.
+Token, chain, route and availability failures are still enforced.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
 from authz.audit import AuditRecord, AuditSink
-from authz.errors import DelegationError, GrantError, InternalError, LasthopError
+from authz.errors import (
+    DelegationError,
+    GrantError,
+    InternalError,
+    LasthopError,
+    PolicyDenied,
+)
 from authz.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.metrics import Metrics
 from authz.model import Chain, CheckInput, Decision, EntityRef, Grant, Intent, RouteMatch
@@ -47,6 +57,10 @@ class _Trace:
     route: RouteMatch | None = None
     grant: Grant | None = None
     policies: tuple[str, ...] = field(default_factory=tuple)
+    cedar: policy.CedarRequest | None = None
+    shadow: tuple[policy.ShadowHit, ...] = ()
+    shadow_disagrees: bool = False
+    dry_run: str = ""  # in dry-run mode: the reason it would have been denied
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class PipelineOptions:
     max_chain_depth: int
     bind_peer: bool
     trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
+    dry_run: bool = False
 
 
 class Pipeline:
@@ -90,6 +105,14 @@ class Pipeline:
         try:
             await self._decide(req, bundle, trace)
             decision = _decision(decision_id, trace, 200, "allowed", "allowed")
+        except (GrantError, PolicyDenied) as err:
+            if self.options.dry_run:
+                trace.dry_run = err.reason
+                decision = _decision(decision_id, trace, 200, "dry_run",
+                                     f"dry run: would deny: {err.reason}: {err.detail}")
+            else:
+                decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
+                                     policies=err.policies or trace.policies)
         except LasthopError as err:
             decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
                                  policies=err.policies or trace.policies)
@@ -99,7 +122,7 @@ class Pipeline:
             decision = _decision(decision_id, trace, internal.status, internal.reason,
                                  internal.detail)
         elapsed = time.perf_counter() - started
-        if not self.audit.emit(self._record(req, decision, bundle.version, elapsed)):
+        if not self._audit(self._record(req, decision, trace, bundle.version, elapsed)):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
                                  "the audit trail cannot take the record; refusing")
         if self.metrics:
@@ -107,6 +130,8 @@ class Pipeline:
             self.metrics.check_duration.observe(time.perf_counter() - started)
             self.metrics.decisions.labels(
                 "allow" if decision.allowed else "deny", decision.reason).inc()
+            if trace.shadow_disagrees:
+                self.metrics.shadow_disagreements.inc()
         return decision
 
     async def _decide(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace) -> None:
@@ -146,13 +171,26 @@ class Pipeline:
             resource=route.resource,
             context=self._context(req, chain, trace.intent, grant),
         )
+        trace.cedar = request
         delta = policy.request_entities(route.resource, route.parents, agents)
-        trace.policies = policy.decide(bundle, request, delta).policies
+        outcome = policy.evaluate(bundle, request, delta)
+        trace.policies, trace.shadow = outcome.policies, outcome.shadow
+        trace.shadow_disagrees = outcome.shadow_disagrees
+        if not outcome.allowed:
+            raise PolicyDenied(outcome.reason, outcome.detail, policies=outcome.policies)
 
         # uses: counted only for an allowed request, atomically across replicas
         if grant is not None and grant.max_uses:
             if await self.store.consume(grant) > grant.max_uses:
                 raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
+
+    def _audit(self, record: AuditRecord) -> bool:
+        """No record, no allow: a sink that refuses or raises fails the check closed."""
+        try:
+            return self.audit.emit(record)
+        except Exception:  # noqa: BLE001
+            log.exception("audit sink failed for %s", record.decision_id)
+            return False
 
     def _peer_agent(self, req: CheckInput) -> str | None:
         if not self.options.bind_peer:
@@ -181,7 +219,8 @@ class Pipeline:
                                 "issued_by": grant.issued_by, "expires_at": grant.expires_at}
         return context
 
-    def _record(self, req: CheckInput, d: Decision, version: str, elapsed: float) -> AuditRecord:
+    def _record(self, req: CheckInput, d: Decision, trace: _Trace, version: str,
+                elapsed: float) -> AuditRecord:
         chain = d.chain
         return AuditRecord(
             decision_id=d.decision_id,
@@ -206,6 +245,9 @@ class Pipeline:
             policy_version=version,
             token_sha256=d.token_digest,
             latency_ms=round(elapsed * 1000, 3),
+            shadow=[{"policy": h.policy, "effect": h.effect} for h in trace.shadow],
+            shadow_disagrees=trace.shadow_disagrees,
+            dry_run=trace.dry_run,
         )
 
 
@@ -224,5 +266,8 @@ def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail:
         policies=policies or trace.policies,
         client_id=trace.client_id,
         token_digest=trace.token_digest,
+        cedar=trace.cedar.as_cedar() if trace.cedar else None,
+        shadow=tuple((h.policy, h.effect) for h in trace.shadow),
+        shadow_disagrees=trace.shadow_disagrees,
     )
 

@@ -5,6 +5,12 @@ cedarpy skips a `forbid` whose condition errors, so an Allow with errors may
 be an Allow that a forbid should have stopped: that is `policy_error`, as is
 NoDecision. A Deny reports the `@reason` of the first forbid that matched,
 else `policy_denied`.
+
+Shadow policies (`@mode("shadow")`) never change the decision. They are
+evaluated in a probe set where each is a permit, so the probe's determining
+policies are the shadow policies that hold. With them, the decision would be:
+deny if a shadow forbid holds; else allow if Cedar allowed, or if a shadow
+permit holds and no enforced forbid did.
 """
 
 from __future__ import annotations
@@ -37,8 +43,19 @@ class CedarRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowHit:
+    policy: str  # @id
+    effect: str  # "permit" | "forbid" | "error"
+
+
+@dataclass(frozen=True, slots=True)
 class CedarOutcome:
+    allowed: bool
+    reason: str  # "allowed", a forbid's @reason, or "policy_denied"
+    detail: str
     policies: tuple[str, ...]  # @id of every policy that determined the decision
+    shadow: tuple[ShadowHit, ...] = ()
+    shadow_disagrees: bool = False  # enforcing the shadow policies would flip the decision
 
 
 def agent_entity(agent: Agent) -> dict[str, Any]:
@@ -64,25 +81,61 @@ def request_entities(resource: EntityRef, parents: tuple[EntityRef, ...],
 
 
 def decide(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> CedarOutcome:
-    """Evaluate `request` against one bundle (the caller holds one snapshot for the whole check)."""
+    """`evaluate`, raising PolicyDenied on a deny."""
+    outcome = evaluate(bundle, request, delta_json)
+    if not outcome.allowed:
+        raise PolicyDenied(outcome.reason, outcome.detail, policies=outcome.policies)
+    return outcome
+
+
+def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> CedarOutcome:
+    """Evaluate `request` against one bundle (the caller holds one snapshot for the whole check).
+
+    Raises PolicyError when Cedar cannot decide; returns allow or deny otherwise.
+    """
     try:
         entities = bundle.entities.with_added_json_str(delta_json)
     except ValueError as err:
         raise PolicyError(f"request entities rejected: {err}") from err
-    result = cedarpy.is_authorized(request.as_cedar(), bundle.policy_set, entities)
+    cedar_request = request.as_cedar()
+    result = cedarpy.is_authorized(cedar_request, bundle.policy_set, entities)
     determining = tuple(_policy_id(bundle, p) for p in result.diagnostics.reasons)
     if result.diagnostics.errors:
         raise PolicyError("; ".join(_name_errors(bundle, result.diagnostics.errors)))
-    if result.decision == cedarpy.Decision.Allow:
-        return CedarOutcome(policies=determining)
-    if result.decision != cedarpy.Decision.Deny:
+    if result.decision not in (cedarpy.Decision.Allow, cedarpy.Decision.Deny):
         raise PolicyError(f"cedar returned {result.decision.value}")
+    allowed = result.decision == cedarpy.Decision.Allow
+    reason, detail = ("allowed", "allowed") if allowed else _deny_reason(bundle, result)
+    shadow, disagrees = _shadow(bundle, cedar_request, entities, allowed, result)
+    return CedarOutcome(allowed=allowed, reason=reason, detail=detail, policies=determining,
+                        shadow=shadow, shadow_disagrees=disagrees)
+
+
+def _deny_reason(bundle: PolicyBundle, result: cedarpy.AuthzResult) -> tuple[str, str]:
     for cedar_id in result.diagnostics.reasons:
         info = bundle.policies.get(cedar_id)
         if info is not None and info.effect == "forbid":
-            raise PolicyDenied(info.reason or "policy_denied", f"forbidden by `{info.id}`",
-                               policies=determining)
-    raise PolicyDenied("policy_denied", "no policy permits this request")
+            return info.reason or "policy_denied", f"forbidden by `{info.id}`"
+    return "policy_denied", "no policy permits this request"
+
+
+def _shadow(bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities,
+            allowed: bool, result: cedarpy.AuthzResult) -> tuple[tuple[ShadowHit, ...], bool]:
+    if bundle.shadow_probe is None:
+        return (), False
+    probe = cedarpy.is_authorized(cedar_request, bundle.shadow_probe, entities)
+    hits = [ShadowHit(_policy_id(bundle, p), bundle.policies[p].effect)
+            for p in probe.diagnostics.reasons if p in bundle.policies]
+    errored = [cid for cid, info in bundle.policies.items()
+               if info.mode == "shadow" and any(f"`{cid}`" in e for e in probe.diagnostics.errors)]
+    hits.extend(ShadowHit(bundle.policies[cid].id, "error") for cid in errored)
+    enforced_forbid = not allowed and any(
+        bundle.policies[p].effect == "forbid" for p in result.diagnostics.reasons
+        if p in bundle.policies)
+    shadow_forbid = any(h.effect == "forbid" for h in hits)
+    shadow_permit = any(h.effect == "permit" for h in hits)
+    would_allow = (allowed or (shadow_permit and not enforced_forbid)) and not shadow_forbid
+    return tuple(hits), would_allow != allowed
 
 
 def _policy_id(bundle: PolicyBundle, cedar_id: str) -> str:

@@ -35,11 +35,13 @@ class PolicyInfo:
     line: int
     effect: str
     reason: str  # the @reason annotation: the deny reason a forbid reports
+    mode: str  # "enforce", or "shadow" (`@mode("shadow")`): evaluated, never enforced
 
 
 @dataclass(frozen=True)
 class PolicyBundle:
-    policy_set: cedarpy.PolicySet
+    policy_set: cedarpy.PolicySet  # the enforced policies
+    shadow_probe: cedarpy.PolicySet | None  # shadow policies, each as a permit: see policy.py
     schema: cedarpy.Schema
     entities: cedarpy.Entities  # everything but agents; agents come from the registry
     agents: dict[str, Agent]  # the registry seed
@@ -73,9 +75,7 @@ def load(directory: Path) -> PolicyBundle:
             seen_ids[info.id] = f"{path.name}"
             infos[info.cedar_id] = info
         texts.append(text)
-    policy_set = cedarpy.PolicySet.from_str("\n".join(texts))
-    if len(policy_set) != len(infos):
-        raise PolicyLoadError(str(directory), "policy count changed when combining files")
+    policy_set, shadow_probe = _split_shadow("\n".join(texts), infos)
     entities_path = directory / ENTITIES_FILE
     entities, agents = _load_entities(entities_path, _read(entities_path, digest), schema)
     routes_path = directory / ROUTES_FILE
@@ -84,6 +84,7 @@ def load(directory: Path) -> PolicyBundle:
     table = routes.load(routes_path, actions)
     return PolicyBundle(
         policy_set=policy_set,
+        shadow_probe=shadow_probe,
         schema=schema,
         entities=entities,
         agents=agents,
@@ -92,6 +93,26 @@ def load(directory: Path) -> PolicyBundle:
         policies=infos,
         version=digest.hexdigest()[:16],
     )
+
+
+def _split_shadow(text: str, infos: dict[str, PolicyInfo]) -> tuple[cedarpy.PolicySet,
+                                                                   cedarpy.PolicySet | None]:
+    """The enforced set, and a probe set of the shadow policies rewritten as permits.
+
+    Evaluated alone, the probe's determining policies are exactly the shadow
+    policies whose scope and conditions hold, whatever their effect.
+    """
+    est = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
+    if set(est) != set(infos):
+        raise PolicyLoadError("policies", "policy ids changed when combining files")
+    enforced = {k: v for k, v in est.items() if infos[k].mode == "enforce"}
+    shadow = {k: {**v, "effect": "permit"} for k, v in est.items() if infos[k].mode == "shadow"}
+    return _from_est(enforced), (_from_est(shadow) if shadow else None)
+
+
+def _from_est(policies: dict[str, Any]) -> cedarpy.PolicySet:
+    return cedarpy.PolicySet.from_json_str(
+        json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []}))
 
 
 def _read(path: Path, digest: Any) -> str:
@@ -135,16 +156,17 @@ def _strip_comments(text: str) -> str:
 def _locate(text: str, message: str, parse: Any) -> tuple[int | None, int | None]:
     """Find the line and column a Cedar error points at, since cedarpy reports none.
 
-    For `unexpected token X`: the first occurrence of X whose removal does not
-    merely move the error onto the token after it. For other errors: the first
-    line holding the name the message quotes. cedarpy gives no spans, so this
-    is a search, and it says nothing rather than guess when it finds nothing.
+    Syntax errors: first the statement that fails on its own, then, inside it,
+    the occurrence of the offending token that Cedar stopped at (see
+    `_locate_in`); an unterminated string is found by its quotes. Other errors: the first place
+    the name the message quotes stands. With nothing found it says nothing
+    rather than guess.
     """
-    token = re.search(r"unexpected token `([^`]+)`", message)
-    if token is not None:
-        found = _locate_token(text, message, token.group(1), parse)
-        if found is not None:
-            return found
+    if _is_syntax(message):
+        start, end = _failing_statement(text, parse)
+        found = _locate_in(text[start:end], message, parse)
+        offset = found if found is not None else _first_char(text[start:end])
+        return _position(text, start + offset)
     if message == "unexpected end of input":
         lines = text.rstrip().split("\n")
         return len(lines), len(lines[-1]) + 1
@@ -156,20 +178,64 @@ def _locate(text: str, message: str, parse: Any) -> tuple[int | None, int | None
     return None, None
 
 
-def _locate_token(text: str, message: str, token: str,
-                  parse: Any) -> tuple[int, int] | None:
-    for match in re.finditer(re.escape(token), _blank_comments(text)):
-        start, end = match.span()
-        following = re.match(r"\s*(\w+|\S)", text[end:])
+def _is_syntax(message: str) -> bool:
+    return "unexpected token" in message or "invalid token" in message
+
+
+def _failing_statement(text: str, parse: Any) -> tuple[int, int]:
+    """The span of the first top-level statement that has a syntax error of its own."""
+    for start, end in statement_spans(text):
         try:
-            parse(text[:start] + " " * len(token) + text[end:])
-            return _position(text, start)
+            parse(text[start:end])
         except ValueError as err:
-            moved_on = following is not None and str(err) == (
-                f"unexpected token `{following.group(1)}`")
-            if not moved_on and str(err) != message:
-                return _position(text, start)
+            if _is_syntax(str(err)):
+                return start, end
+    return 0, len(text)
+
+
+def _locate_in(segment: str, message: str, parse: Any) -> int | None:
+    """Offset of the error inside one statement."""
+    try:
+        parse(segment)
+        own = message
+    except ValueError as err:
+        own = str(err)
+    if "invalid token" in own:
+        return _unterminated_string(segment)
+    token = re.search(r"unexpected token `([^`]+)`", own)
+    if token is None:
+        return None
+    word = token.group(1)
+    pattern = rf"(?<!\w){re.escape(word)}(?!\w)" if word[0].isalnum() else re.escape(word)
+    # Cedar reports the first error. Removing a token before the culprit moves
+    # that error earlier; removing the culprit moves or clears it; removing one
+    # after it leaves it where it is. So the culprit is the last occurrence
+    # whose removal changes the message.
+    culprit = None
+    for match in re.finditer(pattern, _blank_comments(segment)):
+        start, end = match.span()
+        try:
+            parse(segment[:start] + " " * (end - start) + segment[end:])
+            culprit = start
+        except ValueError as err:
+            if str(err) != own:
+                culprit = start
+    return culprit
+
+
+def _unterminated_string(segment: str) -> int | None:
+    offset = 0
+    for line in segment.split("\n"):
+        code = line.split("//", 1)[0]
+        if len(re.findall(r'(?<!\\)"', code)) % 2:
+            return offset + code.index('"')
+        offset += len(line) + 1
     return None
+
+
+def _first_char(segment: str) -> int:
+    stripped = _blank_comments(segment)
+    return len(stripped) - len(stripped.lstrip())
 
 
 def _blank_comments(text: str) -> str:
@@ -204,6 +270,9 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
         policy_id = annotations.get("id")
         if not policy_id:
             raise PolicyLoadError(where, 'policy has no `@id("...")` annotation', line)
+        mode = annotations.get("mode", "enforce")
+        if mode not in ("enforce", "shadow"):
+            raise PolicyLoadError(where, f'`@mode("{mode}")` must be "enforce" or "shadow"', line)
         infos.append(PolicyInfo(
             cedar_id=f"policy{offset + index}",
             id=policy_id,
@@ -211,6 +280,7 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
             line=line or 1,
             effect=body["effect"],
             reason=annotations.get("reason", ""),
+            mode=mode,
         ))
     result = cedarpy.validate_policies(text, schema)
     if not result.validation_passed:
@@ -229,29 +299,43 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
     return infos
 
 
-def statement_lines(text: str) -> list[int]:
-    """The line on which each top-level `;`-terminated statement starts."""
-    starts: list[int] = []
-    line, i, start = 1, 0, None
+def statement_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of each top-level `;`-terminated statement, comments skipped.
+
+    A trailing fragment with no `;` is a statement too (it is where EOF errors are).
+    """
+    spans: list[tuple[int, int]] = []
+    i, start, depth = 0, None, 0
     while i < len(text):
         c = text[i]
-        if c == "\n":
-            line += 1
-        elif text.startswith("//", i):
+        if text.startswith("//", i):
             end = text.find("\n", i)
             i = len(text) if end < 0 else end
             continue
-        elif c == '"':
+        if c == '"':
+            if start is None:
+                start = i
             i += 1
-            while i < len(text) and text[i] != '"':
+            while i < len(text) and text[i] not in '"\n':
                 i += 2 if text[i] == "\\" else 1
-        elif c == ";":
+        elif c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth = max(0, depth - 1)
+        if c == ";" and depth == 0 and start is not None:
+            spans.append((start, i + 1))
             start = None
         elif not c.isspace() and start is None:
-            start = line
-            starts.append(line)
+            start = i
         i += 1
-    return starts
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def statement_lines(text: str) -> list[int]:
+    """The line on which each top-level statement starts."""
+    return [text.count("\n", 0, start) + 1 for start, _ in statement_spans(text)]
 
 
 def _load_entities(path: Path, text: str, schema: cedarpy.Schema) -> tuple[cedarpy.Entities,

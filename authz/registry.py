@@ -28,6 +28,9 @@ class SeededRegistry:
     def known(self) -> set[str]:
         return set(self._agents)
 
+    def replace(self, agents: dict[str, Agent]) -> None:
+        self._agents = dict(agents)  # one reference swap, as the policy bundle
+
 
 async def resolve_chain(registry: AgentRegistry, chain: Chain) -> list[Agent]:
     """The registered, active agents of the chain, first agent first."""

@@ -30,6 +30,7 @@ from authz.errors import StoreUnavailable
 from authz.jwks import RemoteKeys
 from authz.pipeline import Pipeline
 from authz.redis_store import RedisGrantStore
+from authz.reload import PolicyWatcher
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
 
     async def Check(self, request: pb.CheckRequest,  # noqa: N802 - gRPC name
                     context: grpc.aio.ServicerContext) -> pb.CheckResponse:
-        check = ext_authz.to_input(request)
-        decision = await self._pipeline.check(check)
-        return ext_authz.to_response(decision, check)
+        try:
+            check = ext_authz.to_input(request)
+            decision = await self._pipeline.check(check)
+            return ext_authz.to_response(decision, check)
+        except Exception:  # noqa: BLE001 - a gRPC error could reach failure_mode_allow
+            log.exception("Check failed outside the pipeline")
+            return ext_authz.internal_error_response()
 
 
 def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
@@ -88,9 +93,14 @@ async def serve(app: App) -> int:
     metrics_http, _ = start_http_server(metrics_port, metrics_host, app.metrics.registry)
     metrics = f"{metrics_host}:{metrics_http.server_port}"
 
-    refresher = None
+    background: list[asyncio.Task[None]] = []
     if isinstance(app.keys, RemoteKeys):
-        refresher = asyncio.create_task(app.keys.refresh_forever())
+        background.append(asyncio.create_task(app.keys.refresh_forever()))
+    if settings.policies.reload_interval_seconds > 0:
+        watcher = PolicyWatcher(settings.path(settings.policies.dir),
+                                settings.policies.reload_interval_seconds,
+                                lambda: app.pipeline.bundle, app.install, app.metrics)
+        background.append(asyncio.create_task(watcher.run()))
 
     await authz_server.start()
     await admin_server.start()
@@ -105,8 +115,8 @@ async def serve(app: App) -> int:
     await health_servicer.enter_graceful_shutdown()
     grace = settings.server.shutdown_grace_seconds
     await asyncio.gather(authz_server.stop(grace), admin_server.stop(grace))
-    if refresher is not None:
-        refresher.cancel()
+    for task in background:
+        task.cancel()
     await app.audit.close()
     await app.store.close()
     metrics_http.shutdown()
