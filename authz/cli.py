@@ -10,11 +10,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
-from authz import config, policy_load
+from authz import cli_policy, config, shadow_report
 from authz._proto import grants_pb2 as pb
 from authz.admin_client import AdminClient, AdminError
 from authz.errors import ConfigError, PolicyLoadError
@@ -119,13 +118,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_running=args.keep_running)
 
 
-def cmd_policy_validate(args: argparse.Namespace) -> int:
-    bundle = policy_load.load(Path(args.dir))
-    print(f"ok: {len(bundle.policies)} policies, {len(bundle.agents)} agents, "
-          f"{len(bundle.routes.routes)} routes, version {bundle.version}")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lasthop", description="Point-of-use authorization for "
                                 "AI agents: an Envoy ext_authz sidecar.")
@@ -139,12 +131,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true", help="stay up after the scenario")
     demo.set_defaults(func=cmd_demo)
 
-    pol = sub.add_parser("policy", help="work with a policy directory").add_subparsers(
-        dest="policy_command", required=True)
-    validate = pol.add_parser("validate", help="parse and validate schema, policies, "
-                              "entities and routes")
-    validate.add_argument("dir", nargs="?", default="policies")
-    validate.set_defaults(func=cmd_policy_validate)
+    cli_policy.add_commands(sub)
+
+    audit = sub.add_parser("audit", help="read the audit trail").add_subparsers(
+        dest="audit_command", required=True)
+    shadow_report.add_command(audit)
 
     grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
         dest="grants_command", required=True)
@@ -185,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (CliError, ConfigError, PolicyLoadError, AdminError) as err:
+    except (CliError, ConfigError, PolicyLoadError, AdminError, cli_policy.UsageError,
+            ValueError, OSError) as err:
         print(f"lasthop: {err}", file=sys.stderr)
         return EXIT_USAGE
 
