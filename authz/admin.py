@@ -84,7 +84,9 @@ class GrantsService(pb_grpc.GrantsServicer):
             ttl_seconds=request.ttl_seconds, max_uses=request.max_uses,
         )
         try:
-            grant = grants.new_grant(req, caller, int(self._clock()), self._registry.known(),
+            registered = await self._registry.get(req.agent) is not None
+            grant = grants.new_grant(req, caller, int(self._clock()),
+                                     {req.agent} if registered else set(),
                                      self._actions(), self._max_ttl)
             await self._store.put(grant)
         except GrantRequestError as err:

@@ -14,14 +14,19 @@ from prometheus_client import CollectorRegistry
 
 from authz import jwks, policy_load
 from authz.audit import AuditLog
+from authz.cache import CachingGrantStore, CachingRegistry, Invalidation
 from authz.config import Settings
+from authz.errors import StoreUnavailable
 from authz.grants import EmbeddedGrantStore, GrantStore
 from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
 from authz.intent import IntentReader
 from authz.metrics import Metrics
+from authz.model import RiskTiers
 from authz.pipeline import Pipeline, PipelineOptions
-from authz.redis_store import RedisGrantStore
-from authz.registry import SeededRegistry
+from authz.redis_store import RedisStore
+from authz.registry import AgentRegistry, AgentStore, EmbeddedAgentStore, StoreRegistry, seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,19 +34,26 @@ class App:
     settings: Settings
     pipeline: Pipeline
     keys: jwks.StaticKeys
-    store: GrantStore
-    registry: SeededRegistry
+    store: GrantStore  # what checks and the admin API use (cached when on Redis)
+    agents: AgentStore  # the registry's store
+    registry: AgentRegistry  # what checks use (cached when on Redis)
     audit: AuditLog
     metrics: Metrics
     admin_rules: IdentityRules
+    redis: RedisStore | None = None
+    invalidation: Invalidation | None = None
 
-    def install(self, bundle: policy_load.PolicyBundle) -> None:
-        """Put a new policy bundle (and its registry seed) into force.
+    async def seed_registry(self, bundle: policy_load.PolicyBundle) -> None:
+        added = await seed(self.agents, bundle.agents, int(time.time()))
+        if added:
+            log.info("registry: seeded %s from entities.json", ", ".join(added))
 
-        Called on the event loop with no await between the two swaps, so no
-        check runs between them.
-        """
-        self.registry.replace(bundle.agents)
+    async def install(self, bundle: policy_load.PolicyBundle) -> None:
+        """Put a new policy bundle into force: new seed agents first, then the whole set."""
+        try:
+            await self.seed_registry(bundle)
+        except StoreUnavailable as err:
+            log.error("registry seed after reload failed: %s; policies still reloaded", err)
         self.pipeline.bundle = bundle
 
 
@@ -69,15 +81,26 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     ident = settings.identity
     keys = jwks.load(ident.jwks, settings.base_dir, ident.algorithms, ident.jwks_refresh_seconds)
     bundle = policy_load.load(settings.path(settings.policies.dir))
-    agents = SeededRegistry(bundle.agents)
     clock = time.time
-    store: GrantStore
-    if settings.store.redis_url:
-        store = RedisGrantStore(settings.store.redis_url, settings.store.timeout_ms)
-    else:
-        store = EmbeddedGrantStore(clock)
-    audit = AuditLog(settings.path(settings.audit.path), settings.audit.queue_size)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    st = settings.store
+    store: GrantStore
+    agent_store: AgentStore
+    agents: AgentRegistry
+    redis, inval = None, None
+    if st.redis_url:
+        redis = RedisStore(st.redis_url, st.timeout_ms, cluster=st.redis_cluster,
+                           revoke_replicas=st.revoke_replicas, revoke_wait_ms=st.revoke_wait_ms)
+        agent_store = redis
+        if st.cache_ttl_ms > 0:
+            inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
+            store, agents = CachingGrantStore(redis, inval), CachingRegistry(redis, inval)
+        else:
+            store, agents = redis, StoreRegistry(redis)
+    else:
+        store, agent_store = EmbeddedGrantStore(clock), EmbeddedAgentStore()
+        agents = StoreRegistry(agent_store)
+    audit = AuditLog(settings.path(settings.audit.path), settings.audit.queue_size)
     metrics.policy_version.labels(bundle.version).set(1)
     access, txn, admin = identity_rules(settings)
     pipeline = Pipeline(
@@ -91,12 +114,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
                                 bind_peer=ident.bind_peer,
                                 trust_domain=ident.spiffe_trust_domain,
-                                dry_run=settings.policies.mode == "dry-run"),
+                                dry_run=settings.policies.mode == "dry-run",
+                                tiers=RiskTiers(settings.registry.medium_risk_from,
+                                                settings.registry.high_risk_from)),
         clock=clock,
     )
     if settings.policies.mode == "dry-run":
-        logging.getLogger(__name__).warning(
+        log.warning(
             "DRY RUN: policy and grant denials are logged and NOT enforced "
             "(policies.mode = dry-run)")
-    return App(settings=settings, pipeline=pipeline, keys=keys, store=store, registry=agents,
-               audit=audit, metrics=metrics, admin_rules=admin)
+    return App(settings=settings, pipeline=pipeline, keys=keys, store=store,
+               agents=agent_store, registry=agents, audit=audit, metrics=metrics,
+               admin_rules=admin, redis=redis, invalidation=inval)

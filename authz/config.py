@@ -25,6 +25,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+                 "redis+cluster://", "rediss+cluster://")
+
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 
@@ -71,7 +74,17 @@ class PoliciesSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     redis_url: str = ""
+    redis_cluster: bool = False  # or a redis+cluster:// URL
     timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
+    cache_ttl_ms: int = 5000  # local grant/agent cache bound; 0: no cache
+    revoke_replicas: int = 0  # WAIT for this many replicas on revoke and suspend
+    revoke_wait_ms: int = 100
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    medium_risk_from: int = 30  # risk_tier: low below this
+    high_risk_from: int = 70  # risk_tier: high from this
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class Settings:
     identity: IdentitySettings
     policies: PoliciesSettings
     store: StoreSettings
+    registry: RegistrySettings
     grants: GrantsSettings
     admin: AdminSettings
     audit: AuditSettings
@@ -111,6 +125,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "identity": IdentitySettings,
     "policies": PoliciesSettings,
     "store": StoreSettings,
+    "registry": RegistrySettings,
     "grants": GrantsSettings,
     "admin": AdminSettings,
     "audit": AuditSettings,
@@ -243,8 +258,18 @@ def _validate(s: Settings) -> None:
     _range("identity.max_chain_depth", s.identity.max_chain_depth, 1, 16)
     _range("store.timeout_ms", s.store.timeout_ms, 1, 10_000)
     url = s.store.redis_url
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("store.redis_url", f"`{url}` must start with redis://, rediss:// or unix://")
+    if url and not url.startswith(REDIS_SCHEMES):
+        raise ConfigError("store.redis_url",
+                          f"`{url}` must start with one of {', '.join(REDIS_SCHEMES)}")
+    if s.store.redis_cluster and not url:
+        raise ConfigError("store.redis_cluster", "needs store.redis_url")
+    _range("store.cache_ttl_ms", s.store.cache_ttl_ms, 0, 60_000)
+    _range("store.revoke_replicas", s.store.revoke_replicas, 0, 16)
+    _range("store.revoke_wait_ms", s.store.revoke_wait_ms, 1, 10_000)
+    _range("registry.medium_risk_from", s.registry.medium_risk_from, 0, 100)
+    _range("registry.high_risk_from", s.registry.high_risk_from, 0, 100)
+    if s.registry.medium_risk_from > s.registry.high_risk_from:
+        raise ConfigError("registry.medium_risk_from", "must not exceed registry.high_risk_from")
     _positive("grants.max_ttl", s.grants.max_ttl)
     _positive("audit.queue_size", s.audit.queue_size)
     if not s.audit.path:

@@ -34,6 +34,10 @@ class Metrics:
             "lasthop_policy_reload_total", "Policy reloads by result.", ["result"],
             registry=registry,
         )
+        self.cache_requests = Counter(
+            "lasthop_cache_requests_total", "Local cache lookups by cache and result.",
+            ["cache", "result"], registry=registry,
+        )
         self.policy_version = Gauge(
             "lasthop_policy_version_info", "The policy set in force.", ["version"],
             registry=registry,

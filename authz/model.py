@@ -87,16 +87,59 @@ class RouteMatch:
     phi: bool
 
 
+AGENT_STATUSES = ("active", "suspended")
+
+
 @dataclass(frozen=True, slots=True)
 class Agent:
+    """A registered non-human identity, with the human accountable for it."""
+
     id: str
     owner: str
-    risk: int
+    risk: int  # 0 to 100
     status: str  # "active" | "suspended"
+    description: str = ""
+    allowed_purposes: tuple[str, ...] = ()  # purposes it may act for
+    created_at: int = 0
+    registered_by: str = ""
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Agent:
+        """Raises ValueError on anything that is not a well-formed agent."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("agent is not an object")
+        try:
+            agent = cls(
+                id=_str(data["id"]), owner=_str(data["owner"]), risk=_int(data["risk"]),
+                status=_str(data["status"]), description=_str(data.get("description", "")),
+                allowed_purposes=tuple(_str(p) for p in data.get("allowed_purposes", [])),
+                created_at=_int(data.get("created_at", 0)),
+                registered_by=_str(data.get("registered_by", "")),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed agent: {err}") from err
+        if agent.status not in AGENT_STATUSES or not 0 <= agent.risk <= 100:
+            raise ValueError(f"malformed agent `{agent.id}`: bad status or risk")
+        return agent
+
+
+@dataclass(frozen=True, slots=True)
+class RiskTiers:
+    """risk -> tier: below `medium` is low, below `high` is medium, else high."""
+
+    medium: int = 30
+    high: int = 70
+
+    def of(self, risk: int) -> str:
+        return "high" if risk >= self.high else "medium" if risk >= self.medium else "low"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,16 @@ from authz.errors import (
 )
 from authz.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.metrics import Metrics
-from authz.model import Chain, CheckInput, Decision, EntityRef, Grant, Intent, RouteMatch
+from authz.model import (
+    Chain,
+    CheckInput,
+    Decision,
+    EntityRef,
+    Grant,
+    Intent,
+    RiskTiers,
+    RouteMatch,
+)
 from authz.policy_load import PolicyBundle
 from authz.registry import AgentRegistry, resolve_chain
 
@@ -69,6 +78,7 @@ class PipelineOptions:
     bind_peer: bool
     trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
     dry_run: bool = False
+    tiers: RiskTiers = RiskTiers()
 
 
 class Pipeline:
@@ -144,7 +154,10 @@ class Pipeline:
         # chain: user -> agents -> current actor; the presenter must be that actor
         chain = delegation.read_chain(claims, self.options.max_chain_depth)
         trace.chain = chain
-        delegation.check_presenter(claims, chain, self.registry.known(), self._peer_agent(req))
+        client = claims.client_id
+        client_is_agent = bool(client) and await self.registry.get(client) is not None
+        delegation.check_presenter(claims, chain, {client} if client_is_agent else set(),
+                                   self._peer_agent(req))
 
         # registry: every agent in the chain registered and active
         agents = await resolve_chain(self.registry, chain)
@@ -172,7 +185,7 @@ class Pipeline:
             context=self._context(req, chain, trace.intent, grant),
         )
         trace.cedar = request
-        delta = policy.request_entities(route.resource, route.parents, agents)
+        delta = policy.request_entities(route.resource, route.parents, agents, self.options.tiers)
         outcome = policy.evaluate(bundle, request, delta)
         trace.policies, trace.shadow = outcome.policies, outcome.shadow
         trace.shadow_disagrees = outcome.shadow_disagrees

@@ -22,8 +22,10 @@ from typing import Any
 import cedarpy
 
 from authz.errors import PolicyDenied, PolicyError
-from authz.model import Agent, EntityRef
+from authz.model import Agent, EntityRef, RiskTiers
 from authz.policy_load import AGENT_TYPE, PolicyBundle
+
+DEFAULT_TIERS = RiskTiers()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,14 @@ class CedarOutcome:
     shadow_disagrees: bool = False  # enforcing the shadow policies would flip the decision
 
 
-def agent_entity(agent: Agent) -> dict[str, Any]:
+def agent_entity(agent: Agent, tiers: RiskTiers) -> dict[str, Any]:
     return {
         "uid": {"type": AGENT_TYPE, "id": agent.id},
         "attrs": {
             "owner": {"__entity": {"type": "User", "id": agent.owner}},
             "risk": agent.risk,
+            "risk_tier": tiers.of(agent.risk),
+            "allowed_purposes": list(agent.allowed_purposes),
             "status": agent.status,
         },
         "parents": [],
@@ -71,9 +75,9 @@ def agent_entity(agent: Agent) -> dict[str, Any]:
 
 
 def request_entities(resource: EntityRef, parents: tuple[EntityRef, ...],
-                     agents: list[Agent]) -> str:
+                     agents: list[Agent], tiers: RiskTiers = DEFAULT_TIERS) -> str:
     """The per-request delta: the chain's agents, and the resource under its parents."""
-    delta: list[dict[str, Any]] = [agent_entity(a) for a in agents]
+    delta: list[dict[str, Any]] = [agent_entity(a, tiers) for a in agents]
     delta.append({"uid": resource.as_cedar(), "attrs": {},
                   "parents": [p.as_cedar() for p in parents]})
     delta.extend({"uid": p.as_cedar(), "attrs": {}, "parents": []} for p in parents)

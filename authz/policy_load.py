@@ -19,7 +19,7 @@ import cedarpy
 
 from authz import routes
 from authz.errors import PolicyLoadError
-from authz.model import Agent
+from authz.model import AGENT_STATUSES, Agent
 
 SCHEMA_FILE = "schema.cedarschema"
 ENTITIES_FILE = "entities.json"
@@ -347,21 +347,20 @@ def _load_entities(path: Path, text: str, schema: cedarpy.Schema) -> tuple[cedar
         raise PolicyLoadError(where, f"invalid JSON: {err.msg}", err.lineno, err.colno) from err
     if not isinstance(doc, list):
         raise PolicyLoadError(where, "must be a JSON list of entities", 1)
-    for entity in doc:
-        try:
-            cedarpy.Entities.from_json_str(json.dumps([entity]), schema)
-        except ValueError as err:
-            uid = entity.get("uid", {}) if isinstance(entity, dict) else {}
-            line = _line_of(text, str(uid.get("id", ""))) if isinstance(uid, dict) else None
-            raise PolicyLoadError(where, f"entity {json.dumps(uid)}: {err}", line) from err
     agents: dict[str, Agent] = {}
     others: list[Any] = []
     for entity in doc:
-        if entity["uid"]["type"] == AGENT_TYPE:
-            agent = _agent(entity, where, text)
+        uid = entity.get("uid", {}) if isinstance(entity, dict) else {}
+        if isinstance(uid, dict) and uid.get("type") == AGENT_TYPE:
+            agent = _agent(entity, where, text)  # registry seeds: checked here, not by Cedar
             agents[agent.id] = agent
-        else:
-            others.append(entity)
+            continue
+        try:
+            cedarpy.Entities.from_json_str(json.dumps([entity]), schema)
+        except ValueError as err:
+            line = _line_of(text, str(uid.get("id", ""))) if isinstance(uid, dict) else None
+            raise PolicyLoadError(where, f"entity {json.dumps(uid)}: {err}", line) from err
+        others.append(entity)
     try:
         entities = cedarpy.Entities.from_json_str(json.dumps(others), schema)
     except ValueError as err:
@@ -376,18 +375,32 @@ def _line_of(text: str, needle: str) -> int | None:
 
 def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
     attrs = entity.get("attrs", {})
-    agent_id = entity["uid"]["id"]
+    agent_id = entity["uid"].get("id")
+    line = _line_of(text, agent_id) if isinstance(agent_id, str) else None
     owner = attrs.get("owner")
     owner_id = owner.get("__entity", owner).get("id") if isinstance(owner, dict) else owner
-    risk, status = attrs.get("risk"), attrs.get("status")
-    if not isinstance(owner_id, str) or not isinstance(risk, int) or status not in (
-        "active", "suspended"
-    ):
-        raise PolicyLoadError(
-            where, f"agent `{agent_id}` needs `owner`, integer `risk` and status active|suspended",
-            _line_of(text, agent_id),
-        )
-    if not 0 <= risk <= 100:
-        raise PolicyLoadError(where, f"agent `{agent_id}`: risk must be 0 to 100",
-                              _line_of(text, agent_id))
-    return Agent(id=agent_id, owner=owner_id, risk=risk, status=status)
+    purposes = attrs.get("allowed_purposes", [])
+    description = attrs.get("description", "")
+    if not isinstance(agent_id, str) or not agent_id:
+        raise PolicyLoadError(where, "an agent needs a string `uid.id`", line)
+    if not isinstance(owner_id, str) or not owner_id:
+        raise PolicyLoadError(where, f"agent `{agent_id}` needs an `owner` (a User)", line)
+    risk = attrs.get("risk")
+    if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 100:
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `risk` must be an integer 0 to 100",
+                              line)
+    if attrs.get("status") not in AGENT_STATUSES:
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `status` must be one of "
+                              f"{list(AGENT_STATUSES)}", line)
+    if not isinstance(purposes, list) or not all(isinstance(p, str) for p in purposes):
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `allowed_purposes` must be a list of "
+                              "strings", line)
+    if not isinstance(description, str):
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `description` must be a string", line)
+    unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description"}
+    if unknown:
+        raise PolicyLoadError(where, f"agent `{agent_id}`: unknown attributes {sorted(unknown)}",
+                              line)
+    return Agent(id=agent_id, owner=owner_id, risk=risk, status=attrs["status"],
+                 description=description, allowed_purposes=tuple(purposes),
+                 registered_by="entities.json")

@@ -1,139 +1,310 @@
-"""The Redis grant store, shared by every Lasthop replica.
+"""The Redis store, shared by every Lasthop replica: grants and agents.
 
-Layout (all keys under `lasthop:`):
-  grant:<id>                 the grant's JSON; expires with the grant
-  pair:<agent>\\x00<user>     hash id -> JSON, read in one round trip on the
-                             check path; kept an hour past the last expiry
-                             so a denial can say `grant_expired`
-  uses:<id>                  use counter, INCR is atomic across replicas
+Topologies (`store.redis_url`):
+  redis://host:port/db, rediss://... (TLS)        one server
+  redis+sentinel://h1:p1,h2:p2/service[?db=N]      the primary Sentinel names
+  redis+cluster://host:port (or redis_cluster=true) a Redis Cluster
 
-The client has explicit socket timeouts (`store.timeout_ms`, default 50 ms)
-and no retries: a check that cannot read Redis in time is a 503
-`store_unavailable`, never an allow. So is a reply that does not parse.
+Keys are cluster-safe: every key a Lua script touches shares the hash tag of
+its (agent, user) pair.
+  lasthop:grant:<id>                the grant's JSON, expiring with it (lookup by id)
+  lasthop:grants                    set of grant ids (listing)
+  lasthop:{<pair>}:pair             hash id -> JSON, read in one round trip per check;
+                                    kept an hour past the last expiry so a denial can
+                                    say `grant_expired`
+  lasthop:{<pair>}:uses:<id>        use counter, incremented atomically with a
+                                    check that the grant is still present
+  lasthop:agent:<id>, lasthop:agents  agents and the set of their ids
+
+Every write publishes on `lasthop:invalidate` (see cache.py). The client has
+explicit socket timeouts (`store.timeout_ms`, default 50 ms) and no retries:
+a check that cannot read Redis in time is a 503 `store_unavailable`, never an
+allow. So is a reply that does not parse.
 """
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from authz.errors import StoreUnavailable
+from authz.errors import ConfigError, GrantError, StoreUnavailable
 from authz.grants import EXPIRED_RETENTION_SECONDS
-from authz.model import Grant
+from authz.model import Agent, Grant
+
+log = logging.getLogger(__name__)
 
 PREFIX = "lasthop:"
+CHANNEL = "lasthop:invalidate"
 
-# SET the grant, add it to its pair's hash, and extend (never shorten) the
-# hash's life. Redis 6.2 has no EXPIRE GT, hence the script.
+# Add the grant to its pair's hash and extend (never shorten) the hash's life.
+# Redis 6.2 has no EXPIRE GT, hence the script.
 _PUT = """
-redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-local want = tonumber(ARGV[4]) - tonumber(redis.call('TIME')[1])
-if redis.call('TTL', KEYS[2]) < want then redis.call('EXPIRE', KEYS[2], want) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local want = tonumber(ARGV[3]) - tonumber(redis.call('TIME')[1])
+if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
 return 1
 """
 
+# Count one use of a grant that is still in its pair's hash: -1 if revoked.
+_CONSUME = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[2]) end
+return n
+"""
 
-def _pair_key(agent: str, user: str) -> str:
-    return f"{PREFIX}pair:{agent}\x00{user}"
+Client = aioredis.Redis | RedisCluster
 
 
-class RedisGrantStore:
-    def __init__(self, url: str, timeout_ms: int) -> None:
-        timeout = timeout_ms / 1000
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            decode_responses=False,
-        )
-        self._put = self._redis.register_script(_PUT)
+def pair_tag(agent: str, user: str) -> str:
+    digest = hashlib.sha256(f"{agent}\x00{user}".encode()).hexdigest()[:24]
+    return f"{{{digest}}}"
+
+
+def connect(url: str, cluster: bool, timeout_ms: int) -> Client:
+    """A client for `url` with explicit timeouts and no blind retries."""
+    timeout = timeout_ms / 1000
+    options: dict[str, Any] = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
+                                   retry=Retry(NoBackoff(), 0), decode_responses=False)
+    parts = urlsplit(url)
+    if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel(parts, options)
+    if cluster or parts.scheme in ("redis+cluster", "rediss+cluster"):
+        scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
+        plain = url.replace(parts.scheme + "://", scheme + "://", 1)
+        return RedisCluster.from_url(plain, cluster_error_retry_attempts=1, **options)
+    return aioredis.Redis.from_url(url, health_check_interval=0, **options)
+
+
+def _sentinel(parts: Any, options: dict[str, Any]) -> aioredis.Redis:
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("store.redis_url", f"sentinel `{item}` is not host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    service = parts.path.strip("/")
+    if not service:
+        raise ConfigError("store.redis_url", "a sentinel URL needs /service_name")
+    query = parse_qs(parts.query)
+    db = int(query.get("db", ["0"])[0])
+    password = parts.password or None
+    sentinel_options = {k: v for k, v in options.items() if k != "decode_responses"}
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
+                        password=password, db=db, ssl=parts.scheme.startswith("rediss"),
+                        **options)
+    master: aioredis.Redis = sentinel.master_for(service)
+    return master
+
+
+def _unavailable(what: str, err: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"redis {what} failed: {type(err).__name__}: {err}")
+
+
+class RedisStore:
+    """Grants and agents in Redis. One instance per process, shared by both stores."""
+
+    def __init__(self, url: str, timeout_ms: int, cluster: bool = False,
+                 revoke_replicas: int = 0, revoke_wait_ms: int = 100) -> None:
+        self.redis: Any = connect(url, cluster, timeout_ms)
+        self._put = self.redis.register_script(_PUT)
+        self._consume = self.redis.register_script(_CONSUME)
+        self._revoke_replicas = revoke_replicas
+        self._revoke_wait_ms = revoke_wait_ms
 
     async def ping(self) -> None:
         try:
-            await self._redis.ping()
+            await self.redis.ping()
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis unreachable: {err}") from err
+            raise _unavailable("ping", err) from err
+
+    async def publish(self, message: str) -> None:
+        try:
+            await self.redis.publish(CHANNEL, message)
+        except (RedisError, OSError) as err:
+            # The write itself went through; caches elsewhere expire on their own bound.
+            log.error("invalidation `%s` not published: %s", message, err)
+
+    # grants -----------------------------------------------------------------
 
     async def put(self, grant: Grant) -> None:
-        keys = [f"{PREFIX}grant:{grant.id}", _pair_key(grant.agent, grant.user)]
-        args: list[str | int] = [grant.to_json(), grant.id, grant.expires_at,
-                                 grant.expires_at + EXPIRED_RETENTION_SECONDS]
+        tag = pair_tag(grant.agent, grant.user)
+        value = grant.to_json()
         try:
-            await self._put(keys=keys, args=args)
+            await self.redis.set(f"{PREFIX}grant:{grant.id}", value, exat=grant.expires_at)
+            await self.redis.sadd(f"{PREFIX}grants", grant.id)
+            await self._put(keys=[f"{PREFIX}{tag}:pair"],
+                            args=[grant.id, value, grant.expires_at + EXPIRED_RETENTION_SECONDS])
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis write failed: {err}") from err
+            raise _unavailable("write", err) from err
+        await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
 
     async def get(self, grant_id: str) -> Grant | None:
         try:
-            raw = await self._redis.get(f"{PREFIX}grant:{grant_id}")
+            raw = await self.redis.get(f"{PREFIX}grant:{grant_id}")
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis read failed: {err}") from err
-        return None if raw is None else _parse(raw)
+            raise _unavailable("read", err) from err
+        return None if raw is None else _grant(raw)
 
     async def revoke(self, grant_id: str) -> Grant | None:
         grant = await self.get(grant_id)
         if grant is None:
             return None
+        tag = pair_tag(grant.agent, grant.user)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(f"{PREFIX}grant:{grant_id}", f"{PREFIX}uses:{grant_id}")
-                pipe.hdel(_pair_key(grant.agent, grant.user), grant_id)
-                await pipe.execute()
+            # The pair hash is what checks read: remove it there first.
+            await self.redis.hdel(f"{PREFIX}{tag}:pair", grant_id)
+            await self.redis.delete(f"{PREFIX}{tag}:uses:{grant_id}")
+            await self.redis.delete(f"{PREFIX}grant:{grant_id}")
+            await self.redis.srem(f"{PREFIX}grants", grant_id)
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis write failed: {err}") from err
+            raise _unavailable("write", err) from err
+        await self.publish(f"revoked\x00{grant_id}\x00{grant.expires_at}")
+        await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
+        await self._wait_for_replicas("revoke")
         return grant
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
         try:
-            values = await self._redis.hvals(_pair_key(agent, user))
+            values = await self.redis.hvals(f"{PREFIX}{pair_tag(agent, user)}:pair")
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis read failed: {err}") from err
-        return [_parse(v) for v in values]
+            raise _unavailable("read", err) from err
+        return [_grant(v) for v in values]
 
     async def list(self, agent: str = "", user: str = "") -> list[Grant]:
-        grants: list[Grant] = []
         try:
-            async for key in self._redis.scan_iter(match=f"{PREFIX}grant:*", count=500):
-                raw = await self._redis.get(key)
-                if raw is not None:
-                    grants.append(_parse(raw))
+            ids = await self.redis.smembers(f"{PREFIX}grants")
+            found = []
+            for gid in sorted(ids):
+                raw = await self.redis.get(f"{PREFIX}grant:{gid.decode()}")
+                if raw is None:
+                    await self.redis.srem(f"{PREFIX}grants", gid)  # expired: tidy the index
+                else:
+                    found.append(_grant(raw))
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis read failed: {err}") from err
-        return [g for g in grants
+            raise _unavailable("read", err) from err
+        return [g for g in found
                 if (not agent or g.agent == agent) and (not user or g.user == user)]
 
     async def consume(self, grant: Grant) -> int:
-        key = f"{PREFIX}uses:{grant.id}"
+        """Count one use; the count including this one. A grant revoked since it was read: deny."""
+        tag = pair_tag(grant.agent, grant.user)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expireat(key, grant.expires_at)
-                count, _ = await pipe.execute()
+            count = await self._consume(
+                keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
+                args=[grant.id, grant.expires_at])
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis write failed: {err}") from err
+            raise _unavailable("write", err) from err
         if not isinstance(count, int):
             raise StoreUnavailable("redis returned a non-integer use count")
+        if count < 0:
+            raise GrantError("no_grant", f"grant `{grant.id}` was revoked during this check")
         return count
 
     async def uses(self, grant_id: str) -> int:
+        grant = await self.get(grant_id)
+        if grant is None:
+            return 0
         try:
-            raw = await self._redis.get(f"{PREFIX}uses:{grant_id}")
+            raw = await self.redis.get(
+                f"{PREFIX}{pair_tag(grant.agent, grant.user)}:uses:{grant_id}")
         except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis read failed: {err}") from err
+            raise _unavailable("read", err) from err
         return int(raw) if raw is not None and raw.isdigit() else 0
 
+    # agents -----------------------------------------------------------------
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        try:
+            raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
+        except (RedisError, OSError) as err:
+            raise _unavailable("read", err) from err
+        return None if raw is None else _agent(raw)
+
+    async def add_agent(self, agent: Agent) -> bool:
+        try:
+            added = await self.redis.set(f"{PREFIX}agent:{agent.id}", agent.to_json(), nx=True)
+            if added:
+                await self.redis.sadd(f"{PREFIX}agents", agent.id)
+        except (RedisError, OSError) as err:
+            raise _unavailable("write", err) from err
+        if added:
+            await self.publish(f"agent\x00{agent.id}")
+        return bool(added)
+
+    async def put_agent(self, agent: Agent) -> None:
+        try:
+            await self.redis.set(f"{PREFIX}agent:{agent.id}", agent.to_json())
+            await self.redis.sadd(f"{PREFIX}agents", agent.id)
+        except (RedisError, OSError) as err:
+            raise _unavailable("write", err) from err
+        await self.publish(f"agent\x00{agent.id}")
+        if not agent.active:
+            await self._wait_for_replicas("suspend")
+
+    async def delete_agent(self, agent_id: str) -> Agent | None:
+        agent = await self.get_agent(agent_id)
+        if agent is None:
+            return None
+        try:
+            await self.redis.delete(f"{PREFIX}agent:{agent_id}")
+            await self.redis.srem(f"{PREFIX}agents", agent_id)
+        except (RedisError, OSError) as err:
+            raise _unavailable("write", err) from err
+        await self.publish(f"agent\x00{agent_id}")
+        return agent
+
+    async def list_agents(self) -> builtins.list[Agent]:
+        try:
+            ids = await self.redis.smembers(f"{PREFIX}agents")
+            agents = [await self.get_agent(i.decode()) for i in sorted(ids)]
+        except (RedisError, OSError) as err:
+            raise _unavailable("read", err) from err
+        return [a for a in agents if a is not None]
+
+    async def _wait_for_replicas(self, what: str) -> None:
+        """With `store.revoke_replicas`, a revoke or suspend is not done until replicas have it."""
+        if self._revoke_replicas <= 0 or isinstance(self.redis, RedisCluster):
+            return
+        try:
+            acked = await self.redis.execute_command("WAIT", self._revoke_replicas,
+                                                     self._revoke_wait_ms)
+        except (RedisError, OSError) as err:
+            raise _unavailable("WAIT", err) from err
+        if int(acked) < self._revoke_replicas:
+            raise StoreUnavailable(
+                f"{what} applied on the primary but only {acked} of {self._revoke_replicas} "
+                f"replicas acknowledged it within {self._revoke_wait_ms} ms; a failover now "
+                "could undo it in Redis (replicas that saw the invalidation still enforce it); "
+                "retry")
+
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()
 
 
-def _parse(raw: bytes | str) -> Grant:
+def _grant(raw: bytes | str) -> Grant:
     try:
         return Grant.from_json(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise StoreUnavailable(f"redis returned a malformed grant: {err}") from err
+
+
+def _agent(raw: bytes | str) -> Agent:
+    try:
+        return Agent.from_json(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StoreUnavailable(f"redis returned a malformed agent: {err}") from err
+
+
+# The grant-store name the rest of the code and the tests know.
+RedisGrantStore = RedisStore

@@ -1,12 +1,16 @@
 """The agent registry: who may act, and whether it is active right now.
 
 Rule: every agent in the chain must be registered (`agent_unregistered`) and
-active (`agent_suspended`). For now the registry is seeded from
-`policies/entities.json`; the interface is async so a shared store can back it.
+active (`agent_suspended`). Agents live in the store (embedded or Redis),
+so every replica sees one truth; `policies/entities.json` seeds the store at
+start-up and on reload, adding agents that are missing and never
+overwriting one changed through the admin API.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import Protocol
 
 from authz.errors import RegistryError
@@ -14,11 +18,24 @@ from authz.model import Agent, Chain
 
 
 class AgentRegistry(Protocol):
+    """What the check path needs: one agent, by id."""
+
     async def get(self, agent_id: str) -> Agent | None: ...
-    def known(self) -> set[str]: ...
+
+
+class AgentStore(Protocol):
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+    async def add_agent(self, agent: Agent) -> bool:
+        """Store `agent` unless one with its id exists; True if stored."""
+        ...
+    async def put_agent(self, agent: Agent) -> None: ...
+    async def delete_agent(self, agent_id: str) -> Agent | None: ...
+    async def list_agents(self) -> list[Agent]: ...
 
 
 class SeededRegistry:
+    """A fixed in-memory registry: offline checks and policy tests."""
+
     def __init__(self, agents: dict[str, Agent]) -> None:
         self._agents = dict(agents)
 
@@ -28,18 +45,62 @@ class SeededRegistry:
     def known(self) -> set[str]:
         return set(self._agents)
 
-    def replace(self, agents: dict[str, Agent]) -> None:
-        self._agents = dict(agents)  # one reference swap, as the policy bundle
+
+class StoreRegistry:
+    """The registry of a running server: reads go to the shared store."""
+
+    def __init__(self, store: AgentStore) -> None:
+        self.store = store
+
+    async def get(self, agent_id: str) -> Agent | None:
+        return await self.store.get_agent(agent_id)
+
+
+class EmbeddedAgentStore:
+    """In-process agents for one Lasthop process; Redis shares them across replicas."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, Agent] = {}
+        self._lock = asyncio.Lock()
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        return self._agents.get(agent_id)
+
+    async def add_agent(self, agent: Agent) -> bool:
+        async with self._lock:
+            if agent.id in self._agents:
+                return False
+            self._agents[agent.id] = agent
+            return True
+
+    async def put_agent(self, agent: Agent) -> None:
+        self._agents[agent.id] = agent
+
+    async def delete_agent(self, agent_id: str) -> Agent | None:
+        return self._agents.pop(agent_id, None)
+
+    async def list_agents(self) -> list[Agent]:
+        return sorted(self._agents.values(), key=lambda a: a.id)
+
+    async def close(self) -> None:
+        return None
+
+
+async def seed(store: AgentStore, agents: dict[str, Agent], now: int) -> list[str]:
+    """Add the seed agents the store lacks; return their ids. Existing agents are untouched."""
+    added = []
+    for agent in agents.values():
+        if await store.add_agent(replace(agent, created_at=agent.created_at or now)):
+            added.append(agent.id)
+    return added
 
 
 async def resolve_chain(registry: AgentRegistry, chain: Chain) -> list[Agent]:
     """The registered, active agents of the chain, first agent first."""
-    resolved: list[Agent] = []
-    for agent_id in chain.agents:
-        agent = await registry.get(agent_id)
+    found = await asyncio.gather(*(registry.get(a) for a in chain.agents))
+    for agent_id, agent in zip(chain.agents, found, strict=True):
         if agent is None:
             raise RegistryError("agent_unregistered", f"agent `{agent_id}` is not registered")
         if not agent.active:
             raise RegistryError("agent_suspended", f"agent `{agent_id}` is {agent.status}")
-        resolved.append(agent)
-    return resolved
+    return [a for a in found if a is not None]

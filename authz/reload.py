@@ -11,8 +11,9 @@ good set stays in force, and the error is logged with its file and line.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from authz import policy_load
@@ -37,7 +38,8 @@ def signature(directory: Path) -> Signature:
 
 class PolicyWatcher:
     def __init__(self, directory: Path, interval: float, current: Callable[[], PolicyBundle],
-                 install: Callable[[PolicyBundle], None], metrics: Metrics | None) -> None:
+                 install: Callable[[PolicyBundle], Awaitable[None] | None],
+                 metrics: Metrics | None) -> None:
         self._directory = directory
         self._interval = interval
         self._current = current
@@ -71,7 +73,9 @@ class PolicyWatcher:
         old = self._current()
         if bundle.version == old.version:
             return False
-        self._install(bundle)
+        installed = self._install(bundle)
+        if inspect.isawaitable(installed):
+            await installed
         self._count("success")
         if self._metrics:
             self._metrics.policy_version.labels(old.version).set(0)

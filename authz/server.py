@@ -29,7 +29,6 @@ from authz.config import split_address
 from authz.errors import StoreUnavailable
 from authz.jwks import RemoteKeys
 from authz.pipeline import Pipeline
-from authz.redis_store import RedisGrantStore
 from authz.reload import PolicyWatcher
 
 log = logging.getLogger(__name__)
@@ -68,11 +67,13 @@ async def serve(app: App) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     app.audit.open()
-    if isinstance(app.store, RedisGrantStore):
-        try:
-            await app.store.ping()
-        except StoreUnavailable as err:
-            log.warning("%s; checks needing grants get 503 until it is back", err.detail)
+    try:
+        if app.redis is not None:
+            await app.redis.ping()
+        await app.seed_registry(app.pipeline.bundle)
+    except StoreUnavailable as err:
+        log.warning("%s; checks get 503 store_unavailable until it is back (the registry "
+                    "is seeded on the next policy reload)", err.detail)
 
     health_servicer = health.aio.HealthServicer()
     authz_server = grpc.aio.server()
@@ -94,6 +95,8 @@ async def serve(app: App) -> int:
     metrics = f"{metrics_host}:{metrics_http.server_port}"
 
     background: list[asyncio.Task[None]] = []
+    if app.invalidation is not None:
+        background.append(asyncio.create_task(app.invalidation.run()))
     if isinstance(app.keys, RemoteKeys):
         background.append(asyncio.create_task(app.keys.refresh_forever()))
     if settings.policies.reload_interval_seconds > 0:

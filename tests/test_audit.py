@@ -237,12 +237,14 @@ def test_pipeline_with_a_full_audit_log(make_pipeline: PipelineFactory, issuer: 
         store = EmbeddedGrantStore(clock)
         await store.put(grant(now=clock.now))
         log = AuditLog(path, queue_size=1)
-        log.open()
         pipeline = make_pipeline(store=store, audit=log)
+        # The writer is not started yet, so nothing drains the queue between checks
+        # (a check may yield to the event loop, e.g. for registry lookups).
         first = await pipeline.check(check_input(token))   # takes the only slot
-        second = await pipeline.check(check_input(token))  # writer has not run yet
+        second = await pipeline.check(check_input(token))  # the queue is full
         assert first.allowed
         assert (second.allowed, second.reason) == (False, "audit_unavailable")
+        log.open()
         await log.close()
 
     asyncio.run(main())

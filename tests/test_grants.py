@@ -26,7 +26,7 @@ from authz.grants import (
     select,
 )
 from authz.model import EntityRef, Grant, RouteMatch
-from authz.redis_store import RedisGrantStore
+from authz.redis_store import RedisGrantStore, pair_tag
 from tests.conftest import PURPOSE, Clock
 
 NOW = 1_800_000_000
@@ -354,7 +354,7 @@ def redis_ttl(url: str, key: str) -> int:
 
 
 def pair_key(agent: str, user: str) -> str:
-    return f"lasthop:pair:{agent}\x00{user}"
+    return f"lasthop:{pair_tag(agent, user)}:pair"
 
 
 def run_redis(url: str, body: Callable[[RedisGrantStore], Awaitable[None]],
@@ -378,7 +378,8 @@ def test_redis_grant_key_expires_with_the_grant(redis_url: str) -> None:
     run_redis(redis_url, body)
     remaining = g.expires_at - time.time()
     assert abs(redis_ttl(redis_url, "lasthop:grant:g-ttl") - remaining) <= 2
-    assert abs(redis_ttl(redis_url, "lasthop:uses:g-ttl") - remaining) <= 2
+    uses_key = f"lasthop:{pair_tag('scribe', 'dr-alice')}:uses:g-ttl"
+    assert abs(redis_ttl(redis_url, uses_key) - remaining) <= 2
     pair = redis_ttl(redis_url, pair_key("scribe", "dr-alice"))
     assert abs(pair - (remaining + EXPIRED_RETENTION_SECONDS)) <= 2
 
@@ -444,6 +445,7 @@ def test_redis_junk_grant_key_is_store_unavailable(redis_url: str) -> None:
     client = sync_client(redis_url)
     try:
         client.set("lasthop:grant:g-junk", b"{")
+        client.sadd("lasthop:grants", "g-junk")
     finally:
         client.close()
 

@@ -78,7 +78,8 @@ def _broken_policies(tmp_path: Path, file: str, line: int, old: str, new: str) -
 @pytest.mark.parametrize(("file", "line", "old", "new"), [
     pytest.param("scribe-read-records.cedar", 5, "action ==", "action ===", id="syntax-operator"),
     pytest.param("scribe-read-records.cedar", 3, "permit (", "permitt (", id="syntax-effect"),
-    pytest.param("high-risk-agents-never-write.cedar", 9, "principal.risk ", "principal.riskk ",
+    pytest.param("high-risk-agents-never-write.cedar", 10, "principal.risk_tier ",
+                 "principal.risk_teir ",
                  id="unknown-attribute"),
 ])
 def test_bad_policy_names_file_and_line(tmp_path: Path, file: str, line: int, old: str,

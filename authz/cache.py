@@ -1,0 +1,186 @@
+"""Local caches of grants and agents in front of Redis, invalidated through pub/sub.
+
+Rules (each one is what keeps a cache from becoming standing privilege):
+- every entry expires after `store.cache_ttl_ms` at most;
+- a write anywhere publishes on `lasthop:invalidate`; each replica drops the
+  entry when the message arrives;
+- while the subscription is down (not yet confirmed, dropped, reconnecting)
+  the caches are empty and every read goes to Redis;
+- a read that raced an invalidation is not cached (a generation counter);
+- a cached grant is re-checked against its own `expires_at` on every use
+  (grants.select does that), so it never outlives its expiry;
+- revocations are also kept as local tombstones until the grant's own
+  expiry: a grant this replica saw revoked stays revoked here even if a
+  Redis failover loses the revoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from authz.metrics import Metrics
+from authz.model import Agent, Grant
+from authz.redis_store import CHANNEL, RedisStore
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 200_000
+RECONNECT_SECONDS = 0.2
+
+
+class Invalidation:
+    """The pub/sub listener, and the state every cache consults."""
+
+    def __init__(self, store: RedisStore, ttl: float, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.clock = clock
+        self.metrics = metrics
+        self.live = False  # subscribed and confirmed: caching allowed
+        self.generation = 0  # bumped by every invalidation, flush and drop
+        self.agents: dict[str, tuple[float, int, Agent | None]] = {}
+        self.pairs: dict[tuple[str, str], tuple[float, int, list[Grant]]] = {}
+        self.tombstones: dict[str, float] = {}  # grant id -> wall-clock expiry
+
+    def drop_all(self) -> None:
+        self.generation += 1
+        self.agents.clear()
+        self.pairs.clear()
+
+    def handle(self, message: str) -> None:
+        kind, _, rest = message.partition("\x00")
+        self.generation += 1
+        if kind == "agent":
+            self.agents.pop(rest, None)
+        elif kind == "pair":
+            agent, _, user = rest.partition("\x00")
+            self.pairs.pop((agent, user), None)
+        elif kind == "revoked":
+            grant_id, _, expires = rest.partition("\x00")
+            self.tombstones[grant_id] = float(expires or 0)
+        else:
+            self.drop_all()
+
+    async def run(self) -> None:
+        """Listen forever; any failure drops the caches until resubscribed."""
+        while True:
+            pubsub: Any = None
+            try:
+                pubsub = self.store.redis.pubsub()
+                await pubsub.subscribe(CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self.drop_all()  # anything cached before this point may be stale
+                        self.live = True
+                        log.info("cache invalidation subscribed; local caches on")
+                    elif message["type"] == "message":
+                        data = message["data"]
+                        self.handle(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ConnectionError) as err:
+                if self.live:
+                    log.warning("cache invalidation dropped (%s); caches off until it is back",
+                                err)
+            finally:
+                self.live = False
+                self.drop_all()
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except (RedisError, OSError):
+                        pass
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    def count(self, cache: str, hit: bool) -> None:
+        if self.metrics:
+            self.metrics.cache_requests.labels(cache, "hit" if hit else "miss").inc()
+
+    def prune_tombstones(self) -> None:
+        now = time.time()
+        for gid in [g for g, exp in self.tombstones.items() if exp < now]:
+            del self.tombstones[gid]
+
+
+class CachingGrantStore:
+    """The Redis grant store with a per-(agent, user) cache on the check path."""
+
+    def __init__(self, store: RedisStore, inval: Invalidation) -> None:
+        self.store = store
+        self.inval = inval
+
+    async def for_pair(self, agent: str, user: str) -> list[Grant]:
+        inval = self.inval
+        key = (agent, user)
+        now = inval.clock()
+        entry = inval.pairs.get(key) if inval.live else None
+        if entry is not None and entry[0] > now:
+            inval.count("grants", True)
+            return self._alive(entry[2])
+        inval.count("grants", False)
+        generation = inval.generation
+        grants = await self.store.for_pair(agent, user)
+        if inval.live and inval.generation == generation and len(inval.pairs) < MAX_ENTRIES:
+            inval.pairs[key] = (now + inval.ttl, generation, grants)
+        return self._alive(grants)
+
+    def _alive(self, grants: list[Grant]) -> list[Grant]:
+        tombstones = self.inval.tombstones
+        return [g for g in grants if g.id not in tombstones] if tombstones else grants
+
+    async def put(self, grant: Grant) -> None:
+        await self.store.put(grant)
+
+    async def get(self, grant_id: str) -> Grant | None:
+        return await self.store.get(grant_id)
+
+    async def revoke(self, grant_id: str) -> Grant | None:
+        grant = await self.store.revoke(grant_id)
+        if grant is not None:  # this replica: effective before the call returns
+            self.inval.handle(f"revoked\x00{grant.id}\x00{grant.expires_at}")
+            self.inval.handle(f"pair\x00{grant.agent}\x00{grant.user}")
+        return grant
+
+    async def list(self, agent: str = "", user: str = "") -> list[Grant]:
+        return await self.store.list(agent, user)
+
+    async def consume(self, grant: Grant) -> int:
+        return await self.store.consume(grant)
+
+    async def uses(self, grant_id: str) -> int:
+        return await self.store.uses(grant_id)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class CachingRegistry:
+    """Agents by id, cached; a suspension invalidates every replica's entry."""
+
+    def __init__(self, store: RedisStore, inval: Invalidation) -> None:
+        self.store = store
+        self.inval = inval
+
+    async def get(self, agent_id: str) -> Agent | None:
+        inval = self.inval
+        now = inval.clock()
+        entry = inval.agents.get(agent_id) if inval.live else None
+        if entry is not None and entry[0] > now:
+            inval.count("agents", True)
+            return entry[2]
+        inval.count("agents", False)
+        generation = inval.generation
+        agent = await self.store.get_agent(agent_id)
+        if inval.live and inval.generation == generation and len(inval.agents) < MAX_ENTRIES:
+            inval.agents[agent_id] = (now + inval.ttl, generation, agent)
+        return agent
