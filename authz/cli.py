@@ -6,47 +6,25 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 
-from google.protobuf.json_format import MessageToDict
-
-from authz import cli_policy, config, shadow_report
+from authz import cli_agents, cli_policy, config, shadow_report
 from authz._proto import grants_pb2 as pb
 from authz.admin_client import AdminClient, AdminError
+from authz.cli_admin import CliError, admin_client, admin_options, message_dict
 from authz.errors import ConfigError, PolicyLoadError
 
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    """A user-facing error: printed to stderr, exit 2."""
-
-
-def _admin_address(args: argparse.Namespace) -> str:
-    if args.admin_url:
-        return str(args.admin_url)
-    if os.environ.get("LASTHOP_ADMIN_URL"):
-        return os.environ["LASTHOP_ADMIN_URL"]
-    if args.config:
-        return config.load(args.config).server.admin_listen
-    raise CliError("no admin address: pass --admin-url, set LASTHOP_ADMIN_URL, or pass --config")
-
-
 def _admin(args: argparse.Namespace) -> AdminClient:
-    token = args.admin_token or os.environ.get("LASTHOP_ADMIN_TOKEN", "")
-    if not token:
-        raise CliError("no admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN")
-    address = _admin_address(args).removeprefix("grpc://").removeprefix("http://")
-    return AdminClient(address, token)
+    return admin_client(args)
 
 
 def _grant_dict(grant: pb.Grant) -> dict[str, object]:
-    result: dict[str, object] = MessageToDict(grant, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
-    return result
+    return message_dict(grant)
 
 
 def _print_grants(grants: list[pb.Grant], output: str) -> None:
@@ -132,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     cli_policy.add_commands(sub)
+    cli_agents.add_commands(sub)
 
     audit = sub.add_parser("audit", help="read the audit trail").add_subparsers(
         dest="audit_command", required=True)
@@ -139,11 +118,7 @@ def parser() -> argparse.ArgumentParser:
 
     grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
         dest="grants_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--admin-url", help="admin API host:port (else LASTHOP_ADMIN_URL)")
-    common.add_argument("--admin-token", help="admin bearer token (else LASTHOP_ADMIN_TOKEN)")
-    common.add_argument("--config", help="read server.admin_listen from this config")
-    common.add_argument("--output", choices=("table", "json"), default="table")
+    common = admin_options()
 
     issue = grants.add_parser("issue", parents=[common], help="issue a grant")
     issue.add_argument("--agent", required=True)

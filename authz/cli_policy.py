@@ -18,7 +18,7 @@ import cedarpy
 from authz import config, delegation, grants, jwks, offline, policy_fixtures, policy_load
 from authz.errors import LasthopError
 from authz.identity import bearer_token
-from authz.model import CheckInput, Decision, Grant
+from authz.model import CheckInput, Decision, Grant, RiskTiers
 from authz.policy_scenarios import SCENARIO_FILE, ScenarioError
 from authz.policy_scenarios import run_all as run_scenarios
 
@@ -133,7 +133,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         keys, token = signer.keys, signer.token(claims, now)
         source = "claims given on the command line (signature not checked)"
     env = offline.build(bundle, settings.identity, keys, clock=lambda: now,
-                        dry_run=settings.policies.mode == "dry-run")
+                        dry_run=settings.policies.mode == "dry-run",
+                        tiers=RiskTiers(settings.registry.medium_risk_from,
+                                        settings.registry.high_risk_from))
     user, actor = _chain_of(env, token)
     held = [_grant(spec, i, user, actor, int(now)) for i, spec in enumerate(args.grant)]
     headers = {"authorization": [f"Bearer {token}"]}

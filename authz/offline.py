@@ -22,12 +22,13 @@ from authz.demo_tokens import DemoIssuer
 from authz.grants import EmbeddedGrantStore
 from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
 from authz.intent import IntentReader
-from authz.model import CheckInput, Decision, Grant
+from authz.model import CheckInput, Decision, Grant, RiskTiers
 from authz.pipeline import Pipeline, PipelineOptions
 from authz.policy_load import PolicyBundle
 from authz.registry import SeededRegistry
 
 THROWAWAY_KID = "lasthop-offline"
+DEFAULT_TIERS = RiskTiers()
 
 
 def rules_for(ident: IdentitySettings) -> tuple[IdentityRules, IdentityRules]:
@@ -63,7 +64,8 @@ class Offline:
 
 
 def build(bundle: PolicyBundle, ident: IdentitySettings, keys: jwks.KeySource,
-          clock: Callable[[], float] = time.time, dry_run: bool = False) -> Offline:
+          clock: Callable[[], float] = time.time, dry_run: bool = False,
+          tiers: RiskTiers = DEFAULT_TIERS) -> Offline:
     access, txn = rules_for(ident)
     store = EmbeddedGrantStore(clock)
     audit = MemoryAudit()
@@ -76,7 +78,8 @@ def build(bundle: PolicyBundle, ident: IdentitySettings, keys: jwks.KeySource,
         audit=audit,
         metrics=None,
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth, bind_peer=ident.bind_peer,
-                                trust_domain=ident.spiffe_trust_domain, dry_run=dry_run),
+                                trust_domain=ident.spiffe_trust_domain, dry_run=dry_run,
+                                tiers=tiers),
         clock=clock,
     )
     return Offline(pipeline=pipeline, store=store, audit=audit)

@@ -103,7 +103,8 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
         raise PolicyError(f"request entities rejected: {err}") from err
     cedar_request = request.as_cedar()
     result = cedarpy.is_authorized(cedar_request, bundle.policy_set, entities)
-    determining = tuple(_policy_id(bundle, p) for p in result.diagnostics.reasons)
+    determining = tuple(_policy_id(bundle, p)
+                        for p in sorted(result.diagnostics.reasons, key=_position))
     if result.diagnostics.errors:
         raise PolicyError("; ".join(_name_errors(bundle, result.diagnostics.errors)))
     if result.decision not in (cedarpy.Decision.Allow, cedarpy.Decision.Deny):
@@ -116,7 +117,8 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
 
 
 def _deny_reason(bundle: PolicyBundle, result: cedarpy.AuthzResult) -> tuple[str, str]:
-    for cedar_id in result.diagnostics.reasons:
+    """The first matching forbid in file order: Cedar lists them in no fixed order."""
+    for cedar_id in sorted(result.diagnostics.reasons, key=_position):
         info = bundle.policies.get(cedar_id)
         if info is not None and info.effect == "forbid":
             return info.reason or "policy_denied", f"forbidden by `{info.id}`"
@@ -140,6 +142,11 @@ def _shadow(bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedar
     shadow_permit = any(h.effect == "permit" for h in hits)
     would_allow = (allowed or (shadow_permit and not enforced_forbid)) and not shadow_forbid
     return tuple(hits), would_allow != allowed
+
+
+def _position(cedar_id: str) -> tuple[int, str]:
+    number = cedar_id.removeprefix("policy")
+    return (int(number), "") if number.isdigit() else (1 << 30, cedar_id)
 
 
 def _policy_id(bundle: PolicyBundle, cedar_id: str) -> str:

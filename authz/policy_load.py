@@ -353,6 +353,9 @@ def _load_entities(path: Path, text: str, schema: cedarpy.Schema) -> tuple[cedar
         uid = entity.get("uid", {}) if isinstance(entity, dict) else {}
         if isinstance(uid, dict) and uid.get("type") == AGENT_TYPE:
             agent = _agent(entity, where, text)  # registry seeds: checked here, not by Cedar
+            if agent.id in agents:
+                raise PolicyLoadError(where, f"agent `{agent.id}` appears twice",
+                                      _line_of(text, agent.id))
             agents[agent.id] = agent
             continue
         try:
@@ -374,17 +377,21 @@ def _line_of(text: str, needle: str) -> int | None:
 
 
 def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
-    attrs = entity.get("attrs", {})
     agent_id = entity["uid"].get("id")
     line = _line_of(text, agent_id) if isinstance(agent_id, str) else None
+    attrs = entity.get("attrs", {})
+    if not isinstance(attrs, dict):
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `attrs` must be an object", line)
     owner = attrs.get("owner")
-    owner_id = owner.get("__entity", owner).get("id") if isinstance(owner, dict) else owner
+    ref = owner.get("__entity") if isinstance(owner, dict) else None
+    owner_id = ref.get("id") if isinstance(ref, dict) and ref.get("type") == "User" else None
     purposes = attrs.get("allowed_purposes", [])
     description = attrs.get("description", "")
     if not isinstance(agent_id, str) or not agent_id:
         raise PolicyLoadError(where, "an agent needs a string `uid.id`", line)
     if not isinstance(owner_id, str) or not owner_id:
-        raise PolicyLoadError(where, f"agent `{agent_id}` needs an `owner` (a User)", line)
+        raise PolicyLoadError(where, f'agent `{agent_id}` needs an `owner`: '
+                              '{"__entity": {"type": "User", "id": "..."}}', line)
     risk = attrs.get("risk")
     if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 100:
         raise PolicyLoadError(where, f"agent `{agent_id}`: `risk` must be an integer 0 to 100",
@@ -392,9 +399,9 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
     if attrs.get("status") not in AGENT_STATUSES:
         raise PolicyLoadError(where, f"agent `{agent_id}`: `status` must be one of "
                               f"{list(AGENT_STATUSES)}", line)
-    if not isinstance(purposes, list) or not all(isinstance(p, str) for p in purposes):
+    if not isinstance(purposes, list) or not all(isinstance(p, str) and p for p in purposes):
         raise PolicyLoadError(where, f"agent `{agent_id}`: `allowed_purposes` must be a list of "
-                              "strings", line)
+                              "non-empty strings", line)
     if not isinstance(description, str):
         raise PolicyLoadError(where, f"agent `{agent_id}`: `description` must be a string", line)
     unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description"}

@@ -22,8 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from authz import ext_authz
-from authz._proto import grants_pb2_grpc
+from authz._proto import agents_pb2_grpc, grants_pb2_grpc
 from authz.admin import AdminAuth, GrantsService
+from authz.admin_agents import AgentsService
 from authz.app import App
 from authz.config import split_address
 from authz.errors import StoreUnavailable
@@ -86,6 +87,10 @@ async def serve(app: App) -> int:
         auth=AdminAuth(app.keys, app.admin_rules, time.time), store=app.store,
         registry=app.registry, actions=lambda: app.pipeline.bundle.actions,
         max_ttl=settings.grants.max_ttl, clock=time.time,
+    ), admin_server)
+    agents_pb2_grpc.add_AgentsServicer_to_server(AgentsService(
+        auth=AdminAuth(app.keys, app.admin_rules, time.time), agents=app.agents,
+        grant_store=app.store, tiers=app.pipeline.options.tiers, clock=time.time,
     ), admin_server)
     admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
 

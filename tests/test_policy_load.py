@@ -12,19 +12,27 @@ import pytest
 
 from authz import policy, policy_load
 from authz.errors import PolicyLoadError
-from authz.model import Agent
+from authz.model import Agent, RiskTiers
 from tests.conftest import POLICIES
 
+# @id -> (file, effect, @reason, line of the statement: its @id, after the leading comment)
 SHIPPED_IDS = {
-    "billing-bot-read-claims": ("billing-bot-read-claims.cedar", "permit", ""),
-    "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical"),
-    "grant-purpose-must-match": ("grant-purpose-must-match.cedar", "forbid", "purpose_mismatch"),
+    "agent-purpose-must-be-allowed": ("agent-purpose-must-be-allowed.cedar", "forbid",
+                                      "purpose_not_allowed", 2),
+    "billing-bot-read-claims": ("billing-bot-read-claims.cedar", "permit", "", 2),
+    "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical",
+                               2),
+    "grant-purpose-must-match": ("grant-purpose-must-match.cedar", "forbid", "purpose_mismatch",
+                                 2),
     "high-risk-agents-never-write": ("high-risk-agents-never-write.cedar", "forbid",
-                                     "risk_too_high"),
-    "med-reconciler-read-medications": ("med-reconciler-read-medications.cedar", "permit", ""),
-    "scribe-read-records": ("scribe-read-records.cedar", "permit", ""),
-    "scribe-write-notes": ("scribe-write-notes.cedar", "permit", ""),
+                                     "risk_too_high", 3),  # two comment lines
+    "med-reconciler-read-medications": ("med-reconciler-read-medications.cedar", "permit", "",
+                                        2),
+    "scribe-read-records": ("scribe-read-records.cedar", "permit", "", 2),
+    "scribe-write-notes": ("scribe-write-notes.cedar", "permit", "", 2),
 }
+SHIPPED_COUNT = 8
+SEED = "entities.json"  # registered_by of every agent seeded from the policy directory
 
 
 @pytest.fixture
@@ -57,8 +65,10 @@ def load_error(directory: Path) -> PolicyLoadError:
 
 
 def test_shipped_bundle_counts(bundle: policy_load.PolicyBundle) -> None:
-    assert len(bundle.policy_set) == 7
-    assert len(bundle.policies) == 7
+    assert len(SHIPPED_IDS) == SHIPPED_COUNT
+    assert len(bundle.policy_set) == SHIPPED_COUNT
+    assert len(bundle.policies) == SHIPPED_COUNT
+    assert bundle.shadow_probe is None  # no shipped policy is in shadow mode
     assert bundle.actions == frozenset({"read", "write"})
     assert len(bundle.routes.routes) == 4
     assert len(bundle.version) == 16
@@ -68,30 +78,77 @@ def test_shipped_bundle_counts(bundle: policy_load.PolicyBundle) -> None:
 def test_every_policy_has_its_id_file_and_line(bundle: policy_load.PolicyBundle) -> None:
     by_id = {info.id: info for info in bundle.policies.values()}
     assert set(by_id) == set(SHIPPED_IDS)
-    for policy_id, (file, effect, reason) in SHIPPED_IDS.items():
+    for policy_id, (file, effect, reason, line) in SHIPPED_IDS.items():
         info = by_id[policy_id]
-        assert (info.file, info.effect, info.reason) == (file, effect, reason)
+        assert (info.file, info.effect, info.reason, info.mode) == (file, effect, reason,
+                                                                    "enforce")
         # the line is where the statement starts: the @id annotation, after the comment
         assert info.line == line_of(POLICIES / file, "@id(")
-        assert info.line == 2
-    assert sorted(bundle.policies) == [f"policy{i}" for i in range(7)]
+        assert info.line == line, policy_id
+    assert sorted(bundle.policies) == sorted(f"policy{i}" for i in range(SHIPPED_COUNT))
 
 
 def test_cedar_ids_follow_file_order(bundle: policy_load.PolicyBundle) -> None:
     files = sorted(p.name for p in POLICIES.glob("*.cedar"))
-    assert [bundle.policies[f"policy{i}"].file for i in range(7)] == files
+    assert len(files) == SHIPPED_COUNT
+    assert [bundle.policies[f"policy{i}"].file for i in range(SHIPPED_COUNT)] == files
+    assert files[0] == "agent-purpose-must-be-allowed.cedar"  # the new file sorts first
 
 
 def test_agents_seeded_including_the_suspended_one(bundle: policy_load.PolicyBundle) -> None:
     assert bundle.agents == {
-        "scribe": Agent("scribe", "dr-alice", 20, "active"),
-        "med-reconciler": Agent("med-reconciler", "dr-alice", 30, "active"),
-        "billing-bot": Agent("billing-bot", "bob", 40, "active"),
-        "orchestrator": Agent("orchestrator", "dr-alice", 10, "active"),
-        "dictation-vendor": Agent("dictation-vendor", "dr-alice", 75, "active"),
-        "chart-exporter": Agent("chart-exporter", "bob", 85, "suspended"),
+        "scribe": Agent(
+            "scribe", "dr-alice", 20, "active",
+            description="drafts and files clinical notes from visit audio",
+            allowed_purposes=("clinical-documentation",), created_at=0, registered_by=SEED),
+        "med-reconciler": Agent(
+            "med-reconciler", "dr-alice", 30, "active",
+            description="reconciles medication lists at admission and discharge",
+            allowed_purposes=("medication-reconciliation",), created_at=0, registered_by=SEED),
+        "billing-bot": Agent(
+            "billing-bot", "bob", 40, "active",
+            description="prepares and checks insurance claims",
+            allowed_purposes=("billing",), created_at=0, registered_by=SEED),
+        "orchestrator": Agent(
+            "orchestrator", "dr-alice", 10, "active",
+            description="plans clinical tasks and delegates them to the other agents",
+            allowed_purposes=("clinical-documentation", "medication-reconciliation"),
+            created_at=0, registered_by=SEED),
+        "dictation-vendor": Agent(
+            "dictation-vendor", "dr-alice", 75, "active",
+            description="third-party dictation service (external, high risk)",
+            allowed_purposes=("clinical-documentation",), created_at=0, registered_by=SEED),
+        "chart-exporter": Agent(
+            "chart-exporter", "bob", 85, "suspended",
+            description="bulk chart export for a retired billing integration",
+            allowed_purposes=("billing",), created_at=0, registered_by=SEED),
     }
     assert not bundle.agents["chart-exporter"].active
+    assert all(a.active for name, a in bundle.agents.items() if name != "chart-exporter")
+
+
+def test_seeded_risk_tiers(bundle: policy_load.PolicyBundle) -> None:
+    """With the default tiers only dictation-vendor (75) and chart-exporter (85) are high."""
+    tiers = {name: policy.DEFAULT_TIERS.of(a.risk) for name, a in bundle.agents.items()}
+    assert policy.DEFAULT_TIERS == RiskTiers(medium=30, high=70)
+    assert tiers == {"scribe": "low", "med-reconciler": "medium", "billing-bot": "medium",
+                     "orchestrator": "low", "dictation-vendor": "high", "chart-exporter": "high"}
+
+
+def test_seeded_agents_make_schema_conforming_cedar_entities(
+        bundle: policy_load.PolicyBundle) -> None:
+    """Seeds are no longer checked by the schema, so what reaches Cedar must be."""
+    for tiers in (policy.DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
+        entities = [policy.agent_entity(a, tiers) for a in bundle.agents.values()]
+        cedarpy.Entities.from_json_str(json.dumps(entities), bundle.schema)
+    entity = policy.agent_entity(bundle.agents["orchestrator"], policy.DEFAULT_TIERS)
+    assert entity["attrs"]["allowed_purposes"] == ["clinical-documentation",
+                                                   "medication-reconciliation"]
+    assert entity["attrs"]["risk_tier"] == "low"
+    # a tier of the wrong type is what the schema refuses
+    entity["attrs"]["risk_tier"] = 3
+    with pytest.raises(ValueError):
+        cedarpy.Entities.from_json_str(json.dumps([entity]), bundle.schema)
 
 
 def test_static_entities_hold_no_agents(bundle: policy_load.PolicyBundle) -> None:
@@ -104,7 +161,7 @@ def test_static_entities_hold_no_agents(bundle: policy_load.PolicyBundle) -> Non
     assert cedarpy.is_authorized(request, probe, bundle.entities).decision == \
         cedarpy.Decision.Deny
     with_agent = bundle.entities.with_added_json_str(
-        json.dumps([policy.agent_entity(bundle.agents["scribe"])]))
+        json.dumps([policy.agent_entity(bundle.agents["scribe"], policy.DEFAULT_TIERS)]))
     assert cedarpy.is_authorized(request, probe, with_agent).decision == cedarpy.Decision.Allow
 
 
@@ -122,7 +179,11 @@ def test_version_is_stable_and_tracks_content(copy: Path) -> None:
 def test_version_tracks_entities(copy: Path) -> None:
     first = policy_load.load(copy).version
     edit(copy / "entities.json", '"risk": 20', '"risk": 21')
-    assert policy_load.load(copy).version != first
+    second = policy_load.load(copy).version
+    assert second != first
+    edit(copy / "entities.json", '"allowed_purposes": ["billing"]',
+         '"allowed_purposes": ["billing", "research"]')
+    assert policy_load.load(copy).version not in (first, second)
 
 
 # --- broken directories ----------------------------------------------------------------------
@@ -179,14 +240,18 @@ def test_syntax_error_names_file_and_line(copy: Path, old: str, new: str, needle
 
 
 @pytest.mark.parametrize(("file", "old", "new", "attribute"), [
-    ("high-risk-agents-never-write.cedar", "principal.risk", "principal.riskk", "riskk"),
-    ("high-risk-agents-never-write.cedar", "when { principal.risk >= 70 }",
-     "when {\n  principal.risk >= 70 &&\n  principal.riskk >= 1\n}", "riskk"),
+    ("high-risk-agents-never-write.cedar", "principal.risk_tier", "principal.risk_tierr",
+     "risk_tierr"),
+    ("high-risk-agents-never-write.cedar", 'when { principal.risk_tier == "high" }',
+     'when {\n  principal.risk_tier == "high" &&\n  principal.riskk >= 1\n}', "riskk"),
+    ("agent-purpose-must-be-allowed.cedar", "principal.allowed_purposes",
+     "principal.allowed_purpose", "allowed_purpose"),
     ("scribe-write-notes.cedar", "when { context has grant }",
      'when {\n  context has grant &&\n  context.purposee == "x"\n}', "purposee"),
     ("scribe-read-records.cedar", "when { context has grant }",
      "when { context has grant && resource.owner == principal }", "owner"),
-], ids=["entity-attr", "entity-attr-multiline", "context-attr", "resource-attr"])
+], ids=["entity-attr", "entity-attr-multiline", "entity-set-attr", "context-attr",
+        "resource-attr"])
 def test_unknown_attribute_names_attribute_file_and_line(copy: Path, file: str, old: str,
                                                         new: str, attribute: str) -> None:
     path = copy / file
@@ -290,13 +355,13 @@ def test_entities_not_a_list(copy: Path) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "entity_id"), [
-    ('"risk": 30', '"risk": "high"', "med-reconciler"),
     ('{"uid": {"type": "User", "id": "bob"}', '{"uid": {"type": "Doctor", "id": "bob"}', "bob"),
-    ('"owner": {"__entity": {"type": "User", "id": "bob"}}, "risk": 40, ',
-     '"risk": 40, ', "billing-bot"),
-])
+    ('{"uid": {"type": "User", "id": "dr-alice"}, "attrs": {}',
+     '{"uid": {"type": "User", "id": "dr-alice"}, "attrs": {"role": "doctor"}', "dr-alice"),
+], ids=["unknown-type", "undeclared-attribute"])
 def test_entity_not_matching_the_schema(copy: Path, old: str, new: str,
                                         entity_id: str) -> None:
+    """Entities other than agents are still checked by the Cedar schema."""
     path = copy / "entities.json"
     edit(path, old, new)
     err = load_error(copy)
@@ -305,21 +370,121 @@ def test_entity_not_matching_the_schema(copy: Path, old: str, new: str,
     assert err.line == line_of(path, f'"id": "{entity_id}"')
 
 
-@pytest.mark.parametrize("risk", ["150", "-1", "101"])
-def test_agent_risk_out_of_range(copy: Path, risk: str) -> None:
+def agent_error(copy: Path, agent_id: str, old: str, new: str) -> tuple[PolicyLoadError, str]:
+    """Edit entities.json, load, and return the error and the `file:line` it must name."""
     path = copy / "entities.json"
-    edit(path, '"risk": 30', f'"risk": {risk}')
+    edit(path, old, new)
     err = load_error(copy)
-    assert "med-reconciler" in str(err)
-    assert "risk must be 0 to 100" in str(err)
-    assert err.line == line_of(path, '"id": "med-reconciler"')
+    line = line_of(path, f'"id": "{agent_id}"')
+    assert err.path == str(path)
+    assert err.line == line, str(err)
+    return err, f"{path}:{line}"
 
 
-def test_agent_status_must_be_active_or_suspended(copy: Path) -> None:
-    edit(copy / "entities.json", '"status": "suspended"', '"status": "retired"')
+@pytest.mark.parametrize("risk", ["150", "-1", "101", '"high"', "true", "30.5", "null"])
+def test_agent_risk_must_be_an_integer_0_to_100(copy: Path, risk: str) -> None:
+    err, where = agent_error(copy, "med-reconciler", '"risk": 30', f'"risk": {risk}')
+    assert str(err) == f"{where}: agent `med-reconciler`: `risk` must be an integer 0 to 100"
+
+
+@pytest.mark.parametrize("risk", [0, 100])
+def test_agent_risk_bounds_are_accepted(copy: Path, risk: int) -> None:
+    edit(copy / "entities.json", '"risk": 30', f'"risk": {risk}')
+    assert policy_load.load(copy).agents["med-reconciler"].risk == risk
+
+
+@pytest.mark.parametrize("status", ['"retired"', '"Active"', '["suspended"]', "null"])
+def test_agent_status_must_be_active_or_suspended(copy: Path, status: str) -> None:
+    err, where = agent_error(copy, "chart-exporter", '"status": "suspended"',
+                             f'"status": {status}')
+    assert str(err) == (f"{where}: agent `chart-exporter`: `status` must be one of "
+                        "['active', 'suspended']")
+
+
+BILLING_OWNER = '"owner": {"__entity": {"type": "User", "id": "bob"}}, "risk": 40, '
+
+
+OWNER_NEEDED = ('agent `billing-bot` needs an `owner`: '
+                '{"__entity": {"type": "User", "id": "..."}}')
+
+
+@pytest.mark.parametrize(("agent_id", "old", "new", "message"), [
+    ("billing-bot", BILLING_OWNER, '"risk": 40, ',
+     OWNER_NEEDED),
+    ("billing-bot", BILLING_OWNER, '"owner": {"__entity": {"type": "User", "id": ""}}, '
+     '"risk": 40, ', OWNER_NEEDED),
+    ("scribe", '"risk": 20, ', "", "agent `scribe`: `risk` must be an integer 0 to 100"),
+    ("med-reconciler", '"status": "active", "allowed_purposes": ["medication-reconciliation"]',
+     '"allowed_purposes": ["medication-reconciliation"]',
+     "agent `med-reconciler`: `status` must be one of ['active', 'suspended']"),
+    ("billing-bot", '"allowed_purposes": ["billing"]', '"allowed_purposes": "billing"',
+     "agent `billing-bot`: `allowed_purposes` must be a list of non-empty strings"),
+    ("orchestrator", '"allowed_purposes": ["clinical-documentation", "medication-reconciliation"]',
+     '"allowed_purposes": ["clinical-documentation", 7]',
+     "agent `orchestrator`: `allowed_purposes` must be a list of non-empty strings"),
+    ("scribe", '"allowed_purposes": ["clinical-documentation"]', '"allowed_purposes": null',
+     "agent `scribe`: `allowed_purposes` must be a list of non-empty strings"),
+    ("scribe", '"allowed_purposes": ["clinical-documentation"]',
+     '"allowed_purposes": {"clinical-documentation": true}',
+     "agent `scribe`: `allowed_purposes` must be a list of non-empty strings"),
+    ("dictation-vendor", '"description": "third-party dictation service (external, high risk)"',
+     '"description": ["third-party"]',
+     "agent `dictation-vendor`: `description` must be a string"),
+    ("scribe", '"risk": 20, ', '"risk": 20, "risk_tier": "low", ',
+     "agent `scribe`: unknown attributes ['risk_tier']"),
+    ("billing-bot", '"risk": 40, ', '"risk": 40, "registered_by": "mallory", "created_at": 1, ',
+     "agent `billing-bot`: unknown attributes ['created_at', 'registered_by']"),
+    ("orchestrator", '"risk": 10, ', '"risk": 10, "allowed_purpose": ["billing"], ',
+     "agent `orchestrator`: unknown attributes ['allowed_purpose']"),
+], ids=["no-owner", "empty-owner", "no-risk", "no-status", "purposes-string",
+        "purposes-non-string-item", "purposes-null", "purposes-object", "description-list",
+        "derived-risk-tier", "registry-managed-fields", "misspelt-purposes"])
+def test_agent_seed_refused_with_file_and_line(copy: Path, agent_id: str, old: str, new: str,
+                                               message: str) -> None:
+    """Agents are registry seeds checked by policy_load, not by the Cedar schema."""
+    err, where = agent_error(copy, agent_id, old, new)
+    assert str(err) == f"{where}: {message}"
+
+
+def test_agent_seed_without_an_id(copy: Path) -> None:
+    path = copy / "entities.json"
+    edit(path, '{"type": "Agent", "id": "billing-bot"}', '{"type": "Agent"}')
     err = load_error(copy)
-    assert "chart-exporter" in str(err)
-    assert "status active|suspended" in str(err)
+    assert err.path == str(path)
+    assert "an agent needs a string `uid.id`" in str(err)
+
+
+def test_agent_seed_without_allowed_purposes_or_description(copy: Path) -> None:
+    """Both are optional in a seed: such an agent may act for no purpose at all."""
+    edit(copy / "entities.json",
+         ', "allowed_purposes": ["billing"], "description": "prepares and checks insurance claims"',
+         "")
+    agent = policy_load.load(copy).agents["billing-bot"]
+    assert agent == Agent("billing-bot", "bob", 40, "active", registered_by=SEED)
+    assert agent.allowed_purposes == ()
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ('"attrs": {"owner": {"__entity": {"type": "User", "id": "bob"}}, "risk": 40',
+     '"attrs": null, "x": {"risk": 40'),
+    ('"owner": {"__entity": {"type": "User", "id": "bob"}}', '"owner": {"__entity": "bob"}'),
+    ('"owner": {"__entity": {"type": "User", "id": "bob"}}',
+     '"owner": {"__entity": {"type": "Patient", "id": "bob"}}'),
+    ('"owner": {"__entity": {"type": "User", "id": "bob"}}', '"owner": "bob"'),
+], ids=["attrs-null", "owner-entity-not-object", "owner-not-a-user", "owner-bare-string"])
+def test_malformed_agent_seed_is_a_load_error(copy: Path, old: str, new: str) -> None:
+    agent_error(copy, "billing-bot", old, new)
+
+
+def test_duplicate_agent_seed_is_refused_with_its_line(copy: Path) -> None:
+    path = copy / "entities.json"
+    text = path.read_text()
+    first = text.index('{"uid": {"type": "Agent", "id": "scribe"}')
+    end = text.index('"parents": []}', first) + len('"parents": []}')
+    path.write_text(text[:end] + ",\n  " + text[first:end] + text[end:])
+    err = load_error(copy)
+    assert "agent `scribe` appears twice" in str(err)
+    assert err.line is not None
 
 
 def test_route_to_an_action_absent_from_the_schema(copy: Path) -> None:
@@ -378,8 +543,11 @@ def test_statement_lines_skip_comments_and_strings() -> None:
 
 
 def test_statement_lines_of_shipped_files() -> None:
-    for path in POLICIES.glob("*.cedar"):
-        assert policy_load.statement_lines(path.read_text()) == [2], path.name
+    lines = {file: line for file, _, _, line in SHIPPED_IDS.values()}
+    paths = sorted(POLICIES.glob("*.cedar"))
+    assert {p.name for p in paths} == set(lines)
+    for path in paths:
+        assert policy_load.statement_lines(path.read_text()) == [lines[path.name]], path.name
 
 
 # --- nothing half-loaded ----------------------------------------------------------------------
@@ -391,6 +559,7 @@ BreakFn = Callable[[Path], None]
 @pytest.mark.parametrize("brk", [
     lambda d: edit(d / SCRIBE_NOTES, "permit", "permit permit"),
     lambda d: edit(d / "entities.json", "[", "{"),
+    lambda d: edit(d / "entities.json", '"risk": 20', '"risk": "low"'),
     lambda d: edit(d / "routes.toml", "[[route]]", "[[route]"),
 ])
 def test_a_broken_file_raises_and_never_returns_a_bundle(copy: Path, brk: BreakFn) -> None:

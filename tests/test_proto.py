@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from authz._proto import grants_pb2, grants_pb2_grpc
+from authz._proto import agents_pb2, agents_pb2_grpc, grants_pb2, grants_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 SOURCES = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
-GENERATED = {"lasthop/v1/grants.proto": grants_pb2}
+GENERATED = {"lasthop/v1/agents.proto": agents_pb2, "lasthop/v1/grants.proto": grants_pb2}
+SERVICES = {"lasthop/v1/agents.proto": (agents_pb2, agents_pb2_grpc, ["Agents"]),
+            "lasthop/v1/grants.proto": (grants_pb2, grants_pb2_grpc, ["Grants"])}
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +99,23 @@ def streaming_kind(method: descriptor_pb2.MethodDescriptorProto) -> str:
             f"{'stream' if method.server_streaming else 'unary'}")
 
 
-def message_class(full_name: str) -> Any:
+def message_class(module: Any, full_name: str) -> Any:
     package, _, name = full_name.lstrip(".").rpartition(".")
     assert package == "lasthop.v1"
-    return getattr(grants_pb2, name)
+    return getattr(module, name)
 
 
+@pytest.mark.parametrize("proto", sorted(SERVICES))
 def test_every_service_method_is_on_the_stub_and_servicer(
-        compiled: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
-    services = compiled["lasthop/v1/grants.proto"].service
-    assert [s.name for s in services] == ["Grants"]
+        compiled: dict[str, descriptor_pb2.FileDescriptorProto], proto: str) -> None:
+    pb2, pb2_grpc, names = SERVICES[proto]
+    services = compiled[proto].service
+    assert [s.name for s in services] == names
     for service in services:
         channel = RecordingChannel()
-        stub = getattr(grants_pb2_grpc, f"{service.name}Stub")(channel)
-        servicer = getattr(grants_pb2_grpc, f"{service.name}Servicer")
-        assert hasattr(grants_pb2_grpc, f"add_{service.name}Servicer_to_server")
+        stub = getattr(pb2_grpc, f"{service.name}Stub")(channel)
+        servicer = getattr(pb2_grpc, f"{service.name}Servicer")
+        assert hasattr(pb2_grpc, f"add_{service.name}Servicer_to_server")
         expected_paths = {f"/lasthop.v1.{service.name}/{m.name}" for m in service.method}
         assert set(channel.bound) == expected_paths
         for method in service.method:
@@ -120,13 +124,14 @@ def test_every_service_method_is_on_the_stub_and_servicer(
             kind, serialize, deserialize = channel.bound[
                 f"/lasthop.v1.{service.name}/{method.name}"]
             assert kind == streaming_kind(method)
-            request_cls = message_class(method.input_type)
-            response_cls = message_class(method.output_type)
+            request_cls = message_class(pb2, method.input_type)
+            response_cls = message_class(pb2, method.output_type)
             assert serialize == request_cls.SerializeToString
             assert deserialize == response_cls.FromString
 
 
-def test_generated_modules_are_package_relative() -> None:
-    text = (ROOT / "authz" / "_proto" / "grants_pb2_grpc.py").read_text()
-    assert "from . import grants_pb2" in text
+@pytest.mark.parametrize("name", ["agents", "grants"])
+def test_generated_modules_are_package_relative(name: str) -> None:
+    text = (ROOT / "authz" / "_proto" / f"{name}_pb2_grpc.py").read_text()
+    assert f"from . import {name}_pb2" in text
     assert "from lasthop.v1 import" not in text

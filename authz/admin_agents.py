@@ -1,0 +1,160 @@
+"""The admin gRPC API for the agent registry (`lasthop.v1.Agents`). Callers need `lasthop:admin`.
+
+Every refusal names the field; nothing is written on a refusal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from authz import grants
+from authz._proto import agents_pb2 as pb
+from authz._proto import agents_pb2_grpc as pb_grpc
+from authz.admin import AdminAuth
+from authz.errors import StoreUnavailable
+from authz.model import Agent, RiskTiers
+from authz.registry import AgentStore
+
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPES = frozenset({"lasthop:admin"})
+_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class AgentRequestError(Exception):
+    """An invalid registry request; the message names the field."""
+
+
+def agent_message(agent: Agent, tiers: RiskTiers) -> pb.Agent:
+    return pb.Agent(id=agent.id, owner=agent.owner, description=agent.description,
+                    risk=agent.risk, risk_tier=tiers.of(agent.risk),
+                    allowed_purposes=list(agent.allowed_purposes), status=agent.status,
+                    created_at=agent.created_at, registered_by=agent.registered_by)
+
+
+def check_fields(agent: Agent) -> Agent:
+    if not _AGENT_ID.match(agent.id):
+        raise AgentRequestError(f"id `{agent.id}` must be 1-63 lowercase letters, digits, "
+                                "`.`, `_` or `-`, starting with a letter or digit")
+    if not agent.owner.strip():
+        raise AgentRequestError("owner must name the accountable human")
+    if not 0 <= agent.risk <= 100:
+        raise AgentRequestError(f"risk must be 0 to 100, got {agent.risk}")
+    for purpose in agent.allowed_purposes:
+        if not _PURPOSE.match(purpose):
+            raise AgentRequestError(f"purpose `{purpose}` is not a purpose name")
+    if len(agent.description) > 1000:
+        raise AgentRequestError("description must be at most 1000 characters")
+    return agent
+
+
+class AgentsService(pb_grpc.AgentsServicer):
+    def __init__(self, *, auth: AdminAuth, agents: AgentStore, grant_store: grants.GrantStore,
+                 tiers: RiskTiers, clock: Callable[[], float]) -> None:
+        self._auth = auth
+        self._agents = agents
+        self._grants = grant_store
+        self._tiers = tiers
+        self._clock = clock
+
+    async def RegisterAgent(self, request: pb.RegisterAgentRequest,  # noqa: N802 - gRPC name
+                            context: grpc.aio.ServicerContext) -> pb.Agent:
+        caller = await self._auth.caller(context, ADMIN_SCOPES)
+        agent = await self._valid(context, Agent(
+            id=request.id, owner=request.owner, description=request.description,
+            risk=request.risk, status="active",
+            allowed_purposes=tuple(request.allowed_purposes),
+            created_at=int(self._clock()), registered_by=caller))
+        if not await self._call(context, self._agents.add_agent(agent)):
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"agent `{agent.id}` is already registered")
+        log.info("agent %s registered by %s", agent.id, caller)
+        return agent_message(agent, self._tiers)
+
+    async def GetAgent(self, request: pb.AgentRef,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> pb.Agent:
+        await self._auth.caller(context, ADMIN_SCOPES)
+        return agent_message(await self._existing(context, request.id), self._tiers)
+
+    async def ListAgents(self, request: pb.ListAgentsRequest,  # noqa: N802
+                         context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
+        await self._auth.caller(context, ADMIN_SCOPES)
+        found = await self._call(context, self._agents.list_agents())
+        return pb.ListAgentsResponse(agents=[
+            agent_message(a, self._tiers) for a in found
+            if (not request.owner or a.owner == request.owner)
+            and (not request.status or a.status == request.status)])
+
+    async def UpdateAgent(self, request: pb.UpdateAgentRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> pb.Agent:
+        caller = await self._auth.caller(context, ADMIN_SCOPES)
+        current = await self._existing(context, request.id)
+        changes: dict[str, Any] = {}
+        for name in ("owner", "description", "risk"):
+            if request.HasField(name):
+                changes[name] = getattr(request, name)
+        if request.set_allowed_purposes:
+            changes["allowed_purposes"] = tuple(request.allowed_purposes)
+        if not changes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to update")
+        agent = await self._valid(context, dataclasses.replace(current, **changes))
+        await self._call(context, self._agents.put_agent(agent))
+        log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
+        return agent_message(agent, self._tiers)
+
+    async def SuspendAgent(self, request: pb.AgentRef,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> pb.Agent:
+        return await self._set_status(request, context, "suspended")
+
+    async def ResumeAgent(self, request: pb.AgentRef,  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> pb.Agent:
+        return await self._set_status(request, context, "active")
+
+    async def DeregisterAgent(self, request: pb.AgentRef,  # noqa: N802
+                              context: grpc.aio.ServicerContext) -> pb.Agent:
+        caller = await self._auth.caller(context, ADMIN_SCOPES)
+        agent = await self._existing(context, request.id)
+        # Suspend first, so no check passes while its grants are being revoked.
+        await self._call(context, self._agents.put_agent(
+            dataclasses.replace(agent, status="suspended")))
+        for grant in await self._call(context, self._grants.list(agent=agent.id)):
+            await self._call(context, self._grants.revoke(grant.id))
+        await self._call(context, self._agents.delete_agent(agent.id))
+        log.info("agent %s deregistered by %s", agent.id, caller)
+        return agent_message(agent, self._tiers)
+
+    async def _set_status(self, request: pb.AgentRef, context: grpc.aio.ServicerContext,
+                          status: str) -> pb.Agent:
+        caller = await self._auth.caller(context, ADMIN_SCOPES)
+        agent = dataclasses.replace(await self._existing(context, request.id), status=status)
+        await self._call(context, self._agents.put_agent(agent))
+        log.info("agent %s %s by %s", agent.id, status, caller)
+        return agent_message(agent, self._tiers)
+
+    async def _existing(self, context: grpc.aio.ServicerContext, agent_id: str) -> Agent:
+        agent = await self._call(context, self._agents.get_agent(agent_id))
+        if agent is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent `{agent_id}`")
+        assert isinstance(agent, Agent)
+        return agent
+
+    async def _valid(self, context: grpc.aio.ServicerContext, agent: Agent) -> Agent:
+        try:
+            return check_fields(agent)
+        except AgentRequestError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
+
+    async def _call(self, context: grpc.aio.ServicerContext, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except StoreUnavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
+            raise
