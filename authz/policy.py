@@ -138,7 +138,7 @@ def _shadow(bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedar
     enforced_forbid = not allowed and any(
         bundle.policies[p].effect == "forbid" for p in result.diagnostics.reasons
         if p in bundle.policies)
-    shadow_forbid = any(h.effect == "forbid" for h in hits)
+    shadow_forbid = any(h.effect in ("forbid", "error") for h in hits)
     shadow_permit = any(h.effect == "permit" for h in hits)
     would_allow = (allowed or (shadow_permit and not enforced_forbid)) and not shadow_forbid
     return tuple(hits), would_allow != allowed

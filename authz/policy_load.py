@@ -49,11 +49,23 @@ class PolicyBundle:
     actions: frozenset[str]  # the actions the schema declares
     policies: dict[str, PolicyInfo]  # by cedar id
     version: str  # sha256 over every file that was loaded
+    signature: tuple[tuple[str, int, int], ...] = ()  # the directory as it was before loading
+
+
+def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any loaded file changes (fixtures under tests/ are not loaded)."""
+    entries = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
 
 
 def load(directory: Path) -> PolicyBundle:
     if not directory.is_dir():
         raise PolicyLoadError(str(directory), "policy directory not found")
+    before = signature(directory)  # taken first: a change made while loading shows up later
     digest = hashlib.sha256()
     schema_path = directory / SCHEMA_FILE
     schema_text = _read(schema_path, digest)
@@ -92,6 +104,7 @@ def load(directory: Path) -> PolicyBundle:
         actions=actions,
         policies=infos,
         version=digest.hexdigest()[:16],
+        signature=before,
     )
 
 

@@ -19,22 +19,9 @@ from pathlib import Path
 from authz import policy_load
 from authz.errors import PolicyLoadError
 from authz.metrics import Metrics
-from authz.policy_load import PolicyBundle
+from authz.policy_load import PolicyBundle, signature
 
 log = logging.getLogger(__name__)
-
-Signature = tuple[tuple[str, int, int], ...]
-
-
-def signature(directory: Path) -> Signature:
-    """What changes when any loaded file changes (fixtures under tests/ are not loaded)."""
-    entries = []
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            stat = path.stat()
-            entries.append((path.name, stat.st_mtime_ns, stat.st_size))
-    return tuple(entries)
-
 
 class PolicyWatcher:
     def __init__(self, directory: Path, interval: float, current: Callable[[], PolicyBundle],
@@ -45,7 +32,9 @@ class PolicyWatcher:
         self._current = current
         self._install = install
         self._metrics = metrics
-        self._seen = signature(directory)
+        # What the bundle in force was loaded from, not the directory now: a change
+        # made between that load and this watcher's start is still picked up.
+        self._seen = current().signature or signature(directory)
 
     async def run(self) -> None:
         while True:
@@ -62,7 +51,7 @@ class PolicyWatcher:
             return False
         if now == self._seen:
             return False
-        self._seen = now
+        self._seen = now  # set before loading: a change made while loading shows up next poll
         try:
             bundle = await asyncio.to_thread(policy_load.load, self._directory)
         except PolicyLoadError as err:

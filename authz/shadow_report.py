@@ -45,7 +45,19 @@ def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
                 except ValueError as err:
                     raise ValueError(f"{path}:{number}: not a JSON record") from err
                 if isinstance(record, dict) and "decision_id" in record:
-                    yield record
+                    yield _checked(record, f"{path}:{number}")
+
+
+def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """A decision record with the fields the report reads, or ValueError naming the line."""
+    if not isinstance(record.get("time"), str):
+        raise ValueError(f"{where}: decision record has no `time`")
+    shadow = record.get("shadow", [])
+    if not isinstance(shadow, list) or not all(
+            isinstance(h, dict) and isinstance(h.get("policy"), str)
+            and isinstance(h.get("effect"), str) for h in shadow):
+        raise ValueError(f"{where}: `shadow` must be a list of {{policy, effect}}")
+    return record
 
 
 def tally(records: Iterable[dict[str, Any]], since: datetime | None,
