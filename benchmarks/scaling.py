@@ -1,0 +1,237 @@
+"""Scaling curves of one Check, in process, each as a ratio to its smallest point.
+
+    .venv/bin/python benchmarks/scaling.py [--checks 1500] [--max-grants 1000000] [--json PATH]
+
+Runs the server's pipeline (no Envoy, no gRPC: this isolates Lasthop's own
+work) on the hospital example with a 2-hop chain, and varies one thing at a
+time, with every cache that would hide the cost turned off:
+
+  policies     10, 100, 1,000, 10,000 (one template-linked policy per agent)
+  grants       10 up to --max-grants active grants in a real Redis (other pairs)
+  chain depth  1 up to identity.max_chain_depth (4)
+  token size   about 1, 2, 4 and 8 KiB
+
+and measures memory: RSS with 10,000 agents and 100,000 cached grant pairs.
+Targets: 10,000 policies <= 2x the p50 of 10; 1,000,000 grants <= 1.2x of
+10; the deepest chain <= 1.3x of depth 1; RSS <= 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from authz import jwks, policy_load  # noqa: E402
+from authz.config import IdentitySettings  # noqa: E402
+from authz.demo_tokens import DemoIssuer  # noqa: E402
+from authz.devstack import RedisServer  # noqa: E402
+from authz.grants import EmbeddedGrantStore, GrantStore  # noqa: E402
+from authz.identity import AccessTokenVerifier  # noqa: E402
+from authz.intent import IntentReader  # noqa: E402
+from authz.model import Agent, CheckInput, Grant  # noqa: E402
+from authz.offline import rules_for  # noqa: E402
+from authz.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from authz.redis_store import PREFIX, RedisStore, pair_tag  # noqa: E402
+from authz.registry import SeededRegistry  # noqa: E402
+
+PURPOSE = "clinical-documentation"
+PATH = "/patients/p-1001/records"
+TEMPLATE = """
+@id("per-agent-read")
+permit (principal == ?principal, action == Action::"read", resource is Records)
+when { context has grant };
+"""
+
+
+class Null:
+    def emit(self, record: Any) -> bool:
+        return True
+
+
+def pipeline(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, store: GrantStore,
+             agents: dict[str, Agent]) -> Pipeline:
+    keys = jwks.StaticKeys(jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}),
+                                           ("ES256",), "bench"))
+    access, txn = rules_for(IdentitySettings())
+    return Pipeline(verifier=AccessTokenVerifier(keys, access, time.time),
+                    intent=IntentReader(keys, txn, time.time), registry=SeededRegistry(agents),
+                    bundle=bundle, store=store, audit=Null(), metrics=None,  # type: ignore[arg-type]
+                    options=PipelineOptions(max_chain_depth=4, bind_peer=False))
+
+
+def grant(agent: str = "scribe", user: str = "dr-alice") -> Grant:
+    now = int(time.time())
+    return Grant(id=f"g-{agent}-{user}", agent=agent, user=user, actions=("read",),
+                 resources=('Patient::"p-1001"',), purpose=PURPOSE, issued_by="bench",
+                 issued_at=now, expires_at=now + 3600)
+
+
+def p50(p: Pipeline, token: str, checks: int) -> float:
+    request = CheckInput(method="GET", path=PATH, host="ehr", headers={
+        "authorization": [f"Bearer {token}"]})
+
+    async def go() -> list[float]:
+        for _ in range(50):
+            decision = await p.check(request)
+        if not decision.allowed:
+            raise RuntimeError(f"benchmark request denied: {decision.reason} {decision.detail}")
+        samples = []
+        for _ in range(checks):
+            started = time.perf_counter()
+            await p.check(request)
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    gc.collect()
+    return statistics.median(asyncio.run(go())) * 1e6
+
+
+def curve(name: str, points: list[tuple[Any, float]]) -> dict[str, Any]:
+    base = points[0][1]
+    print(f"\n{name}")
+    for x, us in points:
+        print(f"  {x!s:>10}  p50 {us:8.1f} µs  x{us / base:.2f}")
+    return {"points": [{"x": x, "p50_us": us, "ratio": us / base} for x, us in points]}
+
+
+def linked(bundle: policy_load.PolicyBundle, count: int) -> tuple[policy_load.PolicyBundle,
+                                                                   dict[str, Agent]]:
+    agents = dict(bundle.agents)
+    for i in range(count - 1):
+        agents[f"agent-{i}"] = Agent(f"agent-{i}", "dr-alice", 20, "active",
+                                     allowed_purposes=(PURPOSE,))
+    names = ["scribe", *[f"agent-{i}" for i in range(count - 1)]]
+    base = cedarpy.PolicySet.from_str(str(bundle.policy_set) + TEMPLATE)
+    policy_set = base.with_linked_batch([
+        {"template_id": "per-agent-read", "new_id": f"link-{n}",
+         "values": {"?principal": {"type": "Agent", "id": n}}} for n in names])
+    return dataclasses.replace(bundle, policy_set=policy_set), agents
+
+
+def policies_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, token: str,
+                   checks: int) -> dict[str, Any]:
+    points = []
+    for count in (10, 100, 1000, 10000):
+        scaled, agents = linked(bundle, count)
+        store = EmbeddedGrantStore(time.time)
+        asyncio.run(store.put(grant()))
+        points.append((count, p50(pipeline(scaled, issuer, store, agents), issuer_token(
+            issuer, ["orchestrator", "scribe"]), checks)))
+    return curve("policies (template-linked, one per agent)", points)
+
+
+def issuer_token(issuer: DemoIssuer, agents: list[str], pad: int = 0) -> str:
+    extra = {"pad": "x" * pad} if pad else {}
+    return issuer.access_token("dr-alice", agents, purpose=PURPOSE, ttl=3600, **extra)
+
+
+def grants_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int,
+                 maximum: int) -> dict[str, Any]:
+    points = []
+    with tempfile.TemporaryDirectory() as work:
+        redis = RedisServer(Path(work))
+        try:
+            store = RedisStore(redis.url, 500)
+            asyncio.run(store.put(grant()))
+            loaded = 1
+            import redis as sync_redis
+
+            client = sync_redis.Redis.from_url(redis.url)
+            for target in [n for n in (10, 1000, 100_000, 1_000_000) if n <= maximum]:
+                batch = client.pipeline(transaction=False)
+                for i in range(loaded, target):
+                    g = grant(f"agent-{i % 10_000}", f"user-{i}")
+                    batch.hset(f"{PREFIX}{pair_tag(g.agent, g.user)}:pair", g.id, g.to_json())
+                    if i % 10_000 == 0:
+                        batch.execute()
+                batch.execute()
+                loaded = target
+                points.append((target, p50(pipeline(bundle, issuer, RedisStore(redis.url, 500),
+                                                    bundle.agents),
+                                           issuer_token(issuer, ["orchestrator", "scribe"]),
+                                           checks)))
+            client.close()
+        finally:
+            redis.close()
+    return curve("active grants in Redis (no local cache)", points)
+
+
+def depth_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer,
+                checks: int) -> dict[str, Any]:
+    store = EmbeddedGrantStore(time.time)
+    asyncio.run(store.put(grant()))
+    p = pipeline(bundle, issuer, store, bundle.agents)
+    chain = ["orchestrator", "med-reconciler", "billing-bot", "scribe"]
+    points = [(d, p50(p, issuer_token(issuer, chain[-d:]), checks)) for d in range(1, 5)]
+    return curve("chain depth", points)
+
+
+def token_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer,
+                checks: int) -> dict[str, Any]:
+    store = EmbeddedGrantStore(time.time)
+    asyncio.run(store.put(grant()))
+    p = pipeline(bundle, issuer, store, bundle.agents)
+    points = []
+    for pad in (0, 1000, 3000, 5600):
+        token = issuer_token(issuer, ["orchestrator", "scribe"], pad)
+        points.append((f"{len(token)} B", p50(p, token, checks)))
+    return curve("token size", points)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(bundle: policy_load.PolicyBundle) -> dict[str, Any]:
+    """RSS of this process holding 10,000 agents and 100,000 cached grant pairs."""
+    agents = {f"agent-{i}": Agent(f"agent-{i}", f"owner-{i % 500}", i % 100, "active",
+                                  allowed_purposes=(PURPOSE,), description="benchmark agent")
+              for i in range(10_000)}
+    cached = {(f"agent-{i % 10_000}", f"user-{i}"): (time.monotonic() + 5, 0,
+                                                      [grant(f"agent-{i % 10_000}", f"user-{i}")])
+              for i in range(100_000)}
+    gc.collect()
+    measured = rss_mb()
+    print(f"\nmemory: RSS {measured:.0f} MB with {len(agents)} agents and {len(cached)} cached "
+          "grant pairs (target <= 250 MB)")
+    return {"rss_mb": measured, "agents": len(agents), "cached_grant_pairs": len(cached)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checks", type=int, default=1500)
+    ap.add_argument("--max-grants", type=int, default=1_000_000)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    bundle = policy_load.load(ROOT / "policies")
+    issuer = DemoIssuer("ES256", kid="bench")
+    results = {
+        "policies": policies_curve(bundle, issuer, "", args.checks),
+        "chain_depth": depth_curve(bundle, issuer, args.checks),
+        "token_size": token_curve(bundle, issuer, args.checks),
+        "grants": grants_curve(bundle, issuer, args.checks, args.max_grants),
+        "memory": memory(bundle),
+    }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
