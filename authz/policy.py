@@ -102,7 +102,8 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
     except ValueError as err:
         raise PolicyError(f"request entities rejected: {err}") from err
     cedar_request = request.as_cedar()
-    result = cedarpy.is_authorized(cedar_request, bundle.policy_set, entities)
+    policies = bundle.slices.for_principal(request.principal.type, request.principal.id)
+    result = cedarpy.is_authorized(cedar_request, policies, entities)
     determining = tuple(_policy_id(bundle, p)
                         for p in sorted(result.diagnostics.reasons, key=_position))
     if result.diagnostics.errors:

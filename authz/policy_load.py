@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,55 @@ class PolicyInfo:
     mode: str  # "enforce", or "shadow" (`@mode("shadow")`): evaluated, never enforced
 
 
+class PolicySlices:
+    """The enforced policies that can apply to one principal.
+
+    A policy whose scope is `principal == T::"id"` can only match that
+    principal, so a request by anyone else is evaluated without it; every
+    other policy (unconstrained, `in`, `is`) is in every slice. Slices are
+    built on first use and kept: at most one per principal named in a scope.
+    The decision is the same as with the whole set, at a cost that does not
+    grow with the number of per-principal policies.
+    """
+
+    def __init__(self, est: dict[str, Any], whole: cedarpy.PolicySet) -> None:
+        self.whole = whole
+        self._general = {k: v for k, v in est.items() if _pinned(v) is None}
+        self._pinned: dict[tuple[str, str], dict[str, Any]] = {}
+        for cedar_id, body in est.items():
+            key = _pinned(body)
+            if key is not None:
+                self._pinned.setdefault(key, {})[cedar_id] = body
+        self._slices: dict[tuple[str, str], cedarpy.PolicySet] = {}
+        self._unpinned: cedarpy.PolicySet | None = None
+
+    def for_principal(self, entity_type: str, entity_id: str) -> cedarpy.PolicySet:
+        if not self._pinned:
+            return self.whole
+        key = (entity_type, entity_id)
+        own = self._pinned.get(key)
+        if own is None:
+            if self._unpinned is None:
+                self._unpinned = _from_est(self._general)
+            return self._unpinned
+        found = self._slices.get(key)
+        if found is None:
+            found = self._slices[key] = _from_est({**self._general, **own})
+        return found
+
+
+def _pinned(body: dict[str, Any]) -> tuple[str, str] | None:
+    scope = body.get("principal", {})
+    entity = scope.get("entity") if scope.get("op") == "==" else None
+    if isinstance(entity, dict) and "type" in entity and "id" in entity:
+        return str(entity["type"]), str(entity["id"])
+    return None
+
+
 @dataclass(frozen=True)
 class PolicyBundle:
     policy_set: cedarpy.PolicySet  # the enforced policies
+    slices: PolicySlices  # the enforced policies, by the principal they can apply to
     shadow_probe: cedarpy.PolicySet | None  # shadow policies, each as a permit: see policy.py
     schema: cedarpy.Schema
     entities: cedarpy.Entities  # everything but agents; agents come from the registry
@@ -87,7 +133,7 @@ def load(directory: Path) -> PolicyBundle:
             seen_ids[info.id] = f"{path.name}"
             infos[info.cedar_id] = info
         texts.append(text)
-    policy_set, shadow_probe = _split_shadow("\n".join(texts), infos)
+    policy_set, shadow_probe, slices = _split_shadow("\n".join(texts), infos)
     entities_path = directory / ENTITIES_FILE
     entities, agents = _load_entities(entities_path, _read(entities_path, digest), schema)
     routes_path = directory / ROUTES_FILE
@@ -96,6 +142,7 @@ def load(directory: Path) -> PolicyBundle:
     table = routes.load(routes_path, actions)
     return PolicyBundle(
         policy_set=policy_set,
+        slices=slices,
         shadow_probe=shadow_probe,
         schema=schema,
         entities=entities,
@@ -108,8 +155,15 @@ def load(directory: Path) -> PolicyBundle:
     )
 
 
-def _split_shadow(text: str, infos: dict[str, PolicyInfo]) -> tuple[cedarpy.PolicySet,
-                                                                   cedarpy.PolicySet | None]:
+def with_enforced_text(bundle: PolicyBundle, text: str) -> PolicyBundle:
+    """`bundle` with its enforced policies replaced by `text`, unvalidated (benchmarks, tests)."""
+    est = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
+    whole = _from_est(est)
+    return replace(bundle, policy_set=whole, slices=PolicySlices(est, whole))
+
+
+def _split_shadow(text: str, infos: dict[str, PolicyInfo]
+                  ) -> tuple[cedarpy.PolicySet, cedarpy.PolicySet | None, PolicySlices]:
     """The enforced set, and a probe set of the shadow policies rewritten as permits.
 
     Evaluated alone, the probe's determining policies are exactly the shadow
@@ -120,7 +174,8 @@ def _split_shadow(text: str, infos: dict[str, PolicyInfo]) -> tuple[cedarpy.Poli
         raise PolicyLoadError("policies", "policy ids changed when combining files")
     enforced = {k: v for k, v in est.items() if infos[k].mode == "enforce"}
     shadow = {k: {**v, "effect": "permit"} for k, v in est.items() if infos[k].mode == "shadow"}
-    return _from_est(enforced), (_from_est(shadow) if shadow else None)
+    whole = _from_est(enforced)
+    return whole, (_from_est(shadow) if shadow else None), PolicySlices(enforced, whole)
 
 
 def _from_est(policies: dict[str, Any]) -> cedarpy.PolicySet:

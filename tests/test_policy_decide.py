@@ -9,7 +9,7 @@ from typing import Any
 import cedarpy
 import pytest
 
-from authz import policy
+from authz import policy, policy_load
 from authz.errors import PolicyDenied, PolicyError
 from authz.model import Agent, EntityRef, RiskTiers
 from authz.policy_load import PolicyBundle
@@ -330,9 +330,9 @@ ERRORING_FORBID = (
 @pytest.fixture
 def erroring_bundle(bundle: PolicyBundle) -> PolicyBundle:
     shipped = "\n".join(p.read_text() for p in sorted(POLICIES.glob("*.cedar")))
-    policy_set = cedarpy.PolicySet.from_str(shipped + "\n" + ERRORING_FORBID)
-    assert len(policy_set) == len(bundle.policies) + 1
-    return dataclasses.replace(bundle, policy_set=policy_set)
+    erroring = policy_load.with_enforced_text(bundle, shipped + "\n" + ERRORING_FORBID)
+    assert len(erroring.policy_set) == len(bundle.policies) + 1
+    return erroring
 
 
 def test_cedar_skips_the_erroring_forbid(bundle: PolicyBundle,
@@ -378,8 +378,7 @@ def test_erroring_policy_is_named_by_its_id(bundle: PolicyBundle, file: str, old
     texts = [p.read_text() for p in paths]
     assert old in texts[index]
     texts[index] = texts[index].replace(old, "principal.nosuch")
-    broken = dataclasses.replace(bundle,
-                                 policy_set=cedarpy.PolicySet.from_str("\n".join(texts)))
+    broken = policy_load.with_enforced_text(bundle, "\n".join(texts))
     with pytest.raises(PolicyError) as info:
         ask(broken, bundle.agents["scribe"], "write", NOTES, context())
     assert policy_id in info.value.detail
