@@ -202,15 +202,39 @@ def _optional_str(claims: dict[str, Any], name: str) -> str:
 
 
 class AccessTokenVerifier:
-    """Verifies the bearer token of a check; the identity phase of the pipeline."""
+    """Verifies the bearer token of a check; the identity phase of the pipeline.
+
+    Agents present the same token many times, so a verified token is kept
+    (up to CACHE_ENTRIES) and reused while it is unexpired and the key set
+    is the one that verified it. Every other claim check is time-free and
+    was passed at verification, so expiry is the only one to repeat. A
+    refused token is never cached: it is refused again in full.
+    """
+
+    CACHE_ENTRIES = 10_000
 
     def __init__(self, keys: KeySource, rules: IdentityRules, clock: Callable[[], float]):
         self._keys = keys
         self._rules = rules
         self._clock = clock
+        self._cache: dict[str, tuple[int, TokenClaims]] = {}
 
     def verify(self, token: str) -> TokenClaims:
-        claims = verify(token, self._keys, self._rules, self._clock())
+        now = self._clock()
+        hit = self._cache.get(token)
+        if hit is not None:
+            generation, claims = hit
+            if generation == self._keys.generation and claims.expires_at > now - self._rules.leeway:
+                return claims
+            del self._cache[token]
+        verified = self._verify(token, now)
+        if len(self._cache) >= self.CACHE_ENTRIES:
+            del self._cache[next(iter(self._cache))]  # the oldest entry
+        self._cache[token] = (self._keys.generation, verified)
+        return verified
+
+    def _verify(self, token: str, now: float) -> TokenClaims:
+        claims = verify(token, self._keys, self._rules, now)
         client_id = _optional_str(claims, "client_id") or _optional_str(claims, "azp")
         return TokenClaims(
             subject=claims["sub"],

@@ -38,6 +38,8 @@ class VerifyKey:
 
 
 class KeySource(Protocol):
+    generation: int  # changes whenever the key set changes (caches key on it)
+
     def get(self, kid: str) -> VerifyKey | None: ...
 
 
@@ -46,12 +48,14 @@ class StaticKeys:
 
     def __init__(self, keys: dict[str, VerifyKey]) -> None:
         self._keys = keys
+        self.generation = 0
 
     def get(self, kid: str) -> VerifyKey | None:
         return self._keys.get(kid)
 
     def replace(self, keys: dict[str, VerifyKey]) -> None:
         self._keys = keys  # one reference swap: readers see the old or the new set
+        self.generation += 1
 
 
 def parse_jwks(text: str | bytes, allowed: tuple[str, ...], where: str) -> dict[str, VerifyKey]:

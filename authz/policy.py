@@ -15,6 +15,7 @@ permit holds and no enforced forbid did.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from authz.model import Agent, EntityRef, RiskTiers
 from authz.policy_load import AGENT_TYPE, PolicyBundle
 
 DEFAULT_TIERS = RiskTiers()
+ENTITY_CACHE_ENTRIES = 4096
+DECISION_CACHE_ENTRIES = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,13 @@ def agent_entity(agent: Agent, tiers: RiskTiers) -> dict[str, Any]:
 def request_entities(resource: EntityRef, parents: tuple[EntityRef, ...],
                      agents: list[Agent], tiers: RiskTiers = DEFAULT_TIERS) -> str:
     """The per-request delta: the chain's agents, and the resource under its parents."""
+    return _delta(resource, parents, tuple(agents), tiers)
+
+
+@functools.lru_cache(maxsize=4096)
+def _delta(resource: EntityRef, parents: tuple[EntityRef, ...], agents: tuple[Agent, ...],
+           tiers: RiskTiers) -> str:
+    # Agents are frozen values: a changed agent is a different key, never a stale entry.
     delta: list[dict[str, Any]] = [agent_entity(a, tiers) for a in agents]
     delta.append({"uid": resource.as_cedar(), "attrs": {},
                   "parents": [p.as_cedar() for p in parents]})
@@ -96,12 +106,34 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
     """Evaluate `request` against one bundle (the caller holds one snapshot for the whole check).
 
     Raises PolicyError when Cedar cannot decide; returns allow or deny otherwise.
+
+    Cedar is a pure function of the policies, the request and the entities, so
+    an outcome is kept per exact input (the bundle, the request with its whole
+    context, which holds the time to the second, and the entity delta, which
+    holds every agent attribute). A later identical input gets the same
+    answer Cedar would give; any difference is a different key. Errors are
+    never kept.
     """
+    cedar_request = request.as_cedar()
+    cedar_request["context"] = json.dumps(request.context, sort_keys=True)
+    key = (json.dumps(cedar_request, sort_keys=True), delta_json)
+    cache = bundle.decision_cache
+    found: CedarOutcome | None = cache.get(key)
+    if found is not None:
+        return found
+    outcome = _evaluate(bundle, request, cedar_request, delta_json)
+    if len(cache) >= DECISION_CACHE_ENTRIES:
+        cache.pop(next(iter(cache)))
+    cache[key] = outcome
+    return outcome
+
+
+def _evaluate(bundle: PolicyBundle, request: CedarRequest, cedar_request: dict[str, Any],
+              delta_json: str) -> CedarOutcome:
     try:
-        entities = bundle.entities.with_added_json_str(delta_json)
+        entities = _entities(bundle, delta_json)
     except ValueError as err:
         raise PolicyError(f"request entities rejected: {err}") from err
-    cedar_request = request.as_cedar()
     policies = bundle.slices.for_principal(request.principal.type, request.principal.id)
     result = cedarpy.is_authorized(cedar_request, policies, entities)
     determining = tuple(_policy_id(bundle, p)
@@ -115,6 +147,18 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
     shadow, disagrees = _shadow(bundle, cedar_request, entities, allowed, result)
     return CedarOutcome(allowed=allowed, reason=reason, detail=detail, policies=determining,
                         shadow=shadow, shadow_disagrees=disagrees)
+
+
+def _entities(bundle: PolicyBundle, delta_json: str) -> cedarpy.Entities:
+    """The base entities plus this delta, parsed once per distinct delta and bundle."""
+    cache = bundle.entity_cache
+    found = cache.get(delta_json)
+    if found is None:
+        found = bundle.entities.with_added_json_str(delta_json)
+        if len(cache) >= ENTITY_CACHE_ENTRIES:
+            cache.pop(next(iter(cache)))
+        cache[delta_json] = found
+    return found
 
 
 def _deny_reason(bundle: PolicyBundle, result: cedarpy.AuthzResult) -> tuple[str, str]:

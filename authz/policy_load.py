@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,13 @@ class PolicyBundle:
     policies: dict[str, PolicyInfo]  # by cedar id
     version: str  # sha256 over every file that was loaded
     signature: tuple[tuple[str, int, int], ...] = ()  # the directory as it was before loading
+    # request delta JSON -> entities handle; exact inputs as keys, so never stale
+    # (init=False: a copy made with dataclasses.replace starts with an empty cache)
+    entity_cache: dict[str, cedarpy.Entities] = field(default_factory=dict, init=False,
+                                                      compare=False, repr=False)
+    # (Cedar request JSON, delta JSON) -> outcome; see policy.evaluate
+    decision_cache: dict[tuple[str, str], Any] = field(default_factory=dict, init=False,
+                                                       compare=False, repr=False)
 
 
 def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:

@@ -97,7 +97,8 @@ async def seed(store: AgentStore, agents: dict[str, Agent], now: int) -> list[st
 
 async def resolve_chain(registry: AgentRegistry, chain: Chain) -> list[Agent]:
     """The registered, active agents of the chain, first agent first."""
-    found = await asyncio.gather(*(registry.get(a) for a in chain.agents))
+    # One at a time: lookups are cache hits almost always, and a task per agent costs more.
+    found = [await registry.get(a) for a in chain.agents]
     for agent_id, agent in zip(chain.agents, found, strict=True):
         if agent is None:
             raise RegistryError("agent_unregistered", f"agent `{agent_id}` is not registered")

@@ -24,6 +24,7 @@ _PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 _PARAM_VALUE = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$")
 _ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
 _UNSAFE_ENCODED = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -98,7 +99,7 @@ def split_path(path: str) -> list[str]:
     if "//" in path or "\\" in path or _UNSAFE_ENCODED.search(path):
         raise RouteError("invalid_path",
                          "path has `//`, a backslash or an encoded `/`, `.` or `\\`")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+    if _CONTROL.search(path):
         raise RouteError("invalid_path", "path has control characters or spaces")
     segments = path[1:].split("/")
     if any(s in (".", "..") for s in segments):
