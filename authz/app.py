@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from authz import jwks, policy_load
 from authz.audit import AuditLog
 from authz.cache import CachingGrantStore, CachingRegistry, Invalidation
 from authz.config import Settings
+from authz.decision_cache import DecisionCache, Generation
 from authz.errors import StoreUnavailable
 from authz.grants import EmbeddedGrantStore, GrantStore
 from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
@@ -88,6 +90,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     agent_store: AgentStore
     agents: AgentRegistry
     redis, inval = None, None
+    freshness: Callable[[], int | None]
     if st.redis_url:
         redis = RedisStore(st.redis_url, st.timeout_ms, cluster=st.redis_cluster,
                            revoke_replicas=st.revoke_replicas, revoke_wait_ms=st.revoke_wait_ms)
@@ -95,11 +98,23 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         if st.cache_ttl_ms > 0:
             inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
             store, agents = CachingGrantStore(redis, inval), CachingRegistry(redis, inval)
+            live = inval
+
+            def freshness() -> int | None:
+                return live.generation if live.live else None
         else:
             store, agents = redis, StoreRegistry(redis)
+
+            def freshness() -> int | None:
+                return None
     else:
-        store, agent_store = EmbeddedGrantStore(clock), EmbeddedAgentStore()
+        generation = Generation()
+        store = EmbeddedGrantStore(clock, generation)
+        agent_store = EmbeddedAgentStore(generation)
         agents = StoreRegistry(agent_store)
+
+        def freshness() -> int | None:
+            return generation.value
     audit = AuditLog(settings.path(settings.audit.path), settings.audit.queue_size)
     metrics.policy_version.labels(bundle.version).set(1)
     access, txn, admin = identity_rules(settings)
@@ -118,6 +133,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
                                 tiers=RiskTiers(settings.registry.medium_risk_from,
                                                 settings.registry.high_risk_from)),
         clock=clock,
+        decisions=DecisionCache(freshness) if st.cache_ttl_ms > 0 else None,
     )
     if settings.policies.mode == "dry-run":
         log.warning(

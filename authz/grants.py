@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from authz.decision_cache import Generation
 from authz.errors import GrantError, GrantRequestError
 from authz.model import Grant, RouteMatch
 from authz.routes import parse_entity
@@ -116,8 +117,9 @@ def select(grants: list[Grant], route: RouteMatch, purpose: str, now: float) -> 
 class EmbeddedGrantStore:
     """In-process store for one Lasthop process. Not shared: use Redis for replicas."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], generation: Generation | None = None) -> None:
         self._clock = clock
+        self._generation = generation or Generation()
         self._grants: dict[str, Grant] = {}
         self._uses: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -131,12 +133,14 @@ class EmbeddedGrantStore:
     async def put(self, grant: Grant) -> None:
         self._purge()
         self._grants[grant.id] = grant
+        self._generation.bump()
 
     async def get(self, grant_id: str) -> Grant | None:
         return self._grants.get(grant_id)
 
     async def revoke(self, grant_id: str) -> Grant | None:
         self._uses.pop(grant_id, None)
+        self._generation.bump()
         return self._grants.pop(grant_id, None)
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:

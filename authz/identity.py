@@ -219,6 +219,10 @@ class AccessTokenVerifier:
         self._clock = clock
         self._cache: dict[str, tuple[int, TokenClaims]] = {}
 
+    @property
+    def key_generation(self) -> int:
+        return self._keys.generation
+
     def verify(self, token: str) -> TokenClaims:
         now = self._clock()
         hit = self._cache.get(token)

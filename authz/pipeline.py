@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
 from authz.audit import AuditRecord, AuditSink
+from authz.decision_cache import DecisionCache
 from authz.errors import (
     DelegationError,
     GrantError,
@@ -94,6 +95,7 @@ class Pipeline:
         metrics: Metrics | None,
         options: PipelineOptions,
         clock: Callable[[], float] = time.time,
+        decisions: DecisionCache | None = None,
     ) -> None:
         self.verifier = verifier
         self.intent = intent
@@ -104,14 +106,45 @@ class Pipeline:
         self.metrics = metrics
         self.options = options
         self.clock = clock
+        self.decisions = decisions
 
     async def check(self, req: CheckInput) -> Decision:
         started = time.perf_counter()
         decision_id = uuid.uuid4().hex
         bundle = self.bundle
-        trace = _Trace()
         if self.metrics:
             self.metrics.in_flight.inc()
+        key = (self.decisions.key(req, f"{bundle.version}/{self.verifier.key_generation}",
+                                  self.clock()) if self.decisions else None)
+        cached = self.decisions.get(key) if self.decisions else None
+        if cached is not None:
+            trace, status, reason, detail, policies = cached
+            decision = _decision(decision_id, trace, status, reason, detail, policies)
+        else:
+            trace = _Trace()
+            decision = await self._decide_all(req, bundle, trace, decision_id)
+            if self.decisions and decision.status != 503 and not (
+                    trace.grant is not None and trace.grant.max_uses):
+                self.decisions.put(key, (trace, decision.status, decision.reason,
+                                         decision.detail, decision.policies))
+        elapsed = time.perf_counter() - started
+        if not self._audit(self._record(req, decision, trace, bundle.version, elapsed)):
+            decision = _decision(decision_id, trace, 503, "audit_unavailable",
+                                 "the audit trail cannot take the record; refusing")
+        if self.metrics:
+            self.metrics.in_flight.dec()
+            self.metrics.check_duration.observe(time.perf_counter() - started)
+            self.metrics.decisions.labels(
+                "allow" if decision.allowed else "deny", decision.reason).inc()
+            self.metrics.cache_requests.labels(
+                "decisions", "hit" if cached is not None else "miss").inc()
+            if trace.shadow_disagrees:
+                self.metrics.shadow_disagreements.inc()
+        return decision
+
+    async def _decide_all(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace,
+                          decision_id: str) -> Decision:
+        """Every phase, and the decision they come to; never raises."""
         try:
             await self._decide(req, bundle, trace)
             decision = _decision(decision_id, trace, 200, "allowed", "allowed")
@@ -131,17 +164,6 @@ class Pipeline:
             internal = InternalError()
             decision = _decision(decision_id, trace, internal.status, internal.reason,
                                  internal.detail)
-        elapsed = time.perf_counter() - started
-        if not self._audit(self._record(req, decision, trace, bundle.version, elapsed)):
-            decision = _decision(decision_id, trace, 503, "audit_unavailable",
-                                 "the audit trail cannot take the record; refusing")
-        if self.metrics:
-            self.metrics.in_flight.dec()
-            self.metrics.check_duration.observe(time.perf_counter() - started)
-            self.metrics.decisions.labels(
-                "allow" if decision.allowed else "deny", decision.reason).inc()
-            if trace.shadow_disagrees:
-                self.metrics.shadow_disagreements.inc()
         return decision
 
     async def _decide(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace) -> None:

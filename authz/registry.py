@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import replace
 from typing import Protocol
 
+from authz.decision_cache import Generation
 from authz.errors import RegistryError
 from authz.model import Agent, Chain
 
@@ -59,9 +60,10 @@ class StoreRegistry:
 class EmbeddedAgentStore:
     """In-process agents for one Lasthop process; Redis shares them across replicas."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: Generation | None = None) -> None:
         self._agents: dict[str, Agent] = {}
         self._lock = asyncio.Lock()
+        self._generation = generation or Generation()
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
@@ -71,12 +73,15 @@ class EmbeddedAgentStore:
             if agent.id in self._agents:
                 return False
             self._agents[agent.id] = agent
+            self._generation.bump()
             return True
 
     async def put_agent(self, agent: Agent) -> None:
         self._agents[agent.id] = agent
+        self._generation.bump()
 
     async def delete_agent(self, agent_id: str) -> Agent | None:
+        self._generation.bump()
         return self._agents.pop(agent_id, None)
 
     async def list_agents(self) -> list[Agent]:

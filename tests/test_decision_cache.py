@@ -1,0 +1,126 @@
+"""Whole-decision cache: identical requests in one second and one store state share a decision."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from authz.decision_cache import DecisionCache, Generation
+from authz.demo_tokens import DemoIssuer
+from authz.grants import EmbeddedGrantStore
+from authz.pipeline import Pipeline
+from authz.registry import EmbeddedAgentStore, StoreRegistry, seed
+from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
+
+
+class CountingPipeline:
+    """Wraps a pipeline built with a decision cache and counts full decisions."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.full = 0
+        real = pipeline._decide
+
+        async def counted(*args: Any) -> None:
+            self.full += 1
+            await real(*args)
+
+        pipeline._decide = counted  # type: ignore[method-assign]
+
+
+def build(make_pipeline: PipelineFactory, clock: Clock, max_uses: int = 0,
+          with_grant: bool = True) -> tuple[CountingPipeline, EmbeddedGrantStore,
+                                            EmbeddedAgentStore]:
+    generation = Generation()
+    store = EmbeddedGrantStore(clock, generation)
+    agents = EmbeddedAgentStore(generation)
+    pipeline = make_pipeline(store=store)
+    asyncio.run(seed(agents, dict(pipeline.bundle.agents), 0))
+    if with_grant:
+        asyncio.run(store.put(grant(now=clock.now, max_uses=max_uses)))
+    pipeline.registry = StoreRegistry(agents)
+    pipeline.decisions = DecisionCache(lambda: generation.value)
+    return CountingPipeline(pipeline), store, agents
+
+
+def test_a_repeat_in_the_same_second_is_served_from_the_cache(
+        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock) -> None:
+    counting, _, _ = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    first = asyncio.run(counting.pipeline.check(check_input(token)))
+    second = asyncio.run(counting.pipeline.check(check_input(token)))
+    assert first.allowed and second.allowed
+    assert counting.full == 1
+    assert first.decision_id != second.decision_id  # every decision has its own id
+
+
+def test_revoking_the_grant_is_seen_at_once(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                                            clock: Clock) -> None:
+    counting, store, _ = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    assert asyncio.run(counting.pipeline.check(check_input(token))).allowed
+    g = grant(now=clock.now)
+    asyncio.run(store.revoke(g.id))
+    assert asyncio.run(counting.pipeline.check(check_input(token))).reason == "no_grant"
+
+
+def test_suspending_the_agent_is_seen_at_once(make_pipeline: PipelineFactory,
+                                              issuer: DemoIssuer, clock: Clock) -> None:
+    counting, _, agents = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    assert asyncio.run(counting.pipeline.check(check_input(token))).allowed
+    scribe = asyncio.run(agents.get_agent("scribe"))
+    assert scribe is not None
+    import dataclasses
+
+    asyncio.run(agents.put_agent(dataclasses.replace(scribe, status="suspended")))
+    assert asyncio.run(counting.pipeline.check(check_input(token))).reason == "agent_suspended"
+
+
+def test_the_next_second_decides_afresh(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                                        clock: Clock) -> None:
+    counting, _, _ = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    asyncio.run(counting.pipeline.check(check_input(token)))
+    clock.now += 1
+    asyncio.run(counting.pipeline.check(check_input(token)))
+    assert counting.full == 2
+
+
+def test_use_limited_grants_count_every_use(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                                            clock: Clock) -> None:
+    counting, _, _ = build(make_pipeline, clock, max_uses=2)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    reasons = [asyncio.run(counting.pipeline.check(check_input(token))).reason for _ in range(4)]
+    assert reasons == ["allowed", "allowed", "grant_exhausted", "grant_exhausted"]
+
+
+def test_a_503_is_never_cached(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                               clock: Clock) -> None:
+    counting, store, _ = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    calls = {"n": 0}
+    real = store.for_pair
+
+    async def flaky(agent: str, user: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            from authz.errors import StoreUnavailable
+            raise StoreUnavailable("redis down")
+        return await real(agent, user)
+
+    store.for_pair = flaky  # type: ignore[method-assign]
+    first = asyncio.run(counting.pipeline.check(check_input(token)))
+    second = asyncio.run(counting.pipeline.check(check_input(token)))
+    assert (first.status, first.reason) == (503, "store_unavailable")
+    assert second.allowed
+
+
+def test_no_generation_means_no_cache(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                                      clock: Clock) -> None:
+    counting, _, _ = build(make_pipeline, clock)
+    counting.pipeline.decisions = DecisionCache(lambda: None)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    for _ in range(3):
+        asyncio.run(counting.pipeline.check(check_input(token)))
+    assert counting.full == 3
