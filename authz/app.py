@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from authz import jwks, policy_load
-from authz.audit import AuditLog
+from authz import audit_setup, jwks, policy_load
+from authz.audit_log import AuditLog
 from authz.config import Settings
 from authz.grants import EmbeddedGrantStore, GrantStore
 from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
@@ -33,6 +33,7 @@ class App:
     audit: AuditLog
     metrics: Metrics
     admin_rules: IdentityRules
+    receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
 
 
 def identity_rules(settings: Settings) -> tuple[IdentityRules, IdentityRules, IdentityRules]:
@@ -66,7 +67,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         store = RedisGrantStore(settings.store.redis_url, settings.store.timeout_ms)
     else:
         store = EmbeddedGrantStore(clock)
-    audit = AuditLog(settings.path(settings.audit.path), settings.audit.queue_size)
+    audit = audit_setup.build(settings, clock)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     metrics.policy_version.labels(bundle.version).set(1)
     access, txn, admin = identity_rules(settings)
@@ -76,11 +77,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         registry=agents,
         bundle=bundle,
         store=store,
-        audit=audit,
+        audit=audit.log,
         metrics=metrics,
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
                                 bind_peer=ident.bind_peer),
         clock=clock,
+        receipts=audit.receipts,
     )
     return App(settings=settings, pipeline=pipeline, keys=keys, store=store, registry=agents,
-               audit=audit, metrics=metrics, admin_rules=admin)
+               audit=audit.log, metrics=metrics, admin_rules=admin, receipts_jwks=audit.jwks)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
-from authz import config, policy_load
+from authz import cli_audit, config, policy_load
 from authz._proto import grants_pb2 as pb
 from authz.admin_client import AdminClient, AdminError
 from authz.errors import ConfigError, PolicyLoadError
@@ -145,6 +145,11 @@ def parser() -> argparse.ArgumentParser:
                               "entities and routes")
     validate.add_argument("dir", nargs="?", default="policies")
     validate.set_defaults(func=cmd_policy_validate)
+
+    audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
+        dest="audit_command", required=True)
+    cli_audit.add_commands(audit)
+    cli_audit.add_receipt_command(sub)
 
     grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
         dest="grants_command", required=True)

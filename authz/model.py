@@ -17,6 +17,7 @@ class CheckInput:
     headers: dict[str, list[str]]  # lowercase name -> every value sent
     peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
     request_id: str = ""
+    body_sha256: str = ""  # when Envoy sent the whole body (with_request_body); for receipts
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +167,5 @@ class Decision:
     policies: tuple[str, ...] = ()
     client_id: str = ""
     token_digest: str = ""
+    owner: str = ""  # the current actor's accountable owner, once the registry resolved it
+    receipt: str = ""  # on allow: the signed receipt for the upstream

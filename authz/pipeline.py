@@ -8,6 +8,7 @@
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
+    receipt   -> an allow gets a signed receipt for the upstream, bound to its record
     audit     -> one record per decision; no record, no allow
 
 Combining rule: the first phase that refuses decides, with its reason.
@@ -21,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
@@ -31,6 +32,7 @@ from authz.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.metrics import Metrics
 from authz.model import Chain, CheckInput, Decision, EntityRef, Grant, Intent, RouteMatch
 from authz.policy_load import PolicyBundle
+from authz.receipts import ReceiptSigner
 from authz.registry import AgentRegistry, resolve_chain
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class _Trace:
     route: RouteMatch | None = None
     grant: Grant | None = None
     policies: tuple[str, ...] = field(default_factory=tuple)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Pipeline:
         metrics: Metrics | None,
         options: PipelineOptions,
         clock: Callable[[], float] = time.time,
+        receipts: ReceiptSigner | None = None,
     ) -> None:
         self.verifier = verifier
         self.intent = intent
@@ -78,6 +82,7 @@ class Pipeline:
         self.metrics = metrics
         self.options = options
         self.clock = clock
+        self.receipts = receipts
 
     async def check(self, req: CheckInput) -> Decision:
         started = time.perf_counter()
@@ -98,7 +103,10 @@ class Pipeline:
             decision = _decision(decision_id, trace, internal.status, internal.reason,
                                  internal.detail)
         elapsed = time.perf_counter() - started
-        if not self.audit.emit(self._record(req, decision, bundle.version, elapsed)):
+        record = self._record(req, decision, bundle.version, elapsed)
+        if decision.allowed and self.receipts is not None:
+            decision = replace(decision, receipt=self.receipts.mint(record, req.body_sha256))
+        if not await self.audit.commit(record):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
                                  "the audit trail cannot take the record; refusing")
         if self.metrics:
@@ -122,6 +130,7 @@ class Pipeline:
 
         # registry: every agent in the chain registered and active
         agents = await resolve_chain(self.registry, chain)
+        trace.owner = agents[-1].owner if agents else ""
 
         # intent: purpose and txn travel with the decision
         trace.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
@@ -204,6 +213,9 @@ class Pipeline:
             policy_version=version,
             token_sha256=d.token_digest,
             latency_ms=round(elapsed * 1000, 3),
+            owner=d.owner,
+            phi=d.route.phi if d.route else False,
+            parents=[str(p) for p in d.route.parents] if d.route else [],
         )
 
 
@@ -222,5 +234,6 @@ def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail:
         policies=policies or trace.policies,
         client_id=trace.client_id,
         token_digest=trace.token_digest,
+        owner=trace.owner,
     )
 
