@@ -182,10 +182,12 @@ def _close_lasthop(lasthop: devstack.LasthopServer) -> int | None:
 @contextlib.contextmanager
 def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream | None = None,
                   policies: Path = devstack.POLICIES, audit: str = "",
-                  command: list[str] | None = None) -> Iterator[Stack]:
+                  command: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped.
 
-    `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`.
+    `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`;
+    `env`: extra environment for Lasthop.
     """
     with devstack.workdir(prefix) as work, contextlib.ExitStack() as stack:
         issuer = DemoIssuer("ES256", kid=f"it-{uuid.uuid4().hex[:6]}")
@@ -199,7 +201,7 @@ def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream
             stack.callback(upstream.close)
         config = devstack.write_config(work, jwks, redis_url=redis.url if redis else "",
                                        policies=policies, extra=audit)
-        lasthop = devstack.LasthopServer(config, command=command)
+        lasthop = devstack.LasthopServer(config, env=env, command=command)
         stack.callback(_close_lasthop, lasthop)
         envoy = devstack.Envoy(work, lasthop.port, upstream.port)
         stack.callback(envoy.close)
