@@ -52,7 +52,7 @@ def request(base: str, method: str, path: str, token: str | None) -> Outcome:
         return Outcome(err.code, str(body.get("reason", "")), body)
 
 
-def _step(title: str, method: str, path: str, outcome: Outcome, jwks: Path) -> None:
+def _step(title: str, method: str, path: str, outcome: Outcome, jwks: Path) -> Outcome:
     print(f"\n- {title}\n  {method} {path}\n  -> {outcome.status} {outcome.reason}")
     seen = outcome.body.get("lasthop")
     if isinstance(seen, dict) and seen:
@@ -64,6 +64,7 @@ def _step(title: str, method: str, path: str, outcome: Outcome, jwks: Path) -> N
                                      receipts.Binding(method=method, path=path))
             print(f"     and a signed receipt for decision {claims['jti']}, verified offline "
                   f"against {jwks.name}")
+    return outcome
 
 
 def run_demo(keep_running: bool = False) -> int:
@@ -120,38 +121,40 @@ def _show_audit(settings: config.Settings) -> None:
           + disclosures.render(rows, "md", "Accounting of disclosures: user dr-alice"))
 
 
-def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> None:
+def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> list[Outcome]:
+    """The demo's requests and grants; returns the outcome of each request, in order."""
     records = "/patients/p-1001/records"
+    outcomes: list[Outcome] = []
+
+    def step(title: str, token: str | None) -> None:
+        outcomes.append(_step(title, "GET", records, request(base, "GET", records, token), jwks))
+
     scribe = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     print("\nDr. Alice's scribe agent documents a visit for patient p-1001.")
-    _step("scribe reads the chart, no grant yet", "GET", records,
-          request(base, "GET", records, scribe), jwks)
+    step("scribe reads the chart, no grant yet", scribe)
 
     grant = admin.issue(pb.IssueGrantRequest(
         agent="scribe", user="dr-alice", actions=["read", "write"],
         resources=['Patient::"p-1001"'], purpose=PURPOSE, ttl_seconds=900))
     print(f"\n+ dr-alice approves grant {grant.id}: scribe may read/write p-1001 for "
           f"{PURPOSE}, 15 minutes")
-    _step("scribe reads the chart with the grant", "GET", records,
-          request(base, "GET", records, scribe), jwks)
+    step("scribe reads the chart with the grant", scribe)
 
     chained = issuer.access_token("dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE)
-    _step("orchestrator delegates to scribe (dr-alice -> orchestrator -> scribe)", "GET",
-          records, request(base, "GET", records, chained), jwks)
+    step("orchestrator delegates to scribe (dr-alice -> orchestrator -> scribe)", chained)
 
     billing = issuer.access_token("bob", ["billing-bot"], purpose="billing")
     admin.issue(pb.IssueGrantRequest(
         agent="billing-bot", user="bob", actions=["read"], resources=['Patient::"p-1001"'],
         purpose="billing", ttl_seconds=900))
-    _step("billing-bot, even with a grant on p-1001, asks for clinical records", "GET",
-          records, request(base, "GET", records, billing), jwks)
+    step("billing-bot, even with a grant on p-1001, asks for clinical records", billing)
 
-    _step("scribe, no token at all", "GET", records, request(base, "GET", records, None), jwks)
+    step("scribe, no token at all", None)
 
     admin.revoke(grant.id)
     print(f"\n- dr-alice revokes {grant.id}")
-    _step("scribe reads the chart after revocation", "GET", records,
-          request(base, "GET", records, scribe), jwks)
+    step("scribe reads the chart after revocation", scribe)
+    return outcomes
 
 
 def _wait_for_ctrl_c(base: str, ready: dict[str, str], issuer: DemoIssuer) -> None:
