@@ -18,7 +18,7 @@ claims contain. Floats are not allowed in the chained part except
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -61,7 +61,8 @@ class AuditRecord:
     parents: list[str] = field(default_factory=list)  # the resource's ancestors
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": DECISION, **asdict(self)}
+        """Every field, shallow: a record is never changed once made."""
+        return {"type": DECISION, **{name: getattr(self, name) for name in _DECISION_FIELDS}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,11 @@ class EventRecord:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": EVENT, **asdict(self)}
+        return {"type": EVENT, **{name: getattr(self, name) for name in _EVENT_FIELDS}}
 
+
+_DECISION_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
 
 Record = AuditRecord | EventRecord
 

@@ -52,6 +52,21 @@ def line(record: Mapping[str, Any]) -> bytes:
     return canonical(record) + b"\n"
 
 
+def sealed_line(record: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(hash, line) of a record without `hash`, encoding it once.
+
+    Keys are sorted, so the canonical encoding is the members before `hash`,
+    then `hash`, then the members after it: the halves are encoded once and
+    joined with and without the `hash` member.
+    """
+    left = canonical({k: v for k, v in record.items() if k < "hash"})[1:-1]
+    right = canonical({k: v for k, v in record.items() if k > "hash"})[1:-1]
+    body = b"{" + b",".join(part for part in (left, right) if part) + b"}"
+    digest = hashlib.sha256(body).hexdigest()
+    member = b'"hash":"' + digest.encode("ascii") + b'"'
+    return digest, b"{" + b",".join(part for part in (left, member, right) if part) + b"}\n"
+
+
 @dataclass
 class Head:
     """The last record of the chain: the next record gets `seq + 1` and `prev = hash`."""
@@ -64,6 +79,14 @@ class Head:
         if record.get("type") == CHECKPOINT:
             raise ValueError("use checkpoint() to seal a checkpoint")
         return self._link(record)
+
+    def seal_line(self, body: Mapping[str, Any]) -> bytes:
+        """`line(self.seal(body))`, faster: the writer's per-record path."""
+        if body.get("type") == CHECKPOINT or "hash" in body:
+            raise ValueError("use checkpoint() to seal a checkpoint; `hash` is the chain's")
+        digest, raw = sealed_line({**body, "seq": self.seq + 1, "prev": self.hash})
+        self.seq, self.hash = self.seq + 1, digest
+        return raw
 
     def checkpoint(self, key: SigningKey, time: str, trigger: str) -> dict[str, Any]:
         """A signed checkpoint of the chain as it stands."""

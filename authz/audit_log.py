@@ -1,13 +1,15 @@
-"""The audit writer: the request path hands records over; a writer task writes them.
+"""The audit writer: the request path hands records over; a writer thread writes them.
 
-    check path --put_nowait--> queue --writer task--> worker thread: seal, write, fsync
+    check path --put_nowait--> bounded queue --writer thread: seal, write, fsync, checkpoint
 
-- `emit` never blocks and never touches the disk. `commit` is what the
-  pipeline awaits: with `audit.fsync = "always"` it returns once the record's
-  batch is fsynced (group commit: one fsync covers every record that queued
-  meanwhile); with an interval it returns at once.
-- The writer takes everything queued (up to `MAX_BATCH`) as one batch and
-  hands it to a worker thread, so the event loop never waits on the disk.
+- `emit` never blocks and never touches the disk or the event loop's
+  scheduler: one `put_nowait`. `commit` is what the pipeline awaits: with
+  `audit.fsync = "always"` it returns once the record's batch is fsynced (group
+  commit: one fsync covers every record that queued meanwhile); with an
+  interval it returns at once.
+- The writer thread takes everything queued (up to `MAX_BATCH`) as one batch,
+  seals it into the chain, writes it with one `write(2)` loop, and fsyncs as the
+  policy says; between batches it fsyncs or checkpoints when one is due.
 - No loss, fail closed: a full queue, or any failure to write, fsync or
   rotate, makes `commit` return False, and the pipeline denies with
   `audit_unavailable`. After a failure the descriptor is abandoned, never
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,10 +48,10 @@ class AuditLog:
         self.options = options or TrailOptions()
         self._trail = Trail(path, self.options, clock)
         self._clock = clock
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_size)
-        self._failed = ""
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._failed = ""  # set by the writer thread; a str swap is atomic
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def durable_before_answer(self) -> bool:
@@ -63,7 +67,7 @@ class AuditLog:
         return self._queue.qsize()
 
     def open(self) -> None:
-        """At start-up, in the event loop: open the trail, record `trail_opened`, start writing.
+        """At start-up: open the trail, record `trail_opened`, start the writer thread.
 
         Raises ConfigError (naming `audit.path`) when the trail cannot be opened.
         """
@@ -72,7 +76,8 @@ class AuditLog:
                                        target=str(self.path), time=rfc3339(self._clock()),
                                        detail=detail)])
         self._trail.fsync()
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
 
     def emit(self, record: Record) -> bool:
         """Queue without waiting; False when the trail cannot take it."""
@@ -87,63 +92,64 @@ class AuditLog:
         return await done
 
     def _offer(self, record: Record, done: asyncio.Future[bool] | None) -> bool:
-        if self._failed or self._closing or self._task is None:
+        if self._failed or self._closing or self._thread is None:
             return False
         try:
             self._queue.put_nowait((record, done))
-        except asyncio.QueueFull:
+        except queue.Full:
             return False
         return True
 
     async def close(self) -> None:
         """Write everything queued, then a final checkpoint; fsync; close."""
-        if self._task is None:
+        thread = self._thread
+        if thread is None:
             return
         self._closing = True
-        await self._queue.put(None)
-        await self._task
-        self._task = None
+        await asyncio.to_thread(self._queue.put, None)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
 
-    # --- the writer task -----------------------------------------------------------------------
+    # --- the writer thread ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         stopping = False
         while not stopping:
             try:
-                first = await self._next(self._trail.due() if not self._failed else None)
-            except TimeoutError:
-                await self._guard(self._trail.housekeep)
+                item = self._queue.get(timeout=None if self._failed else self._trail.due())
+            except queue.Empty:
+                self._guard(self._trail.housekeep)
                 continue
             batch: list[_Item] = []
-            item = first
             while item is not None:
                 batch.append(item)
-                if len(batch) >= MAX_BATCH or self._queue.empty():
+                if len(batch) >= MAX_BATCH:
                     break
-                item = self._queue.get_nowait()
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             stopping = item is None
             if batch:
-                await self._write(batch)
+                self._write(batch)
         if self._failed:
             self._trail.close()  # releases the lock; the descriptors are already closed
         else:
-            await self._guard(self._trail.close)
+            self._guard(self._trail.close)
 
-    async def _next(self, timeout: float | None) -> _Item | None:
-        if timeout is None:
-            return await self._queue.get()
-        return await asyncio.wait_for(self._queue.get(), timeout)
+    def _write(self, batch: list[_Item]) -> None:
+        ok = not self._failed and self._guard(self._trail.write, [r for r, _ in batch])
+        waiting = [done for _, done in batch if done is not None]
+        if waiting:
+            try:
+                waiting[0].get_loop().call_soon_threadsafe(_settle, waiting, ok)
+            except RuntimeError:  # the loop is gone: nobody is waiting any more
+                pass
 
-    async def _write(self, batch: list[_Item]) -> None:
-        ok = not self._failed and await self._guard(self._trail.write, [r for r, _ in batch])
-        for _, done in batch:
-            if done is not None and not done.done():
-                done.set_result(ok)
-
-    async def _guard(self, work: Callable[..., Any], *args: Any) -> bool:
-        """Run `work` in the worker thread; on any failure, refuse from now on."""
+    def _guard(self, work: Callable[..., Any], *args: Any) -> bool:
+        """Run `work`; on any failure, refuse from now on."""
         try:
-            await asyncio.to_thread(work, *args)
+            work(*args)
         except Exception as err:  # noqa: BLE001 - any failure to write is a refusal, never a pass
             self._fail(err)
             return False
@@ -154,3 +160,9 @@ class AuditLog:
         self._failed = f"audit trail `{self.path}` failed: {type(err).__name__}: {detail}"
         log.error("%s; denying every check with audit_unavailable until restart", self._failed)
         self._trail.abandon()
+
+
+def _settle(waiting: list[asyncio.Future[bool]], ok: bool) -> None:
+    for done in waiting:
+        if not done.done():
+            done.set_result(ok)

@@ -139,7 +139,7 @@ class Trail:
 
     def write(self, records: Sequence[Record]) -> None:
         now = self._clock()
-        data = b"".join(line(self._head.seal(r.to_dict())) for r in records)
+        data = b"".join(self._head.seal_line(r.to_dict()) for r in records)
         self._append(data, now)
         self._since_checkpoint += len(records)
         if self._checkpoint_due(now, by_count=True):

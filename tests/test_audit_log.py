@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from authz import audit_file
+from authz.audit import MemoryAudit, Record
 from authz.audit_chain import record_hash
 from authz.audit_log import MAX_BATCH, AuditLog
 from authz.audit_trail import Trail, TrailOptions
 from authz.audit_verify import verify
+from authz.demo_tokens import DemoIssuer
 from authz.errors import ConfigError
+from authz.grants import EmbeddedGrantStore
 from authz.signing import SigningKey
 from tests.audit_helpers import FakeClock, decision, event, read_lines, records, write_trail
+from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,8 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
     async def main() -> None:
         log = AuditLog(path, queue_size=5000, options=TrailOptions(fsync_interval=0.05))
         log.open()
-        for n in range(3 * MAX_BATCH):  # more than one batch, never yielding to the writer
+        for n in range(3 * MAX_BATCH):  # more than one batch
             assert log.emit(decision(n))
-        assert log.depth == 3 * MAX_BATCH
         await log.close()
 
     asyncio.run(main())
@@ -273,15 +277,31 @@ def test_commit_with_fsync_always_returns_after_the_fsync(tmp_path: Path,
     asyncio.run(main())
 
 
-def test_commit_with_an_interval_returns_before_the_write(tmp_path: Path) -> None:
+def blocked_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """From now on the writer thread waits at each write until the returned event is set."""
+    gate = threading.Event()
+    real = Trail.write
+
+    def write(self: Trail, batch: list[Record]) -> None:
+        assert gate.wait(10), "the test never opened the gate"
+        real(self, batch)
+
+    monkeypatch.setattr(Trail, "write", write)
+    return gate
+
+
+def test_commit_with_an_interval_returns_before_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "decisions.jsonl"
 
     async def main() -> None:
         log = AuditLog(path, 10, TrailOptions(fsync_interval=0.05))
         log.open()
+        gate = blocked_writes(monkeypatch)
         size = path.stat().st_size
-        assert await log.commit(decision(1))
-        assert log.depth == 1 and path.stat().st_size == size  # queued, not yet written
+        assert await log.commit(decision(1))  # returns although the writer cannot write
+        assert path.stat().st_size == size
+        gate.set()
         await log.close()
 
     asyncio.run(main())
@@ -291,14 +311,16 @@ def test_commit_with_an_interval_returns_before_the_write(tmp_path: Path) -> Non
 # --- refusals -----------------------------------------------------------------------------------
 
 
-def test_a_full_queue_refuses(tmp_path: Path) -> None:
+def test_a_full_queue_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         log = AuditLog(tmp_path / "decisions.jsonl", queue_size=1,
                        options=TrailOptions(fsync_interval=0.05))
         log.open()
-        assert log.emit(decision(1))
-        assert not log.emit(decision(2))
-        assert not await log.commit(decision(3))
+        gate = blocked_writes(monkeypatch)
+        # At most one record in the queue and one batch stuck in the writer's hands.
+        taken = [log.emit(decision(n)) for n in range(6)]
+        assert False in taken and taken.count(True) <= 2, taken
+        gate.set()
         await log.close()
 
     asyncio.run(main())
@@ -383,3 +405,29 @@ def test_record_lines_are_canonical_even_for_read_lines(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     write_trail(path, None, 1)
     assert all(line.endswith(b"\n") for line in read_lines(path))
+
+
+# --- through the pipeline ---------------------------------------------------------------------
+
+
+class RefusingAudit(MemoryAudit):
+    def emit(self, record: Record) -> bool:
+        super().emit(record)
+        return False
+
+
+def test_no_record_no_allow(make_pipeline: PipelineFactory, issuer: DemoIssuer,
+                            clock: Clock) -> None:
+    store = EmbeddedGrantStore(clock)
+    asyncio.run(store.put(grant(now=clock.now)))
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    assert asyncio.run(make_pipeline(store=store).check(check_input(token))).allowed
+    refusing = RefusingAudit()
+    pipeline = make_pipeline(store=store, audit=refusing)
+    allowed = asyncio.run(pipeline.check(check_input(token)))
+    denied = asyncio.run(pipeline.check(check_input(None)))
+    for decision_ in (allowed, denied):
+        assert (decision_.allowed, decision_.status, decision_.reason) == (
+            False, 503, "audit_unavailable")
+        assert decision_.receipt == ""
+    assert [r.decision for r in refusing.records] == ["allow", "deny"]  # type: ignore[union-attr]
