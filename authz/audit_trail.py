@@ -255,5 +255,5 @@ def _verified(raw: bytes, source: Path) -> dict[str, Any]:
     if problem or not isinstance(record, dict):
         raise ConfigError("audit.path", f"`{source}` holds a record that does not verify "
                           f"({problem}); run `lasthop audit verify {source}`, and move the "
-                          "damaged trail aside to start a new one")
+                          "damaged trail (with its .checkpoints file) aside to start a new one")
     return record
