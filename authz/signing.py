@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from authz.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SIGNING_KEY_SETTING = "audit.signing_key"
 MAX_KEY_BYTES = 16 * 1024
@@ -105,6 +108,8 @@ def load_key(path: Path, setting: str = SIGNING_KEY_SETTING) -> SigningKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(setting, f"`{path}` holds a {type(key).__name__.removeprefix('_')}, "
                           "not an Ed25519 key; generate one with `lasthop audit keygen FILE`")
+    if path.stat().st_mode & 0o077:
+        log.warning("%s `%s` is readable by other users; make it 0600", setting, path)
     return SigningKey.from_private(key)
 
 
@@ -113,13 +118,16 @@ def jwks_document(keys: list[dict[str, str]]) -> dict[str, Any]:
 
 
 def write_jwks(path: Path, key: SigningKey) -> dict[str, Any]:
-    """Write `key`'s public JWK to `path`, keeping the Ed25519 keys already listed there."""
+    """Write `key`'s public JWK to `path`, keeping every other key already listed there."""
     kept: list[dict[str, str]] = []
     if path.exists():
         try:
-            kept = [jwk for kid, jwk in _read_entries(path).items() if kid != key.kid]
-        except JwksError as err:
+            _read_entries(path)  # refuse to rewrite a file that is not a sound JWKS
+            doc = json.loads(path.read_bytes())
+        except (JwksError, OSError, ValueError) as err:
             raise ConfigError("audit.jwks_path", str(err)) from err
+        kept = [jwk for jwk in doc["keys"] if not (isinstance(jwk, dict)
+                                                   and jwk.get("kid") == key.kid)]
     doc = jwks_document([key.jwk, *kept])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

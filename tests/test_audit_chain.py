@@ -57,6 +57,19 @@ def test_a_line_parses_back_to_the_same_canonical_bytes() -> None:
     assert canonical(json.loads(raw)) + b"\n" == raw
 
 
+def test_the_hash_is_recomputable_from_the_line_bytes_alone() -> None:
+    """The README's language-neutral recipe: drop the `hash` member and its comma, SHA-256."""
+    key = SigningKey.generate()
+    head = Head()
+    lines = [head.seal_line(decision(latency_ms=0.0).to_dict()),
+             line(head.checkpoint(key, "2026-03-01T10:00:00.000+00:00", "records"))]
+    for raw in lines:
+        digest = json.loads(raw)["hash"]
+        member = f'"hash":"{digest}"'.encode()
+        body = raw.rstrip(b"\n").replace(member + b",", b"").replace(b"," + member, b"")
+        assert hashlib.sha256(body).hexdigest() == digest
+
+
 def test_checkpoint_signs_seq_and_prev() -> None:
     key = SigningKey.generate()
     head = Head()

@@ -58,6 +58,14 @@ def test_jwks_keeps_earlier_keys_after_a_rotation(tmp_path: Path) -> None:
     assert [k["kid"] for k in write_jwks(path, new)["keys"]] == [new.kid, old.kid]
 
 
+def test_jwks_keeps_keys_of_other_types(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    other = {"kty": "EC", "crv": "P-256", "kid": "ec-1", "x": "AAAA", "y": "AAAA"}
+    path.write_text(json.dumps({"keys": [other]}))
+    key = SigningKey.generate()
+    assert write_jwks(path, key)["keys"] == [key.jwk, other]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[]", "no `keys` list"),
     ('{"keys": [{"kty": "RSA", "kid": "r", "n": "x", "e": "AQAB"}]}', "no Ed25519 key"),
