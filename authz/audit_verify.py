@@ -293,7 +293,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, "not JSON: the line was edited or corrupted"
     if not isinstance(record, dict):
         return None, "not a JSON object: the line was edited"
-    if canonical(record) + b"\n" != raw and canonical(record) != raw:
+    encoded = canonical(record)
+    if raw not in (encoded + b"\n", encoded):
         return None, "not in canonical form: the line was edited or re-encoded"
     if not (isinstance(record.get("seq"), int) and isinstance(record.get("prev"), str)
             and isinstance(record.get("hash"), str) and _HEX64.match(record["prev"])
