@@ -277,17 +277,24 @@ def test_commit_with_fsync_always_returns_after_the_fsync(tmp_path: Path,
     asyncio.run(main())
 
 
+class Gate:
+    """From now on the writer thread waits at each write until `opened` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened = threading.Event()
+        self.waiting = threading.Event()  # the writer holds a batch and waits
+        real = Trail.write
+
+        def write(trail: Trail, batch: list[Record]) -> None:
+            self.waiting.set()
+            assert self.opened.wait(10), "the test never opened the gate"
+            real(trail, batch)
+
+        monkeypatch.setattr(Trail, "write", write)
+
+
 def blocked_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """From now on the writer thread waits at each write until the returned event is set."""
-    gate = threading.Event()
-    real = Trail.write
-
-    def write(self: Trail, batch: list[Record]) -> None:
-        assert gate.wait(10), "the test never opened the gate"
-        real(self, batch)
-
-    monkeypatch.setattr(Trail, "write", write)
-    return gate
+    return Gate(monkeypatch).opened
 
 
 def test_commit_with_an_interval_returns_before_the_write(
@@ -316,11 +323,13 @@ def test_a_full_queue_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         log = AuditLog(tmp_path / "decisions.jsonl", queue_size=1,
                        options=TrailOptions(fsync_interval=0.05))
         log.open()
-        gate = blocked_writes(monkeypatch)
-        # At most one record in the queue and one batch stuck in the writer's hands.
-        taken = [log.emit(decision(n)) for n in range(6)]
-        assert False in taken and taken.count(True) <= 2, taken
-        gate.set()
+        gate = Gate(monkeypatch)
+        assert log.emit(decision(0))
+        assert await asyncio.to_thread(gate.waiting.wait, 10)  # the writer holds it, stuck
+        assert log.emit(decision(1))  # the one place in the queue
+        assert not log.emit(decision(2))
+        assert not await log.commit(decision(3))
+        gate.opened.set()
         await log.close()
 
     asyncio.run(main())
