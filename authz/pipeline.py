@@ -105,8 +105,15 @@ class Pipeline:
         elapsed = time.perf_counter() - started
         record = self._record(req, decision, bundle.version, elapsed)
         if decision.allowed and self.receipts is not None:
-            decision = replace(decision, receipt=self.receipts.mint(record, req.body_sha256))
-        if not await self.audit.commit(record):
+            receipt = self._receipt(record, req)
+            if receipt:
+                decision = replace(decision, receipt=receipt)
+            else:
+                internal = InternalError("cannot sign the receipt")
+                decision = _decision(decision_id, trace, internal.status, internal.reason,
+                                     internal.detail)
+                record = self._record(req, decision, bundle.version, elapsed)
+        if not await self._audit(record):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
                                  "the audit trail cannot take the record; refusing")
         if self.metrics:
@@ -161,6 +168,23 @@ class Pipeline:
         if grant is not None and grant.max_uses:
             if await self.store.consume(grant) > grant.max_uses:
                 raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
+
+    async def _audit(self, record: AuditRecord) -> bool:
+        """No record, no allow: a sink that refuses or raises fails the check closed."""
+        try:
+            return await self.audit.commit(record)
+        except Exception:  # noqa: BLE001
+            log.exception("audit sink failed for %s", record.decision_id)
+            return False
+
+    def _receipt(self, record: AuditRecord, req: CheckInput) -> str:
+        """The signed receipt of an allow; "" when it cannot be made (the check then fails)."""
+        assert self.receipts is not None
+        try:
+            return self.receipts.mint(record, req.body_sha256)
+        except Exception:  # noqa: BLE001
+            log.exception("receipt for %s failed", record.decision_id)
+            return ""
 
     def _peer_agent(self, req: CheckInput) -> str | None:
         if not self.options.bind_peer:

@@ -144,3 +144,32 @@ def test_body_digest_only_for_a_whole_body() -> None:
         b"note").hexdigest()
     assert ext_authz.to_input(request("true", b"no")).body_sha256 == ""
     assert ext_authz.to_input(request(None, b"")).body_sha256 == ""
+
+
+class BrokenSigner(ReceiptSigner):
+    def mint(self, record: AuditRecord, body_sha256: str = "") -> str:
+        raise RuntimeError("signing failed")
+
+
+class RaisingAudit(MemoryAudit):
+    async def commit(self, record: object) -> bool:
+        raise RuntimeError("sink bug")
+
+
+def test_no_receipt_no_allow_and_a_raising_sink_fails_closed(
+        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock,
+        key: SigningKey) -> None:
+    store = EmbeddedGrantStore(clock)
+    asyncio.run(store.put(grant(now=clock.now)))
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    audit = MemoryAudit()
+    pipeline = make_pipeline(store=store, audit=audit)
+    pipeline.receipts = BrokenSigner(key, 60)
+    decision_ = asyncio.run(pipeline.check(check_input(token)))
+    assert (decision_.allowed, decision_.status, decision_.reason) == (False, 503,
+                                                                      "internal_error")
+    record = audit.records[0]
+    assert isinstance(record, AuditRecord) and record.decision == "deny"  # recorded as it ended
+    raising = make_pipeline(store=store, audit=RaisingAudit())
+    decision_ = asyncio.run(raising.check(check_input(token)))
+    assert (decision_.allowed, decision_.reason) == (False, "audit_unavailable")
