@@ -4,6 +4,11 @@ Auth rule: `authorization: Bearer <jwt>` metadata; the JWT verifies against the
 configured issuer's keys with audience `admin.audience`, is not a delegated
 (`act`) token, and its `scope` holds `lasthop:admin` or `lasthop:approver`.
 No or bad token: UNAUTHENTICATED. Valid token, wrong scope: PERMISSION_DENIED.
+
+Audit rule: every issue and revoke goes into the audit trail as an event
+(`grant_issued`, `grant_revoked`) naming the caller. A grant whose issue
+cannot be recorded is withdrawn and the call fails UNAVAILABLE; a revocation
+always stands (it only takes access away), and a failure to record it is logged.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import grpc
 from authz import grants, identity
 from authz._proto import grants_pb2 as pb
 from authz._proto import grants_pb2_grpc as pb_grpc
+from authz.audit import AuditSink, EventRecord, rfc3339
 from authz.errors import GrantRequestError, StoreUnavailable, TokenError
 from authz.jwks import KeySource
 from authz.model import Grant
@@ -67,13 +73,14 @@ def grant_message(grant: Grant, uses: int) -> pb.Grant:
 class GrantsService(pb_grpc.GrantsServicer):
     def __init__(self, *, auth: AdminAuth, store: grants.GrantStore, registry: AgentRegistry,
                  actions: Callable[[], frozenset[str]], max_ttl: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], audit: AuditSink) -> None:
         self._auth = auth
         self._store = store
         self._registry = registry
         self._actions = actions
         self._max_ttl = max_ttl
         self._clock = clock
+        self._audit = audit
 
     async def IssueGrant(self, request: pb.IssueGrantRequest,  # noqa: N802 - gRPC name
                          context: grpc.aio.ServicerContext) -> pb.Grant:
@@ -95,6 +102,10 @@ class GrantsService(pb_grpc.GrantsServicer):
         except StoreUnavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
             raise
+        if not await self._record("grant_issued", caller, grant):
+            await self._call(context, self._store.revoke(grant.id))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the audit trail cannot record "
+                                "the grant, so it was not issued")
         log.info("grant %s issued by %s to %s for %s", grant.id, caller, grant.agent, grant.user)
         return grant_message(grant, 0)
 
@@ -104,8 +115,20 @@ class GrantsService(pb_grpc.GrantsServicer):
         grant = await self._call(context, self._store.revoke(request.id))
         if grant is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
+        if not await self._record("grant_revoked", caller, grant):
+            log.error("grant %s revoked by %s, but the audit trail could not record it",
+                      request.id, caller)
         log.info("grant %s revoked by %s", request.id, caller)
         return grant_message(grant, 0)
+
+    async def _record(self, event: str, caller: str, grant: Grant) -> bool:
+        detail = {"agent": grant.agent, "user": grant.user, "actions": list(grant.actions),
+                  "resources": list(grant.resources), "purpose": grant.purpose,
+                  "issued_by": grant.issued_by, "issued_at": grant.issued_at,
+                  "expires_at": grant.expires_at, "max_uses": grant.max_uses}
+        return await self._audit.commit(EventRecord(
+            event=event, actor=caller, target=grant.id, time=rfc3339(self._clock()),
+            detail=detail))
 
     async def GetGrant(self, request: pb.GetGrantRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> pb.Grant:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from authz import jwks, policy_load
-from authz.audit import AuditLog
+from authz import audit_setup, jwks, policy_load
+from authz.audit_log import AuditLog
 from authz.cache import CachingGrantStore, CachingRegistry, Invalidation
 from authz.config import Settings
 from authz.decision_cache import DecisionCache, Generation
@@ -42,6 +42,7 @@ class App:
     audit: AuditLog
     metrics: Metrics
     admin_rules: IdentityRules
+    receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
     redis: RedisStore | None = None
     invalidation: Invalidation | None = None
 
@@ -115,7 +116,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
 
         def freshness() -> int | None:
             return generation.value
-    audit = AuditLog(settings.path(settings.audit.path), settings.audit.queue_size)
+    audit = audit_setup.build(settings, clock)
     metrics.policy_version.labels(bundle.version).set(1)
     access, txn, admin = identity_rules(settings)
     pipeline = Pipeline(
@@ -124,7 +125,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         registry=agents,
         bundle=bundle,
         store=store,
-        audit=audit,
+        audit=audit.log,
         metrics=metrics,
         options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
                                 bind_peer=ident.bind_peer,
@@ -134,11 +135,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
                                                 settings.registry.high_risk_from)),
         clock=clock,
         decisions=DecisionCache(freshness) if st.cache_ttl_ms > 0 else None,
+        receipts=audit.receipts,
     )
     if settings.policies.mode == "dry-run":
         log.warning(
             "DRY RUN: policy and grant denials are logged and NOT enforced "
             "(policies.mode = dry-run)")
     return App(settings=settings, pipeline=pipeline, keys=keys, store=store,
-               agents=agent_store, registry=agents, audit=audit, metrics=metrics,
-               admin_rules=admin, redis=redis, invalidation=inval)
+               agents=agent_store, registry=agents, audit=audit.log, metrics=metrics,
+               admin_rules=admin, receipts_jwks=audit.jwks, redis=redis,
+               invalidation=inval)

@@ -1,31 +1,41 @@
-"""The decision audit trail: one JSON line per decision, written off the request path.
+"""What goes into the audit trail, and the sink the request path hands it to.
 
-The check path calls `AuditLog.emit`, which only enqueues; a writer task
-batches records to disk in a worker thread. A full queue or a failed write
-makes `emit` refuse, and the pipeline then denies with `audit_unavailable`:
-Lasthop never allows without a record. Records never hold a token, only
-its SHA-256; `json.dumps` escapes every control character, so each record
-stays one line whatever the claims contain.
+Three kinds of record share one hash chain (`authz.audit_chain`), told apart
+by `type`:
+
+    decision    one per Check, allow or deny (`AuditRecord`)
+    event       a lifecycle change: a grant issued or revoked, the trail
+                opened; later, agents registered or suspended (`EventRecord`)
+    checkpoint  a signed statement of the chain's head (`authz.audit_chain`)
+
+The chain hashes every field a record holds, so adding a field (a future
+`shadow` decision, say) needs no change to hashing or verification. Records
+never hold a token, only its SHA-256; `json.dumps` escapes every control
+and non-ASCII character, so each record stays one ASCII line whatever the
+claims contain. Floats are not allowed in the chained part except
+`latency_ms`, which always holds at most three decimals.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+DECISION = "decision"
+EVENT = "event"
+CHECKPOINT = "checkpoint"
 
-MAX_BATCH = 512
+
+def rfc3339(timestamp: float) -> str:
+    """The `time` of every record: RFC 3339, UTC, milliseconds."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     decision_id: str
-    time: str  # RFC 3339, UTC
+    time: str  # RFC 3339, UTC, milliseconds
     decision: str  # allow | deny
     status: int
     reason: str
@@ -49,85 +59,51 @@ class AuditRecord:
     shadow: list[dict[str, str]] = field(default_factory=list)  # [{policy, effect}]
     shadow_disagrees: bool = False  # enforcing the shadow policies would flip the decision
     dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
+    owner: str = ""  # the current actor's accountable owner, from the registry
+    phi: bool = False  # the route is marked `phi = true`: an allow is a disclosure
+    parents: list[str] = field(default_factory=list)  # the resource's ancestors
 
-    def to_line(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True) + "\n"
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, shallow: a record is never changed once made."""
+        return {"type": DECISION, **{name: getattr(self, name) for name in _DECISION_FIELDS}}
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A lifecycle event: `event` says what, `actor` who did it, `target` to what."""
+
+    event: str  # grant_issued | grant_revoked | trail_opened | (later) agent_registered ...
+    actor: str  # the admin token's `sub`, or `lasthop` for the server itself
+    target: str  # a grant id, an agent id, a file
+    time: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": EVENT, **{name: getattr(self, name) for name in _EVENT_FIELDS}}
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
+
+Record = AuditRecord | EventRecord
 
 
 class AuditSink(Protocol):
-    def emit(self, record: AuditRecord) -> bool:
-        """Enqueue without blocking; False when the record cannot be taken."""
+    async def commit(self, record: Record) -> bool:
+        """Hand `record` to the trail. True once it is as safe as `audit.fsync` promises
+        (`always`: on disk; an interval: handed to the writer); False if it cannot be."""
         ...
 
 
 class MemoryAudit:
-    """Keeps records in a list; for tests and offline `lasthop check`."""
+    """Keeps records in a list; for tests."""
 
     def __init__(self) -> None:
-        self.records: list[AuditRecord] = []
+        self.records: list[Record] = []
 
-    def emit(self, record: AuditRecord) -> bool:
+    def emit(self, record: Record) -> bool:
         self.records.append(record)
         return True
 
-
-class AuditLog:
-    def __init__(self, path: Path, queue_size: int) -> None:
-        self.path = path
-        self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=queue_size)
-        self._failed: str = ""
-        self._task: asyncio.Task[None] | None = None
-        self._file: Any = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="ascii")
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
-
-    def emit(self, record: AuditRecord) -> bool:
-        if self._failed:
-            return False
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
-            return False
-        return True
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
-
-    async def _write(self, batch: list[AuditRecord]) -> None:
-        lines = "".join(r.to_line() for r in batch)
-        try:
-            await asyncio.to_thread(self._write_sync, lines)
-        except Exception as err:  # noqa: BLE001 - any failure: stop allowing, never skip
-            self._failed = f"audit write failed: {err!r}"
-            log.error("%s; denying every check until restart", self._failed)
-        finally:
-            for _ in batch:
-                self._queue.task_done()
-
-    def _write_sync(self, lines: str) -> None:
-        self._file.write(lines)
-        self._file.flush()
-
-    async def close(self) -> None:
-        """Write everything queued, then close the file."""
-        if self._task is not None:
-            if not self._failed and not self._task.done():
-                await self._queue.join()
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._file is not None:
-            self._file.close()
+    async def commit(self, record: Record) -> bool:
+        return self.emit(record)

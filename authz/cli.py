@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from authz import cli_agents, cli_policy, config, shadow_report
+from authz import cli_agents, cli_audit, cli_policy, config, shadow_report
 from authz._proto import grants_pb2 as pb
 from authz.admin_client import AdminClient, AdminError
 from authz.cli_admin import CliError, admin_client, admin_options, message_dict
@@ -112,9 +112,11 @@ def parser() -> argparse.ArgumentParser:
     cli_policy.add_commands(sub)
     cli_agents.add_commands(sub)
 
-    audit = sub.add_parser("audit", help="read the audit trail").add_subparsers(
+    audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
         dest="audit_command", required=True)
+    cli_audit.add_commands(audit)
     shadow_report.add_command(audit)
+    cli_audit.add_receipt_command(sub)
 
     grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
         dest="grants_command", required=True)

@@ -97,10 +97,35 @@ class AdminSettings:
     audience: str = "lasthop-admin"
 
 
+_FSYNC_INTERVAL = re.compile(r"^(\d+)ms$")
+MAX_FSYNC_INTERVAL_MS = 10_000
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     path: str = "audit/decisions.jsonl"
     queue_size: int = 10_000
+    signing_key: str = ""  # Ed25519 private key, PEM; `serve` refuses to start without one
+    jwks_path: str = ""  # the public keys (receipts, checkpoints); empty: beside `path`
+    checkpoints_path: str = ""  # a copy of every checkpoint; empty: `<path>.checkpoints`
+    fsync: str = "always"  # "always", or at most every N ms: "50ms"
+    on_failure: str = "deny"  # the only choice: never allow without a record
+    checkpoint_records: int = 1000
+    checkpoint_seconds: int = 60
+    rotate_bytes: int = 128 * 1024 * 1024  # 0: never rotate
+    receipts: bool = True
+    receipt_ttl_seconds: int = 60
+
+    @property
+    def fsync_interval_seconds(self) -> float:
+        """0.0 for `always`; raises ValueError on anything but `always` or `<N>ms`."""
+        if self.fsync == "always":
+            return 0.0
+        match = _FSYNC_INTERVAL.match(self.fsync)
+        if not match or not 1 <= int(match.group(1)) <= MAX_FSYNC_INTERVAL_MS:
+            raise ValueError(f"must be `always` or an interval from 1ms to "
+                             f"{MAX_FSYNC_INTERVAL_MS}ms such as `50ms`, got `{self.fsync}`")
+        return int(match.group(1)) / 1000
 
 
 @dataclass(frozen=True)
@@ -271,9 +296,7 @@ def _validate(s: Settings) -> None:
     if s.registry.medium_risk_from > s.registry.high_risk_from:
         raise ConfigError("registry.medium_risk_from", "must not exceed registry.high_risk_from")
     _positive("grants.max_ttl", s.grants.max_ttl)
-    _positive("audit.queue_size", s.audit.queue_size)
-    if not s.audit.path:
-        raise ConfigError("audit.path", "must not be empty")
+    _validate_audit(s.audit)
     if not s.admin.audience:
         raise ConfigError("admin.audience", "must not be empty")
     if not s.policies.dir:
@@ -285,6 +308,25 @@ def _validate(s: Settings) -> None:
                           "start unless policies.allow_dry_run = true")
     if s.policies.reload_interval_seconds < 0:
         raise ConfigError("policies.reload_interval_seconds", "must be 0 (off) or positive")
+
+
+def _validate_audit(a: AuditSettings) -> None:
+    _positive("audit.queue_size", a.queue_size)
+    if not a.path:
+        raise ConfigError("audit.path", "must not be empty")
+    try:
+        _ = a.fsync_interval_seconds
+    except ValueError as err:
+        raise ConfigError("audit.fsync", str(err)) from None
+    if a.on_failure != "deny":
+        raise ConfigError("audit.on_failure", f"`{a.on_failure}` is not supported; the only "
+                          "choice is `deny`: Lasthop never allows a request it cannot record")
+    _positive("audit.checkpoint_records", a.checkpoint_records)
+    _range("audit.checkpoint_seconds", a.checkpoint_seconds, 1, 86_400)
+    if a.rotate_bytes and a.rotate_bytes < 1024:
+        raise ConfigError("audit.rotate_bytes", f"must be 0 (never) or at least 1024, "
+                          f"got `{a.rotate_bytes}`")
+    _range("audit.receipt_ttl_seconds", a.receipt_ttl_seconds, 1, 3600)
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

@@ -1,7 +1,10 @@
 """`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario.
 
-Everything runs on loopback in a temporary directory with a freshly generated
-demo signing key, and stops at the end (or on Ctrl-C with --keep-running).
+Everything runs on loopback in a temporary directory with freshly generated
+demo keys (the token issuer's, and Lasthop's audit and receipt signing key),
+and stops at the end (or on Ctrl-C with --keep-running). Then it verifies
+the audit trail the scenario wrote and prints dr-alice's accounting of
+disclosures.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from authz import devstack
+from authz import audit_setup, audit_verify, config, devstack, disclosures, receipts
 from authz._proto import grants_pb2 as pb
 from authz.admin_client import AdminClient
 from authz.demo_tokens import DemoIssuer
 from authz.demo_upstream import DemoUpstream
+from authz.signing import read_jwks
 
 PURPOSE = "clinical-documentation"
 
@@ -48,12 +52,19 @@ def request(base: str, method: str, path: str, token: str | None) -> Outcome:
         return Outcome(err.code, str(body.get("reason", "")), body)
 
 
-def _step(title: str, method: str, path: str, outcome: Outcome) -> None:
+def _step(title: str, method: str, path: str, outcome: Outcome, jwks: Path) -> Outcome:
     print(f"\n- {title}\n  {method} {path}\n  -> {outcome.status} {outcome.reason}")
     seen = outcome.body.get("lasthop")
     if isinstance(seen, dict) and seen:
-        chain = seen.get("x-lasthop-chain") or seen.get("X-Lasthop-Chain")
-        print(f"     upstream saw chain={chain}")
+        seen = {str(k).lower(): v for k, v in seen.items()}
+        print(f"     upstream saw chain={seen.get('x-lasthop-chain')}")
+        receipt = seen.get(receipts.RECEIPT_HEADER)
+        if isinstance(receipt, str):
+            claims = receipts.verify(receipt, read_jwks(jwks),
+                                     receipts.Binding(method=method, path=path))
+            print(f"     and a signed receipt for decision {claims['jti']}, verified offline "
+                  f"against {jwks.name}")
+    return outcome
 
 
 def run_demo(keep_running: bool = False) -> int:
@@ -61,6 +72,7 @@ def run_demo(keep_running: bool = False) -> int:
         issuer = DemoIssuer("ES256")
         jwks = issuer.write_jwks(Path(work) / "keys" / "jwks.json")
         cfg = devstack.write_config(Path(work), jwks)
+        settings = config.load(cfg)
         upstream = DemoUpstream()
         lasthop = envoy = None
         try:
@@ -70,7 +82,8 @@ def run_demo(keep_running: bool = False) -> int:
                   f"{lasthop.ready['admin_listen']}; Envoy on {envoy.url}; "
                   f"demo EHR on 127.0.0.1:{upstream.port}")
             _scenario(envoy.url, AdminClient(lasthop.ready["admin_listen"],
-                                             issuer.admin_token()), issuer)
+                                             issuer.admin_token()), issuer,
+                      audit_setup.jwks_path(settings))
             if keep_running:
                 _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer)
         finally:
@@ -79,52 +92,69 @@ def run_demo(keep_running: bool = False) -> int:
             if lasthop:
                 lasthop.close()
             upstream.close()
-        _show_audit(Path(work) / "audit" / "decisions.jsonl")
+        _show_audit(settings)
     return 0
 
 
-def _show_audit(path: Path) -> None:
-    """The audit trail the scenario wrote (flushed by Lasthop's SIGTERM), one line a decision."""
+def _show_audit(settings: config.Settings) -> None:
+    """The trail the scenario wrote (closed by Lasthop's SIGTERM): records, verification,
+    and dr-alice's accounting of disclosures."""
+    path = audit_setup.trail_path(settings)
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    print(f"\nAudit trail: {len(records)} decisions, one JSON line each (no tokens, only hashes):")
+    print(f"\nAudit trail: {len(records)} records, one hash-chained JSON line each "
+          "(no tokens, only hashes):")
     for r in records:
-        chain = " -> ".join([r["user"], *r["chain"]]) if r["user"] else "-"
-        print(f"  {r['decision']:<5} {r['reason']:<22} {chain:<38} {r['action'] or '-':<5} "
-              f"{r['resource'] or r['path']}  grant={r['grant_id'] or '-'}")
+        if r["type"] == "decision":
+            chain = " -> ".join([r["user"], *r["chain"]]) if r["user"] else "-"
+            print(f"  {r['seq']:>3} decision {r['decision']:<5} {r['reason']:<20} {chain:<34} "
+                  f"{r['action'] or '-':<5} {r['resource'] or r['path']}")
+        elif r["type"] == "event":
+            print(f"  {r['seq']:>3} event    {r['event']:<26} by {r['actor']}: {r['target']}")
+        else:
+            print(f"  {r['seq']:>3} {r['type']} ({r['trigger']}), signed by key {r['kid']}")
+    anchors = [audit_setup.checkpoints_path(settings)]
+    report = audit_verify.verify([path], read_jwks(audit_setup.jwks_path(settings)), anchors)
+    print(f"\n$ lasthop audit verify {path.name}\n"
+          f"{report.problem or 'ok: every hash, the sequence and every signature verify'}")
+    rows = disclosures.account(disclosures.read_records([path]), user="dr-alice")
+    print("\n$ lasthop audit disclosures --user dr-alice\n"
+          + disclosures.render(rows, "md", "Accounting of disclosures: user dr-alice"))
 
 
-def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer) -> None:
+def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> list[Outcome]:
+    """The demo's requests and grants; returns the outcome of each request, in order."""
     records = "/patients/p-1001/records"
+    outcomes: list[Outcome] = []
+
+    def step(title: str, token: str | None) -> None:
+        outcomes.append(_step(title, "GET", records, request(base, "GET", records, token), jwks))
+
     scribe = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     print("\nDr. Alice's scribe agent documents a visit for patient p-1001.")
-    _step("scribe reads the chart, no grant yet", "GET", records,
-          request(base, "GET", records, scribe))
+    step("scribe reads the chart, no grant yet", scribe)
 
     grant = admin.issue(pb.IssueGrantRequest(
         agent="scribe", user="dr-alice", actions=["read", "write"],
         resources=['Patient::"p-1001"'], purpose=PURPOSE, ttl_seconds=900))
     print(f"\n+ dr-alice approves grant {grant.id}: scribe may read/write p-1001 for "
           f"{PURPOSE}, 15 minutes")
-    _step("scribe reads the chart with the grant", "GET", records,
-          request(base, "GET", records, scribe))
+    step("scribe reads the chart with the grant", scribe)
 
     chained = issuer.access_token("dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE)
-    _step("orchestrator delegates to scribe (dr-alice -> orchestrator -> scribe)", "GET",
-          records, request(base, "GET", records, chained))
+    step("orchestrator delegates to scribe (dr-alice -> orchestrator -> scribe)", chained)
 
     billing = issuer.access_token("bob", ["billing-bot"], purpose="billing")
     admin.issue(pb.IssueGrantRequest(
         agent="billing-bot", user="bob", actions=["read"], resources=['Patient::"p-1001"'],
         purpose="billing", ttl_seconds=900))
-    _step("billing-bot, even with a grant on p-1001, asks for clinical records", "GET",
-          records, request(base, "GET", records, billing))
+    step("billing-bot, even with a grant on p-1001, asks for clinical records", billing)
 
-    _step("scribe, no token at all", "GET", records, request(base, "GET", records, None))
+    step("scribe, no token at all", None)
 
     admin.revoke(grant.id)
     print(f"\n- dr-alice revokes {grant.id}")
-    _step("scribe reads the chart after revocation", "GET", records,
-          request(base, "GET", records, scribe))
+    step("scribe reads the chart after revocation", scribe)
+    return outcomes
 
 
 def _wait_for_ctrl_c(base: str, ready: dict[str, str], issuer: DemoIssuer) -> None:

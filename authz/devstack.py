@@ -22,6 +22,8 @@ from pathlib import Path
 from string import Template
 from typing import IO, Any
 
+from authz.signing import SigningKey
+
 REPO = Path(__file__).resolve().parent.parent
 ENVOY_TEMPLATE = REPO / "envoy" / "sidecar.yaml"
 POLICIES = REPO / "policies"
@@ -104,12 +106,14 @@ class RedisServer:
 class LasthopServer:
     """`lasthop serve --config FILE` as a child process; addresses come from its ready line."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        """`command` replaces `python -m authz serve` (a benchmark's variant of the server)."""
         self.config = config
         self.log_path = config.parent / f"lasthop-{free_port()}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "authz", "serve", "--config", str(config)],
+            [*(command or [sys.executable, "-m", "authz", "serve"]), "--config", str(config)],
             stdout=subprocess.PIPE, stderr=self._log, text=True,
             env={**os.environ, **(env or {})},
         )
@@ -174,9 +178,20 @@ class Envoy:
         _stop(self.proc)
 
 
+def demo_signing_key(workdir: Path) -> Path:
+    """A freshly generated Ed25519 key for the audit trail and receipts of a local stack."""
+    path = workdir / "keys" / "audit-signing.pem"
+    if not path.exists():
+        SigningKey.generate().write_pem(path)
+    return path
+
+
 def write_config(workdir: Path, jwks_path: Path, *, redis_url: str = "",
                  policies: Path = POLICIES, extra: str = "") -> Path:
-    """A Lasthop config for a local stack: every listener on a free loopback port."""
+    """A Lasthop config for a local stack: every listener on a free loopback port.
+
+    `extra` is appended after the `[audit]` table: bare keys land in it.
+    """
     config = workdir / "lasthop.toml"
     config.write_text(f"""\
 [server]
@@ -197,6 +212,7 @@ redis_url = {json.dumps(redis_url)}
 
 [audit]
 path = {json.dumps(str(workdir / "audit" / "decisions.jsonl"))}
+signing_key = {json.dumps(str(demo_signing_key(workdir)))}
 {extra}""")
     return config
 

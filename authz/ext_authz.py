@@ -2,8 +2,11 @@
 
 - Headers are read from `header_map` (raw, one entry per header line) when Envoy
   sends it, else from `headers` (Envoy joins repeats with a comma there).
-- An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, after
-  removing every `x-lasthop-*` header the client sent.
+- An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
+  the signed `x-lasthop-receipt` when receipts are on, after removing every
+  `x-lasthop-*` header the client sent.
+- When Envoy sends the whole request body (`with_request_body`, and
+  `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
 - A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
@@ -11,10 +14,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
 from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2 as attributes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
@@ -22,6 +27,8 @@ from google.rpc import code_pb2, status_pb2
 from authz.model import CheckInput, Decision
 
 HEADER_PREFIX = "x-lasthop-"
+RECEIPT_HEADER = "x-lasthop-receipt"
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
@@ -42,14 +49,24 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
         headers=headers,
         peer_principal=request.attributes.source.principal,
         request_id=http.id,
+        body_sha256=_body_digest(http, headers),
     )
+
+
+def _body_digest(http: attributes.AttributeContext.HttpRequest,
+                 headers: dict[str, list[str]]) -> str:
+    """SHA-256 of the body, only when Envoy says it sent all of it."""
+    if headers.get(PARTIAL_BODY_HEADER) != ["false"]:
+        return ""
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8")
+    return hashlib.sha256(body).hexdigest()
 
 
 def identity_headers(decision: Decision) -> dict[str, str]:
     chain = decision.chain
     intent = decision.intent
     assert chain is not None and intent is not None
-    return {
+    headers = {
         "x-lasthop-user": chain.user,
         "x-lasthop-agent": chain.actor,
         "x-lasthop-chain": ",".join((chain.user, *chain.agents)),
@@ -57,6 +74,9 @@ def identity_headers(decision: Decision) -> dict[str, str]:
         "x-lasthop-txn": intent.txn,
         "x-lasthop-decision-id": decision.decision_id,
     }
+    if decision.receipt:
+        headers[RECEIPT_HEADER] = decision.receipt
+    return headers
 
 
 def to_response(decision: Decision, request: CheckInput) -> pb.CheckResponse:
@@ -71,7 +91,9 @@ def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
     return pb.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=pb.OkHttpResponse(
-            headers=[_header(k, _header_safe(v)) for k, v in ours.items()],
+            # a receipt is base64url by construction and must not be cut at 512 characters
+            headers=[_header(k, v if k == RECEIPT_HEADER else _header_safe(v))
+                     for k, v in ours.items()],
             headers_to_remove=spoofed,
         ),
     )

@@ -17,6 +17,7 @@ class CheckInput:
     headers: dict[str, list[str]]  # lowercase name -> every value sent
     peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
     request_id: str = ""
+    body_sha256: str = ""  # when Envoy sent the whole body (with_request_body); for receipts
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +214,5 @@ class Decision:
     cedar: dict[str, Any] | None = None  # the Cedar request as evaluated, for explanations
     shadow: tuple[tuple[str, str], ...] = ()  # (@id, effect) of shadow policies that held
     shadow_disagrees: bool = False
+    owner: str = ""  # the current actor's accountable owner, once the registry resolved it
+    receipt: str = ""  # on allow: the signed receipt for the upstream

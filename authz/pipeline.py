@@ -8,6 +8,7 @@
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
+    receipt   -> an allow gets a signed receipt for the upstream, bound to its record
     audit     -> one record per decision; no record, no allow
 
 Combining rule: the first phase that refuses decides, with its reason.
@@ -25,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
@@ -51,6 +52,7 @@ from authz.model import (
     RouteMatch,
 )
 from authz.policy_load import PolicyBundle
+from authz.receipts import ReceiptSigner
 from authz.registry import AgentRegistry, resolve_chain
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class _Trace:
     shadow: tuple[policy.ShadowHit, ...] = ()
     shadow_disagrees: bool = False
     dry_run: str = ""  # in dry-run mode: the reason it would have been denied
+    owner: str = ""  # the current actor's accountable owner
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Pipeline:
         options: PipelineOptions,
         clock: Callable[[], float] = time.time,
         decisions: DecisionCache | None = None,
+        receipts: ReceiptSigner | None = None,
     ) -> None:
         self.verifier = verifier
         self.intent = intent
@@ -107,6 +111,7 @@ class Pipeline:
         self.options = options
         self.clock = clock
         self.decisions = decisions
+        self.receipts = receipts
 
     async def check(self, req: CheckInput) -> Decision:
         started = time.perf_counter()
@@ -128,7 +133,17 @@ class Pipeline:
                 self.decisions.put(key, (trace, decision.status, decision.reason,
                                          decision.detail, decision.policies))
         elapsed = time.perf_counter() - started
-        if not self._audit(self._record(req, decision, trace, bundle.version, elapsed)):
+        record = self._record(req, decision, trace, bundle.version, elapsed)
+        if decision.allowed and self.receipts is not None:
+            receipt = self._receipt(record, req)
+            if receipt:
+                decision = replace(decision, receipt=receipt)
+            else:
+                internal = InternalError("cannot sign the receipt")
+                decision = _decision(decision_id, trace, internal.status, internal.reason,
+                                     internal.detail)
+                record = self._record(req, decision, trace, bundle.version, elapsed)
+        if not await self._audit(record):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
                                  "the audit trail cannot take the record; refusing")
         if self.metrics:
@@ -183,6 +198,7 @@ class Pipeline:
 
         # registry: every agent in the chain registered and active
         agents = await resolve_chain(self.registry, chain)
+        trace.owner = agents[-1].owner if agents else ""
 
         # intent: purpose and txn travel with the decision
         trace.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
@@ -219,13 +235,22 @@ class Pipeline:
             if await self.store.consume(grant) > grant.max_uses:
                 raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
 
-    def _audit(self, record: AuditRecord) -> bool:
+    async def _audit(self, record: AuditRecord) -> bool:
         """No record, no allow: a sink that refuses or raises fails the check closed."""
         try:
-            return self.audit.emit(record)
+            return await self.audit.commit(record)
         except Exception:  # noqa: BLE001
             log.exception("audit sink failed for %s", record.decision_id)
             return False
+
+    def _receipt(self, record: AuditRecord, req: CheckInput) -> str:
+        """The signed receipt of an allow; "" when it cannot be made (the check then fails)."""
+        assert self.receipts is not None
+        try:
+            return self.receipts.mint(record, req.body_sha256)
+        except Exception:  # noqa: BLE001
+            log.exception("receipt for %s failed", record.decision_id)
+            return ""
 
     def _peer_agent(self, req: CheckInput) -> str | None:
         if not self.options.bind_peer:
@@ -283,6 +308,9 @@ class Pipeline:
             shadow=[{"policy": h.policy, "effect": h.effect} for h in trace.shadow],
             shadow_disagrees=trace.shadow_disagrees,
             dry_run=trace.dry_run,
+            owner=d.owner,
+            phi=d.route.phi if d.route else False,
+            parents=[str(p) for p in d.route.parents] if d.route else [],
         )
 
 
@@ -304,5 +332,6 @@ def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail:
         cedar=trace.cedar.as_cedar() if trace.cedar else None,
         shadow=tuple((h.policy, h.effect) for h in trace.shadow),
         shadow_disagrees=trace.shadow_disagrees,
+        owner=trace.owner,
     )
 

@@ -19,13 +19,13 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import start_http_server
 
-from authz import ext_authz
+from authz import ext_authz, metrics_http
 from authz._proto import agents_pb2_grpc, grants_pb2_grpc
 from authz.admin import AdminAuth, GrantsService
 from authz.admin_agents import AgentsService
 from authz.app import App
+from authz.audit_setup import WELL_KNOWN_JWKS
 from authz.config import split_address
 from authz.errors import StoreUnavailable
 from authz.jwks import RemoteKeys
@@ -86,7 +86,7 @@ async def serve(app: App) -> int:
     grants_pb2_grpc.add_GrantsServicer_to_server(GrantsService(
         auth=AdminAuth(app.keys, app.admin_rules, time.time), store=app.store,
         registry=app.registry, actions=lambda: app.pipeline.bundle.actions,
-        max_ttl=settings.grants.max_ttl, clock=time.time,
+        max_ttl=settings.grants.max_ttl, clock=time.time, audit=app.audit,
     ), admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(AgentsService(
         auth=AdminAuth(app.keys, app.admin_rules, time.time), agents=app.agents,
@@ -96,8 +96,9 @@ async def serve(app: App) -> int:
 
     metrics_host, metrics_port = split_address("server.metrics_listen",
                                                settings.server.metrics_listen)
-    metrics_http, _ = start_http_server(metrics_port, metrics_host, app.metrics.registry)
-    metrics = f"{metrics_host}:{metrics_http.server_port}"
+    metrics_server = metrics_http.start(metrics_host, metrics_port, app.metrics.registry,
+                                        {WELL_KNOWN_JWKS: app.receipts_jwks})
+    metrics = f"{metrics_host}:{metrics_server.server_port}"
 
     background: list[asyncio.Task[None]] = []
     if app.invalidation is not None:
@@ -127,6 +128,6 @@ async def serve(app: App) -> int:
         task.cancel()
     await app.audit.close()
     await app.store.close()
-    metrics_http.shutdown()
+    metrics_server.shutdown()
     print("lasthop stopped", file=sys.stderr, flush=True)
     return 0

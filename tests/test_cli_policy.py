@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from authz import cli, devstack, offline, policy_load
+from authz import audit_chain, cli, devstack, offline, policy_load
 from authz.config import IdentitySettings
 from authz.demo_tokens import DemoIssuer
 from authz.model import CheckInput, Grant
@@ -642,7 +642,7 @@ def test_shadow_report_over_records_the_pipeline_wrote(capsys: pytest.CaptureFix
             "GET", path, "ehr.local", {"authorization": [f"Bearer {token}"]}), grants))
     assert all(d.allowed for d in decisions)
     trail = tmp_path / "trail.jsonl"
-    trail.write_text("".join(r.to_line() for r in env.audit.records), encoding="ascii")
+    trail.write_bytes(b"".join(audit_chain.line(r.to_dict()) for r in env.audit.records))
     report = _report(capsys, "--trail", str(trail))
     assert (report["records"], report["would_flip"]) == (3, 2)
     assert report["policies"] == [{

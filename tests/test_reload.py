@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from authz import app as app_module
 from authz import config, devstack, policy_load
+from authz.audit import MemoryAudit
 from authz.demo_tokens import DemoIssuer
 from authz.errors import StoreUnavailable
 from authz.metrics import Metrics
@@ -306,6 +307,7 @@ def _app(tmp_path: Path) -> tuple[app_module.App, Path, DemoIssuer]:
     jwks = issuer.write_jwks(tmp_path / "keys" / "jwks.json")
     path = devstack.write_config(tmp_path, jwks, policies=policies)
     app = app_module.build(config.load(path, environ={}), CollectorRegistry())
+    app.pipeline.audit = MemoryAudit()  # the file trail is only opened by serve()
     asyncio.run(app.seed_registry(app.pipeline.bundle))  # as serve() does at start-up
     return app, policies, issuer
 

@@ -181,8 +181,14 @@ def _close_lasthop(lasthop: devstack.LasthopServer) -> int | None:
 
 @contextlib.contextmanager
 def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream | None = None,
-                  policies: Path = devstack.POLICIES) -> Iterator[Stack]:
-    """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped."""
+                  policies: Path = devstack.POLICIES, audit: str = "",
+                  command: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped.
+
+    `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`;
+    `env`: extra environment for Lasthop.
+    """
     with devstack.workdir(prefix) as work, contextlib.ExitStack() as stack:
         issuer = DemoIssuer("ES256", kid=f"it-{uuid.uuid4().hex[:6]}")
         jwks = issuer.write_jwks(work / "keys" / "jwks.json")
@@ -194,8 +200,8 @@ def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream
             upstream = DemoUpstream()
             stack.callback(upstream.close)
         config = devstack.write_config(work, jwks, redis_url=redis.url if redis else "",
-                                       policies=policies)
-        lasthop = devstack.LasthopServer(config)
+                                       policies=policies, extra=audit)
+        lasthop = devstack.LasthopServer(config, env=env, command=command)
         stack.callback(_close_lasthop, lasthop)
         envoy = devstack.Envoy(work, lasthop.port, upstream.port)
         stack.callback(envoy.close)

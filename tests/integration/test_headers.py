@@ -29,10 +29,12 @@ def test_spoofed_identity_headers_are_replaced_or_removed(stack: Stack) -> None:
     assert seen["x-lasthop-purpose"] == "clinical-documentation"
     assert seen["x-lasthop-decision-id"] != "forged"
     assert "x-lasthop-anything" not in seen
-    assert "x-lasthop-receipt" not in seen
+    assert seen["x-lasthop-receipt"] != "forged"  # Lasthop's own, signed receipt
+    assert seen["x-lasthop-receipt"].count(".") == 2
     assert "mallory" not in str(seen)
     assert set(seen) == {"x-lasthop-user", "x-lasthop-agent", "x-lasthop-chain",
-                         "x-lasthop-purpose", "x-lasthop-txn", "x-lasthop-decision-id"}
+                         "x-lasthop-purpose", "x-lasthop-txn", "x-lasthop-decision-id",
+                         "x-lasthop-receipt"}
 
 
 def test_spoofed_headers_do_not_change_the_decision(stack: Stack) -> None:

@@ -97,7 +97,9 @@ def _run(stack: Stack) -> None:
     for token in tokens:
         assert token not in text, "a raw token is in the audit trail"
         assert token.split(".")[2] not in text, "a token signature is in the audit trail"
-    records = read_audit(stack.audit_path)
+    trail = read_audit(stack.audit_path)
+    assert trail[-1]["type"] == "checkpoint" and trail[-1]["trigger"] == "shutdown"
+    records = [r for r in trail if r["type"] == "decision"]
     ids = [r["decision_id"] for r in records]
     assert len(ids) == len(set(ids)), "a decision was written twice"
     missing = set(seen) - set(ids)
