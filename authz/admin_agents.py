@@ -1,6 +1,12 @@
 """The admin gRPC API for the agent registry (`lasthop.v1.Agents`). Callers need `lasthop:admin`.
 
 Every refusal names the field; nothing is written on a refusal.
+
+Audit rule: every change goes into the trail as an event with the caller's
+`sub` (agent_registered, agent_updated, agent_suspended, agent_resumed,
+agent_deregistered). A change that widens access (register, update,
+resume) is undone if the trail cannot record it; one that narrows access
+(suspend, deregister) stands, and the failure is logged.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from authz import grants
 from authz._proto import agents_pb2 as pb
 from authz._proto import agents_pb2_grpc as pb_grpc
 from authz.admin import AdminAuth
+from authz.audit import AuditSink, EventRecord, rfc3339
 from authz.errors import StoreUnavailable
 from authz.model import Agent, RiskTiers
 from authz.registry import AgentStore
@@ -57,7 +64,8 @@ def check_fields(agent: Agent) -> Agent:
 
 class AgentsService(pb_grpc.AgentsServicer):
     def __init__(self, *, auth: AdminAuth, agents: AgentStore, grant_store: grants.GrantStore,
-                 tiers: RiskTiers, clock: Callable[[], float]) -> None:
+                 tiers: RiskTiers, clock: Callable[[], float], audit: AuditSink) -> None:
+        self._audit = audit
         self._auth = auth
         self._agents = agents
         self._grants = grant_store
@@ -75,6 +83,9 @@ class AgentsService(pb_grpc.AgentsServicer):
         if not await self._call(context, self._agents.add_agent(agent)):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"agent `{agent.id}` is already registered")
+        if not await self._record("agent_registered", caller, agent):
+            await self._call(context, self._agents.delete_agent(agent.id))
+            await self._unrecorded(context)
         log.info("agent %s registered by %s", agent.id, caller)
         return agent_message(agent, self._tiers)
 
@@ -106,6 +117,9 @@ class AgentsService(pb_grpc.AgentsServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to update")
         agent = await self._valid(context, dataclasses.replace(current, **changes))
         await self._call(context, self._agents.put_agent(agent))
+        if not await self._record("agent_updated", caller, agent, changed=sorted(changes)):
+            await self._call(context, self._agents.put_agent(current))
+            await self._unrecorded(context)
         log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
         return agent_message(agent, self._tiers)
 
@@ -127,16 +141,43 @@ class AgentsService(pb_grpc.AgentsServicer):
         for grant in await self._call(context, self._grants.list(agent=agent.id)):
             await self._call(context, self._grants.revoke(grant.id))
         await self._call(context, self._agents.delete_agent(agent.id))
+        if not await self._record("agent_deregistered", caller, agent):
+            log.error("agent %s deregistered by %s, but the trail could not record it",
+                      agent.id, caller)
         log.info("agent %s deregistered by %s", agent.id, caller)
         return agent_message(agent, self._tiers)
 
     async def _set_status(self, request: pb.AgentRef, context: grpc.aio.ServicerContext,
                           status: str) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
-        agent = dataclasses.replace(await self._existing(context, request.id), status=status)
+        current = await self._existing(context, request.id)
+        agent = dataclasses.replace(current, status=status)
         await self._call(context, self._agents.put_agent(agent))
+        event = "agent_suspended" if status == "suspended" else "agent_resumed"
+        if not await self._record(event, caller, agent):
+            if status == "active":  # resuming widens access: not without a record
+                await self._call(context, self._agents.put_agent(current))
+                await self._unrecorded(context)
+            log.error("agent %s suspended by %s, but the trail could not record it",
+                      agent.id, caller)
         log.info("agent %s %s by %s", agent.id, status, caller)
         return agent_message(agent, self._tiers)
+
+    async def _record(self, event: str, caller: str, agent: Agent, **extra: Any) -> bool:
+        detail: dict[str, Any] = {
+            "owner": agent.owner, "risk": agent.risk, "risk_tier": self._tiers.of(agent.risk),
+            "allowed_purposes": list(agent.allowed_purposes), "status": agent.status, **extra}
+        try:
+            return await self._audit.commit(EventRecord(
+                event=event, actor=caller, target=agent.id, time=rfc3339(self._clock()),
+                detail=detail))
+        except Exception:  # noqa: BLE001 - a trail that raises is a trail that refused
+            log.exception("audit event %s for %s failed", event, agent.id)
+            return False
+
+    async def _unrecorded(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            "the audit trail cannot record the change, so it was undone")
 
     async def _existing(self, context: grpc.aio.ServicerContext, agent_id: str) -> Agent:
         agent = await self._call(context, self._agents.get_agent(agent_id))

@@ -72,7 +72,7 @@ class AuditRecord:
 class EventRecord:
     """A lifecycle event: `event` says what, `actor` who did it, `target` to what."""
 
-    event: str  # grant_issued | grant_revoked | trail_opened | (later) agent_registered ...
+    event: str  # trail_opened, grant_issued|revoked|used|exhausted|expired, agent_registered...
     actor: str  # the admin token's `sub`, or `lasthop` for the server itself
     target: str  # a grant id, an agent id, a file
     time: str

@@ -11,6 +11,7 @@
     │   └── PolicyDenied          Cedar said Deny
     └── Unavailable (503)         Lasthop cannot decide; it fails closed
         ├── StoreUnavailable      the grant store is down, slow or returned junk
+        ├── AuditUnavailable      the audit trail cannot take a record
         └── PolicyError           Cedar returned NoDecision or an erroring policy
 
 Start-up errors are separate: `ConfigError` names the key, `PolicyLoadError`
@@ -81,6 +82,13 @@ class PolicyError(Unavailable):
 
     def __init__(self, detail: str) -> None:
         super().__init__("policy_error", detail)
+
+
+class AuditUnavailable(Unavailable):
+    """The trail cannot take a record this check needs; no record, no allow."""
+
+    def __init__(self, detail: str = "the audit trail cannot take the record; refusing") -> None:
+        super().__init__("audit_unavailable", detail)
 
 
 class InternalError(Unavailable):

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from authz import delegation, grants, identity, policy
-from authz.audit import AuditRecord, AuditSink
+from authz.audit import AuditRecord, AuditSink, EventRecord, rfc3339
 from authz.decision_cache import DecisionCache
 from authz.errors import (
+    AuditUnavailable,
     DelegationError,
     GrantError,
     InternalError,
@@ -111,6 +112,7 @@ class Pipeline:
         self.options = options
         self.clock = clock
         self.decisions = decisions
+        self._expired_seen: set[str] = set()
         self.receipts = receipts
 
     async def check(self, req: CheckInput) -> Decision:
@@ -211,7 +213,12 @@ class Pipeline:
         grant = None
         if route.phi:
             held = await self.store.for_pair(chain.actor, chain.user)
-            grant = grants.select(held, route, trace.intent.purpose, self.clock())
+            try:
+                grant = grants.select(held, route, trace.intent.purpose, self.clock())
+            except GrantError as err:
+                if err.reason == "grant_expired":
+                    await self._expired(held, route)
+                raise
             trace.grant = grant
 
         # cedar: Allow with no errors, or deny
@@ -232,15 +239,41 @@ class Pipeline:
 
         # uses: counted only for an allowed request, atomically across replicas
         if grant is not None and grant.max_uses:
-            if await self.store.consume(grant) > grant.max_uses:
+            uses = await self.store.consume(grant)
+            if uses > grant.max_uses:
                 raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
+            detail = {"uses": uses, "max_uses": grant.max_uses, "agent": grant.agent,
+                      "user": grant.user}
+            await self._event("grant_used", grant.id, detail)
+            if uses == grant.max_uses:
+                await self._event("grant_exhausted", grant.id, detail)
 
-    async def _audit(self, record: AuditRecord) -> bool:
+    async def _event(self, event: str, target: str, detail: dict[str, object]) -> None:
+        """A lifecycle event the check caused; it must be on the trail before the check ends."""
+        record = EventRecord(event=event, actor="lasthop", target=target,
+                             time=rfc3339(self.clock()), detail=detail)
+        if not await self._audit(record):
+            raise AuditUnavailable()
+
+    async def _expired(self, held: list[Grant], route: RouteMatch) -> None:
+        """Record each covering grant found expired, once per process."""
+        now = self.clock()
+        for grant in held:
+            if grant.expires_at <= now and grants.covers(grant, route) and \
+                    grant.id not in self._expired_seen:
+                if len(self._expired_seen) >= 10_000:
+                    self._expired_seen.clear()
+                self._expired_seen.add(grant.id)
+                await self._event("grant_expired", grant.id, {
+                    "agent": grant.agent, "user": grant.user, "expires_at": grant.expires_at})
+
+    async def _audit(self, record: AuditRecord | EventRecord) -> bool:
         """No record, no allow: a sink that refuses or raises fails the check closed."""
         try:
             return await self.audit.commit(record)
         except Exception:  # noqa: BLE001
-            log.exception("audit sink failed for %s", record.decision_id)
+            log.exception("audit sink failed for %s",
+                          getattr(record, "decision_id", "") or getattr(record, "event", ""))
             return False
 
     def _receipt(self, record: AuditRecord, req: CheckInput) -> str:

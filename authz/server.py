@@ -91,6 +91,7 @@ async def serve(app: App) -> int:
     agents_pb2_grpc.add_AgentsServicer_to_server(AgentsService(
         auth=AdminAuth(app.keys, app.admin_rules, time.time), agents=app.agents,
         grant_store=app.store, tiers=app.pipeline.options.tiers, clock=time.time,
+        audit=app.audit,
     ), admin_server)
     admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
 

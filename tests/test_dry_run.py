@@ -156,7 +156,8 @@ class Env:
         return asyncio.run(self.pipeline.check(check_input(token, method=method, path=path)))
 
     def record(self, decision: Decision) -> AuditRecord:
-        matching = [r for r in self.audit.records if r.decision_id == decision.decision_id]
+        matching = [r for r in self.audit.records
+                    if getattr(r, "decision_id", None) == decision.decision_id]
         assert len(matching) == 1, self.audit.records
         return matching[0]
 
