@@ -4,8 +4,10 @@ Rules (each one is what keeps a cache from becoming standing privilege):
 - every entry expires after `store.cache_ttl_ms` at most;
 - a write anywhere publishes on `lasthop:invalidate`; each replica drops the
   entry when the message arrives;
-- while the subscription is down (not yet confirmed, dropped, reconnecting)
-  the caches are empty and every read goes to Redis;
+- while the subscription is down (not yet confirmed, dropped, reconnecting,
+  or silent: no answer to the PING sent every PING_SECONDS for DEAD_AFTER
+  seconds) the caches are empty and every read goes to Redis; a reconnect
+  made inside redis-py drops them too, before it resubscribes;
 - a read that raced an invalidation is not cached (a generation counter);
 - a cached grant is re-checked against its own `expires_at` on every use
   (grants.select does that), so it never outlives its expiry;
@@ -22,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from authz.metrics import Metrics
@@ -32,6 +36,27 @@ log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 200_000
 RECONNECT_SECONDS = 0.2
+PING_SECONDS = 0.2  # the subscription is pinged this often...
+DEAD_AFTER = 0.6  # ...and counts as dead after this long without any reply
+
+
+class _FailFastPubSub(PubSub):
+    """A subscription that, when its connection fails, raises instead of reconnecting.
+
+    redis-py reconnects and resubscribes inside the failed read, before the
+    error reaches the caller: the caches would stay on through the reconnect
+    while invalidations published meanwhile are lost. The listener drops the
+    caches on the error and resubscribes itself.
+    """
+
+    async def _reconnect(self, conn: Any, *args: Any, **kwargs: Any) -> None:
+        await conn.disconnect()
+
+
+def _pubsub(redis: Any) -> Any:
+    if isinstance(redis, RedisCluster):
+        return redis.pubsub()  # a cluster routes its own subscription (connect hook below)
+    return _FailFastPubSub(redis.connection_pool)
 
 
 class Invalidation:
@@ -43,11 +68,25 @@ class Invalidation:
         self.ttl = ttl
         self.clock = clock
         self.metrics = metrics
-        self.live = False  # subscribed and confirmed: caching allowed
+        self._subscribed = False  # subscription confirmed since the last (re)connect
+        self.last_seen = 0.0  # monotonic time of the last message or pong
         self.generation = 0  # bumped by every invalidation, flush and drop
         self.agents: dict[str, tuple[float, int, Agent | None]] = {}
         self.pairs: dict[tuple[str, str], tuple[float, int, list[Grant]]] = {}
         self.tombstones: dict[str, float] = {}  # grant id -> wall-clock expiry
+
+    @property
+    def live(self) -> bool:
+        """Caching allowed: subscribed, and the subscription answered recently."""
+        return self._subscribed and time.monotonic() - self.last_seen < DEAD_AFTER
+
+    def _down(self) -> None:
+        self._subscribed = False
+        self.drop_all()
+
+    def _on_reconnect(self, connection: Any) -> None:
+        """redis-py reconnects (and resubscribes) inside a failed call: drop caches first."""
+        self._down()
 
     def drop_all(self) -> None:
         self.generation += 1
@@ -73,15 +112,24 @@ class Invalidation:
         while True:
             pubsub: Any = None
             try:
-                pubsub = self.store.redis.pubsub()
+                pubsub = _pubsub(self.store.redis)
                 await pubsub.subscribe(CHANNEL)
+                pubsub.connection.register_connect_callback(self._on_reconnect)
+                pinged = time.monotonic()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if now - pinged >= PING_SECONDS:
+                        await pubsub.ping()
+                        pinged = now
+                    if self._subscribed and now - self.last_seen >= DEAD_AFTER:
+                        raise ConnectionError(f"no reply from the subscription in {DEAD_AFTER} s")
+                    message = await pubsub.get_message(timeout=PING_SECONDS / 2)
                     if message is None:
                         continue
+                    self.last_seen = time.monotonic()
                     if message["type"] == "subscribe":
                         self.drop_all()  # anything cached before this point may be stale
-                        self.live = True
+                        self._subscribed = True
                         log.info("cache invalidation subscribed; local caches on")
                     elif message["type"] == "message":
                         data = message["data"]
@@ -93,8 +141,7 @@ class Invalidation:
                     log.warning("cache invalidation dropped (%s); caches off until it is back",
                                 err)
             finally:
-                self.live = False
-                self.drop_all()
+                self._down()
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()

@@ -121,6 +121,11 @@ class RedisStore:
         self._consume = self.redis.register_script(_CONSUME)
         self._revoke_replicas = revoke_replicas
         self._revoke_wait_ms = revoke_wait_ms
+        # Revokes and suspends that WAIT for replicas need a socket timeout that allows the
+        # wait; Cluster has no WAIT across shards, so there they are plain writes.
+        self._waiter: Any = None
+        if revoke_replicas > 0 and not isinstance(self.redis, RedisCluster):
+            self._waiter = connect(url, cluster, timeout_ms + revoke_wait_ms)
 
     async def ping(self) -> None:
         try:
@@ -161,17 +166,15 @@ class RedisStore:
         if grant is None:
             return None
         tag = pair_tag(grant.agent, grant.user)
-        try:
-            # The pair hash is what checks read: remove it there first.
-            await self.redis.hdel(f"{PREFIX}{tag}:pair", grant_id)
-            await self.redis.delete(f"{PREFIX}{tag}:uses:{grant_id}")
-            await self.redis.delete(f"{PREFIX}grant:{grant_id}")
-            await self.redis.srem(f"{PREFIX}grants", grant_id)
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
+        # The pair hash is what checks read: remove it there first.
+        acked = await self._durable_writes("revoke", [
+            ("HDEL", f"{PREFIX}{tag}:pair", grant_id),
+            ("DEL", f"{PREFIX}{tag}:uses:{grant_id}"),
+            ("DEL", f"{PREFIX}grant:{grant_id}"),
+            ("SREM", f"{PREFIX}grants", grant_id)])
         await self.publish(f"revoked\x00{grant_id}\x00{grant.expires_at}")
         await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
-        await self._wait_for_replicas("revoke")
+        self._check_acked("revoke", acked)
         return grant
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
@@ -243,14 +246,12 @@ class RedisStore:
         return bool(added)
 
     async def put_agent(self, agent: Agent) -> None:
-        try:
-            await self.redis.set(f"{PREFIX}agent:{agent.id}", agent.to_json())
-            await self.redis.sadd(f"{PREFIX}agents", agent.id)
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
+        acked = await self._durable_writes("suspend" if not agent.active else "", [
+            ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
+            ("SADD", f"{PREFIX}agents", agent.id)])
         await self.publish(f"agent\x00{agent.id}")
         if not agent.active:
-            await self._wait_for_replicas("suspend")
+            self._check_acked("suspend", acked)
 
     async def delete_agent(self, agent_id: str) -> Agent | None:
         agent = await self.get_agent(agent_id)
@@ -272,16 +273,25 @@ class RedisStore:
             raise _unavailable("read", err) from err
         return [a for a in agents if a is not None]
 
-    async def _wait_for_replicas(self, what: str) -> None:
-        """With `store.revoke_replicas`, a revoke or suspend is not done until replicas have it."""
-        if self._revoke_replicas <= 0 or isinstance(self.redis, RedisCluster):
-            return
+    async def _durable_writes(self, what: str, commands: builtins.list[tuple[Any, ...]]) -> int:
+        """Run `commands` on one connection, then (for a revoke or suspend, with
+        `store.revoke_replicas`) WAIT for replicas on that same connection, whose
+        socket timeout allows for the wait. Returns how many replicas acknowledged."""
+        waits = bool(what) and self._revoke_replicas > 0 and self._waiter is not None
+        client = self._waiter if waits else self.redis
         try:
-            acked = await self.redis.execute_command("WAIT", self._revoke_replicas,
-                                                     self._revoke_wait_ms)
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                if waits:
+                    pipe.execute_command("WAIT", self._revoke_replicas, self._revoke_wait_ms)
+                results = await pipe.execute()
         except (RedisError, OSError) as err:
-            raise _unavailable("WAIT", err) from err
-        if int(acked) < self._revoke_replicas:
+            raise _unavailable("write", err) from err
+        return int(results[-1]) if waits else self._revoke_replicas
+
+    def _check_acked(self, what: str, acked: int) -> None:
+        if acked < self._revoke_replicas:
             raise StoreUnavailable(
                 f"{what} applied on the primary but only {acked} of {self._revoke_replicas} "
                 f"replicas acknowledged it within {self._revoke_wait_ms} ms; a failover now "
@@ -290,6 +300,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self._waiter is not None:
+            await self._waiter.aclose()
 
 
 def _grant(raw: bytes | str) -> Grant:
