@@ -94,7 +94,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     freshness: Callable[[], int | None]
     if st.redis_url:
         redis = RedisStore(st.redis_url, st.timeout_ms, cluster=st.redis_cluster,
-                           revoke_replicas=st.revoke_replicas, revoke_wait_ms=st.revoke_wait_ms)
+                           revoke_replicas=st.revoke_replicas, revoke_wait_ms=st.revoke_wait_ms,
+                           metrics=metrics)
         agent_store = redis
         if st.cache_ttl_ms > 0:
             inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
@@ -117,6 +118,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         def freshness() -> int | None:
             return generation.value
     audit = audit_setup.build(settings, clock)
+    audit_log = audit.log
+    metrics.audit_queue.set_function(lambda: audit_log.depth)
     metrics.policy_version.labels(bundle.version).set(1)
     access, txn, admin = identity_rules(settings)
     pipeline = Pipeline(

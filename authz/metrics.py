@@ -11,6 +11,9 @@ CHECK_BUCKETS = (
 )
 
 
+PHASES = ("token", "chain", "grants", "policy", "audit")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -37,6 +40,23 @@ class Metrics:
         self.cache_requests = Counter(
             "lasthop_cache_requests_total", "Local cache lookups by cache and result.",
             ["cache", "result"], registry=registry,
+        )
+        self.phase_duration = Histogram(
+            "lasthop_phase_duration_seconds", "Time spent in one phase of a decided check.",
+            ["phase"], buckets=CHECK_BUCKETS, registry=registry,
+        )
+        self.phases = {name: self.phase_duration.labels(name) for name in PHASES}
+        self.store_duration = Histogram(
+            "lasthop_store_duration_seconds", "Redis round trips by operation.",
+            ["op"], buckets=CHECK_BUCKETS, registry=registry,
+        )
+        self.store_errors = Counter(
+            "lasthop_store_errors_total", "Redis operations that failed, by operation.",
+            ["op"], registry=registry,
+        )
+        self.audit_queue = Gauge(
+            "lasthop_audit_queue_depth", "Records waiting for the audit writer.",
+            registry=registry,
         )
         self.policy_version = Gauge(
             "lasthop_policy_version_info", "The policy set in force.", ["version"],

@@ -121,6 +121,14 @@ class Pipeline:
         bundle = self.bundle
         if self.metrics:
             self.metrics.in_flight.inc()
+        try:
+            return await self._check(req, bundle, started, decision_id)
+        finally:
+            if self.metrics:
+                self.metrics.in_flight.dec()  # also when Envoy cancels the call
+
+    async def _check(self, req: CheckInput, bundle: PolicyBundle, started: float,
+                     decision_id: str) -> Decision:
         key = (self.decisions.key(req, f"{bundle.version}/{self.verifier.key_generation}",
                                   self.clock()) if self.decisions else None)
         cached = self.decisions.get(key) if self.decisions else None
@@ -145,11 +153,12 @@ class Pipeline:
                 decision = _decision(decision_id, trace, internal.status, internal.reason,
                                      internal.detail)
                 record = self._record(req, decision, trace, bundle.version, elapsed)
+        audit_started = time.perf_counter()
         if not await self._audit(record):
             decision = _decision(decision_id, trace, 503, "audit_unavailable",
                                  "the audit trail cannot take the record; refusing")
         if self.metrics:
-            self.metrics.in_flight.dec()
+            self.metrics.phases["audit"].observe(time.perf_counter() - audit_started)
             self.metrics.check_duration.observe(time.perf_counter() - started)
             self.metrics.decisions.labels(
                 "allow" if decision.allowed else "deny", decision.reason).inc()
@@ -184,11 +193,13 @@ class Pipeline:
         return decision
 
     async def _decide(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace) -> None:
+        phase = self._phase_timer()
         # identity: the bearer token, verified
         token = identity.bearer_token(req.headers.get("authorization", []))
         trace.token_digest = identity.token_digest(token)
         claims = self.verifier.verify(token)
         trace.client_id = claims.client_id
+        phase("token")
 
         # chain: user -> agents -> current actor; the presenter must be that actor
         chain = delegation.read_chain(claims, self.options.max_chain_depth)
@@ -209,6 +220,8 @@ class Pipeline:
         route = bundle.routes.resolve(req.method, req.path)
         trace.route = route
 
+        phase("chain")
+
         # grants: PHI needs a live grant of this actor for this user and purpose
         grant = None
         if route.phi:
@@ -220,6 +233,8 @@ class Pipeline:
                     await self._expired(held, route)
                 raise
             trace.grant = grant
+
+        phase("grants")
 
         # cedar: Allow with no errors, or deny
         request = policy.CedarRequest(
@@ -234,6 +249,7 @@ class Pipeline:
         outcome = policy.evaluate(bundle, request, delta)
         trace.policies, trace.shadow = outcome.policies, outcome.shadow
         trace.shadow_disagrees = outcome.shadow_disagrees
+        phase("policy")
         if not outcome.allowed:
             raise PolicyDenied(outcome.reason, outcome.detail, policies=outcome.policies)
 
@@ -247,6 +263,19 @@ class Pipeline:
             await self._event("grant_used", grant.id, detail)
             if uses == grant.max_uses:
                 await self._event("grant_exhausted", grant.id, detail)
+
+    def _phase_timer(self) -> Callable[[str], None]:
+        """`phase(name)` records the time since the previous call (or since this one)."""
+        if self.metrics is None:
+            return _no_phase
+        phases = self.metrics.phases
+        last = [time.perf_counter()]
+
+        def phase(name: str) -> None:
+            now = time.perf_counter()
+            phases[name].observe(now - last[0])
+            last[0] = now
+        return phase
 
     async def _event(self, event: str, target: str, detail: dict[str, object]) -> None:
         """A lifecycle event the check caused; it must be on the trail before the check ends."""
@@ -345,6 +374,10 @@ class Pipeline:
             phi=d.route.phi if d.route else False,
             parents=[str(p) for p in d.route.parents] if d.route else [],
         )
+
+
+def _no_phase(name: str) -> None:
+    return None
 
 
 def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail: str,

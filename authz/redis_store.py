@@ -25,8 +25,11 @@ allow. So is a reply that does not parse.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +42,7 @@ from redis.exceptions import RedisError
 
 from authz.errors import ConfigError, GrantError, StoreUnavailable
 from authz.grants import EXPIRED_RETENTION_SECONDS
+from authz.metrics import Metrics
 from authz.model import Agent, Grant
 
 log = logging.getLogger(__name__)
@@ -115,8 +119,10 @@ class RedisStore:
     """Grants and agents in Redis. One instance per process, shared by both stores."""
 
     def __init__(self, url: str, timeout_ms: int, cluster: bool = False,
-                 revoke_replicas: int = 0, revoke_wait_ms: int = 100) -> None:
+                 revoke_replicas: int = 0, revoke_wait_ms: int = 100,
+                 metrics: Metrics | None = None) -> None:
         self.redis: Any = connect(url, cluster, timeout_ms)
+        self._metrics = metrics
         self._put = self.redis.register_script(_PUT)
         self._consume = self.redis.register_script(_CONSUME)
         self._revoke_replicas = revoke_replicas
@@ -126,6 +132,20 @@ class RedisStore:
         self._waiter: Any = None
         if revoke_replicas > 0 and not isinstance(self.redis, RedisCluster):
             self._waiter = connect(url, cluster, timeout_ms + revoke_wait_ms)
+
+    @contextlib.contextmanager
+    def _timed(self, op: str) -> Iterator[None]:
+        """Redis latency and errors per operation, for the metrics."""
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            if self._metrics:
+                self._metrics.store_errors.labels(op).inc()
+            raise
+        finally:
+            if self._metrics:
+                self._metrics.store_duration.labels(op).observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
         try:
@@ -179,7 +199,8 @@ class RedisStore:
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
         try:
-            values = await self.redis.hvals(f"{PREFIX}{pair_tag(agent, user)}:pair")
+            with self._timed("grants"):
+                values = await self.redis.hvals(f"{PREFIX}{pair_tag(agent, user)}:pair")
         except (RedisError, OSError) as err:
             raise _unavailable("read", err) from err
         return [_grant(v) for v in values]
@@ -203,9 +224,10 @@ class RedisStore:
         """Count one use; the count including this one. A grant revoked since it was read: deny."""
         tag = pair_tag(grant.agent, grant.user)
         try:
-            count = await self._consume(
-                keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
-                args=[grant.id, grant.expires_at])
+            with self._timed("consume"):
+                count = await self._consume(
+                    keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
+                    args=[grant.id, grant.expires_at])
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         if not isinstance(count, int):
@@ -229,7 +251,8 @@ class RedisStore:
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         try:
-            raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
+            with self._timed("agent"):
+                raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
         except (RedisError, OSError) as err:
             raise _unavailable("read", err) from err
         return None if raw is None else _agent(raw)
@@ -280,12 +303,14 @@ class RedisStore:
         waits = bool(what) and self._revoke_replicas > 0 and self._waiter is not None
         client = self._waiter if waits else self.redis
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                if waits:
-                    pipe.execute_command("WAIT", self._revoke_replicas, self._revoke_wait_ms)
-                results = await pipe.execute()
+            with self._timed("write"):
+                async with client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    if waits:
+                        pipe.execute_command("WAIT", self._revoke_replicas,
+                                             self._revoke_wait_ms)
+                    results = await pipe.execute()
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         return int(results[-1]) if waits else self._revoke_replicas
