@@ -1,0 +1,64 @@
+"""The shipped alert rules and dashboard parse, and name only metrics a running server exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import PURPOSE, Stack, unique
+
+pytestmark = pytest.mark.integration
+
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+
+
+def _alert_exprs() -> list[str]:
+    doc = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    rules = [rule for group in doc["groups"] for rule in group["rules"]]
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"]
+    return [rule["expr"] for rule in rules]
+
+
+def _dashboard_exprs() -> list[str]:
+    doc = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return [t["expr"] for panel in doc["panels"] for t in panel["targets"]]
+
+
+def _named(exprs: list[str]) -> set[str]:
+    names = set()
+    for expr in exprs:
+        for name in re.findall(r"\blasthop_[a-z_]+", expr):
+            for suffix in SUFFIXES:
+                if name.endswith(suffix):
+                    name = name[: -len(suffix)]
+            names.add(name)
+    return names
+
+
+def test_the_alert_rules_cover_what_an_sre_pages_on() -> None:
+    alerts = {rule["alert"] for group in yaml.safe_load(
+        (MONITORING / "alerts.yaml").read_text())["groups"] for rule in group["rules"]}
+    assert {"LasthopCheckLatencyOverBudget", "LasthopDenyRateSpike", "LasthopAuditUnavailable",
+            "LasthopStoreUnavailable", "LasthopPolicyReloadFailing"} <= alerts
+
+
+def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack) -> None:
+    user = unique("u-monitoring")
+    stack.grant(user)
+    assert stack.get("/patients/p-1001/records", stack.token(user, ["scribe"],
+                                                            purpose=PURPOSE)).status == 200
+    url = f"http://{stack.lasthop.ready['metrics_listen']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        exposition = resp.read().decode()
+    exported = set(re.findall(r"^# TYPE (lasthop_[a-z_]+) ", exposition, flags=re.M))
+    named = _named(_alert_exprs()) | _named(_dashboard_exprs())
+    assert named, "the rules and the dashboard name no metric"
+    assert named <= exported, f"named but not exported: {sorted(named - exported)}"
