@@ -1,0 +1,104 @@
+"""Per-stage micro benchmarks: token verify, chain, grant lookup, Cedar decision, audit enqueue.
+
+    .venv/bin/python -m pytest benchmarks/micro                      # with timings
+    .venv/bin/python -m pytest benchmarks/micro --benchmark-disable  # the CI smoke: runs each once
+
+Each stage runs uncached (the caches that make the fast path fast are
+measured by benchmarks/run.py, end to end). Not in the default test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authz import delegation, grants, identity, policy, policy_load
+from authz.audit import AuditRecord
+from authz.audit_log import AuditLog
+from authz.audit_trail import TrailOptions
+from authz.demo_tokens import DemoIssuer
+from authz.grants import EmbeddedGrantStore
+from authz.model import EntityRef, RouteMatch
+from authz.signing import SigningKey
+from tests.conftest import POLICIES, PURPOSE, grant, keys_for, rules
+
+ROUTE = RouteMatch(action="read", resource=EntityRef("Records", "p-1001"),
+                   parents=(EntityRef("Patient", "p-1001"),),
+                   template="/patients/{patient}/records", phi=True)
+
+
+@pytest.fixture(scope="module")
+def es() -> DemoIssuer:
+    return DemoIssuer("ES256", kid="micro-es")
+
+
+@pytest.fixture(scope="module")
+def rs() -> DemoIssuer:
+    return DemoIssuer("RS256", kid="micro-rs")
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256"])
+def test_token_verify(benchmark: Any, es: DemoIssuer, rs: DemoIssuer, alg: str) -> None:
+    issuer = es if alg == "ES256" else rs
+    keys = keys_for(es, rs)
+    token = issuer.access_token("dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE)
+    claims = benchmark(identity.verify, token, keys, rules(), time.time())
+    assert claims["sub"] == "dr-alice"
+
+
+def test_chain(benchmark: Any, es: DemoIssuer) -> None:
+    verifier = identity.AccessTokenVerifier(keys_for(es), rules(), time.time)
+    claims = verifier.verify(es.access_token("dr-alice", ["orchestrator", "scribe"]))
+    chain = benchmark(delegation.read_chain, claims, 4)
+    assert chain.agents == ("orchestrator", "scribe")
+
+
+def test_grant_lookup(benchmark: Any) -> None:
+    store = EmbeddedGrantStore(time.time)
+    asyncio.run(store.put(grant()))
+    held = asyncio.run(store.for_pair("scribe", "dr-alice"))
+    chosen = benchmark(grants.select, held, ROUTE, PURPOSE, time.time())
+    assert chosen.agent == "scribe"
+
+
+def test_cedar_decision(benchmark: Any) -> None:
+    bundle = policy_load.load(POLICIES)
+    context = {
+        "user": {"__entity": {"type": "User", "id": "dr-alice"}}, "chain_depth": 2,
+        "agents": [{"__entity": {"type": "Agent", "id": "orchestrator"}},
+                   {"__entity": {"type": "Agent", "id": "scribe"}}],
+        "delegator": "orchestrator", "purpose": PURPOSE, "txn": "t",
+        "grant": {"id": "g", "purpose": PURPOSE, "issued_by": "x", "expires_at": 2**40},
+        "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
+        "time": int(time.time())}
+    request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", ROUTE.resource, context)
+    delta = policy.request_entities(ROUTE.resource, ROUTE.parents,
+                                    [bundle.agents["orchestrator"], bundle.agents["scribe"]])
+    cedar = request.as_cedar()
+
+    def decide() -> policy.CedarOutcome:
+        return policy._evaluate(bundle, request, cedar, delta)  # uncached
+
+    assert benchmark(decide).allowed
+
+
+def test_audit_enqueue(benchmark: Any, tmp_path: Path) -> None:
+    """What the Check path pays: hand one record to the writer thread (fsync every 50 ms)."""
+    options = TrailOptions(fsync_interval=0.05, key=SigningKey.generate())
+    log = AuditLog(tmp_path / "decisions.jsonl", queue_size=10_000_000, options=options)
+    record = AuditRecord(
+        decision_id="d", time="2026-11-23T00:00:00.000Z", decision="allow", status=200,
+        reason="allowed", user="dr-alice", chain=["orchestrator", "scribe"], agent="scribe",
+        client_id="scribe", peer="", action="read", resource='Records::"p-1001"',
+        method="GET", host="h", path="/patients/p-1001/records", purpose=PURPOSE, txn="t",
+        grant_id="g", policies=["scribe-read-records"], policy_version="v",
+        token_sha256="0" * 64, latency_ms=1.0)
+    log.open()
+    try:
+        assert benchmark(log._offer, record, None)
+    finally:
+        asyncio.run(log.close())

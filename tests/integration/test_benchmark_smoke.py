@@ -1,0 +1,28 @@
+"""The benchmark harness works end to end: a tiny run of benchmarks/run.py. It asserts no timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
+                             "--out", str(out)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["targets"]) == {"envoy", "floor", "lasthop"}
+    for name, target in results["targets"].items():
+        assert set(target["statuses"]) == {"200"}, (name, target["statuses"])
+        assert target["max_throughput_rps"] > 0
+    assert "| lasthop |" in (out / "report.md").read_text()
+    assert (out / "latency.png").stat().st_size > 1000
