@@ -6,7 +6,8 @@
 Starts on loopback: Redis; Lasthop (Redis store with a grant for the
 hospital example's 2-hop chain dr-alice -> orchestrator -> scribe, audit on,
 RS256 and ES256 tokens alternating); the no-op Python ext_authz
-(benchmarks/noop_authz.py); and three Envoys answering 200 themselves:
+(benchmarks/noop_authz.py); and three Envoys answering 200 themselves.
+Lasthop's audit trail runs with --fsync (default 50ms) and signed receipts:
 
   envoy    no ext_authz
   floor    ext_authz -> the no-op Python server
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jwks.write_text(json.dumps({"keys": [es.public_jwk, rs.public_jwk]}))
             redis = devstack.RedisServer(work)
             stack.closers.append(redis.close)
-            lasthop = devstack.LasthopServer(devstack.write_config(work, jwks, redis_url=redis.url))
+            lasthop = devstack.LasthopServer(
+                devstack.write_config(work, jwks, redis_url=redis.url),
+                env={"LASTHOP_AUDIT_FSYNC": args.fsync})
             stack.closers.append(lasthop.close)
             admin = AdminClient(lasthop.ready["admin_listen"], es.admin_token())
             admin.issue(pb.IssueGrantRequest(
@@ -194,7 +197,8 @@ def summarise(targets: list[Target], rates: list[float], args: argparse.Namespac
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "settings": {"seconds": args.seconds, "rounds": args.rounds, "rates": rates},
+        "settings": {"seconds": args.seconds, "rounds": args.rounds, "rates": rates,
+                     "fsync": args.fsync},
         "targets": {},
     }
     for t in targets:
@@ -235,7 +239,8 @@ def report(results: dict[str, Any]) -> str:
     lines = ["# Lasthop benchmark", "",
              f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}; "
              f"{results['settings']['rounds']} rounds x {results['settings']['seconds']} s per "
-             "measurement, targets interleaved.", "",
+             f"measurement, targets interleaved; Lasthop on Redis with audit.fsync = "
+             f"{results['settings']['fsync']} and receipts on.", "",
              "| target | max req/s | server CPU/check | Envoy CPU/check | RSS |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, t in results["targets"].items():
@@ -292,6 +297,8 @@ def main() -> None:
     ap.add_argument("--rates", default="200,400,800,1000")
     ap.add_argument("--out", type=Path,
                     default=HERE / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    ap.add_argument("--fsync", default="50ms",
+                    help="Lasthop's audit.fsync for the run (always, or e.g. 50ms)")
     ap.add_argument("--smoke", action="store_true", help="tiny run: checks the harness works")
     args = ap.parse_args()
     if args.smoke:
