@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from check_latency import open_loop, pct
+import loadgen
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
@@ -61,6 +61,12 @@ VARIANTS = {
 }
 BASELINE_SERVER = Path(__file__).resolve().parent / "serve_without_audit.py"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    """q in [0, 1] of latencies in seconds -> milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 async def grpc_open_loop(port: int, request: pb.CheckRequest, rate: float,
@@ -148,7 +154,8 @@ def measure(target: Target, way: str, check: pb.CheckRequest, raw: bytes,
     if way == "grpc":
         lat, codes = asyncio.run(grpc_open_loop(target.lasthop.port, check, rate, seconds))
     else:
-        lat, codes = asyncio.run(open_loop(target.envoy.port, raw, rate, seconds))
+        result = asyncio.run(loadgen.open_loop(target.envoy.port, [raw], rate, seconds))
+        lat, codes = result.latencies, result.statuses
     after = target.counters()
     return lat, codes, tuple(a - b for a, b in zip(after, before, strict=True))
 
