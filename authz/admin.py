@@ -103,7 +103,7 @@ class GrantsService(pb_grpc.GrantsServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
             raise
         if not await self._record("grant_issued", caller, grant):
-            await self._call(context, self._store.revoke(grant.id))
+            await store_call(context, self._store.revoke(grant.id))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the audit trail cannot record "
                                 "the grant, so it was not issued")
         log.info("grant %s issued by %s to %s for %s", grant.id, caller, grant.agent, grant.user)
@@ -112,7 +112,7 @@ class GrantsService(pb_grpc.GrantsServicer):
     async def RevokeGrant(self, request: pb.RevokeGrantRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> pb.Grant:
         caller = await self._auth.caller(context, GRANT_SCOPES)
-        grant = await self._call(context, self._store.revoke(request.id))
+        grant = await store_call(context, self._store.revoke(request.id))
         if grant is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
         if not await self._record("grant_revoked", caller, grant):
@@ -133,23 +133,25 @@ class GrantsService(pb_grpc.GrantsServicer):
     async def GetGrant(self, request: pb.GetGrantRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> pb.Grant:
         await self._auth.caller(context, GRANT_SCOPES)
-        grant = await self._call(context, self._store.get(request.id))
+        grant = await store_call(context, self._store.get(request.id))
         if grant is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
-        return grant_message(grant, await self._call(context, self._store.uses(grant.id)))
+        return grant_message(grant, await store_call(context, self._store.uses(grant.id)))
 
     async def ListGrants(self, request: pb.ListGrantsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListGrantsResponse:
         await self._auth.caller(context, GRANT_SCOPES)
-        found = await self._call(context, self._store.list(request.agent, request.user))
+        found = await store_call(context, self._store.list(request.agent, request.user))
         now = self._clock()
-        messages = [grant_message(g, await self._call(context, self._store.uses(g.id)))
+        messages = [grant_message(g, await store_call(context, self._store.uses(g.id)))
                     for g in sorted(found, key=lambda g: g.expires_at) if g.expires_at > now]
         return pb.ListGrantsResponse(grants=messages)
 
-    async def _call(self, context: grpc.aio.ServicerContext, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except StoreUnavailable as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
-            raise
+
+async def store_call(context: grpc.aio.ServicerContext, awaitable: Any) -> Any:
+    """Await a store operation; a store that cannot answer aborts the RPC UNAVAILABLE."""
+    try:
+        return await awaitable
+    except StoreUnavailable as err:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
+        raise

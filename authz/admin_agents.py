@@ -22,9 +22,8 @@ import grpc
 from authz import grants
 from authz._proto import agents_pb2 as pb
 from authz._proto import agents_pb2_grpc as pb_grpc
-from authz.admin import AdminAuth
+from authz.admin import AdminAuth, store_call
 from authz.audit import AuditSink, EventRecord, rfc3339
-from authz.errors import StoreUnavailable
 from authz.model import Agent, RiskTiers
 from authz.registry import AgentStore
 
@@ -80,11 +79,11 @@ class AgentsService(pb_grpc.AgentsServicer):
             risk=request.risk, status="active",
             allowed_purposes=tuple(request.allowed_purposes),
             created_at=int(self._clock()), registered_by=caller))
-        if not await self._call(context, self._agents.add_agent(agent)):
+        if not await store_call(context, self._agents.add_agent(agent)):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"agent `{agent.id}` is already registered")
         if not await self._record("agent_registered", caller, agent):
-            await self._call(context, self._agents.delete_agent(agent.id))
+            await store_call(context, self._agents.delete_agent(agent.id))
             await self._unrecorded(context)
         log.info("agent %s registered by %s", agent.id, caller)
         return agent_message(agent, self._tiers)
@@ -97,7 +96,7 @@ class AgentsService(pb_grpc.AgentsServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         await self._auth.caller(context, ADMIN_SCOPES)
-        found = await self._call(context, self._agents.list_agents())
+        found = await store_call(context, self._agents.list_agents())
         return pb.ListAgentsResponse(agents=[
             agent_message(a, self._tiers) for a in found
             if (not request.owner or a.owner == request.owner)
@@ -116,9 +115,9 @@ class AgentsService(pb_grpc.AgentsServicer):
         if not changes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to update")
         agent = await self._valid(context, dataclasses.replace(current, **changes))
-        await self._call(context, self._agents.put_agent(agent))
+        await store_call(context, self._agents.put_agent(agent))
         if not await self._record("agent_updated", caller, agent, changed=sorted(changes)):
-            await self._call(context, self._agents.put_agent(current))
+            await store_call(context, self._agents.put_agent(current))
             await self._unrecorded(context)
         log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
         return agent_message(agent, self._tiers)
@@ -136,11 +135,11 @@ class AgentsService(pb_grpc.AgentsServicer):
         caller = await self._auth.caller(context, ADMIN_SCOPES)
         agent = await self._existing(context, request.id)
         # Suspend first, so no check passes while its grants are being revoked.
-        await self._call(context, self._agents.put_agent(
+        await store_call(context, self._agents.put_agent(
             dataclasses.replace(agent, status="suspended")))
-        for grant in await self._call(context, self._grants.list(agent=agent.id)):
-            await self._call(context, self._grants.revoke(grant.id))
-        await self._call(context, self._agents.delete_agent(agent.id))
+        for grant in await store_call(context, self._grants.list(agent=agent.id)):
+            await store_call(context, self._grants.revoke(grant.id))
+        await store_call(context, self._agents.delete_agent(agent.id))
         if not await self._record("agent_deregistered", caller, agent):
             log.error("agent %s deregistered by %s, but the trail could not record it",
                       agent.id, caller)
@@ -152,11 +151,11 @@ class AgentsService(pb_grpc.AgentsServicer):
         caller = await self._auth.caller(context, ADMIN_SCOPES)
         current = await self._existing(context, request.id)
         agent = dataclasses.replace(current, status=status)
-        await self._call(context, self._agents.put_agent(agent))
+        await store_call(context, self._agents.put_agent(agent))
         event = "agent_suspended" if status == "suspended" else "agent_resumed"
         if not await self._record(event, caller, agent):
             if status == "active":  # resuming widens access: not without a record
-                await self._call(context, self._agents.put_agent(current))
+                await store_call(context, self._agents.put_agent(current))
                 await self._unrecorded(context)
             log.error("agent %s suspended by %s, but the trail could not record it",
                       agent.id, caller)
@@ -180,7 +179,7 @@ class AgentsService(pb_grpc.AgentsServicer):
                             "the audit trail cannot record the change, so it was undone")
 
     async def _existing(self, context: grpc.aio.ServicerContext, agent_id: str) -> Agent:
-        agent = await self._call(context, self._agents.get_agent(agent_id))
+        agent = await store_call(context, self._agents.get_agent(agent_id))
         if agent is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent `{agent_id}`")
         assert isinstance(agent, Agent)
@@ -191,11 +190,4 @@ class AgentsService(pb_grpc.AgentsServicer):
             return check_fields(agent)
         except AgentRequestError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-            raise
-
-    async def _call(self, context: grpc.aio.ServicerContext, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except StoreUnavailable as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
             raise
