@@ -26,7 +26,7 @@ from authz.audit import AuditSink, EventRecord, rfc3339
 from authz.errors import GrantRequestError, StoreUnavailable, TokenError
 from authz.jwks import KeySource
 from authz.model import Grant
-from authz.registry import AgentRegistry
+from authz.registry import AgentRegistry, live
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class GrantsService(pb_grpc.GrantsServicer):
             ttl_seconds=request.ttl_seconds, max_uses=request.max_uses,
         )
         try:
-            registered = await self._registry.get(req.agent) is not None
+            registered = live(await self._registry.get(req.agent)) is not None
             grant = grants.new_grant(req, caller, int(self._clock()),
                                      {req.agent} if registered else set(),
                                      self._actions(), self._max_ttl)

@@ -24,12 +24,13 @@ from authz._proto import agents_pb2 as pb
 from authz._proto import agents_pb2_grpc as pb_grpc
 from authz.admin import AdminAuth, store_call
 from authz.audit import AuditSink, EventRecord, rfc3339
-from authz.model import Agent, RiskTiers
+from authz.model import AGENT_STATUSES, Agent, RiskTiers
 from authz.registry import AgentStore
 
 log = logging.getLogger(__name__)
 
 ADMIN_SCOPES = frozenset({"lasthop:admin"})
+SWAP_ATTEMPTS = 5
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -80,10 +81,14 @@ class AgentsService(pb_grpc.AgentsServicer):
             allowed_purposes=tuple(request.allowed_purposes),
             created_at=int(self._clock()), registered_by=caller))
         if not await store_call(context, self._agents.add_agent(agent)):
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                f"agent `{agent.id}` is already registered")
+            existing = await store_call(context, self._agents.get_agent(agent.id))
+            if existing is None or existing.registered or not await store_call(
+                    context, self._agents.replace_agent(existing, agent)):
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"agent `{agent.id}` is already registered")
         if not await self._record("agent_registered", caller, agent):
-            await store_call(context, self._agents.delete_agent(agent.id))
+            await store_call(context, self._agents.put_agent(
+                dataclasses.replace(agent, status="deregistered")))
             await self._unrecorded(context)
         log.info("agent %s registered by %s", agent.id, caller)
         return agent_message(agent, self._tiers)
@@ -96,16 +101,18 @@ class AgentsService(pb_grpc.AgentsServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest,  # noqa: N802
                          context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         await self._auth.caller(context, ADMIN_SCOPES)
+        if request.status not in ("", *AGENT_STATUSES):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"status `{request.status}` is not one of {list(AGENT_STATUSES)}")
         found = await store_call(context, self._agents.list_agents())
         return pb.ListAgentsResponse(agents=[
-            agent_message(a, self._tiers) for a in found
-            if (not request.owner or a.owner == request.owner)
+            agent_message(a, self._tiers) for a in found if a.registered
+            and (not request.owner or a.owner == request.owner)
             and (not request.status or a.status == request.status)])
 
     async def UpdateAgent(self, request: pb.UpdateAgentRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
-        current = await self._existing(context, request.id)
         changes: dict[str, Any] = {}
         for name in ("owner", "description", "risk"):
             if request.HasField(name):
@@ -114,10 +121,10 @@ class AgentsService(pb_grpc.AgentsServicer):
             changes["allowed_purposes"] = tuple(request.allowed_purposes)
         if not changes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to update")
-        agent = await self._valid(context, dataclasses.replace(current, **changes))
-        await store_call(context, self._agents.put_agent(agent))
+        current, agent = await self._swap(context, request.id,
+                                          lambda a: dataclasses.replace(a, **changes))
         if not await self._record("agent_updated", caller, agent, changed=sorted(changes)):
-            await store_call(context, self._agents.put_agent(current))
+            await store_call(context, self._agents.replace_agent(agent, current))
             await self._unrecorded(context)
         log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
         return agent_message(agent, self._tiers)
@@ -133,13 +140,14 @@ class AgentsService(pb_grpc.AgentsServicer):
     async def DeregisterAgent(self, request: pb.AgentRef,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
-        agent = await self._existing(context, request.id)
-        # Suspend first, so no check passes while its grants are being revoked.
-        await store_call(context, self._agents.put_agent(
-            dataclasses.replace(agent, status="suspended")))
+        # Suspend first, so no check passes while its grants are being revoked; then leave
+        # a tombstone, so a seed in entities.json cannot bring the agent back.
+        _, agent = await self._swap(context, request.id,
+                                    lambda a: dataclasses.replace(a, status="suspended"))
         for grant in await store_call(context, self._grants.list(agent=agent.id)):
             await store_call(context, self._grants.revoke(grant.id))
-        await store_call(context, self._agents.delete_agent(agent.id))
+        await self._swap(context, request.id,
+                         lambda a: dataclasses.replace(a, status="deregistered"))
         if not await self._record("agent_deregistered", caller, agent):
             log.error("agent %s deregistered by %s, but the trail could not record it",
                       agent.id, caller)
@@ -149,18 +157,29 @@ class AgentsService(pb_grpc.AgentsServicer):
     async def _set_status(self, request: pb.AgentRef, context: grpc.aio.ServicerContext,
                           status: str) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
-        current = await self._existing(context, request.id)
-        agent = dataclasses.replace(current, status=status)
-        await store_call(context, self._agents.put_agent(agent))
+        current, agent = await self._swap(context, request.id,
+                                          lambda a: dataclasses.replace(a, status=status))
         event = "agent_suspended" if status == "suspended" else "agent_resumed"
         if not await self._record(event, caller, agent):
             if status == "active":  # resuming widens access: not without a record
-                await store_call(context, self._agents.put_agent(current))
+                await store_call(context, self._agents.replace_agent(agent, current))
                 await self._unrecorded(context)
             log.error("agent %s suspended by %s, but the trail could not record it",
                       agent.id, caller)
         log.info("agent %s %s by %s", agent.id, status, caller)
         return agent_message(agent, self._tiers)
+
+    async def _swap(self, context: grpc.aio.ServicerContext, agent_id: str,
+                    change: Callable[[Agent], Agent]) -> tuple[Agent, Agent]:
+        """Read, change and compare-and-set, so concurrent writers never undo each other."""
+        for _ in range(SWAP_ATTEMPTS):
+            current = await self._existing(context, agent_id)
+            new = await self._valid(context, change(current))
+            if await store_call(context, self._agents.replace_agent(current, new)):
+                return current, new
+        await context.abort(grpc.StatusCode.ABORTED,
+                            f"agent `{agent_id}` kept changing underneath; retry")
+        raise AssertionError("unreachable")
 
     async def _record(self, event: str, caller: str, agent: Agent, **extra: Any) -> bool:
         detail: dict[str, Any] = {
@@ -180,7 +199,7 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def _existing(self, context: grpc.aio.ServicerContext, agent_id: str) -> Agent:
         agent = await store_call(context, self._agents.get_agent(agent_id))
-        if agent is None:
+        if agent is None or not agent.registered:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent `{agent_id}`")
         assert isinstance(agent, Agent)
         return agent

@@ -104,6 +104,8 @@ class Invalidation:
         elif kind == "revoked":
             grant_id, _, expires = rest.partition("\x00")
             self.tombstones[grant_id] = float(expires or 0)
+            if len(self.tombstones) % 1000 == 0:
+                self.prune_tombstones()
         else:
             self.drop_all()
 
@@ -192,11 +194,13 @@ class CachingGrantStore:
         return await self.store.get(grant_id)
 
     async def revoke(self, grant_id: str) -> Grant | None:
-        grant = await self.store.revoke(grant_id)
-        if grant is not None:  # this replica: effective before the call returns
-            self.inval.handle(f"revoked\x00{grant.id}\x00{grant.expires_at}")
-            self.inval.handle(f"pair\x00{grant.agent}\x00{grant.user}")
-        return grant
+        # This replica denies the grant before asking Redis, so it holds even if the
+        # revoke then fails half way (over-denying is the safe side of a failure).
+        known = await self.store.get(grant_id)
+        if known is not None:
+            self.inval.handle(f"revoked\x00{known.id}\x00{known.expires_at}")
+            self.inval.handle(f"pair\x00{known.agent}\x00{known.user}")
+        return await self.store.revoke(grant_id)
 
     async def list(self, agent: str = "", user: str = "") -> list[Grant]:
         return await self.store.list(agent, user)

@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -155,6 +155,9 @@ class _Processes:
         proc.kill()
         proc.wait()
 
+    def signal(self, port: int, sig: signal.Signals) -> None:
+        self.procs[port].send_signal(sig)
+
     def close(self) -> None:
         for proc in self.procs.values():
             _stop(proc)
@@ -220,6 +223,18 @@ class SentinelTopology:
         """WAIT on the primary for one replica; the number that acknowledged."""
         return int(command(self.primary_port, "WAIT", 1, timeout_ms,
                            timeout=timeout_ms / 1000 + 1))
+
+    @contextlib.contextmanager
+    def replica_paused(self) -> Iterator[None]:
+        """SIGSTOP the replica for the block (it acknowledges nothing), then SIGCONT it.
+
+        Keep the block under DOWN_AFTER_MS, or the Sentinels mark the replica down.
+        """
+        self._procs.signal(self.replica_port, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._procs.signal(self.replica_port, signal.SIGCONT)
 
     def kill_primary(self) -> int:
         """SIGKILL the current primary (no shutdown, no final sync); its port."""

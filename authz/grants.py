@@ -36,7 +36,8 @@ class GrantStore(Protocol):
     async def for_pair(self, agent: str, user: str) -> list[Grant]: ...
     async def list(self, agent: str = "", user: str = "") -> list[Grant]: ...
     async def consume(self, grant: Grant) -> int:
-        """Count one use; return the count including this one."""
+        """Count one use; return the count including this one. Over the limit: max + 1,
+        and nothing is counted."""
         ...
     async def uses(self, grant_id: str) -> int: ...
     async def close(self) -> None: ...
@@ -153,9 +154,11 @@ class EmbeddedGrantStore:
 
     async def consume(self, grant: Grant) -> int:
         async with self._lock:
-            count = self._uses.get(grant.id, 0) + 1
-            self._uses[grant.id] = count
-            return count
+            used = self._uses.get(grant.id, 0)
+            if grant.max_uses and used >= grant.max_uses:
+                return used + 1  # refused, not counted
+            self._uses[grant.id] = used + 1
+            return used + 1
 
     async def uses(self, grant_id: str) -> int:
         return self._uses.get(grant_id, 0)

@@ -88,7 +88,10 @@ class RouteMatch:
     phi: bool
 
 
-AGENT_STATUSES = ("active", "suspended")
+AGENT_STATUSES = ("active", "suspended")  # what seeds and the admin API may set
+# what the store may hold: a deregistered agent stays as a tombstone, so a seed in
+# entities.json cannot bring it back on a restart or reload
+STORED_STATUSES = (*AGENT_STATUSES, "deregistered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,10 @@ class Agent:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    @property
+    def registered(self) -> bool:
+        return self.status != "deregistered"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -127,7 +134,7 @@ class Agent:
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed agent: {err}") from err
-        if agent.status not in AGENT_STATUSES or not 0 <= agent.risk <= 100:
+        if agent.status not in STORED_STATUSES or not 0 <= agent.risk <= 100:
             raise ValueError(f"malformed agent `{agent.id}`: bad status or risk")
         return agent
 

@@ -39,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from authz.errors import ConfigError, GrantError, StoreUnavailable
 from authz.grants import EXPIRED_RETENTION_SECONDS
@@ -48,6 +49,7 @@ from authz.model import Agent, Grant
 log = logging.getLogger(__name__)
 
 PREFIX = "lasthop:"
+WAIT_SLACK_MS = 250
 CHANNEL = "lasthop:invalidate"
 
 # Add the grant to its pair's hash and extend (never shorten) the hash's life.
@@ -59,12 +61,22 @@ if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) en
 return 1
 """
 
-# Count one use of a grant that is still in its pair's hash: -1 if revoked.
+# Count one use of a grant that is still in its pair's hash: -1 if revoked. A use
+# over the limit is refused without being counted (the answer is max + 1).
 _CONSUME = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if used >= tonumber(ARGV[3]) then return used + 1 end
 local n = redis.call('INCR', KEYS[2])
 if n == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[2]) end
 return n
+"""
+
+# Replace an agent only if it is still exactly what the caller read (compare and set).
+_REPLACE_AGENT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
 """
 
 Client = aioredis.Redis | RedisCluster
@@ -125,13 +137,15 @@ class RedisStore:
         self._metrics = metrics
         self._put = self.redis.register_script(_PUT)
         self._consume = self.redis.register_script(_CONSUME)
+        self._replace_agent = self.redis.register_script(_REPLACE_AGENT)
         self._revoke_replicas = revoke_replicas
         self._revoke_wait_ms = revoke_wait_ms
         # Revokes and suspends that WAIT for replicas need a socket timeout that allows the
         # wait; Cluster has no WAIT across shards, so there they are plain writes.
         self._waiter: Any = None
         if revoke_replicas > 0 and not isinstance(self.redis, RedisCluster):
-            self._waiter = connect(url, cluster, timeout_ms + revoke_wait_ms)
+            # Redis answers a timed-out WAIT on its next event-loop tick (100 ms at hz 10).
+            self._waiter = connect(url, cluster, timeout_ms + revoke_wait_ms + WAIT_SLACK_MS)
 
     @contextlib.contextmanager
     def _timed(self, op: str) -> Iterator[None]:
@@ -186,14 +200,16 @@ class RedisStore:
         if grant is None:
             return None
         tag = pair_tag(grant.agent, grant.user)
-        # The pair hash is what checks read: remove it there first.
+        # The pair hash is what checks read: remove it there first. The invalidations go
+        # in the same pipeline, before any WAIT: a revoke is published even when the
+        # replicas are slow to acknowledge it.
         acked = await self._durable_writes("revoke", [
             ("HDEL", f"{PREFIX}{tag}:pair", grant_id),
             ("DEL", f"{PREFIX}{tag}:uses:{grant_id}"),
             ("DEL", f"{PREFIX}grant:{grant_id}"),
-            ("SREM", f"{PREFIX}grants", grant_id)])
-        await self.publish(f"revoked\x00{grant_id}\x00{grant.expires_at}")
-        await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
+            ("SREM", f"{PREFIX}grants", grant_id),
+            ("PUBLISH", CHANNEL, f"revoked\x00{grant_id}\x00{grant.expires_at}"),
+            ("PUBLISH", CHANNEL, f"pair\x00{grant.agent}\x00{grant.user}")])
         self._check_acked("revoke", acked)
         return grant
 
@@ -227,7 +243,7 @@ class RedisStore:
             with self._timed("consume"):
                 count = await self._consume(
                     keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
-                    args=[grant.id, grant.expires_at])
+                    args=[grant.id, grant.expires_at, grant.max_uses or 2**53])
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         if not isinstance(count, int):
@@ -271,10 +287,26 @@ class RedisStore:
     async def put_agent(self, agent: Agent) -> None:
         acked = await self._durable_writes("suspend" if not agent.active else "", [
             ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
-            ("SADD", f"{PREFIX}agents", agent.id)])
-        await self.publish(f"agent\x00{agent.id}")
+            ("SADD", f"{PREFIX}agents", agent.id),
+            ("PUBLISH", CHANNEL, f"agent\x00{agent.id}")])
         if not agent.active:
             self._check_acked("suspend", acked)
+
+    async def replace_agent(self, current: Agent, new: Agent) -> bool:
+        """Store `new` only if the stored agent is still `current`; False if it changed."""
+        try:
+            with self._timed("write"):
+                swapped = await self._replace_agent(keys=[f"{PREFIX}agent:{new.id}"],
+                                                    args=[current.to_json(), new.to_json()])
+        except (RedisError, OSError) as err:
+            raise _unavailable("write", err) from err
+        if not swapped:
+            return False
+        await self.publish(f"agent\x00{new.id}")
+        if not new.active:
+            acked = await self._durable_writes("suspend", [("SADD", f"{PREFIX}agents", new.id)])
+            self._check_acked("suspend", acked)
+        return True
 
     async def delete_agent(self, agent_id: str) -> Agent | None:
         agent = await self.get_agent(agent_id)
@@ -311,6 +343,10 @@ class RedisStore:
                         pipe.execute_command("WAIT", self._revoke_replicas,
                                              self._revoke_wait_ms)
                     results = await pipe.execute()
+        except RedisTimeoutError as err:
+            if waits:  # the writes went out before the WAIT; only its answer is late
+                return 0
+            raise _unavailable("write", err) from err
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         return int(results[-1]) if waits else self._revoke_replicas

@@ -30,6 +30,9 @@ class AgentStore(Protocol):
         """Store `agent` unless one with its id exists; True if stored."""
         ...
     async def put_agent(self, agent: Agent) -> None: ...
+    async def replace_agent(self, current: Agent, new: Agent) -> bool:
+        """Store `new` only if the stored agent is still `current` (compare and set)."""
+        ...
     async def delete_agent(self, agent_id: str) -> Agent | None: ...
     async def list_agents(self) -> list[Agent]: ...
 
@@ -80,6 +83,14 @@ class EmbeddedAgentStore:
         self._agents[agent.id] = agent
         self._generation.bump()
 
+    async def replace_agent(self, current: Agent, new: Agent) -> bool:
+        async with self._lock:
+            if self._agents.get(new.id) != current:
+                return False
+            self._agents[new.id] = new
+            self._generation.bump()
+            return True
+
     async def delete_agent(self, agent_id: str) -> Agent | None:
         self._generation.bump()
         return self._agents.pop(agent_id, None)
@@ -105,8 +116,13 @@ async def resolve_chain(registry: AgentRegistry, chain: Chain) -> list[Agent]:
     # One at a time: lookups are cache hits almost always, and a task per agent costs more.
     found = [await registry.get(a) for a in chain.agents]
     for agent_id, agent in zip(chain.agents, found, strict=True):
-        if agent is None:
+        if agent is None or not agent.registered:
             raise RegistryError("agent_unregistered", f"agent `{agent_id}` is not registered")
         if not agent.active:
             raise RegistryError("agent_suspended", f"agent `{agent_id}` is {agent.status}")
     return [a for a in found if a is not None]
+
+
+def live(agent: Agent | None) -> Agent | None:
+    """The agent, unless it is missing or deregistered."""
+    return agent if agent is not None and agent.registered else None
