@@ -30,7 +30,7 @@ from authz.registry import AgentStore
 log = logging.getLogger(__name__)
 
 ADMIN_SCOPES = frozenset({"lasthop:admin"})
-SWAP_ATTEMPTS = 5
+SWAP_ATTEMPTS = 50
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
