@@ -128,14 +128,18 @@ class Invalidation:
                     message = await pubsub.get_message(timeout=PING_SECONDS / 2)
                     if message is None:
                         continue
-                    self.last_seen = time.monotonic()
+                    heard = time.monotonic()
+                    if heard - self.last_seen >= DEAD_AFTER:
+                        self.drop_all()  # silent for a while: what was cached may be stale
+                    self.last_seen = heard
                     if message["type"] == "subscribe":
                         self.drop_all()  # anything cached before this point may be stale
                         self._subscribed = True
                         log.info("cache invalidation subscribed; local caches on")
                     elif message["type"] == "message":
                         data = message["data"]
-                        self.handle(data.decode() if isinstance(data, bytes) else str(data))
+                        self._handle_safely(data.decode("utf-8", "replace")
+                                            if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as err:
@@ -150,6 +154,14 @@ class Invalidation:
                     except (RedisError, OSError):
                         pass
             await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _handle_safely(self, message: str) -> None:
+        """A message we cannot read drops every cache rather than stopping the listener."""
+        try:
+            self.handle(message)
+        except ValueError:
+            log.error("unreadable invalidation %r; dropping every cache", message[:200])
+            self.drop_all()
 
     def count(self, cache: str, hit: bool) -> None:
         if self.metrics:

@@ -72,10 +72,12 @@ if n == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[2]) end
 return n
 """
 
-# Replace an agent only if it is still exactly what the caller read (compare and set).
+# Replace an agent only if it is still exactly what the caller read (compare and set),
+# and publish its invalidation in the same step: a change is never stored unannounced.
 _REPLACE_AGENT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -296,13 +298,13 @@ class RedisStore:
         """Store `new` only if the stored agent is still `current`; False if it changed."""
         try:
             with self._timed("write"):
-                swapped = await self._replace_agent(keys=[f"{PREFIX}agent:{new.id}"],
-                                                    args=[current.to_json(), new.to_json()])
+                swapped = await self._replace_agent(
+                    keys=[f"{PREFIX}agent:{new.id}"],
+                    args=[current.to_json(), new.to_json(), CHANNEL, f"agent\x00{new.id}"])
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         if not swapped:
             return False
-        await self.publish(f"agent\x00{new.id}")
         if not new.active:
             acked = await self._durable_writes("suspend", [("SADD", f"{PREFIX}agents", new.id)])
             self._check_acked("suspend", acked)
@@ -312,12 +314,10 @@ class RedisStore:
         agent = await self.get_agent(agent_id)
         if agent is None:
             return None
-        try:
-            await self.redis.delete(f"{PREFIX}agent:{agent_id}")
-            await self.redis.srem(f"{PREFIX}agents", agent_id)
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
-        await self.publish(f"agent\x00{agent_id}")
+        await self._durable_writes("", [
+            ("DEL", f"{PREFIX}agent:{agent_id}"),
+            ("SREM", f"{PREFIX}agents", agent_id),
+            ("PUBLISH", CHANNEL, f"agent\x00{agent_id}")])
         return agent
 
     async def list_agents(self) -> builtins.list[Agent]:

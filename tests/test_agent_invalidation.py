@@ -1,0 +1,57 @@
+"""A registry change is announced in the step that stores it; junk on the channel fails safe."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import redis
+
+from authz.cache import Invalidation
+from authz.devstack import RedisServer
+from authz.model import Agent, Grant
+from authz.redis_store import CHANNEL, RedisStore
+
+AGENT = Agent("scribe", "dr-alice", 20, "active", allowed_purposes=("clinical-documentation",))
+
+
+def test_a_suspension_is_stored_and_published_together(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    listener = redis.Redis.from_url(server.url)
+    pubsub = listener.pubsub()
+    try:
+        pubsub.subscribe(CHANNEL)
+        assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+
+        async def suspend() -> bool:
+            store = RedisStore(server.url, 500)
+            try:
+                await store.add_agent(AGENT)
+                return await store.replace_agent(
+                    AGENT, dataclasses.replace(AGENT, status="suspended"))
+            finally:
+                await store.close()
+
+        assert asyncio.run(suspend())
+        seen = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and seen.count(b"agent\x00scribe") < 2:
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "message":
+                seen.append(message["data"])
+        assert seen.count(b"agent\x00scribe") >= 2  # one for the add, one for the suspension
+    finally:
+        pubsub.close()
+        listener.close()
+        server.close()
+
+
+def test_an_unreadable_invalidation_drops_every_cache(tmp_path: Path) -> None:
+    inval = Invalidation(store=None, ttl=5.0)  # type: ignore[arg-type]
+    inval.agents["scribe"] = (time.monotonic() + 5, 0, AGENT)
+    g = Grant("g", "scribe", "dr-alice", ("read",), ('Patient::"p"',), "p", "x", 0, 2**40)
+    inval.pairs[("scribe", "dr-alice")] = (time.monotonic() + 5, 0, [g])
+    inval._handle_safely("revoked\x00g\x00not-a-number")
+    assert inval.agents == {} and inval.pairs == {}
