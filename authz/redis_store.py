@@ -310,16 +310,6 @@ class RedisStore:
             self._check_acked("suspend", acked)
         return True
 
-    async def delete_agent(self, agent_id: str) -> Agent | None:
-        agent = await self.get_agent(agent_id)
-        if agent is None:
-            return None
-        await self._durable_writes("", [
-            ("DEL", f"{PREFIX}agent:{agent_id}"),
-            ("SREM", f"{PREFIX}agents", agent_id),
-            ("PUBLISH", CHANNEL, f"agent\x00{agent_id}")])
-        return agent
-
     async def list_agents(self) -> builtins.list[Agent]:
         try:
             ids = await self.redis.smembers(f"{PREFIX}agents")
@@ -378,6 +368,3 @@ def _agent(raw: bytes | str) -> Agent:
     except (ValueError, UnicodeDecodeError) as err:
         raise StoreUnavailable(f"redis returned a malformed agent: {err}") from err
 
-
-# The grant-store name the rest of the code and the tests know.
-RedisGrantStore = RedisStore

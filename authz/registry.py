@@ -33,7 +33,6 @@ class AgentStore(Protocol):
     async def replace_agent(self, current: Agent, new: Agent) -> bool:
         """Store `new` only if the stored agent is still `current` (compare and set)."""
         ...
-    async def delete_agent(self, agent_id: str) -> Agent | None: ...
     async def list_agents(self) -> list[Agent]: ...
 
 
@@ -45,9 +44,6 @@ class SeededRegistry:
 
     async def get(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
-
-    def known(self) -> set[str]:
-        return set(self._agents)
 
 
 class StoreRegistry:
@@ -90,10 +86,6 @@ class EmbeddedAgentStore:
             self._agents[new.id] = new
             self._generation.bump()
             return True
-
-    async def delete_agent(self, agent_id: str) -> Agent | None:
-        self._generation.bump()
-        return self._agents.pop(agent_id, None)
 
     async def list_agents(self) -> list[Agent]:
         return sorted(self._agents.values(), key=lambda a: a.id)

@@ -26,7 +26,7 @@ from authz.grants import (
     select,
 )
 from authz.model import EntityRef, Grant, RouteMatch
-from authz.redis_store import RedisGrantStore, pair_tag
+from authz.redis_store import RedisStore, pair_tag
 from tests.conftest import PURPOSE, Clock
 
 NOW = 1_800_000_000
@@ -205,7 +205,7 @@ def make_store(request: pytest.FixtureRequest) -> StoreFactory:
         clock = Clock()
         return lambda: EmbeddedGrantStore(clock)
     url = request.getfixturevalue("redis_url")
-    return lambda: RedisGrantStore(url, timeout_ms=500)
+    return lambda: RedisStore(url, timeout_ms=500)
 
 
 def run_with(factory: StoreFactory, body: Callable[[GrantStore], Awaitable[None]]) -> None:
@@ -358,10 +358,10 @@ def pair_key(agent: str, user: str) -> str:
     return f"lasthop:{pair_tag(agent, user)}:pair"
 
 
-def run_redis(url: str, body: Callable[[RedisGrantStore], Awaitable[None]],
+def run_redis(url: str, body: Callable[[RedisStore], Awaitable[None]],
               timeout_ms: int = 500) -> None:
     async def main() -> None:
-        store = RedisGrantStore(url, timeout_ms)
+        store = RedisStore(url, timeout_ms)
         try:
             await body(store)
         finally:
@@ -372,7 +372,7 @@ def run_redis(url: str, body: Callable[[RedisGrantStore], Awaitable[None]],
 def test_redis_grant_key_expires_with_the_grant(redis_url: str) -> None:
     g = live("g-ttl", ttl=600)
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         await store.put(g)
         await store.consume(g)
 
@@ -388,7 +388,7 @@ def test_redis_grant_key_expires_with_the_grant(redis_url: str) -> None:
 def test_redis_grant_key_really_expires(redis_url: str) -> None:
     g = live("g-short", ttl=1)
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         await store.put(g)
         assert await store.get("g-short") == g
         deadline = time.monotonic() + 5
@@ -407,7 +407,7 @@ def test_redis_pair_hash_keeps_the_longer_lived_grant(redis_url: str, order: str
     short = live("g-short", ttl=60)
     grants = [long_, short] if order == "long-then-short" else [short, long_]
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         for g in grants:
             await store.put(g)
         assert sorted(g.id for g in await store.for_pair("scribe", "dr-alice")) == [
@@ -427,7 +427,7 @@ def test_redis_pair_hash_keeps_the_longer_lived_grant(redis_url: str, order: str
 def test_redis_junk_in_pair_hash_is_store_unavailable(redis_url: str, junk: bytes) -> None:
     good = live("g-good")
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         await store.put(good)
         client = sync_client(redis_url)
         try:
@@ -450,7 +450,7 @@ def test_redis_junk_grant_key_is_store_unavailable(redis_url: str) -> None:
     finally:
         client.close()
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         with pytest.raises(StoreUnavailable):
             await store.get("g-junk")
         with pytest.raises(StoreUnavailable):
@@ -466,14 +466,14 @@ def test_redis_wrong_type_key_is_store_unavailable(redis_url: str) -> None:
     finally:
         client.close()
 
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         with pytest.raises(StoreUnavailable):
             await store.for_pair("scribe", "dr-alice")
 
     run_redis(redis_url, body)
 
 
-StoreCall = Callable[[RedisGrantStore], Awaitable[object]]
+StoreCall = Callable[[RedisStore], Awaitable[object]]
 CALLS: dict[str, StoreCall] = {
     "for_pair": lambda s: s.for_pair("scribe", "dr-alice"),
     "get": lambda s: s.get("g-1"),
@@ -499,7 +499,7 @@ def doomed_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.mark.parametrize("how", ["killed", "paused"])
 def test_redis_down_is_store_unavailable_quickly(doomed_redis: RedisServer, how: str) -> None:
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         await store.put(live("g-1"))  # connected and working first
         if how == "killed":
             doomed_redis.kill()
@@ -516,7 +516,7 @@ def test_redis_down_is_store_unavailable_quickly(doomed_redis: RedisServer, how:
 
 
 def test_redis_never_started_is_store_unavailable() -> None:
-    async def body(store: RedisGrantStore) -> None:
+    async def body(store: RedisStore) -> None:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await store.for_pair("scribe", "dr-alice")
