@@ -76,8 +76,9 @@ class AdminClient:
         return self._agent(self._agents.DeregisterAgent, apb.AgentRef(id=agent_id))
 
     def list_agents(self, owner: str = "", status: str = "") -> builtins.list[apb.Agent]:
-        result = self._call(self._agents.ListAgents,
-                            apb.ListAgentsRequest(owner=owner, status=status))
+        result = self._call(
+            self._agents.ListAgents, apb.ListAgentsRequest(owner=owner, status=status)
+        )
         assert isinstance(result, apb.ListAgentsResponse)
         return list(result.agents)
 

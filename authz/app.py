@@ -68,15 +68,24 @@ def identity_rules(settings: Settings) -> tuple[IdentityRules, IdentityRules, Id
         leeway=ident.leeway_seconds,
         max_lifetime=ident.max_token_lifetime,
     )
-    access = IdentityRules(issuers=frozenset({ident.issuer}),
-                           audiences=frozenset(ident.audiences),
-                           types=ACCESS_TOKEN_TYPES, **base)  # type: ignore[arg-type]
-    txn = IdentityRules(issuers=frozenset(ident.txn_token_issuers or (ident.issuer,)),
-                        audiences=frozenset(ident.audiences),
-                        types=TXN_TOKEN_TYPES, **base)  # type: ignore[arg-type]
-    admin = IdentityRules(issuers=frozenset({ident.issuer}),
-                          audiences=frozenset({settings.admin.audience}),
-                          types=ACCESS_TOKEN_TYPES, **base)  # type: ignore[arg-type]
+    access = IdentityRules(
+        issuers=frozenset({ident.issuer}),
+        audiences=frozenset(ident.audiences),
+        types=ACCESS_TOKEN_TYPES,
+        **base,
+    )  # type: ignore[arg-type]
+    txn = IdentityRules(
+        issuers=frozenset(ident.txn_token_issuers or (ident.issuer,)),
+        audiences=frozenset(ident.audiences),
+        types=TXN_TOKEN_TYPES,
+        **base,
+    )  # type: ignore[arg-type]
+    admin = IdentityRules(
+        issuers=frozenset({ident.issuer}),
+        audiences=frozenset({settings.admin.audience}),
+        types=ACCESS_TOKEN_TYPES,
+        **base,
+    )  # type: ignore[arg-type]
     return access, txn, admin
 
 
@@ -93,9 +102,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     redis, inval = None, None
     freshness: Callable[[], int | None]
     if st.redis_url:
-        redis = RedisStore(st.redis_url, st.timeout_ms, cluster=st.redis_cluster,
-                           revoke_replicas=st.revoke_replicas, revoke_wait_ms=st.revoke_wait_ms,
-                           metrics=metrics)
+        redis = RedisStore(
+            st.redis_url,
+            st.timeout_ms,
+            cluster=st.redis_cluster,
+            revoke_replicas=st.revoke_replicas,
+            revoke_wait_ms=st.revoke_wait_ms,
+            metrics=metrics,
+        )
         agent_store = redis
         if st.cache_ttl_ms > 0:
             inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
@@ -117,6 +131,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
 
         def freshness() -> int | None:
             return generation.value
+
     audit = audit_setup.build(settings, clock)
     audit_log = audit.log
     metrics.audit_queue.set_function(lambda: audit_log.depth)
@@ -130,12 +145,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         store=store,
         audit=audit.log,
         metrics=metrics,
-        options=PipelineOptions(max_chain_depth=ident.max_chain_depth,
-                                bind_peer=ident.bind_peer,
-                                trust_domain=ident.spiffe_trust_domain,
-                                dry_run=settings.policies.mode == "dry-run",
-                                tiers=RiskTiers(settings.registry.medium_risk_from,
-                                                settings.registry.high_risk_from)),
+        options=PipelineOptions(
+            max_chain_depth=ident.max_chain_depth,
+            bind_peer=ident.bind_peer,
+            trust_domain=ident.spiffe_trust_domain,
+            dry_run=settings.policies.mode == "dry-run",
+            tiers=RiskTiers(settings.registry.medium_risk_from, settings.registry.high_risk_from),
+        ),
         clock=clock,
         decisions=DecisionCache(freshness) if st.cache_ttl_ms > 0 else None,
         receipts=audit.receipts,
@@ -143,8 +159,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     if settings.policies.mode == "dry-run":
         log.warning(
             "DRY RUN: policy and grant denials are logged and NOT enforced "
-            "(policies.mode = dry-run)")
-    return App(settings=settings, pipeline=pipeline, keys=keys, store=store,
-               agents=agent_store, registry=agents, audit=audit.log, metrics=metrics,
-               admin_rules=admin, receipts_jwks=audit.jwks, redis=redis,
-               invalidation=inval)
+            "(policies.mode = dry-run)"
+        )
+    return App(
+        settings=settings,
+        pipeline=pipeline,
+        keys=keys,
+        store=store,
+        agents=agent_store,
+        registry=agents,
+        audit=audit.log,
+        metrics=metrics,
+        admin_rules=admin,
+        receipts_jwks=audit.jwks,
+        redis=redis,
+        invalidation=inval,
+    )

@@ -34,8 +34,9 @@ CHAIN_FIELDS = ("seq", "prev", "hash")
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -90,8 +91,14 @@ class Head:
 
     def checkpoint(self, key: SigningKey, time: str, trigger: str) -> dict[str, Any]:
         """A signed checkpoint of the chain as it stands."""
-        record: dict[str, Any] = {"type": CHECKPOINT, "time": time, "kid": key.kid,
-                                  "trigger": trigger, "seq": self.seq + 1, "prev": self.hash}
+        record: dict[str, Any] = {
+            "type": CHECKPOINT,
+            "time": time,
+            "kid": key.kid,
+            "trigger": trigger,
+            "seq": self.seq + 1,
+            "prev": self.hash,
+        }
         record["sig"] = b64url(key.sign(signing_input(record)))
         return self._link(record)
 

@@ -61,7 +61,7 @@ def read_tail(path: Path) -> tuple[bytes, int]:
                 continue
             before = buf.rfind(b"\n", 0, last)
             if before != -1 or pos == 0:
-                return buf[before + 1:last + 1], len(buf) - last - 1
+                return buf[before + 1 : last + 1], len(buf) - last - 1
         return b"", len(buf)
 
 
@@ -85,8 +85,9 @@ class AppendFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         created = not path.exists()
-        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                      0o640)
+        self.fd: int | None = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
         self.size = os.fstat(self.fd).st_size
         if created:
             fsync_dir(path.parent)

@@ -46,8 +46,13 @@ _Item = tuple[Record, "asyncio.Future[bool] | None"]
 
 
 class AuditLog:
-    def __init__(self, path: Path, queue_size: int, options: TrailOptions | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        queue_size: int,
+        options: TrailOptions | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.options = options or TrailOptions()
         self._trail = Trail(path, self.options, clock)
@@ -81,9 +86,17 @@ class AuditLog:
         Raises ConfigError (naming `audit.path`) when the trail cannot be opened.
         """
         detail = self._trail.open()
-        self._trail.write([EventRecord(event="trail_opened", actor=SERVER_ACTOR,
-                                       target=str(self.path), time=rfc3339(self._clock()),
-                                       detail=detail)])
+        self._trail.write(
+            [
+                EventRecord(
+                    event="trail_opened",
+                    actor=SERVER_ACTOR,
+                    target=str(self.path),
+                    time=rfc3339(self._clock()),
+                    detail=detail,
+                )
+            ]
+        )
         self._trail.fsync()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()

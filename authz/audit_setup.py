@@ -51,9 +51,12 @@ def checkpoints_path(settings: Settings) -> Path:
 
 def signing_key(settings: Settings) -> SigningKey:
     if not settings.audit.signing_key:
-        raise ConfigError("audit.signing_key", "must name an Ed25519 private key (PEM) that "
-                          "signs checkpoints and receipts; create one with "
-                          "`lasthop audit keygen FILE`")
+        raise ConfigError(
+            "audit.signing_key",
+            "must name an Ed25519 private key (PEM) that "
+            "signs checkpoints and receipts; create one with "
+            "`lasthop audit keygen FILE`",
+        )
     return load_key(settings.path(settings.audit.signing_key))
 
 
@@ -64,8 +67,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> AuditPa
     try:
         jwks = write_jwks(published, key)
     except OSError as err:
-        raise ConfigError("audit.jwks_path", f"cannot write `{published}`: "
-                          f"{err.strerror or err}") from err
+        raise ConfigError(
+            "audit.jwks_path", f"cannot write `{published}`: {err.strerror or err}"
+        ) from err
     options = TrailOptions(
         fsync_interval=audit.fsync_interval_seconds,
         rotate_bytes=audit.rotate_bytes,

@@ -56,8 +56,9 @@ class TrailOptions:
 
 
 class Trail:
-    def __init__(self, path: Path, options: TrailOptions,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, options: TrailOptions, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self.options = options
         self._clock = clock
@@ -81,8 +82,11 @@ class Trail:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self._lock.acquire():
-                raise ConfigError("audit.path", f"`{self.path}` is in use by another Lasthop "
-                                  f"process (it holds `{self._lock.path}`)")
+                raise ConfigError(
+                    "audit.path",
+                    f"`{self.path}` is in use by another Lasthop "
+                    f"process (it holds `{self._lock.path}`)",
+                )
             detail = self._repair_live()
             head, previous = self._find_head()
             self._head = head
@@ -92,8 +96,9 @@ class Trail:
                 self._anchors = AppendFile(self.options.anchors)
         except OSError as err:
             self._lock.release()
-            raise ConfigError("audit.path", f"cannot open the audit trail `{self.path}`: "
-                              f"{err.strerror or err}") from err
+            raise ConfigError(
+                "audit.path", f"cannot open the audit trail `{self.path}`: {err.strerror or err}"
+            ) from err
         except ConfigError:
             self._lock.release()
             raise
@@ -118,8 +123,11 @@ class Trail:
         for source in reversed(files):
             last, torn = read_tail(source)
             if torn:
-                raise ConfigError("audit.path", f"`{source}` ends in a record cut short; run "
-                                  f"`lasthop audit verify {self.path}`")
+                raise ConfigError(
+                    "audit.path",
+                    f"`{source}` ends in a record cut short; run "
+                    f"`lasthop audit verify {self.path}`",
+                )
             if last:
                 record = _verified(last, source)
                 end = str(record.get("type", ""))
@@ -249,11 +257,15 @@ def _verified(raw: bytes, source: Path) -> dict[str, Any]:
         problem = "not a JSON object"
     elif not problem and canonical(record) + b"\n" != raw:
         problem = "not in canonical form"
-    elif not problem and not (isinstance(record.get("seq"), int)
-                              and record.get("hash") == record_hash(record)):
+    elif not problem and not (
+        isinstance(record.get("seq"), int) and record.get("hash") == record_hash(record)
+    ):
         problem = "its hash does not match its content"
     if problem or not isinstance(record, dict):
-        raise ConfigError("audit.path", f"`{source}` holds a record that does not verify "
-                          f"({problem}); run `lasthop audit verify {source}`, and move the "
-                          "damaged trail (with its .checkpoints file) aside to start a new one")
+        raise ConfigError(
+            "audit.path",
+            f"`{source}` holds a record that does not verify "
+            f"({problem}); run `lasthop audit verify {source}`, and move the "
+            "damaged trail (with its .checkpoints file) aside to start a new one",
+        )
     return record

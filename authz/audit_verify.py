@@ -94,18 +94,24 @@ class _Link:
 
 def order(files: Sequence[Path]) -> list[Path]:
     """Files in trail order: by the `seq` of their first record, else by rotated suffix."""
+
     def key(path: Path) -> tuple[float, str]:
         first = _first_seq(path)
         if first is None:
             match = _SUFFIX.search(path.name)
             first = int(match.group(1)) if match else None
         return (float(first) if first is not None else float("inf"), str(path))
+
     unique = {p.resolve(): p for p in files}
     return sorted(unique.values(), key=key)
 
 
-def verify(files: Sequence[Path], keys: Mapping[str, Ed25519PublicKey] | None,
-           anchors: Sequence[Path] = (), partial: bool = False) -> Report:
+def verify(
+    files: Sequence[Path],
+    keys: Mapping[str, Ed25519PublicKey] | None,
+    anchors: Sequence[Path] = (),
+    partial: bool = False,
+) -> Report:
     """Verify the trail made of `files`. `keys` None: signatures are not checked (noted).
 
     `partial`: the files may start anywhere in the trail (earlier files archived).
@@ -122,8 +128,13 @@ def verify(files: Sequence[Path], keys: Mapping[str, Ed25519PublicKey] | None,
 
 
 class _Checker:
-    def __init__(self, files: list[Path], keys: Mapping[str, Ed25519PublicKey] | None,
-                 report: Report, partial: bool) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        keys: Mapping[str, Ed25519PublicKey] | None,
+        report: Report,
+        partial: bool,
+    ) -> None:
         self.files = files
         self.keys = keys
         self.report = report
@@ -139,8 +150,12 @@ class _Checker:
                 self.report.problem = problem
                 return
         if self.report.first_seq is None:
-            self.report.problem = Problem("empty", None, None, "no records in "
-                                          f"{', '.join(map(str, self.files)) or 'no files'}")
+            self.report.problem = Problem(
+                "empty",
+                None,
+                None,
+                f"no records in {', '.join(map(str, self.files)) or 'no files'}",
+            )
 
     def _check(self, entry: _Entry) -> Problem | None:
         where = entry.where
@@ -148,17 +163,23 @@ class _Checker:
             if entry.last:
                 self.report.notes.append(
                     f"{where}: the last line is cut short ({len(entry.raw)} bytes, no newline): "
-                    "a crash during a write; not a record, Lasthop drops it on its next start")
+                    "a crash during a write; not a record, Lasthop drops it on its next start"
+                )
                 return None
-            return Problem("truncated", where, None,
-                           "this file ends in a line cut short, but the trail goes on after it")
+            return Problem(
+                "truncated",
+                where,
+                None,
+                "this file ends in a line cut short, but the trail goes on after it",
+            )
         record, problem = _parse(entry.raw)
         if record is None:
             return Problem("edited", where, None, problem)
         seq, prev, digest = record["seq"], record["prev"], record["hash"]
         if record_hash(record) != digest:
-            return Problem("edited", where, seq,
-                           "its content does not match its hash: a field was changed")
+            return Problem(
+                "edited", where, seq, "its content does not match its hash: a field was changed"
+            )
         if self.expected is None:  # a partial trail starts wherever it starts
             self.expected, self.prev_hash = seq, prev
         if seq != self.expected or prev != self.prev_hash:
@@ -191,9 +212,11 @@ class _Checker:
         if key is None or not isinstance(kid, str):
             return "unknown_key", f"checkpoint signed with key `{kid}`, which the JWKS lacks"
         if not checkpoint_signed(record, key):
-            return "bad_signature", (f"the checkpoint's signature does not verify with key "
-                                     f"`{kid}`: it was forged, or the records before it were "
-                                     "rewritten")
+            return "bad_signature", (
+                f"the checkpoint's signature does not verify with key "
+                f"`{kid}`: it was forged, or the records before it were "
+                "rewritten"
+            )
         self.report.kids.add(kid)
         return None
 
@@ -216,13 +239,21 @@ class _Checker:
         if seq < (self.report.first_seq or 1):
             return None  # before a partial trail's first file
         if seq > self.report.last_seq:
-            return Problem("truncated", self.prev_where, self.report.last_seq,
-                           f"the trail ends here, but checkpoint seq {seq} ({record.get('time')}) "
-                           f"in `{where.file}` was signed later: the records after seq "
-                           f"{self.report.last_seq} were cut off")
+            return Problem(
+                "truncated",
+                self.prev_where,
+                self.report.last_seq,
+                f"the trail ends here, but checkpoint seq {seq} ({record.get('time')}) "
+                f"in `{where.file}` was signed later: the records after seq "
+                f"{self.report.last_seq} were cut off",
+            )
         if self.checkpoint_hashes.get(seq) != record["hash"]:
-            return Problem("edited", where, seq, "the trail does not hold this checkpoint at "
-                           "its seq: the trail was rewritten")
+            return Problem(
+                "edited",
+                where,
+                seq,
+                "the trail does not hold this checkpoint at its seq: the trail was rewritten",
+            )
         return None
 
 
@@ -238,8 +269,7 @@ class _Classifier:
         for entry in _entries(files):
             record, _ = _parse(entry.raw)
             if record is not None:
-                self.links.append(_Link(entry.where, record["seq"], record["hash"],
-                                        record["prev"]))
+                self.links.append(_Link(entry.where, record["seq"], record["hash"], record["prev"]))
         self.by_hash: dict[str, _Link] = {}
         for link in self.links:
             self.by_hash.setdefault(link.hash, link)
@@ -252,38 +282,74 @@ class _Classifier:
         return pred is not None and pred.seq == link.seq - 1
 
     def explain(self, cur: _Link, expected: int, prev_where: Location | None) -> Problem:
-        copy = next((link for link in self.links
-                     if link.hash == cur.hash and link.where != cur.where), None)
+        copy = next(
+            (link for link in self.links if link.hash == cur.hash and link.where != cur.where), None
+        )
         if copy is not None:
             return Problem("inserted", cur.where, cur.seq, f"a copy of the record at {copy.where}")
         if cur.seq == expected:  # right place, wrong link: the record before was rewritten
             if prev_where is None:
-                return Problem("edited", cur.where, cur.seq,
-                               "the first record does not start from the genesis hash")
-            return Problem("edited", prev_where, expected - 1,
-                           f"changed and its hash recomputed: the next record ({cur.where}) "
-                           f"chains to another hash, `{cur.prev[:16]}...`")
+                return Problem(
+                    "edited",
+                    cur.where,
+                    cur.seq,
+                    "the first record does not start from the genesis hash",
+                )
+            return Problem(
+                "edited",
+                prev_where,
+                expected - 1,
+                f"changed and its hash recomputed: the next record ({cur.where}) "
+                f"chains to another hash, `{cur.prev[:16]}...`",
+            )
         if cur.seq < expected:
             if cur.hash in self.chained and self.genuine(cur):
-                forged = next(link for link in self.links if link.seq == cur.seq
-                              and link.hash != cur.hash)
-                return Problem("inserted", forged.where, cur.seq, f"no record chains to it; "
-                               f"the genuine seq {cur.seq} is at {cur.where}")
-            return Problem("inserted", cur.where, cur.seq, f"a record claiming seq {cur.seq}, "
-                           f"which the trail already holds, that no record chains to")
+                forged = next(
+                    link for link in self.links if link.seq == cur.seq and link.hash != cur.hash
+                )
+                return Problem(
+                    "inserted",
+                    forged.where,
+                    cur.seq,
+                    f"no record chains to it; the genuine seq {cur.seq} is at {cur.where}",
+                )
+            return Problem(
+                "inserted",
+                cur.where,
+                cur.seq,
+                f"a record claiming seq {cur.seq}, "
+                f"which the trail already holds, that no record chains to",
+            )
         later = next((link for link in self.links if link.seq == expected), None)
         if later is not None and self.genuine(cur):
-            return Problem("reordered", cur.where, cur.seq, f"seq {expected} should come "
-                           f"here, but it is at {later.where}")
+            return Problem(
+                "reordered",
+                cur.where,
+                cur.seq,
+                f"seq {expected} should come here, but it is at {later.where}",
+            )
         if later is None:
             if prev_where is None:
-                return Problem("deleted", cur.where, cur.seq, f"the trail starts at seq "
-                               f"{cur.seq}: seq 1 to {cur.seq - 1} are missing (pass "
-                               "--partial if earlier files were archived)")
-            return Problem("deleted", cur.where, cur.seq, f"seq {expected} to {cur.seq - 1} "
-                           f"are missing between {prev_where} and here")
-        return Problem("inserted", cur.where, cur.seq,
-                       f"a record out of sequence (seq {expected} was due) that chains to none")
+                return Problem(
+                    "deleted",
+                    cur.where,
+                    cur.seq,
+                    f"the trail starts at seq "
+                    f"{cur.seq}: seq 1 to {cur.seq - 1} are missing (pass "
+                    "--partial if earlier files were archived)",
+                )
+            return Problem(
+                "deleted",
+                cur.where,
+                cur.seq,
+                f"seq {expected} to {cur.seq - 1} are missing between {prev_where} and here",
+            )
+        return Problem(
+            "inserted",
+            cur.where,
+            cur.seq,
+            f"a record out of sequence (seq {expected} was due) that chains to none",
+        )
 
 
 def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -296,9 +362,13 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     encoded = canonical(record)
     if raw not in (encoded + b"\n", encoded):
         return None, "not in canonical form: the line was edited or re-encoded"
-    if not (isinstance(record.get("seq"), int) and isinstance(record.get("prev"), str)
-            and isinstance(record.get("hash"), str) and _HEX64.match(record["prev"])
-            and _HEX64.match(record["hash"])):
+    if not (
+        isinstance(record.get("seq"), int)
+        and isinstance(record.get("prev"), str)
+        and isinstance(record.get("hash"), str)
+        and _HEX64.match(record["prev"])
+        and _HEX64.match(record["hash"])
+    ):
         return None, "no valid `seq`, `prev` and `hash`: the line was edited"
     return record, ""
 

@@ -62,8 +62,13 @@ def _pubsub(redis: Any) -> Any:
 class Invalidation:
     """The pub/sub listener, and the state every cache consults."""
 
-    def __init__(self, store: RedisStore, ttl: float, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        ttl: float,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.clock = clock
@@ -138,14 +143,16 @@ class Invalidation:
                         log.info("cache invalidation subscribed; local caches on")
                     elif message["type"] == "message":
                         data = message["data"]
-                        self._handle_safely(data.decode("utf-8", "replace")
-                                            if isinstance(data, bytes) else str(data))
+                        self._handle_safely(
+                            data.decode("utf-8", "replace")
+                            if isinstance(data, bytes)
+                            else str(data)
+                        )
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as err:
                 if self.live:
-                    log.warning("cache invalidation dropped (%s); caches off until it is back",
-                                err)
+                    log.warning("cache invalidation dropped (%s); caches off until it is back", err)
             finally:
                 self._down()
                 if pubsub is not None:

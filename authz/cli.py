@@ -32,14 +32,18 @@ def _print_grants(grants: list[pb.Grant], output: str) -> None:
         print(json.dumps([_grant_dict(g) for g in grants], indent=2))
         return
     now = int(time.time())
-    print(f"{'ID':<20} {'AGENT':<16} {'USER':<12} {'ACTIONS':<12} {'PURPOSE':<26} "
-          f"{'REMAINING':>9} {'USES':>7}  RESOURCES")
+    print(
+        f"{'ID':<20} {'AGENT':<16} {'USER':<12} {'ACTIONS':<12} {'PURPOSE':<26} "
+        f"{'REMAINING':>9} {'USES':>7}  RESOURCES"
+    )
     for g in grants:
         uses = f"{g.uses}/{g.max_uses}" if g.max_uses else f"{g.uses}/-"
         left = max(0, g.expires_at - now)
-        print(f"{g.id:<20} {g.agent:<16} {g.user:<12} {','.join(g.actions):<12} "
-              f"{g.purpose:<26} {left // 60:>6}m{left % 60:02d}s {uses:>7}  "
-              f"{' '.join(g.resources)}")
+        print(
+            f"{g.id:<20} {g.agent:<16} {g.user:<12} {','.join(g.actions):<12} "
+            f"{g.purpose:<26} {left // 60:>6}m{left % 60:02d}s {uses:>7}  "
+            f"{' '.join(g.resources)}"
+        )
 
 
 def cmd_grants_issue(args: argparse.Namespace) -> int:
@@ -50,15 +54,24 @@ def cmd_grants_issue(args: argparse.Namespace) -> int:
     if args.max_uses < 0:
         raise CliError("--max-uses must be 0 (unlimited) or positive")
     client = _admin(args)
-    grant = client.issue(pb.IssueGrantRequest(
-        agent=args.agent, user=args.user, actions=args.action, resources=args.resource,
-        purpose=args.purpose, ttl_seconds=ttl, max_uses=args.max_uses,
-    ))
+    grant = client.issue(
+        pb.IssueGrantRequest(
+            agent=args.agent,
+            user=args.user,
+            actions=args.action,
+            resources=args.resource,
+            purpose=args.purpose,
+            ttl_seconds=ttl,
+            max_uses=args.max_uses,
+        )
+    )
     if args.output == "json":
         print(json.dumps(_grant_dict(grant), indent=2))
     else:
-        print(f"issued {grant.id}: {grant.agent} for {grant.user}, {','.join(grant.actions)} on "
-              f"{' '.join(grant.resources)}, purpose {grant.purpose}, expires in {ttl} s")
+        print(
+            f"issued {grant.id}: {grant.agent} for {grant.user}, {','.join(grant.actions)} on "
+            f"{' '.join(grant.resources)}, purpose {grant.purpose}, expires in {ttl} s"
+        )
     return 0
 
 
@@ -97,8 +110,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lasthop", description="Point-of-use authorization for "
-                                "AI agents: an Envoy ext_authz sidecar.")
+    p = argparse.ArgumentParser(
+        prog="lasthop",
+        description="Point-of-use authorization for AI agents: an Envoy ext_authz sidecar.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_authz, admin and metrics listeners")
@@ -113,21 +128,27 @@ def parser() -> argparse.ArgumentParser:
     cli_agents.add_commands(sub)
 
     audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
-        dest="audit_command", required=True)
+        dest="audit_command", required=True
+    )
     cli_audit.add_commands(audit)
     shadow_report.add_command(audit)
     cli_audit.add_receipt_command(sub)
 
     grants = sub.add_parser("grants", help="issue, list and revoke session grants").add_subparsers(
-        dest="grants_command", required=True)
+        dest="grants_command", required=True
+    )
     common = admin_options()
 
     issue = grants.add_parser("issue", parents=[common], help="issue a grant")
     issue.add_argument("--agent", required=True)
     issue.add_argument("--user", required=True)
     issue.add_argument("--action", action="append", required=True, help="repeatable")
-    issue.add_argument("--resource", action="append", required=True,
-                       help='Cedar entity, e.g. Patient::"p-1001"; repeatable')
+    issue.add_argument(
+        "--resource",
+        action="append",
+        required=True,
+        help='Cedar entity, e.g. Patient::"p-1001"; repeatable',
+    )
     issue.add_argument("--purpose", required=True)
     issue.add_argument("--ttl", required=True, help="30s, 15m or 2h")
     issue.add_argument("--max-uses", type=int, default=0, help="0: unlimited")
@@ -153,8 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (CliError, ConfigError, PolicyLoadError, AdminError, cli_policy.UsageError,
-            ValueError, OSError) as err:
+    except (
+        CliError,
+        ConfigError,
+        PolicyLoadError,
+        AdminError,
+        cli_policy.UsageError,
+        ValueError,
+        OSError,
+    ) as err:
         print(f"lasthop: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -44,6 +44,7 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
 
 
 def message_dict(message: Any) -> dict[str, object]:
-    result: dict[str, object] = MessageToDict(message, preserving_proto_field_name=True,
-                                              always_print_fields_with_no_presence=True)
+    result: dict[str, object] = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     return result

@@ -36,26 +36,46 @@ class UsageError(Exception):
 
 def add_commands(audit: Any) -> None:
     """Register under `lasthop audit` (the subparsers of the `audit` command)."""
-    verify = audit.add_parser("verify", help="check every hash, the sequence and every "
-                              "checkpoint signature of a trail")
-    verify.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="the trail's live file (its rotated files are included), "
-                        "rotated files, or a directory of trails")
+    verify = audit.add_parser(
+        "verify", help="check every hash, the sequence and every checkpoint signature of a trail"
+    )
+    verify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="the trail's live file (its rotated files are included), "
+        "rotated files, or a directory of trails",
+    )
     _key_options(verify)
-    verify.add_argument("--checkpoints", action="append", type=Path, default=None,
-                        help="the anchors file (default: PATH.checkpoints when it exists)")
-    verify.add_argument("--partial", action="store_true",
-                        help="the files may start after seq 1 (earlier files archived)")
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        type=Path,
+        default=None,
+        help="the anchors file (default: PATH.checkpoints when it exists)",
+    )
+    verify.add_argument(
+        "--partial",
+        action="store_true",
+        help="the files may start after seq 1 (earlier files archived)",
+    )
     verify.set_defaults(func=_guarded(cmd_verify))
 
-    disc = audit.add_parser("disclosures", help="the accounting of disclosures of PHI "
-                            "(45 CFR 164.528) from the trail")
+    disc = audit.add_parser(
+        "disclosures", help="the accounting of disclosures of PHI (45 CFR 164.528) from the trail"
+    )
     disc.add_argument("--user", default="", help="on whose behalf the agents acted")
     disc.add_argument("--patient", default="", help='the patient id (Patient::"ID")')
     disc.add_argument("--since", help="from this date or ISO time (inclusive)")
     disc.add_argument("--until", help="to this date (inclusive) or ISO time (exclusive)")
-    disc.add_argument("--trail", nargs="+", type=Path, metavar="PATH",
-                      help="trail files (default: the configured audit.path and its rotations)")
+    disc.add_argument(
+        "--trail",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="trail files (default: the configured audit.path and its rotations)",
+    )
     disc.add_argument("--format", choices=disclosures.FORMATS, default="md")
     _key_options(disc)
     disc.set_defaults(func=_guarded(cmd_disclosures))
@@ -76,15 +96,20 @@ def add_receipt_command(sub: Any) -> None:
     verify.add_argument("--path", default="", help="the request path (the query is ignored)")
     verify.add_argument("--host", default="")
     verify.add_argument("--body", type=Path, help="a file holding the request body")
-    verify.add_argument("--require-fresh", action="store_true",
-                        help="also refuse an expired receipt (as an upstream would)")
+    verify.add_argument(
+        "--require-fresh",
+        action="store_true",
+        help="also refuse an expired receipt (as an upstream would)",
+    )
     verify.set_defaults(func=_guarded(cmd_receipt_verify))
 
 
 def _key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jwks", type=Path, help="Lasthop's public keys (audit.jwks_path)")
-    p.add_argument("--config", help="take audit.path, audit.jwks_path and "
-                   "audit.checkpoints_path from this config")
+    p.add_argument(
+        "--config",
+        help="take audit.path, audit.jwks_path and audit.checkpoints_path from this config",
+    )
 
 
 def _guarded(command: Command) -> Command:
@@ -94,10 +119,12 @@ def _guarded(command: Command) -> Command:
         except (UsageError, JwksError, ConfigError, OSError, ValueError) as err:
             print(f"lasthop: {err}", file=sys.stderr)
             return EXIT_USAGE
+
     return run
 
 
 # --- audit verify ------------------------------------------------------------------------------
+
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = config.load(args.config) if args.config else None
@@ -118,9 +145,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def summary(report: audit_verify.Report, anchors: list[Path]) -> str:
-    text = (f"ok: {report.records} records, seq {report.first_seq} to {report.last_seq}, "
-            f"in {len(report.files)} file(s); {report.checkpoints} checkpoint(s) signed by "
-            f"{', '.join(sorted(report.kids)) or 'no key'}")
+    text = (
+        f"ok: {report.records} records, seq {report.first_seq} to {report.last_seq}, "
+        f"in {len(report.files)} file(s); {report.checkpoints} checkpoint(s) signed by "
+        f"{', '.join(sorted(report.kids)) or 'no key'}"
+    )
     if report.checkpoints:
         after = report.last_seq - report.last_checkpoint
         text += f"; the last at seq {report.last_checkpoint}"
@@ -150,8 +179,9 @@ def expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _keys(args: argparse.Namespace, settings: config.Settings | None,
-          required: bool) -> dict[str, Ed25519PublicKey] | None:
+def _keys(
+    args: argparse.Namespace, settings: config.Settings | None, required: bool
+) -> dict[str, Ed25519PublicKey] | None:
     if args.jwks is not None:
         return read_jwks(args.jwks)
     if settings is not None:
@@ -159,8 +189,10 @@ def _keys(args: argparse.Namespace, settings: config.Settings | None,
         if path.exists() or required:
             return read_jwks(path)
     if required:
-        raise UsageError("no public keys to check checkpoint signatures: pass --jwks FILE "
-                         "(audit.jwks_path) or --config")
+        raise UsageError(
+            "no public keys to check checkpoint signatures: pass --jwks FILE "
+            "(audit.jwks_path) or --config"
+        )
     return None
 
 
@@ -170,8 +202,7 @@ def _anchors(args: argparse.Namespace, settings: config.Settings | None) -> list
             if not path.is_file():
                 raise UsageError(f"--checkpoints: `{path}` not found")
         return list(args.checkpoints)
-    found = [path.with_name(f"{path.name}.checkpoints") for path in args.paths
-             if path.is_file()]
+    found = [path.with_name(f"{path.name}.checkpoints") for path in args.paths if path.is_file()]
     if settings is not None:
         found.append(audit_setup.checkpoints_path(settings))
     unique = {p.resolve(): p for p in found if p.is_file()}
@@ -189,6 +220,7 @@ def _line(where: audit_verify.Location) -> str:
 
 # --- audit disclosures -------------------------------------------------------------------------
 
+
 def cmd_disclosures(args: argparse.Namespace) -> int:
     if not args.user and not args.patient:
         raise UsageError("name whose disclosures: --user U, --patient ID, or both")
@@ -202,18 +234,26 @@ def cmd_disclosures(args: argparse.Namespace) -> int:
             raise UsageError(f"no audit trail at `{live}`: pass --trail or --config")
     window = disclosures.Window(
         since=disclosures.parse_day(args.since) if args.since else None,
-        until=disclosures.parse_day(args.until, end=True) if args.until else None)
+        until=disclosures.parse_day(args.until, end=True) if args.until else None,
+    )
     keys = _keys(args, settings, required=False)
     report = audit_verify.verify(files, keys, partial=True)
     if report.problem is not None:
-        print(f"lasthop: the trail does not verify, so it cannot account for disclosures: "
-              f"{report.problem}", file=sys.stderr)
+        print(
+            f"lasthop: the trail does not verify, so it cannot account for disclosures: "
+            f"{report.problem}",
+            file=sys.stderr,
+        )
         return EXIT_BROKEN
     if keys is None:
-        print("lasthop: note: hashes and sequence verified; checkpoint signatures not "
-              "checked (pass --jwks)", file=sys.stderr)
-    rows = disclosures.account(disclosures.read_records(report.files), args.user,
-                               args.patient, window)
+        print(
+            "lasthop: note: hashes and sequence verified; checkpoint signatures not "
+            "checked (pass --jwks)",
+            file=sys.stderr,
+        )
+    rows = disclosures.account(
+        disclosures.read_records(report.files), args.user, args.patient, window
+    )
     sys.stdout.write(disclosures.render(rows, args.format, _title(args)))
     return 0
 
@@ -229,6 +269,7 @@ def _title(args: argparse.Namespace) -> str:
 
 # --- audit keygen ------------------------------------------------------------------------------
 
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     if args.file.exists():
         raise UsageError(f"`{args.file}` exists; not overwriting a key")
@@ -240,14 +281,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 # --- receipt verify ----------------------------------------------------------------------------
 
+
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     token = sys.stdin.read().strip() if args.receipt == "-" else args.receipt.strip()
-    binding = receipts.Binding(method=args.method, path=args.path, host=args.host,
-                               body=args.body.read_bytes() if args.body else None)
+    binding = receipts.Binding(
+        method=args.method,
+        path=args.path,
+        host=args.host,
+        body=args.body.read_bytes() if args.body else None,
+    )
     keys = read_jwks(args.jwks)
     try:
-        claims = receipts.verify(token, keys, binding,
-                                 now=time.time() if args.require_fresh else None)
+        claims = receipts.verify(
+            token, keys, binding, now=time.time() if args.require_fresh else None
+        )
     except receipts.ReceiptError as err:
         print(f"INVALID: {err}")
         return EXIT_BROKEN

@@ -25,8 +25,15 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
-                 "redis+cluster://", "rediss+cluster://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
@@ -123,8 +130,10 @@ class AuditSettings:
             return 0.0
         match = _FSYNC_INTERVAL.match(self.fsync)
         if not match or not 1 <= int(match.group(1)) <= MAX_FSYNC_INTERVAL_MS:
-            raise ValueError(f"must be `always` or an interval from 1ms to "
-                             f"{MAX_FSYNC_INTERVAL_MS}ms such as `50ms`, got `{self.fsync}`")
+            raise ValueError(
+                f"must be `always` or an interval from 1ms to "
+                f"{MAX_FSYNC_INTERVAL_MS}ms such as `50ms`, got `{self.fsync}`"
+            )
         return int(match.group(1)) / 1000
 
 
@@ -284,8 +293,9 @@ def _validate(s: Settings) -> None:
     _range("store.timeout_ms", s.store.timeout_ms, 1, 10_000)
     url = s.store.redis_url
     if url and not url.startswith(REDIS_SCHEMES):
-        raise ConfigError("store.redis_url",
-                          f"`{url}` must start with one of {', '.join(REDIS_SCHEMES)}")
+        raise ConfigError(
+            "store.redis_url", f"`{url}` must start with one of {', '.join(REDIS_SCHEMES)}"
+        )
     if s.store.redis_cluster and not url:
         raise ConfigError("store.redis_cluster", "needs store.redis_url")
     _range("store.cache_ttl_ms", s.store.cache_ttl_ms, 0, 60_000)
@@ -304,8 +314,11 @@ def _validate(s: Settings) -> None:
     if s.policies.mode not in ("enforce", "dry-run"):
         raise ConfigError("policies.mode", f"`{s.policies.mode}` is not enforce or dry-run")
     if s.policies.mode == "dry-run" and not s.policies.allow_dry_run:
-        raise ConfigError("policies.mode", "dry-run enforces no policy or grant; it refuses to "
-                          "start unless policies.allow_dry_run = true")
+        raise ConfigError(
+            "policies.mode",
+            "dry-run enforces no policy or grant; it refuses to "
+            "start unless policies.allow_dry_run = true",
+        )
     if s.policies.reload_interval_seconds < 0:
         raise ConfigError("policies.reload_interval_seconds", "must be 0 (off) or positive")
 
@@ -319,13 +332,17 @@ def _validate_audit(a: AuditSettings) -> None:
     except ValueError as err:
         raise ConfigError("audit.fsync", str(err)) from None
     if a.on_failure != "deny":
-        raise ConfigError("audit.on_failure", f"`{a.on_failure}` is not supported; the only "
-                          "choice is `deny`: Lasthop never allows a request it cannot record")
+        raise ConfigError(
+            "audit.on_failure",
+            f"`{a.on_failure}` is not supported; the only "
+            "choice is `deny`: Lasthop never allows a request it cannot record",
+        )
     _positive("audit.checkpoint_records", a.checkpoint_records)
     _range("audit.checkpoint_seconds", a.checkpoint_seconds, 1, 86_400)
     if a.rotate_bytes and a.rotate_bytes < 1024:
-        raise ConfigError("audit.rotate_bytes", f"must be 0 (never) or at least 1024, "
-                          f"got `{a.rotate_bytes}`")
+        raise ConfigError(
+            "audit.rotate_bytes", f"must be 0 (never) or at least 1024, got `{a.rotate_bytes}`"
+        )
     _range("audit.receipt_ttl_seconds", a.receipt_ttl_seconds, 1, 3600)
 
 

@@ -47,9 +47,17 @@ class DecisionCache:
         if generation is None:
             return None
         headers = req.headers
-        return (tuple(headers.get("authorization", ())), tuple(headers.get("txn-token", ())),
-                req.method, req.path, req.host, req.peer_principal, int(now), version,
-                generation)
+        return (
+            tuple(headers.get("authorization", ())),
+            tuple(headers.get("txn-token", ())),
+            req.method,
+            req.path,
+            req.host,
+            req.peer_principal,
+            int(now),
+            version,
+            generation,
+        )
 
     def get(self, key: Key | None) -> Any:
         return None if key is None else self._entries.get(key)

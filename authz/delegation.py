@@ -73,7 +73,7 @@ def spiffe_agent(principal: str, trust_domain: str = "") -> str | None:
     """
     if not principal.startswith("spiffe://"):
         return None
-    domain, _, path = principal[len("spiffe://"):].partition("/")
+    domain, _, path = principal[len("spiffe://") :].partition("/")
     if trust_domain and domain != trust_domain:
         return None
     name = path.rstrip("/").rpartition("/")[2]

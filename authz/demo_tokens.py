@@ -51,15 +51,25 @@ class DemoIssuer:
         return path
 
     def sign(self, claims: dict[str, Any], headers: dict[str, Any] | None = None) -> str:
-        return jwt.encode(claims, self.private_key, algorithm=self.algorithm,
-                          headers={"kid": self.kid, "typ": "at+jwt", **(headers or {})})
+        return jwt.encode(
+            claims,
+            self.private_key,
+            algorithm=self.algorithm,
+            headers={"kid": self.kid, "typ": "at+jwt", **(headers or {})},
+        )
 
-    def access_token(self, user: str, agents: list[str], *, purpose: str = "",
-                     ttl: int = 600, **extra: Any) -> str:
+    def access_token(
+        self, user: str, agents: list[str], *, purpose: str = "", ttl: int = 600, **extra: Any
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": now, "exp": now + ttl,
-            "jti": uuid.uuid4().hex, "txn": str(uuid.uuid4()),
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "txn": str(uuid.uuid4()),
         }
         if agents:
             claims["act"] = act_claim(agents)
@@ -69,8 +79,18 @@ class DemoIssuer:
         claims.update(extra)
         return self.sign(claims)
 
-    def admin_token(self, sub: str = "ops-admin", scope: str = "lasthop:admin",
-                    ttl: int = 600) -> str:
+    def admin_token(
+        self, sub: str = "ops-admin", scope: str = "lasthop:admin", ttl: int = 600
+    ) -> str:
         now = int(time.time())
-        return self.sign({"iss": ISSUER, "aud": ADMIN_AUDIENCE, "sub": sub, "scope": scope,
-                          "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex})
+        return self.sign(
+            {
+                "iss": ISSUER,
+                "aud": ADMIN_AUDIENCE,
+                "sub": sub,
+                "scope": scope,
+                "iat": now,
+                "exp": now + ttl,
+                "jti": uuid.uuid4().hex,
+            }
+        )

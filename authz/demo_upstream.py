@@ -14,8 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _RECORDS = {
-    "p-1001": {"name": "Jordan Rivera", "problems": ["type 2 diabetes", "hypertension"],
-               "allergies": ["penicillin"]},
+    "p-1001": {
+        "name": "Jordan Rivera",
+        "problems": ["type 2 diabetes", "hypertension"],
+        "allergies": ["penicillin"],
+    },
     "p-1002": {"name": "Sam Okafor", "problems": ["asthma"], "allergies": []},
 }
 _MEDICATIONS = {
@@ -33,8 +36,9 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
-        body["lasthop"] = {k: v for k, v in self.headers.items()
-                           if k.lower().startswith("x-lasthop-")}
+        body["lasthop"] = {
+            k: v for k, v in self.headers.items() if k.lower().startswith("x-lasthop-")
+        }
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")

@@ -76,10 +76,23 @@ class RedisServer:
         self.workdir = workdir
         self.log = workdir / f"redis-{self.port}.log"
         self.proc = subprocess.Popen(
-            [venv_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(workdir),
-             "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                venv_binary("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--logfile",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_for(self._ping, "redis-server", self.proc, self.log)
 
@@ -106,15 +119,18 @@ class RedisServer:
 class LasthopServer:
     """`lasthop serve --config FILE` as a child process; addresses come from its ready line."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> None:
         """`command` replaces `python -m authz serve` (a benchmark's variant of the server)."""
         self.config = config
         self.log_path = config.parent / f"lasthop-{free_port()}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [*(command or [sys.executable, "-m", "authz", "serve"]), "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=self._log, text=True,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
             env={**os.environ, **(env or {})},
         )
         self.ready = self._read_ready()
@@ -125,8 +141,10 @@ class LasthopServer:
         if not line.startswith("lasthop ready "):
             self.proc.wait(START_TIMEOUT)
             self._log.flush()
-            raise RuntimeError(f"lasthop did not start (exit {self.proc.returncode}):\n"
-                               f"{self.log_path.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"lasthop did not start (exit {self.proc.returncode}):\n"
+                f"{self.log_path.read_text()[-3000:]}"
+            )
         ready: dict[str, str] = json.loads(line.removeprefix("lasthop ready "))
         return ready
 
@@ -145,20 +163,36 @@ class LasthopServer:
 
 
 class Envoy:
-    def __init__(self, workdir: Path, lasthop_port: int, upstream_port: int,
-                 template: Path = ENVOY_TEMPLATE) -> None:
+    def __init__(
+        self, workdir: Path, lasthop_port: int, upstream_port: int, template: Path = ENVOY_TEMPLATE
+    ) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         config = workdir / f"envoy-{self.port}.yaml"
-        config.write_text(Template(template.read_text()).substitute(
-            LISTEN_PORT=self.port, ENVOY_ADMIN_PORT=self.admin_port,
-            LASTHOP_PORT=lasthop_port, UPSTREAM_PORT=upstream_port,
-        ))
+        config.write_text(
+            Template(template.read_text()).substitute(
+                LISTEN_PORT=self.port,
+                ENVOY_ADMIN_PORT=self.admin_port,
+                LASTHOP_PORT=lasthop_port,
+                UPSTREAM_PORT=upstream_port,
+            )
+        )
         self.log = workdir / f"envoy-{self.port}.log"
         self.proc = subprocess.Popen(
-            [venv_binary("envoy"), "-c", str(config), "--disable-hot-restart",
-             "--log-level", "warn", "--log-path", str(self.log), "--concurrency", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                venv_binary("envoy"),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--log-path",
+                str(self.log),
+                "--concurrency",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_for(self._ready, "envoy", self.proc, self.log)
 
@@ -168,8 +202,9 @@ class Envoy:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready",
-                                        timeout=0.5) as resp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5
+            ) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -186,8 +221,14 @@ def demo_signing_key(workdir: Path) -> Path:
     return path
 
 
-def write_config(workdir: Path, jwks_path: Path, *, redis_url: str = "",
-                 policies: Path = POLICIES, extra: str = "") -> Path:
+def write_config(
+    workdir: Path,
+    jwks_path: Path,
+    *,
+    redis_url: str = "",
+    policies: Path = POLICIES,
+    extra: str = "",
+) -> Path:
     """A Lasthop config for a local stack: every listener on a free loopback port.
 
     `extra` is appended after the `[audit]` table: bare keys land in it.

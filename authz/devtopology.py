@@ -94,8 +94,13 @@ def _answers(port: int) -> bool:
         return False
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float,
-               procs: list[subprocess.Popen[bytes]] | None = None, interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    timeout: float,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+    interval: float = 0.05,
+) -> None:
     """Poll `predicate` until true; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,9 +134,22 @@ class _Processes:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def server(self, port: int, *options: str) -> subprocess.Popen[bytes]:
-        args = [venv_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--logfile", str(self.workdir / f"redis-{port}.log"), *options]
+        args = [
+            venv_binary("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.workdir / f"redis-{port}.log"),
+            *options,
+        ]
         return self._start(port, args)
 
     def sentinel(self, port: int, config: str) -> subprocess.Popen[bytes]:
@@ -180,24 +198,38 @@ class SentinelTopology:
         self.replica_port = free_port()
         fast_sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
         self._procs.server(self.primary_port, *fast_sync)
-        self._procs.server(self.replica_port, *fast_sync,
-                           "--replicaof", "127.0.0.1", str(self.primary_port))
-        wait_until(lambda: info(self.replica_port, "replication").get("master_link_status")
-                   == "up", "replica in sync", START_TIMEOUT)
+        self._procs.server(
+            self.replica_port, *fast_sync, "--replicaof", "127.0.0.1", str(self.primary_port)
+        )
+        wait_until(
+            lambda: info(self.replica_port, "replication").get("master_link_status") == "up",
+            "replica in sync",
+            START_TIMEOUT,
+        )
         self.sentinel_ports = [free_port() for _ in range(3)]
         for port in self.sentinel_ports:
             self._procs.sentinel(port, self._sentinel_config(port, service))
-        wait_until(self._sentinels_ready, "sentinels see the primary, the replica and each "
-                   "other", START_TIMEOUT, interval=0.1)
+        wait_until(
+            self._sentinels_ready,
+            "sentinels see the primary, the replica and each other",
+            START_TIMEOUT,
+            interval=0.1,
+        )
 
     def _sentinel_config(self, port: int, service: str) -> str:
-        return "\n".join([
-            f"port {port}", "bind 127.0.0.1", f"dir {self._procs.workdir}",
-            f"logfile {self._procs.workdir / f'sentinel-{port}.log'}",
-            f"sentinel monitor {service} 127.0.0.1 {self.primary_port} 2",
-            f"sentinel down-after-milliseconds {service} {DOWN_AFTER_MS}",
-            f"sentinel failover-timeout {service} {FAILOVER_TIMEOUT_MS}",
-            f"sentinel parallel-syncs {service} 1", ""])
+        return "\n".join(
+            [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {self._procs.workdir}",
+                f"logfile {self._procs.workdir / f'sentinel-{port}.log'}",
+                f"sentinel monitor {service} 127.0.0.1 {self.primary_port} 2",
+                f"sentinel down-after-milliseconds {service} {DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {service} {FAILOVER_TIMEOUT_MS}",
+                f"sentinel parallel-syncs {service} 1",
+                "",
+            ]
+        )
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
@@ -221,8 +253,7 @@ class SentinelTopology:
 
     def wait_for_replica(self, timeout_ms: int = 1000) -> int:
         """WAIT on the primary for one replica; the number that acknowledged."""
-        return int(command(self.primary_port, "WAIT", 1, timeout_ms,
-                           timeout=timeout_ms / 1000 + 1))
+        return int(command(self.primary_port, "WAIT", 1, timeout_ms, timeout=timeout_ms / 1000 + 1))
 
     @contextlib.contextmanager
     def replica_paused(self) -> Iterator[None]:
@@ -248,8 +279,10 @@ class SentinelTopology:
         old = self.primary_port
 
         def promoted() -> bool:
-            ports = {int(command(p, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
-                     for p in self.sentinel_ports}
+            ports = {
+                int(command(p, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+                for p in self.sentinel_ports
+            }
             if len(ports) != 1 or old in ports:
                 return False
             (port,) = ports
@@ -297,24 +330,43 @@ class ClusterTopology:
     def _start(self, masters: int) -> None:
         self.ports = [_cluster_port() for _ in range(masters)]
         for port in self.ports:
-            self._procs.server(port, "--cluster-enabled", "yes",
-                               "--cluster-config-file", f"nodes-{port}.conf",
-                               "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS))
+            self._procs.server(
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(CLUSTER_NODE_TIMEOUT_MS),
+            )
         created = subprocess.run(
-            [venv_binary("redis-cli"), "--cluster", "create",
-             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "0",
-             "--cluster-yes"],
-            capture_output=True, text=True, timeout=START_TIMEOUT, stdin=subprocess.DEVNULL)
+            [
+                venv_binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         if created.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed ({created.returncode}):\n"
-                               f"{created.stdout[-1500:]}{created.stderr[-1500:]}")
+            raise RuntimeError(
+                f"redis-cli --cluster create failed ({created.returncode}):\n"
+                f"{created.stdout[-1500:]}{created.stderr[-1500:]}"
+            )
         wait_until(self._ok, "cluster_state:ok on every node", START_TIMEOUT, interval=0.1)
 
     def _ok(self) -> bool:
         for port in self.ports:
             state = info_cluster(port)
             if state.get("cluster_state") != "ok" or state.get("cluster_known_nodes") != str(
-                    len(self.ports)):
+                len(self.ports)
+            ):
                 return False
         return True
 

@@ -51,7 +51,8 @@ class Window:
 
     def holds(self, when: datetime) -> bool:
         return (self.since is None or when >= self.since) and (
-            self.until is None or when < self.until)
+            self.until is None or when < self.until
+        )
 
 
 def parse_day(text: str, end: bool = False) -> datetime:
@@ -82,8 +83,9 @@ def about(record: dict[str, Any], subject: str) -> bool:
     return record.get("resource") == subject or subject in record.get("parents", [])
 
 
-def account(records: Iterable[dict[str, Any]], user: str = "", patient: str = "",
-            window: Window = Window()) -> list[Disclosure]:
+def account(
+    records: Iterable[dict[str, Any]], user: str = "", patient: str = "", window: Window = Window()
+) -> list[Disclosure]:
     subject = str(EntityRef(PATIENT_TYPE, patient)) if patient else ""
     rows = []
     for r in records:
@@ -100,11 +102,17 @@ def account(records: Iterable[dict[str, Any]], user: str = "", patient: str = ""
 def _row(r: dict[str, Any]) -> Disclosure:
     chain = [r.get("user", ""), *r.get("chain", [])]
     return Disclosure(
-        date=r["time"], recipient=r.get("agent", ""), recipient_owner=r.get("owner", ""),
+        date=r["time"],
+        recipient=r.get("agent", ""),
+        recipient_owner=r.get("owner", ""),
         description=f"{r.get('action', '')} {r.get('resource', '')}",
-        purpose=r.get("purpose", ""), user=r.get("user", ""), chain=" -> ".join(chain),
-        grant_id=r.get("grant_id", ""), txn=r.get("txn", ""),
-        decision_id=r.get("decision_id", ""))
+        purpose=r.get("purpose", ""),
+        user=r.get("user", ""),
+        chain=" -> ".join(chain),
+        grant_id=r.get("grant_id", ""),
+        txn=r.get("txn", ""),
+        decision_id=r.get("decision_id", ""),
+    )
 
 
 def render(rows: list[Disclosure], fmt: str, title: str) -> str:
@@ -112,8 +120,9 @@ def render(rows: list[Disclosure], fmt: str, title: str) -> str:
         return json.dumps([asdict(r) for r in rows], indent=2) + "\n"
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(Disclosure.__dataclass_fields__),
-                                lineterminator="\n")
+        writer = csv.DictWriter(
+            out, fieldnames=list(Disclosure.__dataclass_fields__), lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
         return out.getvalue()
@@ -121,14 +130,25 @@ def render(rows: list[Disclosure], fmt: str, title: str) -> str:
 
 
 def _markdown(rows: list[Disclosure], title: str) -> str:
-    lines = [f"# {title}", "",
-             f"{len(rows)} disclosure(s). Elements of 45 CFR 164.528(b)(2): date, "
-             "recipient, description of the information, purpose.", "",
-             "| date | recipient (agent, owner) | description | purpose | on behalf of "
-             "(chain) | grant | decision id |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} disclosure(s). Elements of 45 CFR 164.528(b)(2): date, "
+        "recipient, description of the information, purpose.",
+        "",
+        "| date | recipient (agent, owner) | description | purpose | on behalf of "
+        "(chain) | grant | decision id |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        cells = [r.date, f"{r.recipient} (owner {r.recipient_owner or 'unknown'})",
-                 r.description, r.purpose, r.chain, r.grant_id or "-", r.decision_id]
+        cells = [
+            r.date,
+            f"{r.recipient} (owner {r.recipient_owner or 'unknown'})",
+            r.description,
+            r.purpose,
+            r.chain,
+            r.grant_id or "-",
+            r.decision_id,
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -53,8 +53,9 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
     )
 
 
-def _body_digest(http: attributes.AttributeContext.HttpRequest,
-                 headers: dict[str, list[str]]) -> str:
+def _body_digest(
+    http: attributes.AttributeContext.HttpRequest, headers: dict[str, list[str]]
+) -> str:
     """SHA-256 of the body, only when Envoy says it sent all of it."""
     if headers.get(PARTIAL_BODY_HEADER) != ["false"]:
         return ""
@@ -92,26 +93,34 @@ def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=pb.OkHttpResponse(
             # a receipt is base64url by construction and must not be cut at 512 characters
-            headers=[_header(k, v if k == RECEIPT_HEADER else _header_safe(v))
-                     for k, v in ours.items()],
+            headers=[
+                _header(k, v if k == RECEIPT_HEADER else _header_safe(v)) for k, v in ours.items()
+            ],
             headers_to_remove=spoofed,
         ),
     )
 
 
 def _deny(decision: Decision) -> pb.CheckResponse:
-    body = json.dumps({
-        "decision": "deny",
-        "reason": decision.reason,
-        "detail": decision.detail,
-        "decision_id": decision.decision_id,
-    })
-    headers = [_header("content-type", "application/json"),
-               _header("x-lasthop-decision-id", decision.decision_id)]
+    body = json.dumps(
+        {
+            "decision": "deny",
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "decision_id": decision.decision_id,
+        }
+    )
+    headers = [
+        _header("content-type", "application/json"),
+        _header("x-lasthop-decision-id", decision.decision_id),
+    ]
     if decision.status == 401:
-        headers.append(_header(
-            "www-authenticate",
-            f'Bearer error="invalid_token", error_description="{decision.reason}"'))
+        headers.append(
+            _header(
+                "www-authenticate",
+                f'Bearer error="invalid_token", error_description="{decision.reason}"',
+            )
+        )
     return pb.CheckResponse(
         status=status_pb2.Status(code=_GRPC_CODE.get(decision.status, code_pb2.UNAVAILABLE)),
         denied_response=pb.DeniedHttpResponse(
@@ -124,8 +133,15 @@ def _deny(decision: Decision) -> pb.CheckResponse:
 
 def internal_error_response() -> pb.CheckResponse:
     """The deny for a failure outside the pipeline: still an OK RPC, never a gRPC error."""
-    return _deny(Decision(decision_id=uuid.uuid4().hex, allowed=False, status=503,
-                          reason="internal_error", detail="internal error"))
+    return _deny(
+        Decision(
+            decision_id=uuid.uuid4().hex,
+            allowed=False,
+            status=503,
+            reason="internal_error",
+            detail="internal error",
+        )
+    )
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:

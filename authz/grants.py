@@ -39,6 +39,7 @@ class GrantStore(Protocol):
         """Count one use; return the count including this one. Over the limit: max + 1,
         and nothing is counted."""
         ...
+
     async def uses(self, grant_id: str) -> int: ...
     async def close(self) -> None: ...
 
@@ -54,8 +55,14 @@ class GrantRequest:
     max_uses: int = 0
 
 
-def new_grant(req: GrantRequest, issued_by: str, now: int, known_agents: set[str],
-              known_actions: frozenset[str], max_ttl: int) -> Grant:
+def new_grant(
+    req: GrantRequest,
+    issued_by: str,
+    now: int,
+    known_agents: set[str],
+    known_actions: frozenset[str],
+    max_ttl: int,
+) -> Grant:
     """Validate an issue request; raises GrantRequestError naming what is wrong."""
     if req.agent not in known_agents:
         raise GrantRequestError(f"unknown agent `{req.agent}`; register it first")
@@ -65,8 +72,9 @@ def new_grant(req: GrantRequest, issued_by: str, now: int, known_agents: set[str
         raise GrantRequestError("at least one non-empty action is required")
     for action in req.actions:
         if action not in known_actions:
-            raise GrantRequestError(f"unknown action `{action}`; expected one of "
-                                    f"{sorted(known_actions)}")
+            raise GrantRequestError(
+                f"unknown action `{action}`; expected one of {sorted(known_actions)}"
+            )
     if not req.resources:
         raise GrantRequestError("at least one resource is required")
     for resource in req.resources:
@@ -110,8 +118,9 @@ def select(grants: list[Grant], route: RouteMatch, purpose: str, now: float) -> 
         raise GrantError("grant_expired", "every grant covering this request has expired")
     matching = [g for g in live if g.purpose == purpose]
     if not matching:
-        raise GrantError("purpose_mismatch",
-                         f"no grant for purpose `{purpose}`; grants are for another purpose")
+        raise GrantError(
+            "purpose_mismatch", f"no grant for purpose `{purpose}`; grants are for another purpose"
+        )
     return min(matching, key=lambda g: g.expires_at)  # spend the soonest-expiring first
 
 
@@ -149,8 +158,11 @@ class EmbeddedGrantStore:
 
     async def list(self, agent: str = "", user: str = "") -> list[Grant]:
         self._purge()
-        return [g for g in self._grants.values()
-                if (not agent or g.agent == agent) and (not user or g.user == user)]
+        return [
+            g
+            for g in self._grants.values()
+            if (not agent or g.agent == agent) and (not user or g.user == user)
+        ]
 
     async def consume(self, grant: Grant) -> int:
         async with self._lock:

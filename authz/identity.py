@@ -150,8 +150,9 @@ def _check_header(header: dict[str, Any], keys: KeySource, rules: IdentityRules)
     if key is None:
         raise TokenError("unknown_key", "`kid` names no key in the issuer's JWKS")
     if key.algorithm != alg:
-        raise TokenError("key_algorithm_mismatch",
-                         f"key is bound to `{key.algorithm}`, not `{alg}`")
+        raise TokenError(
+            "key_algorithm_mismatch", f"key is bound to `{key.algorithm}`, not `{alg}`"
+        )
     return key
 
 
@@ -187,8 +188,9 @@ def _check_claims(claims: dict[str, Any], rules: IdentityRules, now: float) -> N
     if nbf is not None and nbf > now + rules.leeway:
         raise TokenError("token_not_yet_valid", "`nbf` is in the future")
     if exp - iat > rules.max_lifetime:
-        raise TokenError("token_lifetime_too_long",
-                         f"exp - iat exceeds the {rules.max_lifetime} s maximum")
+        raise TokenError(
+            "token_lifetime_too_long", f"exp - iat exceeds the {rules.max_lifetime} s maximum"
+        )
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise TokenError("missing_claim", "claim `sub` must be a non-empty string")

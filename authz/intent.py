@@ -21,8 +21,9 @@ TXN_TOKEN_HEADER = "txn-token"
 
 
 class IntentReader:
-    def __init__(self, keys: KeySource, rules: identity.IdentityRules,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, keys: KeySource, rules: identity.IdentityRules, clock: Callable[[], float]
+    ) -> None:
         self._keys = keys
         self._rules = rules
         self._clock = clock

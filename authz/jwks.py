@@ -96,8 +96,9 @@ def _parse_key(entry: Any, allowed: tuple[str, ...], where: str) -> VerifyKey | 
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as err:
         raise ConfigError("identity.jwks", f"{where} (`{kid}`) is unusable: {err}") from err
     if jwk.algorithm_name not in allowed:
-        log.warning("jwks key `%s` uses `%s`, not in identity.algorithms; ignored",
-                    kid, jwk.algorithm_name)
+        log.warning(
+            "jwks key `%s` uses `%s`, not in identity.algorithms; ignored", kid, jwk.algorithm_name
+        )
         return None
     return VerifyKey(kid=kid, algorithm=jwk.algorithm_name, jwk=jwk)
 
@@ -142,8 +143,9 @@ class RemoteKeys(StaticKeys):
                 body = await asyncio.to_thread(_fetch, self._url)
                 self.replace(parse_jwks(body, self._allowed, self._url))
             except (OSError, ValueError, ConfigError) as err:
-                log.error("jwks refresh from `%s` failed, keeping the last good keys: %s",
-                          self._url, err)
+                log.error(
+                    "jwks refresh from `%s` failed, keeping the last good keys: %s", self._url, err
+                )
 
 
 def load(source: str, base: Path, allowed: tuple[str, ...], refresh_seconds: int) -> StaticKeys:

@@ -6,8 +6,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
 CHECK_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
-    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 
 
@@ -18,15 +33,21 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.check_duration = Histogram(
-            "lasthop_check_duration_seconds", "Time to decide one ext_authz Check.",
-            buckets=CHECK_BUCKETS, registry=registry,
+            "lasthop_check_duration_seconds",
+            "Time to decide one ext_authz Check.",
+            buckets=CHECK_BUCKETS,
+            registry=registry,
         )
         self.decisions = Counter(
-            "lasthop_decisions_total", "Decisions by outcome and reason.",
-            ["decision", "reason"], registry=registry,
+            "lasthop_decisions_total",
+            "Decisions by outcome and reason.",
+            ["decision", "reason"],
+            registry=registry,
         )
         self.in_flight = Gauge(
-            "lasthop_checks_in_flight", "Checks being decided now.", registry=registry,
+            "lasthop_checks_in_flight",
+            "Checks being decided now.",
+            registry=registry,
         )
         self.shadow_disagreements = Counter(
             "lasthop_shadow_disagreements_total",
@@ -34,31 +55,46 @@ class Metrics:
             registry=registry,
         )
         self.policy_reloads = Counter(
-            "lasthop_policy_reload_total", "Policy reloads by result.", ["result"],
+            "lasthop_policy_reload_total",
+            "Policy reloads by result.",
+            ["result"],
             registry=registry,
         )
         self.cache_requests = Counter(
-            "lasthop_cache_requests_total", "Local cache lookups by cache and result.",
-            ["cache", "result"], registry=registry,
+            "lasthop_cache_requests_total",
+            "Local cache lookups by cache and result.",
+            ["cache", "result"],
+            registry=registry,
         )
         self.phase_duration = Histogram(
-            "lasthop_phase_duration_seconds", "Time spent in one phase of a decided check.",
-            ["phase"], buckets=CHECK_BUCKETS, registry=registry,
+            "lasthop_phase_duration_seconds",
+            "Time spent in one phase of a decided check.",
+            ["phase"],
+            buckets=CHECK_BUCKETS,
+            registry=registry,
         )
         self.phases = {name: self.phase_duration.labels(name) for name in PHASES}
         self.store_duration = Histogram(
-            "lasthop_store_duration_seconds", "Redis round trips by operation.",
-            ["op"], buckets=CHECK_BUCKETS, registry=registry,
+            "lasthop_store_duration_seconds",
+            "Redis round trips by operation.",
+            ["op"],
+            buckets=CHECK_BUCKETS,
+            registry=registry,
         )
         self.store_errors = Counter(
-            "lasthop_store_errors_total", "Redis operations that failed, by operation.",
-            ["op"], registry=registry,
+            "lasthop_store_errors_total",
+            "Redis operations that failed, by operation.",
+            ["op"],
+            registry=registry,
         )
         self.audit_queue = Gauge(
-            "lasthop_audit_queue_depth", "Records waiting for the audit writer.",
+            "lasthop_audit_queue_depth",
+            "Records waiting for the audit writer.",
             registry=registry,
         )
         self.policy_version = Gauge(
-            "lasthop_policy_version_info", "The policy set in force.", ["version"],
+            "lasthop_policy_version_info",
+            "The policy set in force.",
+            ["version"],
             registry=registry,
         )

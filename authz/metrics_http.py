@@ -29,24 +29,28 @@ def app(registry: CollectorRegistry, documents: Mapping[str, object]) -> WsgiApp
         if body is None:
             result: Iterable[bytes] = metrics(environ, start_response)
             return result
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(body))),
-                                  ("Cache-Control", "max-age=300")])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "max-age=300"),
+            ],
+        )
         return [body]
 
     return serve
 
 
-def start(host: str, port: int, registry: CollectorRegistry,
-          documents: Mapping[str, object]) -> ThreadingWSGIServer:
+def start(
+    host: str, port: int, registry: CollectorRegistry, documents: Mapping[str, object]
+) -> ThreadingWSGIServer:
     """Serve in a daemon thread; `shutdown()` the returned server to stop."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                flags=socket.AI_PASSIVE)[0][0]
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
     class Server(ThreadingWSGIServer):
         address_family = family
 
-    httpd = make_server(host, port, app(registry, documents), Server,
-                        handler_class=_SilentHandler)
+    httpd = make_server(host, port, app(registry, documents), Server, handler_class=_SilentHandler)
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
     return httpd

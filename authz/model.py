@@ -126,8 +126,11 @@ class Agent:
             raise ValueError("agent is not an object")
         try:
             agent = cls(
-                id=_str(data["id"]), owner=_str(data["owner"]), risk=_int(data["risk"]),
-                status=_str(data["status"]), description=_str(data.get("description", "")),
+                id=_str(data["id"]),
+                owner=_str(data["owner"]),
+                risk=_int(data["risk"]),
+                status=_str(data["status"]),
+                description=_str(data.get("description", "")),
                 allowed_purposes=tuple(_str(p) for p in data.get("allowed_purposes", [])),
                 created_at=_int(data.get("created_at", 0)),
                 registered_by=_str(data.get("registered_by", "")),

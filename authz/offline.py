@@ -32,13 +32,20 @@ DEFAULT_TIERS = RiskTiers()
 
 
 def rules_for(ident: IdentitySettings) -> tuple[IdentityRules, IdentityRules]:
-    common: dict[str, Any] = dict(algorithms=frozenset(ident.algorithms),
-                                  leeway=ident.leeway_seconds,
-                                  max_lifetime=ident.max_token_lifetime,
-                                  audiences=frozenset(ident.audiences))
-    return (IdentityRules(issuers=frozenset({ident.issuer}), types=ACCESS_TOKEN_TYPES, **common),
-            IdentityRules(issuers=frozenset(ident.txn_token_issuers or (ident.issuer,)),
-                          types=TXN_TOKEN_TYPES, **common))
+    common: dict[str, Any] = dict(
+        algorithms=frozenset(ident.algorithms),
+        leeway=ident.leeway_seconds,
+        max_lifetime=ident.max_token_lifetime,
+        audiences=frozenset(ident.audiences),
+    )
+    return (
+        IdentityRules(issuers=frozenset({ident.issuer}), types=ACCESS_TOKEN_TYPES, **common),
+        IdentityRules(
+            issuers=frozenset(ident.txn_token_issuers or (ident.issuer,)),
+            types=TXN_TOKEN_TYPES,
+            **common,
+        ),
+    )
 
 
 class ClaimsSigner:
@@ -47,12 +54,18 @@ class ClaimsSigner:
     def __init__(self, ident: IdentitySettings) -> None:
         self._ident = ident
         self.issuer = DemoIssuer("ES256", kid=THROWAWAY_KID)
-        self.keys = jwks.StaticKeys(jwks.parse_jwks(
-            json.dumps({"keys": [self.issuer.public_jwk]}), ("ES256",), "offline"))
+        self.keys = jwks.StaticKeys(
+            jwks.parse_jwks(json.dumps({"keys": [self.issuer.public_jwk]}), ("ES256",), "offline")
+        )
 
     def token(self, claims: dict[str, Any], now: float) -> str:
-        full = {"iss": self._ident.issuer, "aud": self._ident.audiences[0],
-                "iat": int(now), "exp": int(now) + 300, **claims}
+        full = {
+            "iss": self._ident.issuer,
+            "aud": self._ident.audiences[0],
+            "iat": int(now),
+            "exp": int(now) + 300,
+            **claims,
+        }
         return self.issuer.sign(full)
 
 
@@ -63,9 +76,14 @@ class Offline:
     audit: MemoryAudit
 
 
-def build(bundle: PolicyBundle, ident: IdentitySettings, keys: jwks.KeySource,
-          clock: Callable[[], float] = time.time, dry_run: bool = False,
-          tiers: RiskTiers = DEFAULT_TIERS) -> Offline:
+def build(
+    bundle: PolicyBundle,
+    ident: IdentitySettings,
+    keys: jwks.KeySource,
+    clock: Callable[[], float] = time.time,
+    dry_run: bool = False,
+    tiers: RiskTiers = DEFAULT_TIERS,
+) -> Offline:
     access, txn = rules_for(ident)
     store = EmbeddedGrantStore(clock)
     audit = MemoryAudit()
@@ -77,9 +95,13 @@ def build(bundle: PolicyBundle, ident: IdentitySettings, keys: jwks.KeySource,
         store=store,
         audit=audit,
         metrics=None,
-        options=PipelineOptions(max_chain_depth=ident.max_chain_depth, bind_peer=ident.bind_peer,
-                                trust_domain=ident.spiffe_trust_domain, dry_run=dry_run,
-                                tiers=tiers),
+        options=PipelineOptions(
+            max_chain_depth=ident.max_chain_depth,
+            bind_peer=ident.bind_peer,
+            trust_domain=ident.spiffe_trust_domain,
+            dry_run=dry_run,
+            tiers=tiers,
+        ),
         clock=clock,
     )
     return Offline(pipeline=pipeline, store=store, audit=audit)

@@ -127,10 +127,16 @@ class Pipeline:
             if self.metrics:
                 self.metrics.in_flight.dec()  # also when Envoy cancels the call
 
-    async def _check(self, req: CheckInput, bundle: PolicyBundle, started: float,
-                     decision_id: str) -> Decision:
-        key = (self.decisions.key(req, f"{bundle.version}/{self.verifier.key_generation}",
-                                  self.clock()) if self.decisions else None)
+    async def _check(
+        self, req: CheckInput, bundle: PolicyBundle, started: float, decision_id: str
+    ) -> Decision:
+        key = (
+            self.decisions.key(
+                req, f"{bundle.version}/{self.verifier.key_generation}", self.clock()
+            )
+            if self.decisions
+            else None
+        )
         cached = self.decisions.get(key) if self.decisions else None
         if cached is not None:
             trace, status, reason, detail, policies = cached
@@ -138,10 +144,15 @@ class Pipeline:
         else:
             trace = _Trace()
             decision = await self._decide_all(req, bundle, trace, decision_id)
-            if self.decisions and decision.status != 503 and not (
-                    trace.grant is not None and trace.grant.max_uses):
-                self.decisions.put(key, (trace, decision.status, decision.reason,
-                                         decision.detail, decision.policies))
+            if (
+                self.decisions
+                and decision.status != 503
+                and not (trace.grant is not None and trace.grant.max_uses)
+            ):
+                self.decisions.put(
+                    key,
+                    (trace, decision.status, decision.reason, decision.detail, decision.policies),
+                )
         elapsed = time.perf_counter() - started
         record = self._record(req, decision, trace, bundle.version, elapsed)
         if decision.allowed and self.receipts is not None:
@@ -150,26 +161,35 @@ class Pipeline:
                 decision = replace(decision, receipt=receipt)
             else:
                 internal = InternalError("cannot sign the receipt")
-                decision = _decision(decision_id, trace, internal.status, internal.reason,
-                                     internal.detail)
+                decision = _decision(
+                    decision_id, trace, internal.status, internal.reason, internal.detail
+                )
                 record = self._record(req, decision, trace, bundle.version, elapsed)
         audit_started = time.perf_counter()
         if not await self._audit(record):
-            decision = _decision(decision_id, trace, 503, "audit_unavailable",
-                                 "the audit trail cannot take the record; refusing")
+            decision = _decision(
+                decision_id,
+                trace,
+                503,
+                "audit_unavailable",
+                "the audit trail cannot take the record; refusing",
+            )
         if self.metrics:
             self.metrics.phases["audit"].observe(time.perf_counter() - audit_started)
             self.metrics.check_duration.observe(time.perf_counter() - started)
             self.metrics.decisions.labels(
-                "allow" if decision.allowed else "deny", decision.reason).inc()
+                "allow" if decision.allowed else "deny", decision.reason
+            ).inc()
             self.metrics.cache_requests.labels(
-                "decisions", "hit" if cached is not None else "miss").inc()
+                "decisions", "hit" if cached is not None else "miss"
+            ).inc()
             if trace.shadow_disagrees:
                 self.metrics.shadow_disagreements.inc()
         return decision
 
-    async def _decide_all(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace,
-                          decision_id: str) -> Decision:
+    async def _decide_all(
+        self, req: CheckInput, bundle: PolicyBundle, trace: _Trace, decision_id: str
+    ) -> Decision:
         """Every phase, and the decision they come to; never raises."""
         try:
             await self._decide(req, bundle, trace)
@@ -177,19 +197,37 @@ class Pipeline:
         except (GrantError, PolicyDenied) as err:
             if self.options.dry_run:
                 trace.dry_run = err.reason
-                decision = _decision(decision_id, trace, 200, "dry_run",
-                                     f"dry run: would deny: {err.reason}: {err.detail}")
+                decision = _decision(
+                    decision_id,
+                    trace,
+                    200,
+                    "dry_run",
+                    f"dry run: would deny: {err.reason}: {err.detail}",
+                )
             else:
-                decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
-                                     policies=err.policies or trace.policies)
+                decision = _decision(
+                    decision_id,
+                    trace,
+                    err.status,
+                    err.reason,
+                    err.detail,
+                    policies=err.policies or trace.policies,
+                )
         except LasthopError as err:
-            decision = _decision(decision_id, trace, err.status, err.reason, err.detail,
-                                 policies=err.policies or trace.policies)
+            decision = _decision(
+                decision_id,
+                trace,
+                err.status,
+                err.reason,
+                err.detail,
+                policies=err.policies or trace.policies,
+            )
         except Exception:  # noqa: BLE001 - any bug is a deny, never an allow
             log.exception("check %s failed", decision_id)
             internal = InternalError()
-            decision = _decision(decision_id, trace, internal.status, internal.reason,
-                                 internal.detail)
+            decision = _decision(
+                decision_id, trace, internal.status, internal.reason, internal.detail
+            )
         return decision
 
     async def _decide(self, req: CheckInput, bundle: PolicyBundle, trace: _Trace) -> None:
@@ -206,8 +244,9 @@ class Pipeline:
         trace.chain = chain
         client = claims.client_id
         client_is_agent = bool(client) and await self.registry.get(client) is not None
-        delegation.check_presenter(claims, chain, {client} if client_is_agent else set(),
-                                   self._peer_agent(req))
+        delegation.check_presenter(
+            claims, chain, {client} if client_is_agent else set(), self._peer_agent(req)
+        )
 
         # registry: every agent in the chain registered and active
         agents = await resolve_chain(self.registry, chain)
@@ -238,7 +277,8 @@ class Pipeline:
 
         # cedar: Allow with no errors, or deny
         request = policy.CedarRequest(
-            principal=EntityRef("Agent", chain.actor) if chain.agents
+            principal=EntityRef("Agent", chain.actor)
+            if chain.agents
             else EntityRef("User", chain.user),
             action=route.action,
             resource=route.resource,
@@ -258,8 +298,12 @@ class Pipeline:
             uses = await self.store.consume(grant)
             if uses > grant.max_uses:
                 raise GrantError("grant_exhausted", f"grant `{grant.id}` has no uses left")
-            detail = {"uses": uses, "max_uses": grant.max_uses, "agent": grant.agent,
-                      "user": grant.user}
+            detail = {
+                "uses": uses,
+                "max_uses": grant.max_uses,
+                "agent": grant.agent,
+                "user": grant.user,
+            }
             await self._event("grant_used", grant.id, detail)
             if uses == grant.max_uses:
                 await self._event("grant_exhausted", grant.id, detail)
@@ -275,12 +319,14 @@ class Pipeline:
             now = time.perf_counter()
             phases[name].observe(now - last[0])
             last[0] = now
+
         return phase
 
     async def _event(self, event: str, target: str, detail: dict[str, object]) -> None:
         """A lifecycle event the check caused; it must be on the trail before the check ends."""
-        record = EventRecord(event=event, actor="lasthop", target=target,
-                             time=rfc3339(self.clock()), detail=detail)
+        record = EventRecord(
+            event=event, actor="lasthop", target=target, time=rfc3339(self.clock()), detail=detail
+        )
         if not await self._audit(record):
             raise AuditUnavailable()
 
@@ -288,21 +334,29 @@ class Pipeline:
         """Record each covering grant found expired, once per process."""
         now = self.clock()
         for grant in held:
-            if grant.expires_at <= now and grants.covers(grant, route) and \
-                    grant.id not in self._expired_seen:
+            if (
+                grant.expires_at <= now
+                and grants.covers(grant, route)
+                and grant.id not in self._expired_seen
+            ):
                 if len(self._expired_seen) >= 10_000:
                     self._expired_seen.clear()
                 self._expired_seen.add(grant.id)
-                await self._event("grant_expired", grant.id, {
-                    "agent": grant.agent, "user": grant.user, "expires_at": grant.expires_at})
+                await self._event(
+                    "grant_expired",
+                    grant.id,
+                    {"agent": grant.agent, "user": grant.user, "expires_at": grant.expires_at},
+                )
 
     async def _audit(self, record: AuditRecord | EventRecord) -> bool:
         """No record, no allow: a sink that refuses or raises fails the check closed."""
         try:
             return await self.audit.commit(record)
         except Exception:  # noqa: BLE001
-            log.exception("audit sink failed for %s",
-                          getattr(record, "decision_id", "") or getattr(record, "event", ""))
+            log.exception(
+                "audit sink failed for %s",
+                getattr(record, "decision_id", "") or getattr(record, "event", ""),
+            )
             return False
 
     def _receipt(self, record: AuditRecord, req: CheckInput) -> str:
@@ -319,12 +373,14 @@ class Pipeline:
             return None
         agent = delegation.spiffe_agent(req.peer_principal, self.options.trust_domain)
         if agent is None:
-            raise DelegationError("peer_mismatch",
-                                  "no SPIFFE peer identity from Envoy in the trust domain to bind")
+            raise DelegationError(
+                "peer_mismatch", "no SPIFFE peer identity from Envoy in the trust domain to bind"
+            )
         return agent
 
-    def _context(self, req: CheckInput, chain: Chain, intent: Intent,
-                 grant: Grant | None) -> dict[str, object]:
+    def _context(
+        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None
+    ) -> dict[str, object]:
         context: dict[str, object] = {
             "user": {"__entity": {"type": "User", "id": chain.user}},
             "chain_depth": chain.depth,
@@ -332,17 +388,21 @@ class Pipeline:
             "delegator": chain.delegator,
             "purpose": intent.purpose,
             "txn": intent.txn,
-            "request": {"method": req.method, "path": req.path.partition("?")[0],
-                        "host": req.host},
+            "request": {"method": req.method, "path": req.path.partition("?")[0], "host": req.host},
             "time": int(self.clock()),
         }
         if grant is not None:
-            context["grant"] = {"id": grant.id, "purpose": grant.purpose,
-                                "issued_by": grant.issued_by, "expires_at": grant.expires_at}
+            context["grant"] = {
+                "id": grant.id,
+                "purpose": grant.purpose,
+                "issued_by": grant.issued_by,
+                "expires_at": grant.expires_at,
+            }
         return context
 
-    def _record(self, req: CheckInput, d: Decision, trace: _Trace, version: str,
-                elapsed: float) -> AuditRecord:
+    def _record(
+        self, req: CheckInput, d: Decision, trace: _Trace, version: str, elapsed: float
+    ) -> AuditRecord:
         chain = d.chain
         return AuditRecord(
             decision_id=d.decision_id,
@@ -380,8 +440,14 @@ def _no_phase(name: str) -> None:
     return None
 
 
-def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail: str,
-              policies: tuple[str, ...] = ()) -> Decision:
+def _decision(
+    decision_id: str,
+    trace: _Trace,
+    status: int,
+    reason: str,
+    detail: str,
+    policies: tuple[str, ...] = (),
+) -> Decision:
     return Decision(
         decision_id=decision_id,
         allowed=status == 200,
@@ -400,4 +466,3 @@ def _decision(decision_id: str, trace: _Trace, status: int, reason: str, detail:
         shadow_disagrees=trace.shadow_disagrees,
         owner=trace.owner,
     )
-

@@ -77,19 +77,25 @@ def agent_entity(agent: Agent, tiers: RiskTiers) -> dict[str, Any]:
     }
 
 
-def request_entities(resource: EntityRef, parents: tuple[EntityRef, ...],
-                     agents: list[Agent], tiers: RiskTiers = DEFAULT_TIERS) -> str:
+def request_entities(
+    resource: EntityRef,
+    parents: tuple[EntityRef, ...],
+    agents: list[Agent],
+    tiers: RiskTiers = DEFAULT_TIERS,
+) -> str:
     """The per-request delta: the chain's agents, and the resource under its parents."""
     return _delta(resource, parents, tuple(agents), tiers)
 
 
 @functools.lru_cache(maxsize=4096)
-def _delta(resource: EntityRef, parents: tuple[EntityRef, ...], agents: tuple[Agent, ...],
-           tiers: RiskTiers) -> str:
+def _delta(
+    resource: EntityRef, parents: tuple[EntityRef, ...], agents: tuple[Agent, ...], tiers: RiskTiers
+) -> str:
     # Agents are frozen values: a changed agent is a different key, never a stale entry.
     delta: list[dict[str, Any]] = [agent_entity(a, tiers) for a in agents]
-    delta.append({"uid": resource.as_cedar(), "attrs": {},
-                  "parents": [p.as_cedar() for p in parents]})
+    delta.append(
+        {"uid": resource.as_cedar(), "attrs": {}, "parents": [p.as_cedar() for p in parents]}
+    )
     delta.extend({"uid": p.as_cedar(), "attrs": {}, "parents": []} for p in parents)
     return json.dumps(delta)
 
@@ -128,16 +134,18 @@ def evaluate(bundle: PolicyBundle, request: CedarRequest, delta_json: str) -> Ce
     return outcome
 
 
-def _evaluate(bundle: PolicyBundle, request: CedarRequest, cedar_request: dict[str, Any],
-              delta_json: str) -> CedarOutcome:
+def _evaluate(
+    bundle: PolicyBundle, request: CedarRequest, cedar_request: dict[str, Any], delta_json: str
+) -> CedarOutcome:
     try:
         entities = _entities(bundle, delta_json)
     except ValueError as err:
         raise PolicyError(f"request entities rejected: {err}") from err
     policies = bundle.slices.for_principal(request.principal.type, request.principal.id)
     result = cedarpy.is_authorized(cedar_request, policies, entities)
-    determining = tuple(_policy_id(bundle, p)
-                        for p in sorted(result.diagnostics.reasons, key=_position))
+    determining = tuple(
+        _policy_id(bundle, p) for p in sorted(result.diagnostics.reasons, key=_position)
+    )
     if result.diagnostics.errors:
         raise PolicyError("; ".join(_name_errors(bundle, result.diagnostics.errors)))
     if result.decision not in (cedarpy.Decision.Allow, cedarpy.Decision.Deny):
@@ -145,8 +153,14 @@ def _evaluate(bundle: PolicyBundle, request: CedarRequest, cedar_request: dict[s
     allowed = result.decision == cedarpy.Decision.Allow
     reason, detail = ("allowed", "allowed") if allowed else _deny_reason(bundle, result)
     shadow, disagrees = _shadow(bundle, cedar_request, entities, allowed, result)
-    return CedarOutcome(allowed=allowed, reason=reason, detail=detail, policies=determining,
-                        shadow=shadow, shadow_disagrees=disagrees)
+    return CedarOutcome(
+        allowed=allowed,
+        reason=reason,
+        detail=detail,
+        policies=determining,
+        shadow=shadow,
+        shadow_disagrees=disagrees,
+    )
 
 
 def _entities(bundle: PolicyBundle, delta_json: str) -> cedarpy.Entities:
@@ -170,19 +184,32 @@ def _deny_reason(bundle: PolicyBundle, result: cedarpy.AuthzResult) -> tuple[str
     return "policy_denied", "no policy permits this request"
 
 
-def _shadow(bundle: PolicyBundle, cedar_request: dict[str, Any], entities: cedarpy.Entities,
-            allowed: bool, result: cedarpy.AuthzResult) -> tuple[tuple[ShadowHit, ...], bool]:
+def _shadow(
+    bundle: PolicyBundle,
+    cedar_request: dict[str, Any],
+    entities: cedarpy.Entities,
+    allowed: bool,
+    result: cedarpy.AuthzResult,
+) -> tuple[tuple[ShadowHit, ...], bool]:
     if bundle.shadow_probe is None:
         return (), False
     probe = cedarpy.is_authorized(cedar_request, bundle.shadow_probe, entities)
-    hits = [ShadowHit(_policy_id(bundle, p), bundle.policies[p].effect)
-            for p in probe.diagnostics.reasons if p in bundle.policies]
-    errored = [cid for cid, info in bundle.policies.items()
-               if info.mode == "shadow" and any(f"`{cid}`" in e for e in probe.diagnostics.errors)]
+    hits = [
+        ShadowHit(_policy_id(bundle, p), bundle.policies[p].effect)
+        for p in probe.diagnostics.reasons
+        if p in bundle.policies
+    ]
+    errored = [
+        cid
+        for cid, info in bundle.policies.items()
+        if info.mode == "shadow" and any(f"`{cid}`" in e for e in probe.diagnostics.errors)
+    ]
     hits.extend(ShadowHit(bundle.policies[cid].id, "error") for cid in errored)
     enforced_forbid = not allowed and any(
-        bundle.policies[p].effect == "forbid" for p in result.diagnostics.reasons
-        if p in bundle.policies)
+        bundle.policies[p].effect == "forbid"
+        for p in result.diagnostics.reasons
+        if p in bundle.policies
+    )
     shadow_forbid = any(h.effect in ("forbid", "error") for h in hits)
     shadow_permit = any(h.effect == "permit" for h in hits)
     would_allow = (allowed or (shadow_permit and not enforced_forbid)) and not shadow_forbid

@@ -47,8 +47,7 @@ def run_one(bundle: PolicyBundle, path: Path, expected: str) -> FixtureResult:
     request = policy.CedarRequest(principal, doc["action"], resource, context)
     want = expected if expected == "ALLOW" or "reason" not in doc else f"DENY {doc['reason']}"
     try:
-        outcome = policy.decide(bundle, request,
-                                policy.request_entities(resource, parents, agents))
+        outcome = policy.decide(bundle, request, policy.request_entities(resource, parents, agents))
     except LasthopError as err:
         return FixtureResult(path, want, f"DENY {err.reason}", err.policies)
     return FixtureResult(path, want, "ALLOW", outcome.policies)

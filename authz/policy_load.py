@@ -98,11 +98,13 @@ class PolicyBundle:
     signature: tuple[tuple[str, int, int], ...] = ()  # the directory as it was before loading
     # request delta JSON -> entities handle; exact inputs as keys, so never stale
     # (init=False: a copy made with dataclasses.replace starts with an empty cache)
-    entity_cache: dict[str, cedarpy.Entities] = field(default_factory=dict, init=False,
-                                                      compare=False, repr=False)
+    entity_cache: dict[str, cedarpy.Entities] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
     # (Cedar request JSON, delta JSON) -> outcome; see policy.evaluate
-    decision_cache: dict[tuple[str, str], Any] = field(default_factory=dict, init=False,
-                                                       compare=False, repr=False)
+    decision_cache: dict[tuple[str, str], Any] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
 
 def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -134,7 +136,8 @@ def load(directory: Path) -> PolicyBundle:
         for info in _check_file(path, text, schema, offset=len(infos)):
             if info.id in seen_ids:
                 raise PolicyLoadError(
-                    str(path), f"duplicate `@id(\"{info.id}\")`, also in {seen_ids[info.id]}",
+                    str(path),
+                    f'duplicate `@id("{info.id}")`, also in {seen_ids[info.id]}',
                     info.line,
                 )
             seen_ids[info.id] = f"{path.name}"
@@ -169,8 +172,9 @@ def with_enforced_text(bundle: PolicyBundle, text: str) -> PolicyBundle:
     return replace(bundle, policy_set=whole, slices=PolicySlices(est, whole))
 
 
-def _split_shadow(text: str, infos: dict[str, PolicyInfo]
-                  ) -> tuple[cedarpy.PolicySet, cedarpy.PolicySet | None, PolicySlices]:
+def _split_shadow(
+    text: str, infos: dict[str, PolicyInfo]
+) -> tuple[cedarpy.PolicySet, cedarpy.PolicySet | None, PolicySlices]:
     """The enforced set, and a probe set of the shadow policies rewritten as permits.
 
     Evaluated alone, the probe's determining policies are exactly the shadow
@@ -187,7 +191,8 @@ def _split_shadow(text: str, infos: dict[str, PolicyInfo]
 
 def _from_est(policies: dict[str, Any]) -> cedarpy.PolicySet:
     return cedarpy.PolicySet.from_json_str(
-        json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []}))
+        json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []})
+    )
 
 
 def _read(path: Path, digest: Any) -> str:
@@ -217,8 +222,10 @@ def _parse_schema(path: Path, text: str) -> cedarpy.Schema:
 def schema_actions(schema_text: str) -> frozenset[str]:
     """Action names the schema declares (`action read, write appliesTo ...`)."""
     names: set[str] = set()
-    for match in re.finditer(r"\baction\s+([^{;]+?)(?:\s+in\s+\[[^\]]*\])?\s*(?:appliesTo|;|\{)",
-                             _strip_comments(schema_text)):
+    for match in re.finditer(
+        r"\baction\s+([^{;]+?)(?:\s+in\s+\[[^\]]*\])?\s*(?:appliesTo|;|\{)",
+        _strip_comments(schema_text),
+    ):
         for name in match.group(1).split(","):
             names.add(name.strip().strip('"'))
     return frozenset(n for n in names if n)
@@ -348,15 +355,17 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
         mode = annotations.get("mode", "enforce")
         if mode not in ("enforce", "shadow"):
             raise PolicyLoadError(where, f'`@mode("{mode}")` must be "enforce" or "shadow"', line)
-        infos.append(PolicyInfo(
-            cedar_id=f"policy{offset + index}",
-            id=policy_id,
-            file=path.name,
-            line=line or 1,
-            effect=body["effect"],
-            reason=annotations.get("reason", ""),
-            mode=mode,
-        ))
+        infos.append(
+            PolicyInfo(
+                cedar_id=f"policy{offset + index}",
+                id=policy_id,
+                file=path.name,
+                line=line or 1,
+                effect=body["effect"],
+                reason=annotations.get("reason", ""),
+                mode=mode,
+            )
+        )
     result = cedarpy.validate_policies(text, schema)
     if not result.validation_passed:
         first = result.errors[0]
@@ -365,7 +374,7 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
         _, col = _locate(text, first.error, cedarpy.PolicySet.from_str)
         name = re.search(r"attribute `([^`]+)`", first.error)
         if name and line is not None:
-            for number, text_line in enumerate(text.split("\n")[line - 1:], line):
+            for number, text_line in enumerate(text.split("\n")[line - 1 :], line):
                 if re.search(rf"\b{re.escape(name.group(1))}\b", text_line):
                     line, col = number, text_line.find(name.group(1)) + 1
                     break
@@ -413,8 +422,9 @@ def statement_lines(text: str) -> list[int]:
     return [text.count("\n", 0, start) + 1 for start, _ in statement_spans(text)]
 
 
-def _load_entities(path: Path, text: str, schema: cedarpy.Schema) -> tuple[cedarpy.Entities,
-                                                                          dict[str, Agent]]:
+def _load_entities(
+    path: Path, text: str, schema: cedarpy.Schema
+) -> tuple[cedarpy.Entities, dict[str, Agent]]:
     where = str(path)
     try:
         doc = json.loads(text)
@@ -429,8 +439,9 @@ def _load_entities(path: Path, text: str, schema: cedarpy.Schema) -> tuple[cedar
         if isinstance(uid, dict) and uid.get("type") == AGENT_TYPE:
             agent = _agent(entity, where, text)  # registry seeds: checked here, not by Cedar
             if agent.id in agents:
-                raise PolicyLoadError(where, f"agent `{agent.id}` appears twice",
-                                      _line_of(text, agent.id))
+                raise PolicyLoadError(
+                    where, f"agent `{agent.id}` appears twice", _line_of(text, agent.id)
+                )
             agents[agent.id] = agent
             continue
         try:
@@ -465,24 +476,39 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
     if not isinstance(agent_id, str) or not agent_id:
         raise PolicyLoadError(where, "an agent needs a string `uid.id`", line)
     if not isinstance(owner_id, str) or not owner_id:
-        raise PolicyLoadError(where, f'agent `{agent_id}` needs an `owner`: '
-                              '{"__entity": {"type": "User", "id": "..."}}', line)
+        raise PolicyLoadError(
+            where,
+            f'agent `{agent_id}` needs an `owner`: {{"__entity": {{"type": "User", "id": "..."}}}}',
+            line,
+        )
     risk = attrs.get("risk")
     if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 100:
-        raise PolicyLoadError(where, f"agent `{agent_id}`: `risk` must be an integer 0 to 100",
-                              line)
+        raise PolicyLoadError(
+            where, f"agent `{agent_id}`: `risk` must be an integer 0 to 100", line
+        )
     if attrs.get("status") not in AGENT_STATUSES:
-        raise PolicyLoadError(where, f"agent `{agent_id}`: `status` must be one of "
-                              f"{list(AGENT_STATUSES)}", line)
+        raise PolicyLoadError(
+            where, f"agent `{agent_id}`: `status` must be one of {list(AGENT_STATUSES)}", line
+        )
     if not isinstance(purposes, list) or not all(isinstance(p, str) and p for p in purposes):
-        raise PolicyLoadError(where, f"agent `{agent_id}`: `allowed_purposes` must be a list of "
-                              "non-empty strings", line)
+        raise PolicyLoadError(
+            where,
+            f"agent `{agent_id}`: `allowed_purposes` must be a list of non-empty strings",
+            line,
+        )
     if not isinstance(description, str):
         raise PolicyLoadError(where, f"agent `{agent_id}`: `description` must be a string", line)
     unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description"}
     if unknown:
-        raise PolicyLoadError(where, f"agent `{agent_id}`: unknown attributes {sorted(unknown)}",
-                              line)
-    return Agent(id=agent_id, owner=owner_id, risk=risk, status=attrs["status"],
-                 description=description, allowed_purposes=tuple(purposes),
-                 registered_by="entities.json")
+        raise PolicyLoadError(
+            where, f"agent `{agent_id}`: unknown attributes {sorted(unknown)}", line
+        )
+    return Agent(
+        id=agent_id,
+        owner=owner_id,
+        risk=risk,
+        status=attrs["status"],
+        description=description,
+        allowed_purposes=tuple(purposes),
+        registered_by="entities.json",
+    )

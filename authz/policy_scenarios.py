@@ -20,10 +20,32 @@ from authz.model import CheckInput, Decision, Grant
 from authz.policy_load import PolicyBundle
 
 SCENARIO_FILE = "scenarios.toml"
-_KEYS = {"name", "user", "agents", "purpose", "client_id", "claims", "authorization", "headers",
-         "method", "path", "grants", "expect", "reason"}
-_GRANT_KEYS = {"agent", "user", "actions", "resources", "purpose", "ttl", "expired", "max_uses",
-               "used"}
+_KEYS = {
+    "name",
+    "user",
+    "agents",
+    "purpose",
+    "client_id",
+    "claims",
+    "authorization",
+    "headers",
+    "method",
+    "path",
+    "grants",
+    "expect",
+    "reason",
+}
+_GRANT_KEYS = {
+    "agent",
+    "user",
+    "actions",
+    "resources",
+    "purpose",
+    "ttl",
+    "expired",
+    "max_uses",
+    "used",
+}
 
 
 class ScenarioError(Exception):
@@ -100,8 +122,12 @@ def _grants(scenario: dict[str, Any], now: int) -> list[tuple[Grant, int]]:
     return result
 
 
-def run_one(bundle: PolicyBundle, ident: IdentitySettings, signer: offline.ClaimsSigner,
-            scenario: dict[str, Any]) -> ScenarioResult:
+def run_one(
+    bundle: PolicyBundle,
+    ident: IdentitySettings,
+    signer: offline.ClaimsSigner,
+    scenario: dict[str, Any],
+) -> ScenarioResult:
     now = time.time()
     env = offline.build(bundle, ident, signer.keys, clock=lambda: now)
     headers: dict[str, list[str]] = {k.lower(): [v] for k, v in scenario.get("headers", {}).items()}
@@ -110,8 +136,9 @@ def run_one(bundle: PolicyBundle, ident: IdentitySettings, signer: offline.Claim
         headers["authorization"] = [f"Bearer {signer.token(_claims(scenario), now)}"]
     elif authorization:
         headers["authorization"] = [authorization]
-    request = CheckInput(method=scenario["method"], path=scenario["path"], host="ehr.internal",
-                         headers=headers)
+    request = CheckInput(
+        method=scenario["method"], path=scenario["path"], host="ehr.internal", headers=headers
+    )
 
     async def go() -> Decision:
         for grant, used in _grants(scenario, int(now)):
@@ -122,8 +149,9 @@ def run_one(bundle: PolicyBundle, ident: IdentitySettings, signer: offline.Claim
 
     decision = asyncio.run(go())
     got = f"{'allow' if decision.allowed else 'deny'} {decision.reason}"
-    return ScenarioResult(scenario["name"], f"{scenario['expect']} {scenario['reason']}", got,
-                          decision.detail)
+    return ScenarioResult(
+        scenario["name"], f"{scenario['expect']} {scenario['reason']}", got, decision.detail
+    )
 
 
 def run_all(bundle: PolicyBundle, ident: IdentitySettings, path: Path) -> list[ScenarioResult]:

@@ -37,8 +37,21 @@ from authz.signing import SigningKey, b64url
 RECEIPT_HEADER = "x-lasthop-receipt"
 RECEIPT_TYPE = "lasthop-receipt+jwt"
 ISSUER = "lasthop"
-REQUIRED = ("jti", "iat", "exp", "iss", "sub", "agent", "chain", "purpose", "txn", "method",
-            "host", "path", "policy_version")
+REQUIRED = (
+    "jti",
+    "iat",
+    "exp",
+    "iss",
+    "sub",
+    "agent",
+    "chain",
+    "purpose",
+    "txn",
+    "method",
+    "host",
+    "path",
+    "policy_version",
+)
 
 
 class ReceiptError(Exception):
@@ -51,8 +64,9 @@ class ReceiptError(Exception):
 
 
 class ReceiptSigner:
-    def __init__(self, key: SigningKey, ttl_seconds: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, key: SigningKey, ttl_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._key = key
         self._ttl = ttl_seconds
         self._clock = clock
@@ -67,10 +81,19 @@ class ReceiptSigner:
         """
         now = int(self._clock())
         claims: dict[str, Any] = {
-            "jti": record.decision_id, "iat": now, "exp": now + self._ttl, "iss": ISSUER,
-            "sub": record.user, "agent": record.agent, "chain": record.chain,
-            "purpose": record.purpose, "txn": record.txn, "method": record.method,
-            "host": record.host, "path": record.path, "policy_version": record.policy_version,
+            "jti": record.decision_id,
+            "iat": now,
+            "exp": now + self._ttl,
+            "iss": ISSUER,
+            "sub": record.user,
+            "agent": record.agent,
+            "chain": record.chain,
+            "purpose": record.purpose,
+            "txn": record.txn,
+            "method": record.method,
+            "host": record.host,
+            "path": record.path,
+            "policy_version": record.policy_version,
         }
         if body_sha256:
             claims["body_sha256"] = body_sha256
@@ -89,8 +112,12 @@ class Binding:
     body: bytes | None = None
 
 
-def verify(receipt: str, keys: Mapping[str, Ed25519PublicKey], binding: Binding = Binding(),
-           now: float | None = None) -> dict[str, Any]:
+def verify(
+    receipt: str,
+    keys: Mapping[str, Ed25519PublicKey],
+    binding: Binding = Binding(),
+    now: float | None = None,
+) -> dict[str, Any]:
     """The receipt's claims, once signature and binding hold; ReceiptError otherwise.
 
     `now`: also refuse an expired receipt (what an upstream does on receipt);
@@ -101,16 +128,23 @@ def verify(receipt: str, keys: Mapping[str, Ed25519PublicKey], binding: Binding 
     except jwt.PyJWTError as err:
         raise ReceiptError("malformed", f"not a compact JWS: {err}") from err
     if header.get("alg") != "EdDSA" or header.get("typ") != RECEIPT_TYPE:
-        raise ReceiptError("malformed", f"header must have alg `EdDSA` and typ `{RECEIPT_TYPE}`, "
-                           f"got `{json.dumps(header, sort_keys=True)}`")
+        raise ReceiptError(
+            "malformed",
+            f"header must have alg `EdDSA` and typ `{RECEIPT_TYPE}`, "
+            f"got `{json.dumps(header, sort_keys=True)}`",
+        )
     kid = header.get("kid")
     key = keys.get(kid) if isinstance(kid, str) else None
     if key is None:
         raise ReceiptError("unknown_key", f"kid `{kid}` is not in the JWKS")
     try:
         claims: dict[str, Any] = jwt.decode(
-            receipt, key, algorithms=["EdDSA"], issuer=ISSUER,
-            options={"require": list(REQUIRED), "verify_exp": False, "verify_iat": False})
+            receipt,
+            key,
+            algorithms=["EdDSA"],
+            issuer=ISSUER,
+            options={"require": list(REQUIRED), "verify_exp": False, "verify_iat": False},
+        )
     except jwt.InvalidSignatureError as err:
         raise ReceiptError("bad_signature", "the signature does not verify") from err
     except jwt.PyJWTError as err:
@@ -129,8 +163,9 @@ def _check_binding(claims: Mapping[str, Any], binding: Binding) -> None:
     }
     for name, value in expected.items():
         if value and claims.get(name) != value:
-            raise ReceiptError("binding_mismatch", f"the receipt is for {name} "
-                               f"`{claims.get(name)}`, not `{value}`")
+            raise ReceiptError(
+                "binding_mismatch", f"the receipt is for {name} `{claims.get(name)}`, not `{value}`"
+            )
     if binding.body is not None:
         bound = claims.get("body_sha256")
         if bound is None:

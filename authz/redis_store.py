@@ -92,8 +92,12 @@ def pair_tag(agent: str, user: str) -> str:
 def connect(url: str, cluster: bool, timeout_ms: int) -> Client:
     """A client for `url` with explicit timeouts and no blind retries."""
     timeout = timeout_ms / 1000
-    options: dict[str, Any] = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
-                                   retry=Retry(NoBackoff(), 0), decode_responses=False)
+    options: dict[str, Any] = dict(
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
     parts = urlsplit(url)
     if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
         return _sentinel(parts, options)
@@ -118,9 +122,14 @@ def _sentinel(parts: Any, options: dict[str, Any]) -> aioredis.Redis:
     db = int(query.get("db", ["0"])[0])
     password = parts.password or None
     sentinel_options = {k: v for k, v in options.items() if k != "decode_responses"}
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
-                        password=password, db=db, ssl=parts.scheme.startswith("rediss"),
-                        **options)
+    sentinel = Sentinel(
+        hosts,
+        sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
+        password=password,
+        db=db,
+        ssl=parts.scheme.startswith("rediss"),
+        **options,
+    )
     master: aioredis.Redis = sentinel.master_for(service)
     return master
 
@@ -132,9 +141,15 @@ def _unavailable(what: str, err: Exception) -> StoreUnavailable:
 class RedisStore:
     """Grants and agents in Redis. One instance per process, shared by both stores."""
 
-    def __init__(self, url: str, timeout_ms: int, cluster: bool = False,
-                 revoke_replicas: int = 0, revoke_wait_ms: int = 100,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_ms: int,
+        cluster: bool = False,
+        revoke_replicas: int = 0,
+        revoke_wait_ms: int = 100,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.redis: Any = connect(url, cluster, timeout_ms)
         self._metrics = metrics
         self._put = self.redis.register_script(_PUT)
@@ -184,8 +199,10 @@ class RedisStore:
         try:
             await self.redis.set(f"{PREFIX}grant:{grant.id}", value, exat=grant.expires_at)
             await self.redis.sadd(f"{PREFIX}grants", grant.id)
-            await self._put(keys=[f"{PREFIX}{tag}:pair"],
-                            args=[grant.id, value, grant.expires_at + EXPIRED_RETENTION_SECONDS])
+            await self._put(
+                keys=[f"{PREFIX}{tag}:pair"],
+                args=[grant.id, value, grant.expires_at + EXPIRED_RETENTION_SECONDS],
+            )
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
@@ -205,13 +222,17 @@ class RedisStore:
         # The pair hash is what checks read: remove it there first. The invalidations go
         # in the same pipeline, before any WAIT: a revoke is published even when the
         # replicas are slow to acknowledge it.
-        acked = await self._durable_writes("revoke", [
-            ("HDEL", f"{PREFIX}{tag}:pair", grant_id),
-            ("DEL", f"{PREFIX}{tag}:uses:{grant_id}"),
-            ("DEL", f"{PREFIX}grant:{grant_id}"),
-            ("SREM", f"{PREFIX}grants", grant_id),
-            ("PUBLISH", CHANNEL, f"revoked\x00{grant_id}\x00{grant.expires_at}"),
-            ("PUBLISH", CHANNEL, f"pair\x00{grant.agent}\x00{grant.user}")])
+        acked = await self._durable_writes(
+            "revoke",
+            [
+                ("HDEL", f"{PREFIX}{tag}:pair", grant_id),
+                ("DEL", f"{PREFIX}{tag}:uses:{grant_id}"),
+                ("DEL", f"{PREFIX}grant:{grant_id}"),
+                ("SREM", f"{PREFIX}grants", grant_id),
+                ("PUBLISH", CHANNEL, f"revoked\x00{grant_id}\x00{grant.expires_at}"),
+                ("PUBLISH", CHANNEL, f"pair\x00{grant.agent}\x00{grant.user}"),
+            ],
+        )
         self._check_acked("revoke", acked)
         return grant
 
@@ -235,8 +256,9 @@ class RedisStore:
                     found.append(_grant(raw))
         except (RedisError, OSError) as err:
             raise _unavailable("read", err) from err
-        return [g for g in found
-                if (not agent or g.agent == agent) and (not user or g.user == user)]
+        return [
+            g for g in found if (not agent or g.agent == agent) and (not user or g.user == user)
+        ]
 
     async def consume(self, grant: Grant) -> int:
         """Count one use; the count including this one. A grant revoked since it was read: deny."""
@@ -245,7 +267,8 @@ class RedisStore:
             with self._timed("consume"):
                 count = await self._consume(
                     keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
-                    args=[grant.id, grant.expires_at, grant.max_uses or 2**53])
+                    args=[grant.id, grant.expires_at, grant.max_uses or 2**53],
+                )
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         if not isinstance(count, int):
@@ -260,7 +283,8 @@ class RedisStore:
             return 0
         try:
             raw = await self.redis.get(
-                f"{PREFIX}{pair_tag(grant.agent, grant.user)}:uses:{grant_id}")
+                f"{PREFIX}{pair_tag(grant.agent, grant.user)}:uses:{grant_id}"
+            )
         except (RedisError, OSError) as err:
             raise _unavailable("read", err) from err
         return int(raw) if raw is not None and raw.isdigit() else 0
@@ -287,10 +311,14 @@ class RedisStore:
         return bool(added)
 
     async def put_agent(self, agent: Agent) -> None:
-        acked = await self._durable_writes("suspend" if not agent.active else "", [
-            ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
-            ("SADD", f"{PREFIX}agents", agent.id),
-            ("PUBLISH", CHANNEL, f"agent\x00{agent.id}")])
+        acked = await self._durable_writes(
+            "suspend" if not agent.active else "",
+            [
+                ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
+                ("SADD", f"{PREFIX}agents", agent.id),
+                ("PUBLISH", CHANNEL, f"agent\x00{agent.id}"),
+            ],
+        )
         if not agent.active:
             self._check_acked("suspend", acked)
 
@@ -300,7 +328,8 @@ class RedisStore:
             with self._timed("write"):
                 swapped = await self._replace_agent(
                     keys=[f"{PREFIX}agent:{new.id}"],
-                    args=[current.to_json(), new.to_json(), CHANNEL, f"agent\x00{new.id}"])
+                    args=[current.to_json(), new.to_json(), CHANNEL, f"agent\x00{new.id}"],
+                )
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         if not swapped:
@@ -330,8 +359,7 @@ class RedisStore:
                     for command in commands:
                         pipe.execute_command(*command)
                     if waits:
-                        pipe.execute_command("WAIT", self._revoke_replicas,
-                                             self._revoke_wait_ms)
+                        pipe.execute_command("WAIT", self._revoke_replicas, self._revoke_wait_ms)
                     results = await pipe.execute()
         except RedisTimeoutError as err:
             if waits:  # the writes went out before the WAIT; only its answer is late
@@ -347,7 +375,8 @@ class RedisStore:
                 f"{what} applied on the primary but only {acked} of {self._revoke_replicas} "
                 f"replicas acknowledged it within {self._revoke_wait_ms} ms; a failover now "
                 "could undo it in Redis (replicas that saw the invalidation still enforce it); "
-                "retry")
+                "retry"
+            )
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -367,4 +396,3 @@ def _agent(raw: bytes | str) -> Agent:
         return Agent.from_json(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise StoreUnavailable(f"redis returned a malformed agent: {err}") from err
-

@@ -23,10 +23,16 @@ from authz.policy_load import PolicyBundle, signature
 
 log = logging.getLogger(__name__)
 
+
 class PolicyWatcher:
-    def __init__(self, directory: Path, interval: float, current: Callable[[], PolicyBundle],
-                 install: Callable[[PolicyBundle], Awaitable[None] | None],
-                 metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        interval: float,
+        current: Callable[[], PolicyBundle],
+        install: Callable[[PolicyBundle], Awaitable[None] | None],
+        metrics: Metrics | None,
+    ) -> None:
         self._directory = directory
         self._interval = interval
         self._current = current
@@ -46,8 +52,12 @@ class PolicyWatcher:
         try:
             now = signature(self._directory)
         except OSError as err:
-            log.error("policy reload: cannot read `%s`: %s; keeping version %s",
-                      self._directory, err, self._current().version)
+            log.error(
+                "policy reload: cannot read `%s`: %s; keeping version %s",
+                self._directory,
+                err,
+                self._current().version,
+            )
             return False
         if now == self._seen:
             return False
@@ -55,8 +65,7 @@ class PolicyWatcher:
         try:
             bundle = await asyncio.to_thread(policy_load.load, self._directory)
         except PolicyLoadError as err:
-            log.error("policy reload refused, keeping version %s: %s",
-                      self._current().version, err)
+            log.error("policy reload refused, keeping version %s: %s", self._current().version, err)
             self._count("failure")
             return False
         old = self._current()
@@ -69,8 +78,12 @@ class PolicyWatcher:
         if self._metrics:
             self._metrics.policy_version.labels(old.version).set(0)
             self._metrics.policy_version.labels(bundle.version).set(1)
-        log.info("policy reload: version %s -> %s (%d policies)", old.version, bundle.version,
-                 len(bundle.policies))
+        log.info(
+            "policy reload: version %s -> %s (%d policies)",
+            old.version,
+            bundle.version,
+            len(bundle.policies),
+        )
         return True
 
     def _count(self, result: str) -> None:

@@ -97,8 +97,9 @@ def split_path(path: str) -> list[str]:
     if not path.startswith("/"):
         raise RouteError("invalid_path", "path must start with `/`")
     if "//" in path or "\\" in path or _UNSAFE_ENCODED.search(path):
-        raise RouteError("invalid_path",
-                         "path has `//`, a backslash or an encoded `/`, `.` or `\\`")
+        raise RouteError(
+            "invalid_path", "path has `//`, a backslash or an encoded `/`, `.` or `\\`"
+        )
     if _CONTROL.search(path):
         raise RouteError("invalid_path", "path has control characters or spaces")
     segments = path[1:].split("/")

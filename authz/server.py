@@ -41,8 +41,11 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    async def Check(self, request: pb.CheckRequest,  # noqa: N802 - gRPC name
-                    context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+    async def Check(
+        self,
+        request: pb.CheckRequest,  # noqa: N802 - gRPC name
+        context: grpc.aio.ServicerContext,
+    ) -> pb.CheckResponse:
         try:
             check = ext_authz.to_input(request)
             decision = await self._pipeline.check(check)
@@ -73,8 +76,11 @@ async def serve(app: App) -> int:
             await app.redis.ping()
         await app.seed_registry(app.pipeline.bundle)
     except StoreUnavailable as err:
-        log.warning("%s; checks get 503 store_unavailable until it is back (the registry "
-                    "is seeded on the next policy reload)", err.detail)
+        log.warning(
+            "%s; checks get 503 store_unavailable until it is back (the registry "
+            "is seeded on the next policy reload)",
+            err.detail,
+        )
 
     health_servicer = health.aio.HealthServicer()
     authz_server = grpc.aio.server()
@@ -83,22 +89,37 @@ async def serve(app: App) -> int:
     listen = _bind(authz_server, "server.listen", settings.server.listen)
 
     admin_server = grpc.aio.server()
-    grants_pb2_grpc.add_GrantsServicer_to_server(GrantsService(
-        auth=AdminAuth(app.keys, app.admin_rules, time.time), store=app.store,
-        registry=app.registry, actions=lambda: app.pipeline.bundle.actions,
-        max_ttl=settings.grants.max_ttl, clock=time.time, audit=app.audit,
-    ), admin_server)
-    agents_pb2_grpc.add_AgentsServicer_to_server(AgentsService(
-        auth=AdminAuth(app.keys, app.admin_rules, time.time), agents=app.agents,
-        grant_store=app.store, tiers=app.pipeline.options.tiers, clock=time.time,
-        audit=app.audit,
-    ), admin_server)
+    grants_pb2_grpc.add_GrantsServicer_to_server(
+        GrantsService(
+            auth=AdminAuth(app.keys, app.admin_rules, time.time),
+            store=app.store,
+            registry=app.registry,
+            actions=lambda: app.pipeline.bundle.actions,
+            max_ttl=settings.grants.max_ttl,
+            clock=time.time,
+            audit=app.audit,
+        ),
+        admin_server,
+    )
+    agents_pb2_grpc.add_AgentsServicer_to_server(
+        AgentsService(
+            auth=AdminAuth(app.keys, app.admin_rules, time.time),
+            agents=app.agents,
+            grant_store=app.store,
+            tiers=app.pipeline.options.tiers,
+            clock=time.time,
+            audit=app.audit,
+        ),
+        admin_server,
+    )
     admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
 
-    metrics_host, metrics_port = split_address("server.metrics_listen",
-                                               settings.server.metrics_listen)
-    metrics_server = metrics_http.start(metrics_host, metrics_port, app.metrics.registry,
-                                        {WELL_KNOWN_JWKS: app.receipts_jwks})
+    metrics_host, metrics_port = split_address(
+        "server.metrics_listen", settings.server.metrics_listen
+    )
+    metrics_server = metrics_http.start(
+        metrics_host, metrics_port, app.metrics.registry, {WELL_KNOWN_JWKS: app.receipts_jwks}
+    )
     metrics = f"{metrics_host}:{metrics_server.server_port}"
 
     background: list[asyncio.Task[None]] = []
@@ -107,17 +128,25 @@ async def serve(app: App) -> int:
     if isinstance(app.keys, RemoteKeys):
         background.append(asyncio.create_task(app.keys.refresh_forever()))
     if settings.policies.reload_interval_seconds > 0:
-        watcher = PolicyWatcher(settings.path(settings.policies.dir),
-                                settings.policies.reload_interval_seconds,
-                                lambda: app.pipeline.bundle, app.install, app.metrics)
+        watcher = PolicyWatcher(
+            settings.path(settings.policies.dir),
+            settings.policies.reload_interval_seconds,
+            lambda: app.pipeline.bundle,
+            app.install,
+            app.metrics,
+        )
         background.append(asyncio.create_task(watcher.run()))
 
     await authz_server.start()
     await admin_server.start()
     for service in ("", AUTHZ_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    ready = {"listen": listen, "admin_listen": admin, "metrics_listen": metrics,
-             "policy_version": app.pipeline.bundle.version}
+    ready = {
+        "listen": listen,
+        "admin_listen": admin,
+        "metrics_listen": metrics,
+        "policy_version": app.pipeline.bundle.version,
+    }
     print(f"lasthop ready {json.dumps(ready)}", flush=True)
 
     await stop.wait()

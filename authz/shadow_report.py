@@ -54,14 +54,18 @@ def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: decision record has no `time`")
     shadow = record.get("shadow", [])
     if not isinstance(shadow, list) or not all(
-            isinstance(h, dict) and isinstance(h.get("policy"), str)
-            and isinstance(h.get("effect"), str) for h in shadow):
+        isinstance(h, dict)
+        and isinstance(h.get("policy"), str)
+        and isinstance(h.get("effect"), str)
+        for h in shadow
+    ):
         raise ValueError(f"{where}: `shadow` must be a list of {{policy, effect}}")
     return record
 
 
-def tally(records: Iterable[dict[str, Any]], since: datetime | None,
-          until: datetime | None) -> tuple[int, int, list[PolicyTally]]:
+def tally(
+    records: Iterable[dict[str, Any]], since: datetime | None, until: datetime | None
+) -> tuple[int, int, list[PolicyTally]]:
     """(records in the window, records whose decision would flip, per-policy tallies)."""
     total = flips = 0
     by_policy: dict[str, PolicyTally] = {}
@@ -84,8 +88,9 @@ def tally(records: Iterable[dict[str, Any]], since: datetime | None,
 
 
 def add_command(audit: Any) -> None:
-    report = audit.add_parser("shadow-report", help="summarise what shadow policies would "
-                              "have changed, by policy")
+    report = audit.add_parser(
+        "shadow-report", help="summarise what shadow policies would have changed, by policy"
+    )
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="read the configured audit.path")
     source.add_argument("--trail", nargs="+", type=Path, help="audit files to read")
@@ -105,14 +110,21 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     until = parse_when(args.until) if args.until else None
     total, flips, tallies = tally(read_records(paths), since, until)
     if args.output == "json":
-        print(json.dumps({"records": total, "would_flip": flips,
-                          "policies": [t.__dict__ for t in tallies]}, indent=2))
+        print(
+            json.dumps(
+                {"records": total, "would_flip": flips, "policies": [t.__dict__ for t in tallies]},
+                indent=2,
+            )
+        )
         return 0
-    print(f"{total} decisions in the window; {flips} would have changed with the shadow "
-          "policies enforced")
+    print(
+        f"{total} decisions in the window; {flips} would have changed with the shadow "
+        "policies enforced"
+    )
     if tallies:
         print(f"\n{'POLICY':<36} {'EFFECT':<7} {'HELD':>7} {'FLIPS':>7}  EXAMPLES")
     for t in tallies:
-        print(f"{t.policy:<36} {t.effect:<7} {t.held:>7} {t.disagreements:>7}  "
-              f"{' '.join(t.examples)}")
+        print(
+            f"{t.policy:<36} {t.effect:<7} {t.held:>7} {t.disagreements:>7}  {' '.join(t.examples)}"
+        )
     return 0

@@ -52,8 +52,9 @@ def public_jwk(public: Ed25519PublicKey) -> dict[str, str]:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     x = b64url(raw)
     # RFC 7638: the thumbprint hashes the required members, sorted, no whitespace.
-    thumbprint = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x},
-                            sort_keys=True, separators=(",", ":")).encode("ascii")
+    thumbprint = json.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": x}, sort_keys=True, separators=(",", ":")
+    ).encode("ascii")
     kid = b64url(hashlib.sha256(thumbprint).digest())
     return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
 
@@ -81,9 +82,11 @@ class SigningKey:
     def write_pem(self, path: Path) -> Path:
         """Write the private key, readable by its owner only (0600)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = self.private.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption())
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(pem)
@@ -93,7 +96,7 @@ class SigningKey:
 def load_key(path: Path, setting: str = SIGNING_KEY_SETTING) -> SigningKey:
     """The Ed25519 private key in the PEM file at `path`; ConfigError naming `setting` otherwise."""
     try:
-        data = path.read_bytes()[:MAX_KEY_BYTES + 1]
+        data = path.read_bytes()[: MAX_KEY_BYTES + 1]
     except OSError as err:
         raise ConfigError(setting, f"cannot read `{path}`: {err.strerror or err}") from err
     if len(data) > MAX_KEY_BYTES:
@@ -101,13 +104,19 @@ def load_key(path: Path, setting: str = SIGNING_KEY_SETTING) -> SigningKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as err:  # encrypted PEM
-        raise ConfigError(setting, f"`{path}` is encrypted; Lasthop needs an unencrypted "
-                          "PEM key (protect it with file permissions)") from err
+        raise ConfigError(
+            setting,
+            f"`{path}` is encrypted; Lasthop needs an unencrypted "
+            "PEM key (protect it with file permissions)",
+        ) from err
     except (ValueError, UnsupportedAlgorithm) as err:
         raise ConfigError(setting, f"`{path}` is not a PEM private key: {err}") from err
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(setting, f"`{path}` holds a {type(key).__name__.removeprefix('_')}, "
-                          "not an Ed25519 key; generate one with `lasthop audit keygen FILE`")
+        raise ConfigError(
+            setting,
+            f"`{path}` holds a {type(key).__name__.removeprefix('_')}, "
+            "not an Ed25519 key; generate one with `lasthop audit keygen FILE`",
+        )
     if path.stat().st_mode & 0o077:
         log.warning("%s `%s` is readable by other users; make it 0600", setting, path)
     return SigningKey.from_private(key)
@@ -126,8 +135,9 @@ def write_jwks(path: Path, key: SigningKey) -> dict[str, Any]:
             doc = json.loads(path.read_bytes())
         except (JwksError, OSError, ValueError) as err:
             raise ConfigError("audit.jwks_path", str(err)) from err
-        kept = [jwk for jwk in doc["keys"] if not (isinstance(jwk, dict)
-                                                   and jwk.get("kid") == key.kid)]
+        kept = [
+            jwk for jwk in doc["keys"] if not (isinstance(jwk, dict) and jwk.get("kid") == key.kid)
+        ]
     doc = jwks_document([key.jwk, *kept])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

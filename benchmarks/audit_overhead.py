@@ -69,8 +69,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def grpc_open_loop(port: int, request: pb.CheckRequest, rate: float,
-                         seconds: float) -> tuple[list[float], dict[int, int]]:
+async def grpc_open_loop(
+    port: int, request: pb.CheckRequest, rate: float, seconds: float
+) -> tuple[list[float], dict[int, int]]:
     """Check calls at a fixed rate over one HTTP/2 channel; latency from the schedule."""
     latencies: list[float] = []
     codes: dict[int, int] = {}
@@ -81,8 +82,7 @@ async def grpc_open_loop(port: int, request: pb.CheckRequest, rate: float,
         async def fire(due: float) -> None:
             response = await stub.Check(request, timeout=5)
             latencies.append(time.perf_counter() - due)
-            code = 200 if response.HasField("ok_response") else \
-                response.denied_response.status.code
+            code = 200 if response.HasField("ok_response") else response.denied_response.status.code
             codes[code] = codes.get(code, 0) + 1
 
         start = time.perf_counter()
@@ -98,19 +98,28 @@ async def grpc_open_loop(port: int, request: pb.CheckRequest, rate: float,
 
 
 class Target:
-    def __init__(self, name: str, work: Path, issuer: DemoIssuer, jwks: Path,
-                 upstream: DemoUpstream) -> None:
+    def __init__(
+        self, name: str, work: Path, issuer: DemoIssuer, jwks: Path, upstream: DemoUpstream
+    ) -> None:
         work.mkdir()
         self.name = name
         config = devstack.write_config(work, jwks, extra=VARIANTS[name])
         command = [sys.executable, str(BASELINE_SERVER)] if name == "off" else None
         self.lasthop = devstack.LasthopServer(config, command=command)
-        self.envoy = devstack.Envoy(work, self.lasthop.port, upstream.port,
-                                    template=_direct_response_template(work))
+        self.envoy = devstack.Envoy(
+            work, self.lasthop.port, upstream.port, template=_direct_response_template(work)
+        )
         admin = AdminClient(self.lasthop.ready["admin_listen"], issuer.admin_token())
-        admin.issue(grants_pb2.IssueGrantRequest(
-            agent="scribe", user="dr-alice", actions=["read"],
-            resources=['Patient::"p-1001"'], purpose=PURPOSE, ttl_seconds=3600))
+        admin.issue(
+            grants_pb2.IssueGrantRequest(
+                agent="scribe",
+                user="dr-alice",
+                actions=["read"],
+                resources=['Patient::"p-1001"'],
+                purpose=PURPOSE,
+                ttl_seconds=3600,
+            )
+        )
         admin.close()
 
     def counters(self) -> tuple[float, float, float]:
@@ -136,8 +145,9 @@ def _direct_response_template(work: Path) -> Path:
     if route not in text:
         raise RuntimeError(f"`{route}` not in {devstack.ENVOY_TEMPLATE}")
     path = work / "sidecar-direct.yaml"
-    path.write_text(text.replace(route, 'direct_response: { status: 200, body: '
-                                        '{ inline_string: "ok" } }'))
+    path.write_text(
+        text.replace(route, 'direct_response: { status: 200, body: { inline_string: "ok" } }')
+    )
     return path
 
 
@@ -148,8 +158,9 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def measure(target: Target, way: str, check: pb.CheckRequest, raw: bytes,
-            rate: float, seconds: float) -> tuple[list[float], dict[int, int], tuple[float, ...]]:
+def measure(
+    target: Target, way: str, check: pb.CheckRequest, raw: bytes, rate: float, seconds: float
+) -> tuple[list[float], dict[int, int], tuple[float, ...]]:
     before = target.counters()
     if way == "grpc":
         lat, codes = asyncio.run(grpc_open_loop(target.lasthop.port, check, rate, seconds))
@@ -178,25 +189,29 @@ def main() -> None:
         try:
             for name in VARIANTS:
                 targets.append(Target(name, work / name, issuer, jwks, upstream))
-            token = issuer.access_token("dr-alice", ["orchestrator", "scribe"],
-                                        purpose=PURPOSE, ttl=3600)
+            token = issuer.access_token(
+                "dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE, ttl=3600
+            )
             check = pb.CheckRequest()
             http = check.attributes.request.http
             http.method, http.path, http.host = "GET", PATH, "ehr.local"
             http.headers["authorization"] = f"Bearer {token}"
-            raw = (f"GET {PATH} HTTP/1.1\r\nhost: ehr.local\r\n"
-                   f"authorization: Bearer {token}\r\n\r\n").encode()
+            raw = (
+                f"GET {PATH} HTTP/1.1\r\nhost: ehr.local\r\nauthorization: Bearer {token}\r\n\r\n"
+            ).encode()
             for target in targets:  # warm up; not measured
                 for way in ways:
                     measure(target, way, check, raw, args.rate, 1.0)
-            runs: dict[tuple[str, str], list[tuple[list[float], dict[int, int],
-                                                   tuple[float, ...]]]] = {}
+            runs: dict[
+                tuple[str, str], list[tuple[list[float], dict[int, int], tuple[float, ...]]]
+            ] = {}
             for round_ in range(args.rounds):
-                order = targets[round_ % len(targets):] + targets[:round_ % len(targets)]
+                order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
                 for target in order:
                     for way in ways:
                         runs.setdefault((target.name, way), []).append(
-                            measure(target, way, check, raw, args.rate, args.seconds))
+                            measure(target, way, check, raw, args.rate, args.seconds)
+                        )
         finally:
             for target in targets:
                 target.close()
@@ -204,13 +219,19 @@ def main() -> None:
     report(args, ways, runs)
 
 
-def report(args: argparse.Namespace, ways: list[str],
-           runs: dict[tuple[str, str], list[tuple[list[float], dict[int, int],
-                                                  tuple[float, ...]]]]) -> None:
-    print(f"\noffered {args.rate:.0f} req/s; {args.rounds} rounds x {args.seconds:.0f} s per "
-          "variant and way, variants rotated each round\n")
-    print(f"{'variant':<9} {'way':<6} {'n':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'Check us':>9} {'CPU us':>7}  statuses")
+def report(
+    args: argparse.Namespace,
+    ways: list[str],
+    runs: dict[tuple[str, str], list[tuple[list[float], dict[int, int], tuple[float, ...]]]],
+) -> None:
+    print(
+        f"\noffered {args.rate:.0f} req/s; {args.rounds} rounds x {args.seconds:.0f} s per "
+        "variant and way, variants rotated each round\n"
+    )
+    print(
+        f"{'variant':<9} {'way':<6} {'n':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'Check us':>9} {'CPU us':>7}  statuses"
+    )
     result: dict[str, object] = {}
     for (name, way), rounds in runs.items():
         lat = [x for r in rounds for x in r[0]]
@@ -219,20 +240,30 @@ def report(args: argparse.Namespace, ways: list[str],
             for code, n in r[1].items():
                 codes[code] = codes.get(code, 0) + n
         check_s, count, cpu = (sum(r[2][i] for r in rounds) for i in range(3))
-        row = {"n": len(lat), "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
-               "p99_ms": pct(lat, 0.99), "check_mean_us": check_s / count * 1e6,
-               "cpu_per_check_us": cpu / count * 1e6, "statuses": codes}
+        row = {
+            "n": len(lat),
+            "p50_ms": pct(lat, 0.5),
+            "p90_ms": pct(lat, 0.9),
+            "p99_ms": pct(lat, 0.99),
+            "check_mean_us": check_s / count * 1e6,
+            "cpu_per_check_us": cpu / count * 1e6,
+            "statuses": codes,
+        }
         result[f"{name}/{way}"] = row
-        print(f"{name:<9} {way:<6} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p90_ms']:>8.3f} "
-              f"{row['p99_ms']:>8.3f} {row['check_mean_us']:>9.0f} "
-              f"{row['cpu_per_check_us']:>7.0f}  {codes}")
+        print(
+            f"{name:<9} {way:<6} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p90_ms']:>8.3f} "
+            f"{row['p99_ms']:>8.3f} {row['check_mean_us']:>9.0f} "
+            f"{row['cpu_per_check_us']:>7.0f}  {codes}"
+        )
     print("\nCheck us: Lasthop's own mean Check time; CPU us: its process CPU per Check.\n")
     verdicts = []
     for way in ways:
         base_rounds = [pct(r[0], 0.5) for r in runs[("off", way)]]
         for name in ("trail", "receipts", "always"):
-            ratios = [pct(r[0], 0.5) / base - 1
-                      for r, base in zip(runs[(name, way)], base_rounds, strict=True)]
+            ratios = [
+                pct(r[0], 0.5) / base - 1
+                for r, base in zip(runs[(name, way)], base_rounds, strict=True)
+            ]
             ratio = statistics.median(ratios)
             base = pct([x for r in runs[("off", way)] for x in r[0]], 0.5)
             ours = pct([x for r in runs[(name, way)] for x in r[0]], 0.5)
@@ -241,12 +272,16 @@ def report(args: argparse.Namespace, ways: list[str],
             if name == "trail":
                 verdicts.append(ratio <= TARGET)
                 verdict = f"  ({'ok' if ratio <= TARGET else 'OVER'}: target {TARGET:.0%})"
-            print(f"{name:<9} via {way:<5}: p50 {base:.3f} -> {ours:.3f} ms; median of "
-                  f"per-round p50 ratios {ratio:+.1%}{verdict}")
+            print(
+                f"{name:<9} via {way:<5}: p50 {base:.3f} -> {ours:.3f} ms; median of "
+                f"per-round p50 ratios {ratio:+.1%}{verdict}"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    print(f"\n{'PASS' if all(verdicts) else 'FAIL'}: the audit trail at fsync 50ms costs "
-          f"{'at most' if all(verdicts) else 'more than'} {TARGET:.0%} of the Check median")
+    print(
+        f"\n{'PASS' if all(verdicts) else 'FAIL'}: the audit trail at fsync 50ms costs "
+        f"{'at most' if all(verdicts) else 'more than'} {TARGET:.0%} of the Check median"
+    )
 
 
 if __name__ == "__main__":

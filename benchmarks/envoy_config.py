@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
-      "HttpConnectionManager"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
 EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -36,8 +38,9 @@ def _cluster(name: str, ports: list[int]) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(p)}}
-                                            for p in ports]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in ports]}
+            ],
         },
     }
 
@@ -47,41 +50,70 @@ def build(listen: int, admin: int, authz_ports: list[int] | None) -> dict[str, A
     filters: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
     if authz_ports:
-        filters.append({"name": "envoy.filters.http.ext_authz", "typed_config": {
-            "@type": EXT_AUTHZ,
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,
-            "status_on_error": {"code": 503},
-            "encode_raw_headers": True,
-            "allowed_headers": {"patterns": [{"exact": "authorization"},
-                                             {"exact": "txn-token"},
-                                             {"prefix": "x-lasthop-"}]},
-            "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.25s"},
-        }})
+        filters.append(
+            {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": EXT_AUTHZ,
+                    "transport_api_version": "V3",
+                    "failure_mode_allow": False,
+                    "status_on_error": {"code": 503},
+                    "encode_raw_headers": True,
+                    "allowed_headers": {
+                        "patterns": [
+                            {"exact": "authorization"},
+                            {"exact": "txn-token"},
+                            {"prefix": "x-lasthop-"},
+                        ]
+                    },
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.25s"},
+                },
+            }
+        )
         clusters.append(_cluster("authz", authz_ports))
     filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}})
     return {
         "admin": {"address": _address(admin)},
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": _address(listen),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": HCM,
-                        "stat_prefix": "ingress",
-                        "normalize_path": False,
-                        "merge_slashes": False,
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                                "status": 200, "body": {"inline_string": "ok"}}}],
-                        }]},
-                        "http_filters": filters,
-                    },
-                }]}],
-            }],
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": _address(listen),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": HCM,
+                                        "stat_prefix": "ingress",
+                                        "normalize_path": False,
+                                        "merge_slashes": False,
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "all",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "direct_response": {
+                                                                "status": 200,
+                                                                "body": {"inline_string": "ok"},
+                                                            },
+                                                        }
+                                                    ],
+                                                }
+                                            ]
+                                        },
+                                        "http_filters": filters,
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": clusters,
         },
     }

@@ -71,8 +71,9 @@ def request_bytes(path: str, token: str = "", host: str = "ehr.local") -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: {host}\r\n{auth}\r\n".encode()
 
 
-async def closed_loop(port: int, raws: list[bytes], seconds: float,
-                      connections: int = 16) -> Result:
+async def closed_loop(
+    port: int, raws: list[bytes], seconds: float, connections: int = 16
+) -> Result:
     conns = [await Connection.open(port) for _ in range(connections)]
     result = Result(seconds=seconds)
     deadline = time.perf_counter() + seconds
@@ -97,8 +98,9 @@ async def closed_loop(port: int, raws: list[bytes], seconds: float,
     return result
 
 
-async def open_loop(port: int, raws: list[bytes], rate: float, seconds: float,
-                    connections: int = 32) -> Result:
+async def open_loop(
+    port: int, raws: list[bytes], rate: float, seconds: float, connections: int = 32
+) -> Result:
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await Connection.open(port))

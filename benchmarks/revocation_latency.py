@@ -65,10 +65,15 @@ KINDS = ("revoke", "suspend", "resume")
 def check_request(token: str) -> ext.CheckRequest:
     """What Envoy would send for GET PATH with the token (see authz.ext_authz.to_input)."""
     http = attrs.AttributeContext.HttpRequest(
-        id=uuid.uuid4().hex, method="GET", path=PATH, host="ehr.local",
-        headers={"authorization": f"Bearer {token}"})
-    return ext.CheckRequest(attributes=attrs.AttributeContext(
-        request=attrs.AttributeContext.Request(http=http)))
+        id=uuid.uuid4().hex,
+        method="GET",
+        path=PATH,
+        host="ehr.local",
+        headers={"authorization": f"Bearer {token}"},
+    )
+    return ext.CheckRequest(
+        attributes=attrs.AttributeContext(request=attrs.AttributeContext.Request(http=http))
+    )
 
 
 def outcome(response: ext.CheckResponse) -> str:
@@ -100,8 +105,16 @@ class Poll:
     other: dict[str, int] = field(default_factory=dict)  # unexpected answers on the way
 
 
-def poll(replica: Replica, request: ext.CheckRequest, want: str, before: str,
-         start: threading.Event, abandon: threading.Event, result: Poll, give_up: float) -> None:
+def poll(
+    replica: Replica,
+    request: ext.CheckRequest,
+    want: str,
+    before: str,
+    start: threading.Event,
+    abandon: threading.Event,
+    result: Poll,
+    give_up: float,
+) -> None:
     start.wait()
     deadline = time.perf_counter() + give_up
     while not abandon.is_set():
@@ -118,8 +131,7 @@ def poll(replica: Replica, request: ext.CheckRequest, want: str, before: str,
             return
 
 
-def warm(replicas: list[Replica], request: ext.CheckRequest, want: str,
-         give_up: float) -> None:
+def warm(replicas: list[Replica], request: ext.CheckRequest, want: str, give_up: float) -> None:
     for replica in replicas:
         deadline = time.perf_counter() + give_up
         while replica.check(request) != want:
@@ -131,8 +143,14 @@ def warm(replicas: list[Replica], request: ext.CheckRequest, want: str,
                 raise RuntimeError(f"replica {replica.index} flapped while warming")
 
 
-def measure(replicas: list[Replica], request: ext.CheckRequest, action: Any, want: str,
-            before: str, give_up: float) -> list[dict[str, Any]]:
+def measure(
+    replicas: list[Replica],
+    request: ext.CheckRequest,
+    action: Any,
+    want: str,
+    before: str,
+    give_up: float,
+) -> list[dict[str, Any]]:
     """Start a poller per replica, run `action`, return each replica's delays.
 
     An admin call that fails (e.g. `unavailable` on an overloaded machine) abandons the
@@ -140,9 +158,10 @@ def measure(replicas: list[Replica], request: ext.CheckRequest, action: Any, wan
     """
     start, abandon = threading.Event(), threading.Event()
     polls = [Poll() for _ in replicas]
-    threads = [threading.Thread(target=poll, args=(r, request, want, before, start, abandon, p,
-                                                   give_up))
-               for r, p in zip(replicas, polls, strict=True)]
+    threads = [
+        threading.Thread(target=poll, args=(r, request, want, before, start, abandon, p, give_up))
+        for r, p in zip(replicas, polls, strict=True)
+    ]
     for thread in threads:
         thread.start()
     start.set()
@@ -160,15 +179,18 @@ def measure(replicas: list[Replica], request: ext.CheckRequest, action: Any, wan
         thread.join()
     rows = []
     for replica, result in zip(replicas, polls, strict=True):
-        rows.append({
-            "replica": replica.index,
-            "from_sent_ms": None if result.seen_at is None else (result.seen_at - sent) * 1000,
-            "from_returned_ms": None if result.seen_at is None
-            else max(0.0, (result.seen_at - returned) * 1000),
-            "call_ms": (returned - sent) * 1000,
-            "iteration_ms": [x * 1000 for x in result.iterations],
-            "other": result.other,
-        })
+        rows.append(
+            {
+                "replica": replica.index,
+                "from_sent_ms": None if result.seen_at is None else (result.seen_at - sent) * 1000,
+                "from_returned_ms": None
+                if result.seen_at is None
+                else max(0.0, (result.seen_at - returned) * 1000),
+                "call_ms": (returned - sent) * 1000,
+                "iteration_ms": [x * 1000 for x in result.iterations],
+                "other": result.other,
+            }
+        )
     return rows
 
 
@@ -177,8 +199,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_fleet(work: Path, issuer: DemoIssuer, args: argparse.Namespace,
-                redis_url: str) -> list[Replica]:
+def start_fleet(
+    work: Path, issuer: DemoIssuer, args: argparse.Namespace, redis_url: str
+) -> list[Replica]:
     jwks = issuer.write_jwks(work / "keys" / "jwks.json")
     token = issuer.admin_token(ttl=3600)
     replicas = []
@@ -187,12 +210,23 @@ def start_fleet(work: Path, issuer: DemoIssuer, args: argparse.Namespace,
         home.mkdir()
         config = devstack.write_config(home, jwks, redis_url=redis_url)
         server = devstack.LasthopServer(
-            config, env={"LASTHOP_STORE_CACHE_TTL_MS": str(args.cache_ttl_ms),
-                         "LASTHOP_STORE_TIMEOUT_MS": str(args.store_timeout_ms),
-                         "LASTHOP_POLICIES_RELOAD_INTERVAL_SECONDS": "0"})
+            config,
+            env={
+                "LASTHOP_STORE_CACHE_TTL_MS": str(args.cache_ttl_ms),
+                "LASTHOP_STORE_TIMEOUT_MS": str(args.store_timeout_ms),
+                "LASTHOP_POLICIES_RELOAD_INTERVAL_SECONDS": "0",
+            },
+        )
         channel = grpc.insecure_channel(server.ready["listen"])
-        replicas.append(Replica(index, server, channel, ext_grpc.AuthorizationStub(channel),
-                                AdminClient(server.ready["admin_listen"], token)))
+        replicas.append(
+            Replica(
+                index,
+                server,
+                channel,
+                ext_grpc.AuthorizationStub(channel),
+                AdminClient(server.ready["admin_listen"], token),
+            )
+        )
     return replicas
 
 
@@ -207,30 +241,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             admin = replicas[0].admin
             for n in range(args.rounds):
                 user = f"bench-user-{n}"
-                request = check_request(issuer.access_token(user, [AGENT], purpose=PURPOSE,
-                                                            ttl=3600))
-                grant = admin.issue(gpb.IssueGrantRequest(
-                    agent=AGENT, user=user, actions=["read"], resources=['Patient::"p-1001"'],
-                    purpose=PURPOSE, ttl_seconds=3600))
+                request = check_request(
+                    issuer.access_token(user, [AGENT], purpose=PURPOSE, ttl=3600)
+                )
+                grant = admin.issue(
+                    gpb.IssueGrantRequest(
+                        agent=AGENT,
+                        user=user,
+                        actions=["read"],
+                        resources=['Patient::"p-1001"'],
+                        purpose=PURPOSE,
+                        ttl_seconds=3600,
+                    )
+                )
                 warm(replicas, request, "allowed", args.give_up)
-                results["revoke"] += measure(replicas, request,
-                                             lambda g=grant.id: admin.revoke(g),
-                                             "no_grant", "allowed", args.give_up)
+                results["revoke"] += measure(
+                    replicas,
+                    request,
+                    lambda g=grant.id: admin.revoke(g),
+                    "no_grant",
+                    "allowed",
+                    args.give_up,
+                )
 
-                admin.issue(gpb.IssueGrantRequest(
-                    agent=AGENT, user=user, actions=["read"], resources=['Patient::"p-1001"'],
-                    purpose=PURPOSE, ttl_seconds=3600))
+                admin.issue(
+                    gpb.IssueGrantRequest(
+                        agent=AGENT,
+                        user=user,
+                        actions=["read"],
+                        resources=['Patient::"p-1001"'],
+                        purpose=PURPOSE,
+                        ttl_seconds=3600,
+                    )
+                )
                 warm(replicas, request, "allowed", args.give_up)
-                suspended = measure(replicas, request, lambda: admin.suspend_agent(AGENT),
-                                    "agent_suspended", "allowed", args.give_up)
+                suspended = measure(
+                    replicas,
+                    request,
+                    lambda: admin.suspend_agent(AGENT),
+                    "agent_suspended",
+                    "allowed",
+                    args.give_up,
+                )
                 results["suspend"] += suspended
                 if any("failed_call" in r for r in suspended):
                     admin.resume_agent(AGENT)  # back to a known state; no resume measured
                     continue
                 warm(replicas, request, "agent_suspended", args.give_up)
-                results["resume"] += measure(replicas, request,
-                                             lambda: admin.resume_agent(AGENT),
-                                             "allowed", "agent_suspended", args.give_up)
+                results["resume"] += measure(
+                    replicas,
+                    request,
+                    lambda: admin.resume_agent(AGENT),
+                    "allowed",
+                    "agent_suspended",
+                    args.give_up,
+                )
         finally:
             for replica in replicas:
                 replica.admin.close()
@@ -243,81 +308,111 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99),
-            "max_ms": max(values)} if values else {"n": 0}
+    return (
+        {
+            "n": len(values),
+            "p50_ms": pct(values, 0.5),
+            "p99_ms": pct(values, 0.99),
+            "max_ms": max(values),
+        }
+        if values
+        else {"n": 0}
+    )
 
 
-def summarise(results: dict[str, list[dict[str, Any]]],
-              args: argparse.Namespace) -> dict[str, Any]:
-    summary: dict[str, Any] = {"replicas": args.replicas, "rounds": args.rounds,
-                               "cache_ttl_ms": args.cache_ttl_ms, "kinds": {}}
+def summarise(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "replicas": args.replicas,
+        "rounds": args.rounds,
+        "cache_ttl_ms": args.cache_ttl_ms,
+        "kinds": {},
+    }
     for kind, every in results.items():
         rows = [r for r in every if "failed_call" not in r]
         seen = [r for r in rows if r["from_sent_ms"] is not None]
         summary["kinds"][kind] = {
-            "failed_calls": [r["failed_call"] for r in every[::args.replicas]
-                             if "failed_call" in r],
+            "failed_calls": [
+                r["failed_call"] for r in every[:: args.replicas] if "failed_call" in r
+            ],
             "missed": len(rows) - len(seen),
             "from_sent": _stats([r["from_sent_ms"] for r in seen]),
             "from_returned": _stats([r["from_returned_ms"] for r in seen]),
-            "call": _stats([r["call_ms"] for r in rows[::args.replicas]]),
+            "call": _stats([r["call_ms"] for r in rows[:: args.replicas]]),
             "per_replica": {
                 i: _stats([r["from_sent_ms"] for r in seen if r["replica"] == i])
-                for i in range(args.replicas)},
+                for i in range(args.replicas)
+            },
             "unexpected": [r["other"] for r in rows if r["other"]],
         }
-    iterations = [x for rows in results.values() for r in rows
-                  for x in r.get("iteration_ms", [])]
+    iterations = [x for rows in results.values() for r in rows for x in r.get("iteration_ms", [])]
     summary["poll_iteration"] = {**_stats(iterations), "mean_ms": statistics.fmean(iterations)}
-    summary["raw"] = {kind: [{k: v for k, v in r.items() if k != "iteration_ms"} for r in rows]
-                      for kind, rows in results.items()}
+    summary["raw"] = {
+        kind: [{k: v for k, v in r.items() if k != "iteration_ms"} for r in rows]
+        for kind, rows in results.items()
+    }
     summary["store_timeout_ms"] = args.store_timeout_ms
     return summary
 
 
 def report(summary: dict[str, Any]) -> str:
-    lines = [f"{summary['replicas']} replicas, {summary['rounds']} rounds per kind, "
-             f"cache_ttl_ms {summary['cache_ttl_ms']}, store timeout_ms "
-             f"{summary['store_timeout_ms']}; delay until each replica's first Check "
-             "with the new answer", "",
-             "| kind | n | from sent p50 | p99 | max | from return p50 | p99 | max "
-             "| admin call p50 | missed |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"{summary['replicas']} replicas, {summary['rounds']} rounds per kind, "
+        f"cache_ttl_ms {summary['cache_ttl_ms']}, store timeout_ms "
+        f"{summary['store_timeout_ms']}; delay until each replica's first Check "
+        "with the new answer",
+        "",
+        "| kind | n | from sent p50 | p99 | max | from return p50 | p99 | max "
+        "| admin call p50 | missed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for kind, k in summary["kinds"].items():
         s, r, c = k["from_sent"], k["from_returned"], k["call"]
         if not s["n"]:
             lines.append(f"| {kind} | 0 | - | - | - | - | - | - | - | {k['missed']} |")
             continue
-        lines.append(f"| {kind} | {s['n']} | {s['p50_ms']:.2f} ms | {s['p99_ms']:.2f} ms | "
-                     f"{s['max_ms']:.2f} ms | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-                     f"{r['max_ms']:.2f} ms | {c['p50_ms']:.2f} ms | {k['missed']} |")
-    lines += ["", "| kind | " + " | ".join(f"replica {i} p50 / max" for i in
-                                          range(summary["replicas"])) + " |",
-              "| --- |" + " ---: |" * summary["replicas"]]
+        lines.append(
+            f"| {kind} | {s['n']} | {s['p50_ms']:.2f} ms | {s['p99_ms']:.2f} ms | "
+            f"{s['max_ms']:.2f} ms | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+            f"{r['max_ms']:.2f} ms | {c['p50_ms']:.2f} ms | {k['missed']} |"
+        )
+    lines += [
+        "",
+        "| kind | "
+        + " | ".join(f"replica {i} p50 / max" for i in range(summary["replicas"]))
+        + " |",
+        "| --- |" + " ---: |" * summary["replicas"],
+    ]
     for kind, k in summary["kinds"].items():
-        cells = [f"{v['p50_ms']:.2f} / {v['max_ms']:.2f} ms" if v["n"] else "-"
-                 for v in k["per_replica"].values()]
+        cells = [
+            f"{v['p50_ms']:.2f} / {v['max_ms']:.2f} ms" if v["n"] else "-"
+            for v in k["per_replica"].values()
+        ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     it = summary["poll_iteration"]
-    lines += ["", f"baseline: one poll iteration (a Check round trip) p50 {it['p50_ms']:.2f} ms, "
-              f"p99 {it['p99_ms']:.2f} ms, max {it['max_ms']:.2f} ms over {it['n']} Checks: "
-              "the resolution of the figures above", ""]
+    lines += [
+        "",
+        f"baseline: one poll iteration (a Check round trip) p50 {it['p50_ms']:.2f} ms, "
+        f"p99 {it['p99_ms']:.2f} ms, max {it['max_ms']:.2f} ms over {it['n']} Checks: "
+        "the resolution of the figures above",
+        "",
+    ]
     for kind in ("revoke", "suspend"):
         k = summary["kinds"][kind]
         worst_p99 = k["from_sent"].get("p99_ms", float("inf"))
         worst = k["from_sent"].get("max_ms", float("inf"))
         target = "PASS" if worst_p99 <= TARGET_MS and not k["missed"] else "FAIL"
         bound = "PASS" if worst <= BOUND_MS and not k["missed"] else "FAIL"
-        lines.append(f"{kind}: target {TARGET_MS:.0f} ms (p99 from sent {worst_p99:.2f} ms): "
-                     f"{target}")
-        lines.append(f"{kind}: bound {BOUND_MS:.0f} ms (max from sent {worst:.2f} ms, "
-                     f"{k['missed']} never seen): {bound}")
-    failed = {kind: k["failed_calls"] for kind, k in summary["kinds"].items()
-              if k["failed_calls"]}
+        lines.append(
+            f"{kind}: target {TARGET_MS:.0f} ms (p99 from sent {worst_p99:.2f} ms): {target}"
+        )
+        lines.append(
+            f"{kind}: bound {BOUND_MS:.0f} ms (max from sent {worst:.2f} ms, "
+            f"{k['missed']} never seen): {bound}"
+        )
+    failed = {kind: k["failed_calls"] for kind, k in summary["kinds"].items() if k["failed_calls"]}
     if failed:
         lines.append(f"admin calls that failed (rounds not measured): {failed}")
-    unexpected = {kind: k["unexpected"] for kind, k in summary["kinds"].items()
-                  if k["unexpected"]}
+    unexpected = {kind: k["unexpected"] for kind, k in summary["kinds"].items() if k["unexpected"]}
     if unexpected:
         lines.append(f"unexpected answers while polling: {unexpected}")
     return "\n".join(lines)
@@ -328,10 +423,18 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--cache-ttl-ms", type=int, default=5000)
-    ap.add_argument("--store-timeout-ms", type=int, default=50,
-                    help="store.timeout_ms of every replica (raise it on a busy machine)")
-    ap.add_argument("--give-up", type=float, default=5.0,
-                    help="seconds a poll waits for the new answer before counting a miss")
+    ap.add_argument(
+        "--store-timeout-ms",
+        type=int,
+        default=50,
+        help="store.timeout_ms of every replica (raise it on a busy machine)",
+    )
+    ap.add_argument(
+        "--give-up",
+        type=float,
+        default=5.0,
+        help="seconds a poll waits for the new answer before counting a miss",
+    )
     ap.add_argument("--json", type=Path, help="also write the summary and raw delays here")
     args = ap.parse_args()
     if not 1 <= args.replicas <= 8 or not 1 <= args.rounds <= 1000:

@@ -89,9 +89,21 @@ class Stack:
         port, admin = devstack.free_port(), devstack.free_port()
         config = envoy_config.write(self.work / f"envoy-{name}.json", port, admin, authz_ports)
         proc = subprocess.Popen(
-            [devstack.venv_binary("envoy"), "-c", str(config), "--disable-hot-restart",
-             "--log-level", "error", "--concurrency", "1", "--base-id", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                devstack.venv_binary("envoy"),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--log-level",
+                "error",
+                "--concurrency",
+                "1",
+                "--base-id",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(proc)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -105,8 +117,11 @@ class Stack:
         raise TimeoutError(f"envoy `{name}` did not start")
 
     def noop(self) -> tuple[int, int]:
-        proc = subprocess.Popen([sys.executable, str(HERE / "noop_authz.py"), "--port", "0"],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "noop_authz.py"), "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -147,21 +162,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.closers.append(redis.close)
             lasthop = devstack.LasthopServer(
                 devstack.write_config(work, jwks, redis_url=redis.url),
-                env={"LASTHOP_AUDIT_FSYNC": args.fsync})
+                env={"LASTHOP_AUDIT_FSYNC": args.fsync},
+            )
             stack.closers.append(lasthop.close)
             admin = AdminClient(lasthop.ready["admin_listen"], es.admin_token())
-            admin.issue(pb.IssueGrantRequest(
-                agent="scribe", user="dr-alice", actions=["read"],
-                resources=['Patient::"p-1001"'], purpose=PURPOSE, ttl_seconds=3600))
+            admin.issue(
+                pb.IssueGrantRequest(
+                    agent="scribe",
+                    user="dr-alice",
+                    actions=["read"],
+                    resources=['Patient::"p-1001"'],
+                    purpose=PURPOSE,
+                    ttl_seconds=3600,
+                )
+            )
             noop_port, noop_pid = stack.noop()
             targets = []
-            for name, ports, pid in (("envoy", None, None), ("floor", [noop_port], noop_pid),
-                                     ("lasthop", [lasthop.port], lasthop.proc.pid)):
+            for name, ports, pid in (
+                ("envoy", None, None),
+                ("floor", [noop_port], noop_pid),
+                ("lasthop", [lasthop.port], lasthop.proc.pid),
+            ):
                 port, envoy_pid = stack.envoy(name, ports)
                 targets.append(Target(name, port, pid or envoy_pid, envoy_pid))
-            raws = [loadgen.request_bytes(PATH, issuer.access_token(
-                "dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE, ttl=3600))
-                for issuer in (es, rs)]
+            raws = [
+                loadgen.request_bytes(
+                    PATH,
+                    issuer.access_token(
+                        "dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE, ttl=3600
+                    ),
+                )
+                for issuer in (es, rs)
+            ]
             for target in targets:  # warm up, and prove every target allows
                 warm = asyncio.run(loadgen.closed_loop(target.port, raws, 1.0, connections=4))
                 if set(warm.statuses) != {200}:
@@ -172,8 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rate in rates:
                 for _ in range(args.rounds):
                     for target in targets:
-                        result = asyncio.run(loadgen.open_loop(target.port, raws, rate,
-                                                               args.seconds))
+                        result = asyncio.run(
+                            loadgen.open_loop(target.port, raws, rate, args.seconds)
+                        )
                         target.open.setdefault(rate, []).append(result)
             for target in targets:
                 target.rss = rss_mb(target.server_pid)
@@ -192,13 +225,21 @@ def _merged(results: list[loadgen.Result]) -> loadgen.Result:
     return merged
 
 
-def summarise(targets: list[Target], rates: list[float], args: argparse.Namespace
-              ) -> dict[str, Any]:
+def summarise(
+    targets: list[Target], rates: list[float], args: argparse.Namespace
+) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "settings": {"seconds": args.seconds, "rounds": args.rounds, "rates": rates,
-                     "fsync": args.fsync},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "rates": rates,
+            "fsync": args.fsync,
+        },
         "targets": {},
     }
     for t in targets:
@@ -218,9 +259,12 @@ def summarise(targets: list[Target], rates: list[float], args: argparse.Namespac
             merged = _merged(t.open[rate])
             entry["open_loop"][str(int(rate))] = {
                 "n": len(merged.latencies),
-                **{f"p{label}_ms": merged.percentile(q) for label, q in
-                   (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.9", 0.999))},
-                "statuses": merged.statuses, "errors": merged.errors,
+                **{
+                    f"p{label}_ms": merged.percentile(q)
+                    for label, q in (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.9", 0.999))
+                },
+                "statuses": merged.statuses,
+                "errors": merged.errors,
             }
         out["targets"][t.name] = entry
     floor, ours = out["targets"]["floor"], out["targets"]["lasthop"]
@@ -230,38 +274,54 @@ def summarise(targets: list[Target], rates: list[float], args: argparse.Namespac
     }
     at = "400" if "400" in ours["open_loop"] else str(int(rates[0]))
     out["ratios"][f"p99_at_{at}_minus_floor_ms"] = (
-        ours["open_loop"][at]["p99_ms"] - floor["open_loop"][at]["p99_ms"])
+        ours["open_loop"][at]["p99_ms"] - floor["open_loop"][at]["p99_ms"]
+    )
     out["ratios"]["p99_budget_ms"] = 1.0
     return out
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = ["# Lasthop benchmark", "",
-             f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}; "
-             f"{results['settings']['rounds']} rounds x {results['settings']['seconds']} s per "
-             f"measurement, targets interleaved; Lasthop on Redis with audit.fsync = "
-             f"{results['settings']['fsync']} and receipts on.", "",
-             "| target | max req/s | server CPU/check | Envoy CPU/check | RSS |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Lasthop benchmark",
+        "",
+        f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}; "
+        f"{results['settings']['rounds']} rounds x {results['settings']['seconds']} s per "
+        f"measurement, targets interleaved; Lasthop on Redis with audit.fsync = "
+        f"{results['settings']['fsync']} and receipts on.",
+        "",
+        "| target | max req/s | server CPU/check | Envoy CPU/check | RSS |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, t in results["targets"].items():
-        lines.append(f"| {name} | {t['max_throughput_rps']:.0f} | "
-                     f"{t['server_cpu_per_check_us']:.0f} µs | "
-                     f"{t['envoy_cpu_per_check_us']:.0f} µs | {t['rss_mb']:.0f} MB |")
-    lines += ["", "| target | offered req/s | p50 | p90 | p99 | p99.9 | non-200 |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {name} | {t['max_throughput_rps']:.0f} | "
+            f"{t['server_cpu_per_check_us']:.0f} µs | "
+            f"{t['envoy_cpu_per_check_us']:.0f} µs | {t['rss_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        "| target | offered req/s | p50 | p90 | p99 | p99.9 | non-200 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for rate in results["settings"]["rates"]:
         for name, t in results["targets"].items():
             o = t["open_loop"][str(int(rate))]
             bad = sum(n for code, n in o["statuses"].items() if int(code) != 200) + o["errors"]
-            lines.append(f"| {name} | {int(rate)} | {o['p50_ms']:.2f} ms | {o['p90_ms']:.2f} ms | "
-                         f"{o['p99_ms']:.2f} ms | {o['p99.9_ms']:.2f} ms | {bad} |")
+            lines.append(
+                f"| {name} | {int(rate)} | {o['p50_ms']:.2f} ms | {o['p90_ms']:.2f} ms | "
+                f"{o['p99_ms']:.2f} ms | {o['p99.9_ms']:.2f} ms | {bad} |"
+            )
     r = results["ratios"]
     p99_key = next(k for k in r if k.startswith("p99_at_"))
-    lines += ["", "| target | measured | holds |", "| --- | ---: | --- |",
-              f"| throughput, Lasthop / floor >= 0.80 | {r['throughput_lasthop_over_floor']:.2f} | "
-              f"{'yes' if r['throughput_lasthop_over_floor'] >= 0.8 else 'NO'} |",
-              f"| p99 {p99_key.split('_')[2]} req/s, Lasthop - floor <= 1.0 ms | "
-              f"{r[p99_key]:+.2f} ms | {'yes' if r[p99_key] <= 1.0 else 'NO'} |"]
+    lines += [
+        "",
+        "| target | measured | holds |",
+        "| --- | ---: | --- |",
+        f"| throughput, Lasthop / floor >= 0.80 | {r['throughput_lasthop_over_floor']:.2f} | "
+        f"{'yes' if r['throughput_lasthop_over_floor'] >= 0.8 else 'NO'} |",
+        f"| p99 {p99_key.split('_')[2]} req/s, Lasthop - floor <= 1.0 ms | "
+        f"{r[p99_key]:+.2f} ms | {'yes' if r[p99_key] <= 1.0 else 'NO'} |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -277,8 +337,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, t in results["targets"].items():
         for q, style in (("p50", "-"), ("p99", "--")):
-            ax.plot(rates, [t["open_loop"][str(int(r))][f"{q}_ms"] for r in rates], style,
-                    marker="o", label=f"{name} {q}")
+            ax.plot(
+                rates,
+                [t["open_loop"][str(int(r))][f"{q}_ms"] for r in rates],
+                style,
+                marker="o",
+                label=f"{name} {q}",
+            )
     ax.set_xlabel("offered load (req/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency against offered load, through Envoy")
@@ -295,10 +360,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rates", default="200,400,800,1000")
-    ap.add_argument("--out", type=Path,
-                    default=HERE / "results" / time.strftime("%Y%m%d-%H%M%S"))
-    ap.add_argument("--fsync", default="50ms",
-                    help="Lasthop's audit.fsync for the run (always, or e.g. 50ms)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    ap.add_argument(
+        "--fsync", default="50ms", help="Lasthop's audit.fsync for the run (always, or e.g. 50ms)"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny run: checks the harness works")
     args = ap.parse_args()
     if args.smoke:

@@ -67,27 +67,47 @@ def uncached(p: Pipeline) -> None:
     policy._delta.cache_clear()  # noqa: SLF001
 
 
-def pipeline(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, store: GrantStore,
-             agents: dict[str, Agent]) -> Pipeline:
-    keys = jwks.StaticKeys(jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}),
-                                           ("ES256",), "bench"))
+def pipeline(
+    bundle: policy_load.PolicyBundle,
+    issuer: DemoIssuer,
+    store: GrantStore,
+    agents: dict[str, Agent],
+) -> Pipeline:
+    keys = jwks.StaticKeys(
+        jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}), ("ES256",), "bench")
+    )
     access, txn = rules_for(IdentitySettings())
-    return Pipeline(verifier=AccessTokenVerifier(keys, access, time.time),
-                    intent=IntentReader(keys, txn, time.time), registry=SeededRegistry(agents),
-                    bundle=bundle, store=store, audit=Null(), metrics=None,  # type: ignore[arg-type]
-                    options=PipelineOptions(max_chain_depth=4, bind_peer=False))
+    return Pipeline(
+        verifier=AccessTokenVerifier(keys, access, time.time),
+        intent=IntentReader(keys, txn, time.time),
+        registry=SeededRegistry(agents),
+        bundle=bundle,
+        store=store,
+        audit=Null(),
+        metrics=None,  # type: ignore[arg-type]
+        options=PipelineOptions(max_chain_depth=4, bind_peer=False),
+    )
 
 
 def grant(agent: str = "scribe", user: str = "dr-alice") -> Grant:
     now = int(time.time())
-    return Grant(id=f"g-{agent}-{user}", agent=agent, user=user, actions=("read",),
-                 resources=('Patient::"p-1001"',), purpose=PURPOSE, issued_by="bench",
-                 issued_at=now, expires_at=now + 3600)
+    return Grant(
+        id=f"g-{agent}-{user}",
+        agent=agent,
+        user=user,
+        actions=("read",),
+        resources=('Patient::"p-1001"',),
+        purpose=PURPOSE,
+        issued_by="bench",
+        issued_at=now,
+        expires_at=now + 3600,
+    )
 
 
 def p50(p: Pipeline, token: str, checks: int) -> float:
-    request = CheckInput(method="GET", path=PATH, host="ehr", headers={
-        "authorization": [f"Bearer {token}"]})
+    request = CheckInput(
+        method="GET", path=PATH, host="ehr", headers={"authorization": [f"Bearer {token}"]}
+    )
 
     async def go() -> list[float]:
         for _ in range(50):
@@ -114,28 +134,39 @@ def curve(name: str, points: list[tuple[Any, float]]) -> dict[str, Any]:
     return {"points": [{"x": x, "p50_us": us, "ratio": us / base} for x, us in points]}
 
 
-def per_agent(bundle: policy_load.PolicyBundle, count: int) -> tuple[policy_load.PolicyBundle,
-                                                                      dict[str, Agent]]:
+def per_agent(
+    bundle: policy_load.PolicyBundle, count: int
+) -> tuple[policy_load.PolicyBundle, dict[str, Agent]]:
     """The shipped policies plus one per agent, `count` in all; a new agent for each."""
     agents = dict(bundle.agents)
     extra = count - len(bundle.policies)
     for i in range(extra):
-        agents[f"agent-{i}"] = Agent(f"agent-{i}", "dr-alice", 20, "active",
-                                     allowed_purposes=(PURPOSE,))
+        agents[f"agent-{i}"] = Agent(
+            f"agent-{i}", "dr-alice", 20, "active", allowed_purposes=(PURPOSE,)
+        )
     shipped = "\n".join(p.read_text() for p in sorted((ROOT / "policies").glob("*.cedar")))
     text = shipped + "".join(PER_AGENT.format(n=f"agent-{i}") for i in range(extra))
     return policy_load.with_enforced_text(bundle, text), agents
 
 
-def policies_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, token: str,
-                   checks: int) -> dict[str, Any]:
+def policies_curve(
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, token: str, checks: int
+) -> dict[str, Any]:
     points = []
     for count in (10, 100, 1000, 10000):
         scaled, agents = per_agent(bundle, count)
         store = EmbeddedGrantStore(time.time)
         asyncio.run(store.put(grant()))
-        points.append((count, p50(pipeline(scaled, issuer, store, agents), issuer_token(
-            issuer, ["orchestrator", "scribe"]), checks)))
+        points.append(
+            (
+                count,
+                p50(
+                    pipeline(scaled, issuer, store, agents),
+                    issuer_token(issuer, ["orchestrator", "scribe"]),
+                    checks,
+                ),
+            )
+        )
     return curve("policies (one per agent)", points)
 
 
@@ -144,8 +175,9 @@ def issuer_token(issuer: DemoIssuer, agents: list[str], pad: int = 0) -> str:
     return issuer.access_token("dr-alice", agents, purpose=PURPOSE, ttl=3600, **extra)
 
 
-def grants_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int,
-                 maximum: int) -> dict[str, Any]:
+def grants_curve(
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int, maximum: int
+) -> dict[str, Any]:
     points = []
     with tempfile.TemporaryDirectory() as work:
         redis = RedisServer(Path(work))
@@ -165,18 +197,25 @@ def grants_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: i
                         batch.execute()
                 batch.execute()
                 loaded = target
-                points.append((target, p50(pipeline(bundle, issuer, RedisStore(redis.url, 500),
-                                                    bundle.agents),
-                                           issuer_token(issuer, ["orchestrator", "scribe"]),
-                                           checks)))
+                points.append(
+                    (
+                        target,
+                        p50(
+                            pipeline(bundle, issuer, RedisStore(redis.url, 500), bundle.agents),
+                            issuer_token(issuer, ["orchestrator", "scribe"]),
+                            checks,
+                        ),
+                    )
+                )
             client.close()
         finally:
             redis.close()
     return curve("active grants in Redis (no local cache)", points)
 
 
-def depth_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer,
-                checks: int) -> dict[str, Any]:
+def depth_curve(
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int
+) -> dict[str, Any]:
     store = EmbeddedGrantStore(time.time)
     asyncio.run(store.put(grant()))
     p = pipeline(bundle, issuer, store, bundle.agents)
@@ -185,8 +224,9 @@ def depth_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer,
     return curve("chain depth", points)
 
 
-def token_curve(bundle: policy_load.PolicyBundle, issuer: DemoIssuer,
-                checks: int) -> dict[str, Any]:
+def token_curve(
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int
+) -> dict[str, Any]:
     store = EmbeddedGrantStore(time.time)
     asyncio.run(store.put(grant()))
     p = pipeline(bundle, issuer, store, bundle.agents)
@@ -206,16 +246,31 @@ def rss_mb() -> float:
 
 def memory(bundle: policy_load.PolicyBundle) -> dict[str, Any]:
     """RSS of this process holding 10,000 agents and 100,000 cached grant pairs."""
-    agents = {f"agent-{i}": Agent(f"agent-{i}", f"owner-{i % 500}", i % 100, "active",
-                                  allowed_purposes=(PURPOSE,), description="benchmark agent")
-              for i in range(10_000)}
-    cached = {(f"agent-{i % 10_000}", f"user-{i}"): (time.monotonic() + 5, 0,
-                                                      [grant(f"agent-{i % 10_000}", f"user-{i}")])
-              for i in range(100_000)}
+    agents = {
+        f"agent-{i}": Agent(
+            f"agent-{i}",
+            f"owner-{i % 500}",
+            i % 100,
+            "active",
+            allowed_purposes=(PURPOSE,),
+            description="benchmark agent",
+        )
+        for i in range(10_000)
+    }
+    cached = {
+        (f"agent-{i % 10_000}", f"user-{i}"): (
+            time.monotonic() + 5,
+            0,
+            [grant(f"agent-{i % 10_000}", f"user-{i}")],
+        )
+        for i in range(100_000)
+    }
     gc.collect()
     measured = rss_mb()
-    print(f"\nmemory: RSS {measured:.0f} MB with {len(agents)} agents and {len(cached)} cached "
-          "grant pairs (target <= 250 MB)")
+    print(
+        f"\nmemory: RSS {measured:.0f} MB with {len(agents)} agents and {len(cached)} cached "
+        "grant pairs (target <= 250 MB)"
+    )
     return {"rss_mb": measured, "agents": len(agents), "cached_grant_pairs": len(cached)}
 
 

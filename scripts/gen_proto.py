@@ -1,7 +1,7 @@
 """Generate `authz/_proto/` from `proto/`. Run after editing a .proto; a test checks it is current.
 
-    python scripts/gen_proto.py            # write authz/_proto/
-    python scripts/gen_proto.py --check    # exit 1 if authz/_proto/ is stale
+python scripts/gen_proto.py            # write authz/_proto/
+python scripts/gen_proto.py --check    # exit 1 if authz/_proto/ is stale
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ def generate() -> dict[str, str]:
     sources = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}",
-             f"--python_out={tmp}", f"--grpc_python_out={tmp}", *sources],
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTO}",
+                f"--python_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                *sources,
+            ],
             check=True,
         )
         files: dict[str, str] = {}
@@ -39,8 +46,11 @@ def generate() -> dict[str, str]:
 def main() -> int:
     files = generate()
     if "--check" in sys.argv:
-        stale = [name for name, text in files.items()
-                 if not (OUT / name).exists() or (OUT / name).read_text() != text]
+        stale = [
+            name
+            for name, text in files.items()
+            if not (OUT / name).exists() or (OUT / name).read_text() != text
+        ]
         if stale:
             print(f"authz/_proto is stale: {stale}; run python scripts/gen_proto.py")
             return 1

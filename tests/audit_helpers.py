@@ -18,20 +18,43 @@ PURPOSE = "clinical-documentation"
 
 def decision(n: int = 0, **changes: Any) -> AuditRecord:
     base = AuditRecord(
-        decision_id=f"d-{n}", time="2026-03-01T10:00:00.000+00:00", decision="allow",
-        status=200, reason="allowed", user="dr-alice", chain=["orchestrator", "scribe"],
-        agent="scribe", client_id="scribe", peer="", action="read",
-        resource='Records::"p-1001"', method="GET", host="ehr.local",
-        path="/patients/p-1001/records", purpose=PURPOSE, txn=f"txn-{n}", grant_id="g-1",
-        policies=["scribe-read-records"], policy_version="abc", token_sha256="0" * 64,
-        latency_ms=1.25, owner="dr-alice", phi=True, parents=['Patient::"p-1001"'],
+        decision_id=f"d-{n}",
+        time="2026-03-01T10:00:00.000+00:00",
+        decision="allow",
+        status=200,
+        reason="allowed",
+        user="dr-alice",
+        chain=["orchestrator", "scribe"],
+        agent="scribe",
+        client_id="scribe",
+        peer="",
+        action="read",
+        resource='Records::"p-1001"',
+        method="GET",
+        host="ehr.local",
+        path="/patients/p-1001/records",
+        purpose=PURPOSE,
+        txn=f"txn-{n}",
+        grant_id="g-1",
+        policies=["scribe-read-records"],
+        policy_version="abc",
+        token_sha256="0" * 64,
+        latency_ms=1.25,
+        owner="dr-alice",
+        phi=True,
+        parents=['Patient::"p-1001"'],
     )
     return dataclasses.replace(base, **changes)
 
 
 def event(n: int = 0) -> EventRecord:
-    return EventRecord(event="grant_issued", actor="ops-admin", target=f"g-{n}",
-                       time="2026-03-01T10:00:00.000+00:00", detail={"agent": "scribe"})
+    return EventRecord(
+        event="grant_issued",
+        actor="ops-admin",
+        target=f"g-{n}",
+        time="2026-03-01T10:00:00.000+00:00",
+        detail={"agent": "scribe"},
+    )
 
 
 class FakeClock:
@@ -42,12 +65,19 @@ class FakeClock:
         return self.now
 
 
-def write_trail(path: Path, key: SigningKey | None, records: int, *,
-                checkpoint_records: int = 1000, rotate_bytes: int = 0,
-                anchors: Path | None = None) -> None:
+def write_trail(
+    path: Path,
+    key: SigningKey | None,
+    records: int,
+    *,
+    checkpoint_records: int = 1000,
+    rotate_bytes: int = 0,
+    anchors: Path | None = None,
+) -> None:
     """A trail of `records` decisions through the real writer (open, commit each, close)."""
-    options = TrailOptions(key=key, checkpoint_records=checkpoint_records,
-                           rotate_bytes=rotate_bytes, anchors=anchors)
+    options = TrailOptions(
+        key=key, checkpoint_records=checkpoint_records, rotate_bytes=rotate_bytes, anchors=anchors
+    )
 
     async def main() -> None:
         log = AuditLog(path, queue_size=10_000, options=options)

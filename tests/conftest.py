@@ -38,11 +38,19 @@ def bundle() -> policy_load.PolicyBundle:
     return policy_load.load(POLICIES)
 
 
-def rules(types: frozenset[str] = ACCESS_TOKEN_TYPES, audiences: tuple[str, ...] = (AUDIENCE,),
-          max_lifetime: int = 3600) -> IdentityRules:
-    return IdentityRules(issuers=frozenset({ISSUER}), audiences=frozenset(audiences),
-                         algorithms=frozenset({"RS256", "ES256", "EdDSA"}), types=types,
-                         leeway=30, max_lifetime=max_lifetime)
+def rules(
+    types: frozenset[str] = ACCESS_TOKEN_TYPES,
+    audiences: tuple[str, ...] = (AUDIENCE,),
+    max_lifetime: int = 3600,
+) -> IdentityRules:
+    return IdentityRules(
+        issuers=frozenset({ISSUER}),
+        audiences=frozenset(audiences),
+        algorithms=frozenset({"RS256", "ES256", "EdDSA"}),
+        types=types,
+        leeway=30,
+        max_lifetime=max_lifetime,
+    )
 
 
 def keys_for(*issuers: DemoIssuer) -> jwks.StaticKeys:
@@ -69,10 +77,15 @@ PipelineFactory = Callable[..., Pipeline]
 
 
 @pytest.fixture
-def make_pipeline(issuer: DemoIssuer, rs_issuer: DemoIssuer,
-                  bundle: policy_load.PolicyBundle, clock: Clock) -> PipelineFactory:
-    def factory(store: GrantStore | None = None, bind_peer: bool = False,
-                max_chain_depth: int = 4, audit: Any = None) -> Pipeline:
+def make_pipeline(
+    issuer: DemoIssuer, rs_issuer: DemoIssuer, bundle: policy_load.PolicyBundle, clock: Clock
+) -> PipelineFactory:
+    def factory(
+        store: GrantStore | None = None,
+        bind_peer: bool = False,
+        max_chain_depth: int = 4,
+        audit: Any = None,
+    ) -> Pipeline:
         keys = keys_for(issuer, rs_issuer)
         return Pipeline(
             verifier=AccessTokenVerifier(keys, rules(), clock),
@@ -85,25 +98,48 @@ def make_pipeline(issuer: DemoIssuer, rs_issuer: DemoIssuer,
             options=PipelineOptions(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
             clock=clock,
         )
+
     return factory
 
 
-def check_input(token: str | None, method: str = "GET", path: str = "/patients/p-1001/records",
-                headers: dict[str, list[str]] | None = None, peer: str = "") -> CheckInput:
+def check_input(
+    token: str | None,
+    method: str = "GET",
+    path: str = "/patients/p-1001/records",
+    headers: dict[str, list[str]] | None = None,
+    peer: str = "",
+) -> CheckInput:
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["authorization"] = [f"Bearer {token}"]
-    return CheckInput(method=method, path=path, host="ehr.local", headers=all_headers,
-                      peer_principal=peer)
+    return CheckInput(
+        method=method, path=path, host="ehr.local", headers=all_headers, peer_principal=peer
+    )
 
 
-def grant(agent: str = "scribe", user: str = "dr-alice", actions: tuple[str, ...] = ("read",),
-          resources: tuple[str, ...] = ('Patient::"p-1001"',), purpose: str = PURPOSE,
-          ttl: int = 900, max_uses: int = 0, now: float | None = None) -> Grant:
+def grant(
+    agent: str = "scribe",
+    user: str = "dr-alice",
+    actions: tuple[str, ...] = ("read",),
+    resources: tuple[str, ...] = ('Patient::"p-1001"',),
+    purpose: str = PURPOSE,
+    ttl: int = 900,
+    max_uses: int = 0,
+    now: float | None = None,
+) -> Grant:
     issued = int(now if now is not None else time.time())
-    return Grant(id=f"g-test-{agent}-{issued}-{ttl}-{max_uses}", agent=agent, user=user,
-                 actions=actions, resources=resources, purpose=purpose, issued_by="test",
-                 issued_at=issued, expires_at=issued + ttl, max_uses=max_uses)
+    return Grant(
+        id=f"g-test-{agent}-{issued}-{ttl}-{max_uses}",
+        agent=agent,
+        user=user,
+        actions=actions,
+        resources=resources,
+        purpose=purpose,
+        issued_by="test",
+        issued_at=issued,
+        expires_at=issued + ttl,
+        max_uses=max_uses,
+    )
 
 
 __all__ = ["ADMIN_AUDIENCE", "PURPOSE", "check_input", "grant", "keys_for", "rules"]

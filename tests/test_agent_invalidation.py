@@ -30,7 +30,8 @@ def test_a_suspension_is_stored_and_published_together(tmp_path: Path) -> None:
             try:
                 await store.add_agent(AGENT)
                 return await store.replace_agent(
-                    AGENT, dataclasses.replace(AGENT, status="suspended"))
+                    AGENT, dataclasses.replace(AGENT, status="suspended")
+                )
             finally:
                 await store.close()
 

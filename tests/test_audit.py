@@ -28,9 +28,9 @@ class RefusingAudit(MemoryAudit):
         return False
 
 
-def test_allowed_request_becomes_503_when_audit_refuses(make_pipeline: PipelineFactory,
-                                                        issuer: DemoIssuer,
-                                                        clock: Clock) -> None:
+def test_allowed_request_becomes_503_when_audit_refuses(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
@@ -40,16 +40,15 @@ def test_allowed_request_becomes_503_when_audit_refuses(make_pipeline: PipelineF
 
     sink = RefusingAudit()
     decision = asyncio.run(make_pipeline(store=store, audit=sink).check(check_input(token)))
-    assert (decision.allowed, decision.status, decision.reason) == (False, 503,
-                                                                   "audit_unavailable")
+    assert (decision.allowed, decision.status, decision.reason) == (False, 503, "audit_unavailable")
     assert len(sink.offered) == 1
     assert sink.offered[0].decision == "allow"  # the record it could not take
     assert sink.offered[0].decision_id == decision.decision_id
 
 
-def test_denied_request_also_becomes_audit_unavailable(make_pipeline: PipelineFactory,
-                                                       issuer: DemoIssuer) -> None:
+def test_denied_request_also_becomes_audit_unavailable(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer
+) -> None:
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     decision = asyncio.run(make_pipeline(audit=RefusingAudit()).check(check_input(token)))
-    assert (decision.allowed, decision.status, decision.reason) == (False, 503,
-                                                                   "audit_unavailable")
+    assert (decision.allowed, decision.status, decision.reason) == (False, 503, "audit_unavailable")

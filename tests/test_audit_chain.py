@@ -61,8 +61,10 @@ def test_the_hash_is_recomputable_from_the_line_bytes_alone() -> None:
     """The README's language-neutral recipe: drop the `hash` member and its comma, SHA-256."""
     key = SigningKey.generate()
     head = Head()
-    lines = [head.seal_line(decision(latency_ms=0.0).to_dict()),
-             line(head.checkpoint(key, "2026-03-01T10:00:00.000+00:00", "records"))]
+    lines = [
+        head.seal_line(decision(latency_ms=0.0).to_dict()),
+        line(head.checkpoint(key, "2026-03-01T10:00:00.000+00:00", "records")),
+    ]
     for raw in lines:
         digest = json.loads(raw)["hash"]
         member = f'"hash":"{digest}"'.encode()

@@ -49,10 +49,18 @@ def test_records_are_chained_one_line_each(tmp_path: Path, key: SigningKey) -> N
     assert verify([path], keys_of(key), [anchors]).ok
 
 
-@pytest.mark.parametrize("value", [
-    "dr-alice\nforged: record", "a\r\nb", "line\u2028separator", 'quote " and \\', "nul\x00",
-    "caf\u00e9 \U0001f600", '{"seq":1}',
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "dr-alice\nforged: record",
+        "a\r\nb",
+        "line\u2028separator",
+        'quote " and \\',
+        "nul\x00",
+        "caf\u00e9 \U0001f600",
+        '{"seq":1}',
+    ],
+)
 def test_claim_values_stay_on_one_ascii_line(tmp_path: Path, value: str) -> None:
     path = tmp_path / "decisions.jsonl"
 
@@ -97,8 +105,9 @@ def test_reopening_continues_the_chain(tmp_path: Path, key: SigningKey) -> None:
     assert verify([path], keys_of(key)).ok
 
 
-def test_a_record_cut_short_by_a_crash_is_dropped_and_reported(tmp_path: Path,
-                                                              key: SigningKey) -> None:
+def test_a_record_cut_short_by_a_crash_is_dropped_and_reported(
+    tmp_path: Path, key: SigningKey
+) -> None:
     path = tmp_path / "decisions.jsonl"
     write_trail(path, key, 2)
     intact = path.read_bytes()
@@ -201,8 +210,9 @@ class Fsyncs:
         monkeypatch.setattr(audit_file.os, "fsync", fsync)
 
 
-def test_interval_fsync_happens_within_the_interval(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interval_fsync_happens_within_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock(1000.0)  # binary-exact steps below: no rounding at the boundary
     trail = Trail(tmp_path / "decisions.jsonl", TrailOptions(fsync_interval=0.5), clock)
     trail.open()
@@ -237,8 +247,7 @@ def test_always_fsyncs_every_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_checkpoints_by_count_and_by_time(tmp_path: Path, key: SigningKey) -> None:
     clock = FakeClock()
     path = tmp_path / "decisions.jsonl"
-    trail = Trail(path, TrailOptions(key=key, checkpoint_records=3, checkpoint_seconds=60),
-                  clock)
+    trail = Trail(path, TrailOptions(key=key, checkpoint_records=3, checkpoint_seconds=60), clock)
     trail.open()
     trail.write([decision(1), decision(2)])
     trail.write([decision(3)])
@@ -251,11 +260,15 @@ def test_checkpoints_by_count_and_by_time(tmp_path: Path, key: SigningKey) -> No
     assert trail.due() is None  # nothing new since: no checkpoint pending
     trail.close()
     assert [r.get("trigger") for r in records(path) if r["type"] == "checkpoint"] == [
-        "records", "interval", "shutdown"]
+        "records",
+        "interval",
+        "shutdown",
+    ]
 
 
-def test_commit_with_fsync_always_returns_after_the_fsync(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_with_fsync_always_returns_after_the_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "decisions.jsonl"
     synced_sizes: list[int] = []
 
@@ -298,7 +311,8 @@ def blocked_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
 
 def test_commit_with_an_interval_returns_before_the_write(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "decisions.jsonl"
 
     async def main() -> None:
@@ -320,8 +334,9 @@ def test_commit_with_an_interval_returns_before_the_write(
 
 def test_a_full_queue_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
-        log = AuditLog(tmp_path / "decisions.jsonl", queue_size=1,
-                       options=TrailOptions(fsync_interval=0.05))
+        log = AuditLog(
+            tmp_path / "decisions.jsonl", queue_size=1, options=TrailOptions(fsync_interval=0.05)
+        )
         log.open()
         gate = Gate(monkeypatch)
         assert log.emit(decision(0))
@@ -346,11 +361,18 @@ def test_refuses_before_open_and_after_close(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
-                                   OSError(27, "File too large"), ValueError("closed file")],
-                         ids=["ENOSPC", "EFBIG", "ValueError"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        OSError(27, "File too large"),
+        ValueError("closed file"),
+    ],
+    ids=["ENOSPC", "EFBIG", "ValueError"],
+)
 def test_a_write_failure_refuses_this_record_and_every_later_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
     path = tmp_path / "decisions.jsonl"
 
     async def main() -> None:
@@ -373,7 +395,8 @@ def test_a_write_failure_refuses_this_record_and_every_later_one(
 
 
 def test_an_fsync_failure_is_never_retried_on_that_descriptor(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "decisions.jsonl"
 
     async def main() -> None:
@@ -425,8 +448,9 @@ class RefusingAudit(MemoryAudit):
         return False
 
 
-def test_no_record_no_allow(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                            clock: Clock) -> None:
+def test_no_record_no_allow(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
@@ -437,6 +461,9 @@ def test_no_record_no_allow(make_pipeline: PipelineFactory, issuer: DemoIssuer,
     denied = asyncio.run(pipeline.check(check_input(None)))
     for decision_ in (allowed, denied):
         assert (decision_.allowed, decision_.status, decision_.reason) == (
-            False, 503, "audit_unavailable")
+            False,
+            503,
+            "audit_unavailable",
+        )
         assert decision_.receipt == ""
     assert [r.decision for r in refusing.records] == ["allow", "deny"]  # type: ignore[union-attr]

@@ -15,13 +15,17 @@ from authz.errors import ConfigError
 from authz.signing import JwksError, SigningKey, load_key, read_jwks, write_jwks
 
 
-def pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey,
-        password: bytes | None = None) -> bytes:
+def pem(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, password: bytes | None = None
+) -> bytes:
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password
-        else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             encryption)
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
 def test_generated_key_loads_back_with_the_same_kid(tmp_path: Path) -> None:
@@ -32,14 +36,19 @@ def test_generated_key_loads_back_with_the_same_kid(tmp_path: Path) -> None:
     assert key.jwk["kty"] == "OKP" and key.jwk["crv"] == "Ed25519" and key.jwk["alg"] == "EdDSA"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (None, "cannot read"),
-    (b"not a key", "is not a PEM private key"),
-    (pem(ec.generate_private_key(ec.SECP256R1())), "not an Ed25519 key"),
-    (pem(ed25519.Ed25519PrivateKey.generate(), b"secret"), "is encrypted"),
-], ids=["missing", "garbage", "ec-key", "encrypted"])
-def test_an_unusable_key_names_the_setting(tmp_path: Path, content: bytes | None,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        (b"not a key", "is not a PEM private key"),
+        (pem(ec.generate_private_key(ec.SECP256R1())), "not an Ed25519 key"),
+        (pem(ed25519.Ed25519PrivateKey.generate(), b"secret"), "is encrypted"),
+    ],
+    ids=["missing", "garbage", "ec-key", "encrypted"],
+)
+def test_an_unusable_key_names_the_setting(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
     path = tmp_path / "audit.pem"
     if content is not None:
         path.write_bytes(content)
@@ -66,14 +75,19 @@ def test_jwks_keeps_keys_of_other_types(tmp_path: Path) -> None:
     assert write_jwks(path, key)["keys"] == [key.jwk, other]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[]", "no `keys` list"),
-    ('{"keys": [{"kty": "RSA", "kid": "r", "n": "x", "e": "AQAB"}]}', "no Ed25519 key"),
-    ('{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}', "no string `kid`"),
-    ('{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": "AAAA"}]}',
-     "not a valid Ed25519 key"),
-    ("{", "is not JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "no `keys` list"),
+        ('{"keys": [{"kty": "RSA", "kid": "r", "n": "x", "e": "AQAB"}]}', "no Ed25519 key"),
+        ('{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}', "no string `kid`"),
+        (
+            '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": "AAAA"}]}',
+            "not a valid Ed25519 key",
+        ),
+        ("{", "is not JSON"),
+    ],
+)
 def test_read_jwks_refuses(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(text)
@@ -96,17 +110,20 @@ def test_audit_defaults_and_derived_paths(tmp_path: Path) -> None:
     assert load(tmp_path, 'fsync = "50ms"').audit.fsync_interval_seconds == 0.05
 
 
-@pytest.mark.parametrize(("line", "key"), [
-    ('fsync = "sometimes"', "audit.fsync"),
-    ('fsync = "0ms"', "audit.fsync"),
-    ('fsync = "50s"', "audit.fsync"),
-    ('on_failure = "allow"', "audit.on_failure"),
-    ("checkpoint_records = 0", "audit.checkpoint_records"),
-    ("checkpoint_seconds = 0", "audit.checkpoint_seconds"),
-    ("rotate_bytes = 10", "audit.rotate_bytes"),
-    ("receipt_ttl_seconds = 0", "audit.receipt_ttl_seconds"),
-    ("receipts = 1", "audit.receipts"),
-])
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('fsync = "sometimes"', "audit.fsync"),
+        ('fsync = "0ms"', "audit.fsync"),
+        ('fsync = "50s"', "audit.fsync"),
+        ('on_failure = "allow"', "audit.on_failure"),
+        ("checkpoint_records = 0", "audit.checkpoint_records"),
+        ("checkpoint_seconds = 0", "audit.checkpoint_seconds"),
+        ("rotate_bytes = 10", "audit.rotate_bytes"),
+        ("receipt_ttl_seconds = 0", "audit.receipt_ttl_seconds"),
+        ("receipts = 1", "audit.receipts"),
+    ],
+)
 def test_bad_audit_settings_name_the_key(tmp_path: Path, line: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"`{key}`"):
         load(tmp_path, line)

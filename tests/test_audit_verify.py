@@ -75,8 +75,9 @@ def first_index(records: list[dict[str, Any]], kind: str, after: int = 0) -> int
     return next(i for i, r in enumerate(records) if r["type"] == kind and i > after)
 
 
-def test_the_pristine_trail_verifies(trail: tuple[Path, Path],
-                                     keys: dict[str, Ed25519PublicKey]) -> None:
+def test_the_pristine_trail_verifies(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     report = verify([trail[0]], keys, [trail[1]])
     assert report.ok, report.problem
     assert report.records == len(load(trail[0])) and report.first_seq == 1
@@ -95,8 +96,9 @@ def test_flipped_decision(trail: tuple[Path, Path], keys: dict[str, Ed25519Publi
     assert "does not match its hash" in found.message
 
 
-def test_flipped_decision_with_its_hash_recomputed(trail: tuple[Path, Path],
-                                                   keys: dict[str, Ed25519PublicKey]) -> None:
+def test_flipped_decision_with_its_hash_recomputed(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     records[3]["decision"] = "deny" if records[3]["decision"] == "allow" else "allow"
     records[3]["hash"] = record_hash(records[3])
@@ -116,8 +118,9 @@ def test_deleted_record(trail: tuple[Path, Path], keys: dict[str, Ed25519PublicK
 
 
 @pytest.mark.parametrize("distance", [1, 4])
-def test_swapped_records(trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey],
-                         distance: int) -> None:
+def test_swapped_records(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey], distance: int
+) -> None:
     records = load(trail[0])
     records[8], records[8 + distance] = records[8 + distance], records[8]
     save(trail[0], records)
@@ -126,16 +129,18 @@ def test_swapped_records(trail: tuple[Path, Path], keys: dict[str, Ed25519Public
     assert f"seq 9 should come here, but it is at {trail[0]}:{9 + distance}" in found.message
 
 
-def test_swapped_last_two_records(trail: tuple[Path, Path],
-                                  keys: dict[str, Ed25519PublicKey]) -> None:
+def test_swapped_last_two_records(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     records[-1], records[-2] = records[-2], records[-1]
     save(trail[0], records)
     assert problem(trail, keys).kind == "reordered"
 
 
-def test_inserted_copy_after_the_original(trail: tuple[Path, Path],
-                                          keys: dict[str, Ed25519PublicKey]) -> None:
+def test_inserted_copy_after_the_original(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     records.insert(10, dict(records[6]))
     save(trail[0], records)
@@ -144,8 +149,9 @@ def test_inserted_copy_after_the_original(trail: tuple[Path, Path],
     assert f"a copy of the record at {trail[0]}:7" in found.message
 
 
-def test_inserted_copy_before_the_original(trail: tuple[Path, Path],
-                                           keys: dict[str, Ed25519PublicKey]) -> None:
+def test_inserted_copy_before_the_original(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     records.insert(6, dict(records[12]))
     save(trail[0], records)
@@ -153,11 +159,16 @@ def test_inserted_copy_before_the_original(trail: tuple[Path, Path],
     assert (found.kind, found.where and found.where.line) == ("inserted", 7)
 
 
-def test_inserted_forgery_that_chains_correctly(trail: tuple[Path, Path],
-                                                keys: dict[str, Ed25519PublicKey]) -> None:
+def test_inserted_forgery_that_chains_correctly(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
-    forged = {**records[7], "decision_id": "d-forged", "seq": records[6]["seq"] + 1,
-              "prev": records[6]["hash"]}
+    forged = {
+        **records[7],
+        "decision_id": "d-forged",
+        "seq": records[6]["seq"] + 1,
+        "prev": records[6]["hash"],
+    }
     forged["hash"] = record_hash(forged)
     records.insert(7, forged)
     save(trail[0], records)
@@ -166,11 +177,12 @@ def test_inserted_forgery_that_chains_correctly(trail: tuple[Path, Path],
     assert f"the genuine seq 8 is at {trail[0]}:9" in found.message
 
 
-def test_truncated_before_a_checkpoint(trail: tuple[Path, Path],
-                                       keys: dict[str, Ed25519PublicKey]) -> None:
+def test_truncated_before_a_checkpoint(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     cut = first_index(records, "checkpoint", after=10)  # drop it and everything after
-    save(trail[0], records[:cut - 1])
+    save(trail[0], records[: cut - 1])
     found = problem(trail, keys)
     assert (found.kind, found.where and found.where.line) == ("truncated", cut - 1)
     assert f"checkpoint seq {records[cut]['seq']}" in found.message
@@ -178,8 +190,9 @@ def test_truncated_before_a_checkpoint(trail: tuple[Path, Path],
     assert verify([trail[0]], keys).ok
 
 
-def test_forged_checkpoint_signature(trail: tuple[Path, Path],
-                                     keys: dict[str, Ed25519PublicKey], key: SigningKey) -> None:
+def test_forged_checkpoint_signature(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey], key: SigningKey
+) -> None:
     records = load(trail[0])
     index = first_index(records, "checkpoint", after=5)
     forger = SigningKey.generate()  # same kid, another key
@@ -189,11 +202,14 @@ def test_forged_checkpoint_signature(trail: tuple[Path, Path],
     report = verify([trail[0]], keys)
     assert report.problem is not None
     assert (report.problem.kind, report.problem.where and report.problem.where.line) == (
-        "bad_signature", index + 1)
+        "bad_signature",
+        index + 1,
+    )
 
 
 def test_rewriting_with_every_hash_recomputed_fails_at_the_next_checkpoint(
-        trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]) -> None:
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     records = load(trail[0])
     records[2]["decision"] = "allow" if records[2]["decision"] == "deny" else "deny"
     reseal(records, 2)
@@ -209,14 +225,19 @@ def test_unknown_signing_key(trail: tuple[Path, Path]) -> None:
     assert found.kind == "unknown_key"
 
 
-@pytest.mark.parametrize("edit", [
-    lambda raw: raw.replace(b'","', b'", "', 1),  # re-encoded: not canonical
-    lambda raw: b"not json at all\n",
-    lambda raw: b"[1, 2]\n",
-    lambda raw: raw.replace(b'"seq":', b'"sequence":'),
-], ids=["re-encoded", "garbage", "not-an-object", "no-seq"])
-def test_edited_lines(trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey],
-                      edit: Any) -> None:
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda raw: raw.replace(b'","', b'", "', 1),  # re-encoded: not canonical
+        lambda raw: b"not json at all\n",
+        lambda raw: b"[1, 2]\n",
+        lambda raw: raw.replace(b'"seq":', b'"sequence":'),
+    ],
+    ids=["re-encoded", "garbage", "not-an-object", "no-seq"],
+)
+def test_edited_lines(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey], edit: Any
+) -> None:
     lines = read_lines(trail[0])
     lines[5] = edit(lines[5])
     trail[0].write_bytes(b"".join(lines))
@@ -224,8 +245,9 @@ def test_edited_lines(trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey
     assert (found.kind, found.where and found.where.line) == ("edited", 6)
 
 
-def test_a_torn_last_line_is_a_note_not_a_failure(trail: tuple[Path, Path],
-                                                  keys: dict[str, Ed25519PublicKey]) -> None:
+def test_a_torn_last_line_is_a_note_not_a_failure(
+    trail: tuple[Path, Path], keys: dict[str, Ed25519PublicKey]
+) -> None:
     with trail[0].open("ab") as file:
         file.write(b'{"decision":"al')
     report = verify([trail[0]], keys, [trail[1]])
@@ -239,8 +261,9 @@ def test_an_empty_trail_does_not_verify(tmp_path: Path) -> None:
     assert report.problem is not None and report.problem.kind == "empty"
 
 
-def test_rotated_files_in_any_order_and_partial_trails(tmp_path: Path, key: SigningKey,
-                                                       keys: dict[str, Ed25519PublicKey]) -> None:
+def test_rotated_files_in_any_order_and_partial_trails(
+    tmp_path: Path, key: SigningKey, keys: dict[str, Ed25519PublicKey]
+) -> None:
     path = tmp_path / "decisions.jsonl"
     write_trail(path, key, 30, rotate_bytes=4096)
     files = trail_files(path)

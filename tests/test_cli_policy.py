@@ -25,8 +25,12 @@ from authz.model import CheckInput, Grant
 from tests.conftest import POLICIES, PURPOSE
 
 RECORDS = "/patients/p-1001/records"
-SCRIBE_CLAIMS = {"sub": "dr-alice", "act": {"sub": "scribe"}, "client_id": "scribe",
-                 "purp": PURPOSE}
+SCRIBE_CLAIMS = {
+    "sub": "dr-alice",
+    "act": {"sub": "scribe"},
+    "client_id": "scribe",
+    "purp": PURPOSE,
+}
 READ_GRANT = {"actions": ["read"], "resources": ['Patient::"p-1001"'], "purpose": PURPOSE}
 
 SHADOW_FORBID = """\
@@ -87,9 +91,11 @@ def test_validate_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     bundle = policy_load.load(POLICIES)
     code, out, err = run(capsys, "policy", "validate", str(POLICIES))
     assert code == 0, err
-    assert out.strip() == (f"ok: {len(bundle.policies)} policies (0 shadow), "
-                           f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
-                           f"version {bundle.version}")
+    assert out.strip() == (
+        f"ok: {len(bundle.policies)} policies (0 shadow), "
+        f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
+        f"version {bundle.version}"
+    )
     assert err == ""
 
 
@@ -107,12 +113,16 @@ def test_validate_format_shipped_is_clean(capsys: pytest.CaptureFixture[str]) ->
     assert "not in Cedar format" not in out
 
 
-def test_validate_format_names_an_unformatted_file(capsys: pytest.CaptureFixture[str],
-                                                   copy: Path) -> None:
+def test_validate_format_names_an_unformatted_file(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     path = copy / "scribe-read-records.cedar"
-    path.write_text('@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
-                    'action == Action::"read",  resource is Records)  when { context has grant };'
-                    "\n", encoding="utf-8")
+    path.write_text(
+        '@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
+        'action == Action::"read",  resource is Records)  when { context has grant };'
+        "\n",
+        encoding="utf-8",
+    )
     code, out, _ = run(capsys, "policy", "validate", "--format", str(copy))
     assert code == 1
     assert out.startswith("ok: ")  # it is valid, only not formatted
@@ -122,8 +132,9 @@ def test_validate_format_names_an_unformatted_file(capsys: pytest.CaptureFixture
     assert run(capsys, "policy", "validate", str(copy))[0] == 0
 
 
-def test_validate_broken_copy_names_file_and_line(capsys: pytest.CaptureFixture[str],
-                                                  copy: Path) -> None:
+def test_validate_broken_copy_names_file_and_line(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     path = copy / "scribe-read-records.cedar"
     edit(path, "action ==", "action ===")
     line = next(n for n, text in enumerate(path.read_text().split("\n"), 1) if "===" in text)
@@ -151,17 +162,22 @@ def test_policy_test_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, out
     assert last_line(out) == f"{total} passed, 0 failed"
     assert "FAIL" not in out
-    assert sum(line.startswith("PASS  fixtures ") for line in out.splitlines()) == \
-        fixture_count(POLICIES)
-    assert sum(line.startswith("PASS  scenarios ") for line in out.splitlines()) == \
-        len(scenarios(POLICIES))
+    assert sum(line.startswith("PASS  fixtures ") for line in out.splitlines()) == fixture_count(
+        POLICIES
+    )
+    assert sum(line.startswith("PASS  scenarios ") for line in out.splitlines()) == len(
+        scenarios(POLICIES)
+    )
 
 
-def test_deny_fixture_filed_under_allow_fails(capsys: pytest.CaptureFixture[str],
-                                              copy: Path) -> None:
+def test_deny_fixture_filed_under_allow_fails(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     total = fixture_count(copy) + len(scenarios(copy))
-    shutil.move(copy / "tests" / "DENY" / "orchestrator-reads-records.json",
-                copy / "tests" / "ALLOW" / "orchestrator-reads-records.json")
+    shutil.move(
+        copy / "tests" / "DENY" / "orchestrator-reads-records.json",
+        copy / "tests" / "ALLOW" / "orchestrator-reads-records.json",
+    )
     code, out, _ = run(capsys, "policy", "test", str(copy))
     assert code == 1
     lines = out.splitlines()
@@ -172,8 +188,9 @@ def test_deny_fixture_filed_under_allow_fails(capsys: pytest.CaptureFixture[str]
     assert last_line(out) == f"{total - 1} passed, 1 failed"
 
 
-def test_deny_fixture_with_the_wrong_pinned_reason_fails(capsys: pytest.CaptureFixture[str],
-                                                        copy: Path) -> None:
+def test_deny_fixture_with_the_wrong_pinned_reason_fails(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     path = copy / "tests" / "DENY" / "billing-bot-reads-records.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc["reason"] = "risk_too_high"
@@ -184,17 +201,20 @@ def test_deny_fixture_with_the_wrong_pinned_reason_fails(capsys: pytest.CaptureF
     assert "expected DENY risk_too_high, got DENY billing_not_clinical" in out
 
 
-def test_scenario_with_the_wrong_reason_fails(capsys: pytest.CaptureFixture[str],
-                                              copy: Path) -> None:
+def test_scenario_with_the_wrong_reason_fails(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     total = fixture_count(copy) + len(scenarios(copy))
     name = "the same read without a grant"
-    edit(copy / "tests" / "scenarios.toml",
-         f'name = "{name}"\nuser = "dr-alice"\nagents = ["scribe"]\n'
-         f'purpose = "clinical-documentation"\nmethod = "GET"\npath = "{RECORDS}"\n'
-         'expect = "deny"\nreason = "no_grant"',
-         f'name = "{name}"\nuser = "dr-alice"\nagents = ["scribe"]\n'
-         f'purpose = "clinical-documentation"\nmethod = "GET"\npath = "{RECORDS}"\n'
-         'expect = "deny"\nreason = "grant_expired"')
+    edit(
+        copy / "tests" / "scenarios.toml",
+        f'name = "{name}"\nuser = "dr-alice"\nagents = ["scribe"]\n'
+        f'purpose = "clinical-documentation"\nmethod = "GET"\npath = "{RECORDS}"\n'
+        'expect = "deny"\nreason = "no_grant"',
+        f'name = "{name}"\nuser = "dr-alice"\nagents = ["scribe"]\n'
+        f'purpose = "clinical-documentation"\nmethod = "GET"\npath = "{RECORDS}"\n'
+        'expect = "deny"\nreason = "grant_expired"',
+    )
     code, out, _ = run(capsys, "policy", "test", str(copy))
     assert code == 1
     assert f"FAIL  scenarios {name}" in out
@@ -203,18 +223,22 @@ def test_scenario_with_the_wrong_reason_fails(capsys: pytest.CaptureFixture[str]
 
 
 def _two_failures(copy: Path) -> tuple[str, str]:
-    shutil.move(copy / "tests" / "DENY" / "orchestrator-reads-records.json",
-                copy / "tests" / "ALLOW" / "orchestrator-reads-records.json")
+    shutil.move(
+        copy / "tests" / "DENY" / "orchestrator-reads-records.json",
+        copy / "tests" / "ALLOW" / "orchestrator-reads-records.json",
+    )
     name = "billing-bot reads a claim"
-    edit(copy / "tests" / "scenarios.toml",
-         f'name = "{name}"\nuser = "bob"\nagents = ["billing-bot"]\npurpose = "billing"\n'
-         'method = "GET"\npath = "/claims/c-77"\n'
-         "grants = [{ actions = [\"read\"], resources = ['Claim::\"c-77\"'] }]\n"
-         'expect = "allow"',
-         f'name = "{name}"\nuser = "bob"\nagents = ["billing-bot"]\npurpose = "billing"\n'
-         'method = "GET"\npath = "/claims/c-77"\n'
-         "grants = [{ actions = [\"read\"], resources = ['Claim::\"c-77\"'] }]\n"
-         'expect = "deny"')
+    edit(
+        copy / "tests" / "scenarios.toml",
+        f'name = "{name}"\nuser = "bob"\nagents = ["billing-bot"]\npurpose = "billing"\n'
+        'method = "GET"\npath = "/claims/c-77"\n'
+        'grants = [{ actions = ["read"], resources = [\'Claim::"c-77"\'] }]\n'
+        'expect = "allow"',
+        f'name = "{name}"\nuser = "bob"\nagents = ["billing-bot"]\npurpose = "billing"\n'
+        'method = "GET"\npath = "/claims/c-77"\n'
+        'grants = [{ actions = ["read"], resources = [\'Claim::"c-77"\'] }]\n'
+        'expect = "deny"',
+    )
     return "ALLOW/orchestrator-reads-records", name
 
 
@@ -229,8 +253,10 @@ def test_junit_report(capsys: pytest.CaptureFixture[str], copy: Path, tmp_path: 
     assert root.tag == "testsuites"
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     assert set(suites) == {"lasthop.fixtures", "lasthop.scenarios"}
-    for suite_name, count, bad in (("lasthop.fixtures", fixtures, bad_fixture),
-                                   ("lasthop.scenarios", cases, bad_scenario)):
+    for suite_name, count, bad in (
+        ("lasthop.fixtures", fixtures, bad_fixture),
+        ("lasthop.scenarios", cases, bad_scenario),
+    ):
         suite = suites[suite_name]
         testcases = suite.findall("testcase")
         assert suite.get("tests") == str(count) == str(len(testcases))
@@ -253,27 +279,29 @@ def test_junit_report_all_passing(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert root.find(".//failure") is None
 
 
-def test_unknown_scenario_key_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                           copy: Path) -> None:
+def test_unknown_scenario_key_is_bad_input(capsys: pytest.CaptureFixture[str], copy: Path) -> None:
     path = copy / "tests" / "scenarios.toml"
-    edit(path, 'name = "scribe files a note"\n',
-         'name = "scribe files a note"\nexpected_reason = "allowed"\n')
+    edit(
+        path,
+        'name = "scribe files a note"\n',
+        'name = "scribe files a note"\nexpected_reason = "allowed"\n',
+    )
     code, out, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
     assert "expected_reason" in err and "scribe files a note" in err
     assert "passed" not in out
 
 
-def test_invalid_scenario_toml_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                            copy: Path) -> None:
+def test_invalid_scenario_toml_is_bad_input(capsys: pytest.CaptureFixture[str], copy: Path) -> None:
     (copy / "tests" / "scenarios.toml").write_text("[[scenario]\nname = 1\n", encoding="utf-8")
     code, _, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
     assert "scenarios.toml" in err and "TOML" in err
 
 
-def test_policy_test_with_nothing_to_run_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                                      copy: Path) -> None:
+def test_policy_test_with_nothing_to_run_is_bad_input(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     shutil.rmtree(copy / "tests")
     code, out, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
@@ -281,8 +309,9 @@ def test_policy_test_with_nothing_to_run_is_bad_input(capsys: pytest.CaptureFixt
     assert "passed" not in out
 
 
-def test_policy_test_on_a_broken_set_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                                  copy: Path) -> None:
+def test_policy_test_on_a_broken_set_is_bad_input(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
     edit(copy / "scribe-read-records.cedar", "action ==", "action ===")
     code, _, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
@@ -301,28 +330,56 @@ class Site:
             text = self.config.read_text()
             self.config.write_text(text.replace("[policies]\n", f"[policies]\n{extra}\n"))
 
-    def check(self, capsys: pytest.CaptureFixture[str], *args: str,
-              path: str = RECORDS) -> tuple[int, dict[str, Any], str]:
-        code, out, err = run(capsys, "check", "--config", str(self.config), "--method", "GET",
-                             "--path", path, "--output", "json", *args)
+    def check(
+        self, capsys: pytest.CaptureFixture[str], *args: str, path: str = RECORDS
+    ) -> tuple[int, dict[str, Any], str]:
+        code, out, err = run(
+            capsys,
+            "check",
+            "--config",
+            str(self.config),
+            "--method",
+            "GET",
+            "--path",
+            path,
+            "--output",
+            "json",
+            *args,
+        )
         return code, (json.loads(out) if out.strip() else {}), err
 
 
-def test_check_allow_explains_everything(capsys: pytest.CaptureFixture[str],
-                                         tmp_path: Path) -> None:
+def test_check_allow_explains_everything(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     site = Site(tmp_path)
     other = {**READ_GRANT, "resources": ['Patient::"p-2002"']}
-    code, report, err = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS),
-                                   "--grant", json.dumps(other), "--grant", json.dumps(READ_GRANT))
+    code, report, err = site.check(
+        capsys,
+        "--claims",
+        json.dumps(SCRIBE_CLAIMS),
+        "--grant",
+        json.dumps(other),
+        "--grant",
+        json.dumps(READ_GRANT),
+    )
     assert code == 0, err
     assert report["decision"] == "allow" and report["status"] == 200
     assert report["reason"] == "allowed"
-    assert report["chain"] == {"user": "dr-alice", "agents": ["scribe"], "actor": "scribe",
-                               "rendered": "dr-alice -> scribe"}
+    assert report["chain"] == {
+        "user": "dr-alice",
+        "agents": ["scribe"],
+        "actor": "scribe",
+        "rendered": "dr-alice -> scribe",
+    }
     assert report["intent"]["purpose"] == PURPOSE
-    assert report["route"] == {"template": "/patients/{patient}/records", "action": "read",
-                               "resource": 'Records::"p-1001"',
-                               "parents": ['Patient::"p-1001"'], "phi": True}
+    assert report["route"] == {
+        "template": "/patients/{patient}/records",
+        "action": "read",
+        "resource": 'Records::"p-1001"',
+        "parents": ['Patient::"p-1001"'],
+        "phi": True,
+    }
     grants = report["grants"]
     assert [g["id"] for g in grants] == ["g-check-0", "g-check-1"]
     assert [g["covers"] for g in grants] == [False, True]
@@ -351,25 +408,35 @@ def test_check_without_grant_denies(capsys: pytest.CaptureFixture[str], tmp_path
     assert report["route"]["action"] == "read"
 
 
-def test_check_forbid_names_the_policy(capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+def test_check_forbid_names_the_policy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     site = Site(tmp_path)
-    claims = {"sub": "bob", "act": {"sub": "billing-bot"}, "client_id": "billing-bot",
-              "purp": "billing"}
-    code, report, _ = site.check(capsys, "--claims", json.dumps(claims), "--grant",
-                                 json.dumps({**READ_GRANT, "purpose": "billing"}))
+    claims = {
+        "sub": "bob",
+        "act": {"sub": "billing-bot"},
+        "client_id": "billing-bot",
+        "purp": "billing",
+    }
+    code, report, _ = site.check(
+        capsys,
+        "--claims",
+        json.dumps(claims),
+        "--grant",
+        json.dumps({**READ_GRANT, "purpose": "billing"}),
+    )
     assert code == 1
     assert report["reason"] == "billing_not_clinical"
     assert report["policies"] == [{"id": "billing-never-clinical", "effect": "forbid"}]
     assert report["grants"][0]["selected"] is True
 
 
-def test_check_reports_shadow_hits(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                   copy: Path) -> None:
+def test_check_reports_shadow_hits(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, copy: Path
+) -> None:
     (copy / "shadow.cedar").write_text(SHADOW_FORBID, encoding="utf-8")
     site = Site(tmp_path, policies=copy)
-    code, report, _ = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS),
-                                 "--grant", json.dumps(READ_GRANT))
+    code, report, _ = site.check(
+        capsys, "--claims", json.dumps(SCRIBE_CLAIMS), "--grant", json.dumps(READ_GRANT)
+    )
     assert code == 0
     assert report["decision"] == "allow"
     assert report["shadow"] == [{"policy": "shadow-scribe-never-reads", "effect": "forbid"}]
@@ -377,9 +444,20 @@ def test_check_reports_shadow_hits(capsys: pytest.CaptureFixture[str], tmp_path:
 
 def test_check_text_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     site = Site(tmp_path)
-    code, out, _ = run(capsys, "check", "--config", str(site.config), "--claims",
-                       json.dumps(SCRIBE_CLAIMS), "--method", "get", "--path", RECORDS,
-                       "--grant", json.dumps(READ_GRANT))
+    code, out, _ = run(
+        capsys,
+        "check",
+        "--config",
+        str(site.config),
+        "--claims",
+        json.dumps(SCRIBE_CLAIMS),
+        "--method",
+        "get",
+        "--path",
+        RECORDS,
+        "--grant",
+        json.dumps(READ_GRANT),
+    )
     assert code == 0
     assert "chain      dr-alice -> scribe (current actor: scribe)" in out
     assert "policies   scribe-read-records (permit)" in out
@@ -396,18 +474,22 @@ def test_check_verifies_a_real_token(capsys: pytest.CaptureFixture[str], tmp_pat
     assert report["intent"]["txn"] == "txn-check-1"
     assert report["grants"][0]["agent"] == "scribe"  # defaulted from the verified chain
     # `Bearer ` in front is accepted too
-    code, report, _ = site.check(capsys, "--token", f"Bearer {token}", "--grant",
-                                 json.dumps(READ_GRANT))
+    code, report, _ = site.check(
+        capsys, "--token", f"Bearer {token}", "--grant", json.dumps(READ_GRANT)
+    )
     assert code == 0 and report["decision"] == "allow"
 
 
-@pytest.mark.parametrize(("kid", "reasons"), [
-    pytest.param("check-key", {"bad_signature"}, id="same-kid-other-key"),
-    pytest.param("someone-else", {"unknown_key"}, id="other-kid"),
-])
-def test_check_refuses_a_token_signed_by_another_key(capsys: pytest.CaptureFixture[str],
-                                                     tmp_path: Path, kid: str,
-                                                     reasons: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("kid", "reasons"),
+    [
+        pytest.param("check-key", {"bad_signature"}, id="same-kid-other-key"),
+        pytest.param("someone-else", {"unknown_key"}, id="other-kid"),
+    ],
+)
+def test_check_refuses_a_token_signed_by_another_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kid: str, reasons: set[str]
+) -> None:
     site = Site(tmp_path)
     forged = DemoIssuer("ES256", kid=kid).access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     code, report, _ = site.check(capsys, "--token", forged, "--grant", json.dumps(READ_GRANT))
@@ -417,26 +499,31 @@ def test_check_refuses_a_token_signed_by_another_key(capsys: pytest.CaptureFixtu
     assert report["chain"] is None
 
 
-@pytest.mark.parametrize("grant", [
-    pytest.param("{not json", id="not-json"),
-    pytest.param(json.dumps({"actions": ["read"], "resources": ['Patient::"p-1001"']}),
-                 id="no-purpose"),
-    pytest.param(json.dumps(["read"]), id="not-an-object"),
-    pytest.param(json.dumps({**READ_GRANT, "ttl": "soon"}), id="bad-ttl"),
-])
-def test_check_bad_grant_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                      grant: str) -> None:
+@pytest.mark.parametrize(
+    "grant",
+    [
+        pytest.param("{not json", id="not-json"),
+        pytest.param(
+            json.dumps({"actions": ["read"], "resources": ['Patient::"p-1001"']}), id="no-purpose"
+        ),
+        pytest.param(json.dumps(["read"]), id="not-an-object"),
+        pytest.param(json.dumps({**READ_GRANT, "ttl": "soon"}), id="bad-ttl"),
+    ],
+)
+def test_check_bad_grant_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, grant: str
+) -> None:
     site = Site(tmp_path)
-    code, report, err = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS),
-                                   "--grant", grant)
+    code, report, err = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS), "--grant", grant)
     assert code == 2
     assert report == {}
     assert "--grant" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("claims", ["{not json", "[1, 2]", '"dr-alice"'])
-def test_check_bad_claims_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                       claims: str) -> None:
+def test_check_bad_claims_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, claims: str
+) -> None:
     site = Site(tmp_path)
     code, report, err = site.check(capsys, "--claims", claims)
     assert code == 2
@@ -444,25 +531,37 @@ def test_check_bad_claims_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_p
     assert "--claims" in err
 
 
-def test_check_bad_header_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+def test_check_bad_header_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     site = Site(tmp_path)
-    code, _, err = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS),
-                              "--header", "no-colon-here")
+    code, _, err = site.check(
+        capsys, "--claims", json.dumps(SCRIBE_CLAIMS), "--header", "no-colon-here"
+    )
     assert code == 2
     assert "--header" in err
 
 
-def test_check_missing_config_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                           tmp_path: Path) -> None:
-    code, _, err = run(capsys, "check", "--config", str(tmp_path / "none.toml"), "--claims",
-                       json.dumps(SCRIBE_CLAIMS), "--method", "GET", "--path", RECORDS)
+def test_check_missing_config_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys,
+        "check",
+        "--config",
+        str(tmp_path / "none.toml"),
+        "--claims",
+        json.dumps(SCRIBE_CLAIMS),
+        "--method",
+        "GET",
+        "--path",
+        RECORDS,
+    )
     assert code == 2
     assert "none.toml" in err
 
 
-def test_check_in_dry_run_allows_and_says_why(capsys: pytest.CaptureFixture[str],
-                                              tmp_path: Path) -> None:
+def test_check_in_dry_run_allows_and_says_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     site = Site(tmp_path, extra='mode = "dry-run"\nallow_dry_run = true')
     code, report, _ = site.check(capsys, "--claims", json.dumps(SCRIBE_CLAIMS))
     assert code == 0
@@ -473,17 +572,27 @@ def test_check_in_dry_run_allows_and_says_why(capsys: pytest.CaptureFixture[str]
 # --- audit shadow-report ------------------------------------------------------------------------
 
 
-def _record(decision_id: str, when: str, shadow: list[tuple[str, str]],
-            disagrees: bool) -> dict[str, Any]:
-    return {"decision_id": decision_id, "time": when, "decision": "allow", "reason": "allowed",
-            "shadow": [{"policy": p, "effect": e} for p, e in shadow],
-            "shadow_disagrees": disagrees}
+def _record(
+    decision_id: str, when: str, shadow: list[tuple[str, str]], disagrees: bool
+) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id,
+        "time": when,
+        "decision": "allow",
+        "reason": "allowed",
+        "shadow": [{"policy": p, "effect": e} for p, e in shadow],
+        "shadow_disagrees": disagrees,
+    }
 
 
 TRAIL = [
     _record("d1", "2026-01-01T10:00:00.000+00:00", [("trial-forbid", "forbid")], True),
-    _record("d2", "2026-01-02T09:00:00.000+00:00",
-            [("trial-forbid", "forbid"), ("trial-permit", "permit")], False),
+    _record(
+        "d2",
+        "2026-01-02T09:00:00.000+00:00",
+        [("trial-forbid", "forbid"), ("trial-permit", "permit")],
+        False,
+    ),
     _record("d3", "2026-01-02T23:59:59.999+00:00", [("trial-permit", "permit")], True),
     _record("d4", "2026-01-03T00:00:00.000+00:00", [], False),
     _record("d5", "2026-01-03T12:00:00.000+00:00", [("trial-forbid", "forbid")], True),
@@ -510,44 +619,63 @@ def test_shadow_report_whole_trail(capsys: pytest.CaptureFixture[str], tmp_path:
     assert report["records"] == 5
     assert report["would_flip"] == 3
     by_policy = {p["policy"]: p for p in report["policies"]}
-    assert by_policy["trial-forbid"] == {"policy": "trial-forbid", "effect": "forbid",
-                                         "held": 3, "disagreements": 2,
-                                         "examples": ["d1", "d5"]}
-    assert by_policy["trial-permit"] == {"policy": "trial-permit", "effect": "permit",
-                                         "held": 2, "disagreements": 1, "examples": ["d3"]}
+    assert by_policy["trial-forbid"] == {
+        "policy": "trial-forbid",
+        "effect": "forbid",
+        "held": 3,
+        "disagreements": 2,
+        "examples": ["d1", "d5"],
+    }
+    assert by_policy["trial-permit"] == {
+        "policy": "trial-permit",
+        "effect": "permit",
+        "held": 2,
+        "disagreements": 1,
+        "examples": ["d3"],
+    }
     # most disagreements first
     assert [p["policy"] for p in report["policies"]] == ["trial-forbid", "trial-permit"]
 
 
 def test_shadow_report_window(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     trail = _write_trail(tmp_path / "decisions.jsonl", TRAIL)
-    report = _report(capsys, "--trail", str(trail), "--since", "2026-01-02",
-                     "--until", "2026-01-03")
+    report = _report(
+        capsys, "--trail", str(trail), "--since", "2026-01-02", "--until", "2026-01-03"
+    )
     assert (report["records"], report["would_flip"]) == (2, 1)  # d2, d3; d4 at the bound is out
     by_policy = {p["policy"]: p for p in report["policies"]}
-    assert (by_policy["trial-forbid"]["held"], by_policy["trial-forbid"]["disagreements"]) == (
-        1, 0)
-    assert (by_policy["trial-permit"]["held"], by_policy["trial-permit"]["disagreements"]) == (
-        2, 1)
+    assert (by_policy["trial-forbid"]["held"], by_policy["trial-forbid"]["disagreements"]) == (1, 0)
+    assert (by_policy["trial-permit"]["held"], by_policy["trial-permit"]["disagreements"]) == (2, 1)
     assert [p["policy"] for p in report["policies"]] == ["trial-permit", "trial-forbid"]
 
 
-def test_shadow_report_since_is_inclusive_until_exclusive(capsys: pytest.CaptureFixture[str],
-                                                          tmp_path: Path) -> None:
+def test_shadow_report_since_is_inclusive_until_exclusive(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     trail = _write_trail(tmp_path / "decisions.jsonl", TRAIL)
     report = _report(capsys, "--trail", str(trail), "--since", "2026-01-03T00:00:00")
     assert report["records"] == 2  # d4 (exactly at --since) and d5
     report = _report(capsys, "--trail", str(trail), "--until", "2026-01-01T10:00:00+00:00")
     assert report["records"] == 0  # d1 is exactly at --until
-    report = _report(capsys, "--trail", str(trail), "--since", "2026-01-01T11:00:00+01:00",
-                     "--until", "2026-01-01T11:00:00.001+01:00")
+    report = _report(
+        capsys,
+        "--trail",
+        str(trail),
+        "--since",
+        "2026-01-01T11:00:00+01:00",
+        "--until",
+        "2026-01-01T11:00:00.001+01:00",
+    )
     assert report["records"] == 1  # 10:00 UTC is 11:00 at +01:00
 
 
-def test_shadow_report_several_trails_and_few_examples(capsys: pytest.CaptureFixture[str],
-                                                       tmp_path: Path) -> None:
-    many = [_record(f"x{i}", f"2026-02-01T00:00:0{i}+00:00", [("trial-forbid", "forbid")], True)
-            for i in range(6)]
+def test_shadow_report_several_trails_and_few_examples(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    many = [
+        _record(f"x{i}", f"2026-02-01T00:00:0{i}+00:00", [("trial-forbid", "forbid")], True)
+        for i in range(6)
+    ]
     first = _write_trail(tmp_path / "a.jsonl", TRAIL)
     second = _write_trail(tmp_path / "b.jsonl", many)
     report = _report(capsys, "--trail", str(first), str(second))
@@ -562,15 +690,19 @@ def test_shadow_report_table(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     code, out, _ = run(capsys, "audit", "shadow-report", "--trail", str(trail))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == ("5 decisions in the window; 3 would have changed with the shadow "
-                        "policies enforced")
+    assert lines[0] == (
+        "5 decisions in the window; 3 would have changed with the shadow policies enforced"
+    )
     rows = [line.split() for line in lines if line.startswith("trial-")]
-    assert rows == [["trial-forbid", "forbid", "3", "2", "d1", "d5"],
-                    ["trial-permit", "permit", "2", "1", "d3"]]
+    assert rows == [
+        ["trial-forbid", "forbid", "3", "2", "d1", "d5"],
+        ["trial-permit", "permit", "2", "1", "d3"],
+    ]
 
 
-def test_shadow_report_reads_the_configured_trail(capsys: pytest.CaptureFixture[str],
-                                                  tmp_path: Path) -> None:
+def test_shadow_report_reads_the_configured_trail(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     site = Site(tmp_path)
     trail = tmp_path / "audit" / "decisions.jsonl"
     trail.parent.mkdir(parents=True, exist_ok=True)
@@ -579,8 +711,9 @@ def test_shadow_report_reads_the_configured_trail(capsys: pytest.CaptureFixture[
     assert report["records"] == 5
 
 
-def test_shadow_report_bad_line_names_file_and_line(capsys: pytest.CaptureFixture[str],
-                                                    tmp_path: Path) -> None:
+def test_shadow_report_bad_line_names_file_and_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     trail = _write_trail(tmp_path / "decisions.jsonl", TRAIL)
     with trail.open("a", encoding="utf-8") as out:
         out.write("{truncated\n")
@@ -589,36 +722,43 @@ def test_shadow_report_bad_line_names_file_and_line(capsys: pytest.CaptureFixtur
     assert f"{trail}:7" in err
 
 
-def test_shadow_report_record_without_a_time_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                                          tmp_path: Path) -> None:
+def test_shadow_report_record_without_a_time_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """A decision record with no `time` cannot be placed in the window: bad input, exit 2."""
     trail = tmp_path / "decisions.jsonl"
-    trail.write_text(json.dumps({"decision_id": "d-no-time", "shadow": [],
-                                 "shadow_disagrees": False}) + "\n", encoding="utf-8")
+    trail.write_text(
+        json.dumps({"decision_id": "d-no-time", "shadow": [], "shadow_disagrees": False}) + "\n",
+        encoding="utf-8",
+    )
     code, out, err = run(capsys, "audit", "shadow-report", "--trail", str(trail))
     assert code == 2
     assert out == ""
     assert err.startswith("lasthop: ") and "time" in err
 
 
-def test_shadow_report_bad_since_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                              tmp_path: Path) -> None:
+def test_shadow_report_bad_since_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     trail = _write_trail(tmp_path / "decisions.jsonl", TRAIL)
-    code, _, err = run(capsys, "audit", "shadow-report", "--trail", str(trail),
-                       "--since", "last tuesday")
+    code, _, err = run(
+        capsys, "audit", "shadow-report", "--trail", str(trail), "--since", "last tuesday"
+    )
     assert code == 2
     assert "last tuesday" in err
 
 
-def test_shadow_report_missing_trail_is_bad_input(capsys: pytest.CaptureFixture[str],
-                                                  tmp_path: Path) -> None:
+def test_shadow_report_missing_trail_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, _, err = run(capsys, "audit", "shadow-report", "--trail", str(tmp_path / "nope.jsonl"))
     assert code == 2
     assert "nope.jsonl" in err
 
 
-def test_shadow_report_over_records_the_pipeline_wrote(capsys: pytest.CaptureFixture[str],
-                                                       copy: Path, tmp_path: Path) -> None:
+def test_shadow_report_over_records_the_pipeline_wrote(
+    capsys: pytest.CaptureFixture[str], copy: Path, tmp_path: Path
+) -> None:
     """End to end: the audit records a pipeline with a shadow policy writes, then the report."""
     (copy / "shadow.cedar").write_text(SHADOW_FORBID, encoding="utf-8")
     bundle = policy_load.load(copy)
@@ -627,25 +767,57 @@ def test_shadow_report_over_records_the_pipeline_wrote(capsys: pytest.CaptureFix
     now = time.time()
     env = offline.build(bundle, ident, signer.keys, clock=lambda: now)
     grants = [
-        Grant("g-s", "scribe", "dr-alice", ("read",), ('Patient::"p-1001"',), PURPOSE, "t",
-              int(now), int(now) + 600),
-        Grant("g-m", "med-reconciler", "dr-alice", ("read",), ('Patient::"p-1001"',),
-              "medication-reconciliation", "t", int(now), int(now) + 600),
+        Grant(
+            "g-s",
+            "scribe",
+            "dr-alice",
+            ("read",),
+            ('Patient::"p-1001"',),
+            PURPOSE,
+            "t",
+            int(now),
+            int(now) + 600,
+        ),
+        Grant(
+            "g-m",
+            "med-reconciler",
+            "dr-alice",
+            ("read",),
+            ('Patient::"p-1001"',),
+            "medication-reconciliation",
+            "t",
+            int(now),
+            int(now) + 600,
+        ),
     ]
-    requests = [("scribe", PURPOSE, RECORDS), ("scribe", PURPOSE, RECORDS),
-                ("med-reconciler", "medication-reconciliation", "/patients/p-1001/medications")]
+    requests = [
+        ("scribe", PURPOSE, RECORDS),
+        ("scribe", PURPOSE, RECORDS),
+        ("med-reconciler", "medication-reconciliation", "/patients/p-1001/medications"),
+    ]
     decisions = []
     for agent, purpose, path in requests:
-        token = signer.token({"sub": "dr-alice", "act": {"sub": agent}, "client_id": agent,
-                              "purp": purpose}, now)
-        decisions.append(offline.run_check(env, CheckInput(
-            "GET", path, "ehr.local", {"authorization": [f"Bearer {token}"]}), grants))
+        token = signer.token(
+            {"sub": "dr-alice", "act": {"sub": agent}, "client_id": agent, "purp": purpose}, now
+        )
+        decisions.append(
+            offline.run_check(
+                env,
+                CheckInput("GET", path, "ehr.local", {"authorization": [f"Bearer {token}"]}),
+                grants,
+            )
+        )
     assert all(d.allowed for d in decisions)
     trail = tmp_path / "trail.jsonl"
     trail.write_bytes(b"".join(audit_chain.line(r.to_dict()) for r in env.audit.records))
     report = _report(capsys, "--trail", str(trail))
     assert (report["records"], report["would_flip"]) == (3, 2)
-    assert report["policies"] == [{
-        "policy": "shadow-scribe-never-reads", "effect": "forbid", "held": 2,
-        "disagreements": 2, "examples": [decisions[0].decision_id, decisions[1].decision_id],
-    }]
+    assert report["policies"] == [
+        {
+            "policy": "shadow-scribe-never-reads",
+            "effect": "forbid",
+            "held": 2,
+            "disagreements": 2,
+            "examples": [decisions[0].decision_id, decisions[1].decision_id],
+        }
+    ]

@@ -56,8 +56,7 @@ def write(tmp_path: Path, text: str, name: str = "lasthop.toml") -> Path:
     return path
 
 
-def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None
-              ) -> config.Settings:
+def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> config.Settings:
     return config.load(write(tmp_path, text), environ={} if environ is None else environ)
 
 
@@ -124,13 +123,15 @@ def test_every_key_read_from_toml(tmp_path: Path) -> None:
     assert s.audit.queue_size == 500
 
 
-@pytest.mark.parametrize(("toml", "expected"), [
-    ('[identity]\nmax_token_lifetime = "30s"', 30),
-    ('[identity]\nmax_token_lifetime = "15m"', 900),
-    ("[identity]\nmax_token_lifetime = 600", 600),
-])
-def test_duration_keys_take_a_duration_or_seconds(tmp_path: Path, toml: str,
-                                                  expected: int) -> None:
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[identity]\nmax_token_lifetime = "30s"', 30),
+        ('[identity]\nmax_token_lifetime = "15m"', 900),
+        ("[identity]\nmax_token_lifetime = 600", 600),
+    ],
+)
+def test_duration_keys_take_a_duration_or_seconds(tmp_path: Path, toml: str, expected: int) -> None:
     assert load_text(tmp_path, toml).identity.max_token_lifetime == expected
 
 
@@ -166,44 +167,70 @@ path = "audit/decisions.jsonl"
 # --- environment overrides -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("env", "section", "key", "expected"), [
-    ({"LASTHOP_SERVER_LISTEN": "127.0.0.1:7000"}, "server", "listen", "127.0.0.1:7000"),
-    ({"LASTHOP_IDENTITY_ISSUER": "https://other.test"}, "identity", "issuer",
-     "https://other.test"),
-    ({"LASTHOP_STORE_REDIS_URL": "redis://127.0.0.1:6380/0"}, "store", "redis_url",
-     "redis://127.0.0.1:6380/0"),
-    ({"LASTHOP_IDENTITY_LEEWAY_SECONDS": "45"}, "identity", "leeway_seconds", 45),
-    ({"LASTHOP_STORE_TIMEOUT_MS": "200"}, "store", "timeout_ms", 200),
-    ({"LASTHOP_AUDIT_QUEUE_SIZE": "7"}, "audit", "queue_size", 7),
-    ({"LASTHOP_SERVER_SHUTDOWN_GRACE_SECONDS": "0.5"}, "server", "shutdown_grace_seconds", 0.5),
-    ({"LASTHOP_IDENTITY_BIND_PEER": "true"}, "identity", "bind_peer", True),
-    ({"LASTHOP_IDENTITY_BIND_PEER": "TRUE"}, "identity", "bind_peer", True),
-    ({"LASTHOP_IDENTITY_BIND_PEER": "1"}, "identity", "bind_peer", True),
-    ({"LASTHOP_IDENTITY_BIND_PEER": "false"}, "identity", "bind_peer", False),
-    ({"LASTHOP_IDENTITY_BIND_PEER": "0"}, "identity", "bind_peer", False),
-    ({"LASTHOP_IDENTITY_AUDIENCES": "ehr-api, billing-api ,x"}, "identity", "audiences",
-     ("ehr-api", "billing-api", "x")),
-    ({"LASTHOP_IDENTITY_ALGORITHMS": "ES256"}, "identity", "algorithms", ("ES256",)),
-    ({"LASTHOP_IDENTITY_SPIFFE_TRUST_DOMAIN": "h.test"}, "identity", "spiffe_trust_domain",
-     "h.test"),
-    ({"LASTHOP_IDENTITY_TXN_TOKEN_ISSUERS": "https://a.test,https://b.test"}, "identity",
-     "txn_token_issuers", ("https://a.test", "https://b.test")),
-    ({"LASTHOP_IDENTITY_MAX_TOKEN_LIFETIME": "1h"}, "identity", "max_token_lifetime", 3600),
-    ({"LASTHOP_IDENTITY_MAX_TOKEN_LIFETIME": "120"}, "identity", "max_token_lifetime", 120),
-    ({"LASTHOP_GRANTS_MAX_TTL": "90m"}, "grants", "max_ttl", 5400),
-    ({"LASTHOP_GRANTS_MAX_TTL": "30s"}, "grants", "max_ttl", 30),
-    ({"LASTHOP_ADMIN_AUDIENCE": "ops"}, "admin", "audience", "ops"),
-    ({"LASTHOP_POLICIES_DIR": "/srv/policies"}, "policies", "dir", "/srv/policies"),
-    ({"LASTHOP_AUDIT_PATH": "/srv/audit.jsonl"}, "audit", "path", "/srv/audit.jsonl"),
-])
+@pytest.mark.parametrize(
+    ("env", "section", "key", "expected"),
+    [
+        ({"LASTHOP_SERVER_LISTEN": "127.0.0.1:7000"}, "server", "listen", "127.0.0.1:7000"),
+        (
+            {"LASTHOP_IDENTITY_ISSUER": "https://other.test"},
+            "identity",
+            "issuer",
+            "https://other.test",
+        ),
+        (
+            {"LASTHOP_STORE_REDIS_URL": "redis://127.0.0.1:6380/0"},
+            "store",
+            "redis_url",
+            "redis://127.0.0.1:6380/0",
+        ),
+        ({"LASTHOP_IDENTITY_LEEWAY_SECONDS": "45"}, "identity", "leeway_seconds", 45),
+        ({"LASTHOP_STORE_TIMEOUT_MS": "200"}, "store", "timeout_ms", 200),
+        ({"LASTHOP_AUDIT_QUEUE_SIZE": "7"}, "audit", "queue_size", 7),
+        ({"LASTHOP_SERVER_SHUTDOWN_GRACE_SECONDS": "0.5"}, "server", "shutdown_grace_seconds", 0.5),
+        ({"LASTHOP_IDENTITY_BIND_PEER": "true"}, "identity", "bind_peer", True),
+        ({"LASTHOP_IDENTITY_BIND_PEER": "TRUE"}, "identity", "bind_peer", True),
+        ({"LASTHOP_IDENTITY_BIND_PEER": "1"}, "identity", "bind_peer", True),
+        ({"LASTHOP_IDENTITY_BIND_PEER": "false"}, "identity", "bind_peer", False),
+        ({"LASTHOP_IDENTITY_BIND_PEER": "0"}, "identity", "bind_peer", False),
+        (
+            {"LASTHOP_IDENTITY_AUDIENCES": "ehr-api, billing-api ,x"},
+            "identity",
+            "audiences",
+            ("ehr-api", "billing-api", "x"),
+        ),
+        ({"LASTHOP_IDENTITY_ALGORITHMS": "ES256"}, "identity", "algorithms", ("ES256",)),
+        (
+            {"LASTHOP_IDENTITY_SPIFFE_TRUST_DOMAIN": "h.test"},
+            "identity",
+            "spiffe_trust_domain",
+            "h.test",
+        ),
+        (
+            {"LASTHOP_IDENTITY_TXN_TOKEN_ISSUERS": "https://a.test,https://b.test"},
+            "identity",
+            "txn_token_issuers",
+            ("https://a.test", "https://b.test"),
+        ),
+        ({"LASTHOP_IDENTITY_MAX_TOKEN_LIFETIME": "1h"}, "identity", "max_token_lifetime", 3600),
+        ({"LASTHOP_IDENTITY_MAX_TOKEN_LIFETIME": "120"}, "identity", "max_token_lifetime", 120),
+        ({"LASTHOP_GRANTS_MAX_TTL": "90m"}, "grants", "max_ttl", 5400),
+        ({"LASTHOP_GRANTS_MAX_TTL": "30s"}, "grants", "max_ttl", 30),
+        ({"LASTHOP_ADMIN_AUDIENCE": "ops"}, "admin", "audience", "ops"),
+        ({"LASTHOP_POLICIES_DIR": "/srv/policies"}, "policies", "dir", "/srv/policies"),
+        ({"LASTHOP_AUDIT_PATH": "/srv/audit.jsonl"}, "audit", "path", "/srv/audit.jsonl"),
+    ],
+)
 def test_env_overrides(env: dict[str, str], section: str, key: str, expected: Any) -> None:
     s = config.load(None, environ=env)
     assert getattr(getattr(s, section), key) == expected
 
 
 def test_env_beats_the_file(tmp_path: Path) -> None:
-    s = load_text(tmp_path, FULL, environ={"LASTHOP_IDENTITY_LEEWAY_SECONDS": "5",
-                                           "LASTHOP_GRANTS_MAX_TTL": "1h"})
+    s = load_text(
+        tmp_path,
+        FULL,
+        environ={"LASTHOP_IDENTITY_LEEWAY_SECONDS": "5", "LASTHOP_GRANTS_MAX_TTL": "1h"},
+    )
     assert s.identity.leeway_seconds == 5
     assert s.grants.max_ttl == 3600
     assert s.identity.max_chain_depth == 8  # untouched keys keep the file's value
@@ -221,15 +248,18 @@ def test_unrelated_environment_is_ignored() -> None:
     assert s.server.listen == "127.0.0.1:9191"
 
 
-@pytest.mark.parametrize(("env_name", "value"), [
-    ("LASTHOP_IDENTITY_LEEWAY_SECONDS", "thirty"),
-    ("LASTHOP_STORE_TIMEOUT_MS", "5.5"),
-    ("LASTHOP_AUDIT_QUEUE_SIZE", ""),
-    ("LASTHOP_IDENTITY_MAX_CHAIN_DEPTH", "1h"),
-    ("LASTHOP_GRANTS_MAX_TTL", "1d"),
-    ("LASTHOP_IDENTITY_BIND_PEER", "yes"),
-    ("LASTHOP_SERVER_SHUTDOWN_GRACE_SECONDS", "soon"),
-])
+@pytest.mark.parametrize(
+    ("env_name", "value"),
+    [
+        ("LASTHOP_IDENTITY_LEEWAY_SECONDS", "thirty"),
+        ("LASTHOP_STORE_TIMEOUT_MS", "5.5"),
+        ("LASTHOP_AUDIT_QUEUE_SIZE", ""),
+        ("LASTHOP_IDENTITY_MAX_CHAIN_DEPTH", "1h"),
+        ("LASTHOP_GRANTS_MAX_TTL", "1d"),
+        ("LASTHOP_IDENTITY_BIND_PEER", "yes"),
+        ("LASTHOP_SERVER_SHUTDOWN_GRACE_SECONDS", "soon"),
+    ],
+)
 def test_bad_env_value_names_the_env_variable(env_name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(None, environ={env_name: value})
@@ -258,54 +288,57 @@ def test_relative_paths_without_a_file_resolve_against_cwd() -> None:
 # --- refusals -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("toml", "key"), [
-    # unknown section and key
-    ("[serverr]\nlisten = '127.0.0.1:1'", "serverr"),
-    ("[server]\nlistenn = '127.0.0.1:1'", "server.listenn"),
-    ("[identity]\nleeway = 3", "identity.leeway"),
-    ("server = 1", "server"),
-    # wrong types
-    ('[identity]\nleeway_seconds = "30"', "identity.leeway_seconds"),
-    ("[identity]\nleeway_seconds = 1.5", "identity.leeway_seconds"),
-    ("[identity]\nbind_peer = 1", "identity.bind_peer"),
-    ('[identity]\nbind_peer = "true"', "identity.bind_peer"),
-    ("[identity]\nmax_chain_depth = true", "identity.max_chain_depth"),
-    ("[store]\ntimeout_ms = false", "store.timeout_ms"),
-    ("[server]\nshutdown_grace_seconds = true", "server.shutdown_grace_seconds"),
-    ("[server]\nlisten = 9191", "server.listen"),
-    ('[identity]\naudiences = "ehr-api"', "identity.audiences"),
-    ("[identity]\naudiences = [1]", "identity.audiences"),
-    ('[grants]\nmax_ttl = "1d"', "grants.max_ttl"),
-    ('[identity]\nmax_token_lifetime = "0s"', "identity.max_token_lifetime"),
-    # out of range
-    ("[identity]\nleeway_seconds = 301", "identity.leeway_seconds"),
-    ("[identity]\nleeway_seconds = -1", "identity.leeway_seconds"),
-    ("[identity]\nmax_chain_depth = 0", "identity.max_chain_depth"),
-    ("[identity]\nmax_chain_depth = 17", "identity.max_chain_depth"),
-    ("[store]\ntimeout_ms = 0", "store.timeout_ms"),
-    ("[store]\ntimeout_ms = 10001", "store.timeout_ms"),
-    ("[grants]\nmax_ttl = 0", "grants.max_ttl"),
-    ("[audit]\nqueue_size = 0", "audit.queue_size"),
-    ("[identity]\njwks_refresh_seconds = 0", "identity.jwks_refresh_seconds"),
-    # algorithms
-    ('[identity]\nalgorithms = ["HS256"]', "identity.algorithms"),
-    ('[identity]\nalgorithms = ["RS256", "none"]', "identity.algorithms"),
-    ("[identity]\nalgorithms = []", "identity.algorithms"),
-    # empties
-    ("[identity]\naudiences = []", "identity.audiences"),
-    ('[identity]\nissuer = ""', "identity.issuer"),
-    ('[identity]\njwks = ""', "identity.jwks"),
-    ('[audit]\npath = ""', "audit.path"),
-    ('[admin]\naudience = ""', "admin.audience"),
-    ('[policies]\ndir = ""', "policies.dir"),
-    # URLs and addresses
-    ('[identity]\njwks = "http://idp.example.org/jwks.json"', "identity.jwks"),
-    ('[server]\nlisten = "9191"', "server.listen"),
-    ('[server]\nlisten = "host:port"', "server.listen"),
-    ('[server]\nadmin_listen = ":9192"', "server.admin_listen"),
-    ('[server]\nmetrics_listen = "127.0.0.1:70000"', "server.metrics_listen"),
-    ('[store]\nredis_url = "http://x"', "store.redis_url"),
-])
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        # unknown section and key
+        ("[serverr]\nlisten = '127.0.0.1:1'", "serverr"),
+        ("[server]\nlistenn = '127.0.0.1:1'", "server.listenn"),
+        ("[identity]\nleeway = 3", "identity.leeway"),
+        ("server = 1", "server"),
+        # wrong types
+        ('[identity]\nleeway_seconds = "30"', "identity.leeway_seconds"),
+        ("[identity]\nleeway_seconds = 1.5", "identity.leeway_seconds"),
+        ("[identity]\nbind_peer = 1", "identity.bind_peer"),
+        ('[identity]\nbind_peer = "true"', "identity.bind_peer"),
+        ("[identity]\nmax_chain_depth = true", "identity.max_chain_depth"),
+        ("[store]\ntimeout_ms = false", "store.timeout_ms"),
+        ("[server]\nshutdown_grace_seconds = true", "server.shutdown_grace_seconds"),
+        ("[server]\nlisten = 9191", "server.listen"),
+        ('[identity]\naudiences = "ehr-api"', "identity.audiences"),
+        ("[identity]\naudiences = [1]", "identity.audiences"),
+        ('[grants]\nmax_ttl = "1d"', "grants.max_ttl"),
+        ('[identity]\nmax_token_lifetime = "0s"', "identity.max_token_lifetime"),
+        # out of range
+        ("[identity]\nleeway_seconds = 301", "identity.leeway_seconds"),
+        ("[identity]\nleeway_seconds = -1", "identity.leeway_seconds"),
+        ("[identity]\nmax_chain_depth = 0", "identity.max_chain_depth"),
+        ("[identity]\nmax_chain_depth = 17", "identity.max_chain_depth"),
+        ("[store]\ntimeout_ms = 0", "store.timeout_ms"),
+        ("[store]\ntimeout_ms = 10001", "store.timeout_ms"),
+        ("[grants]\nmax_ttl = 0", "grants.max_ttl"),
+        ("[audit]\nqueue_size = 0", "audit.queue_size"),
+        ("[identity]\njwks_refresh_seconds = 0", "identity.jwks_refresh_seconds"),
+        # algorithms
+        ('[identity]\nalgorithms = ["HS256"]', "identity.algorithms"),
+        ('[identity]\nalgorithms = ["RS256", "none"]', "identity.algorithms"),
+        ("[identity]\nalgorithms = []", "identity.algorithms"),
+        # empties
+        ("[identity]\naudiences = []", "identity.audiences"),
+        ('[identity]\nissuer = ""', "identity.issuer"),
+        ('[identity]\njwks = ""', "identity.jwks"),
+        ('[audit]\npath = ""', "audit.path"),
+        ('[admin]\naudience = ""', "admin.audience"),
+        ('[policies]\ndir = ""', "policies.dir"),
+        # URLs and addresses
+        ('[identity]\njwks = "http://idp.example.org/jwks.json"', "identity.jwks"),
+        ('[server]\nlisten = "9191"', "server.listen"),
+        ('[server]\nlisten = "host:port"', "server.listen"),
+        ('[server]\nadmin_listen = ":9192"', "server.admin_listen"),
+        ('[server]\nmetrics_listen = "127.0.0.1:70000"', "server.metrics_listen"),
+        ('[store]\nredis_url = "http://x"', "store.redis_url"),
+    ],
+)
 def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_text(tmp_path, toml)
@@ -313,22 +346,27 @@ def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
     assert f"`{key}`" in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://r.test:6380",
-                                 "unix:///run/redis.sock"])
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://r.test:6380", "unix:///run/redis.sock"]
+)
 def test_redis_url_schemes_accepted(tmp_path: Path, url: str) -> None:
     assert load_text(tmp_path, f'[store]\nredis_url = "{url}"').store.redis_url == url
 
 
-@pytest.mark.parametrize(("toml", "section", "key", "value"), [
-    ("[identity]\nleeway_seconds = 300", "identity", "leeway_seconds", 300),
-    ("[identity]\nleeway_seconds = 0", "identity", "leeway_seconds", 0),
-    ("[identity]\nmax_chain_depth = 1", "identity", "max_chain_depth", 1),
-    ("[identity]\nmax_chain_depth = 16", "identity", "max_chain_depth", 16),
-    ("[store]\ntimeout_ms = 1", "store", "timeout_ms", 1),
-    ("[server]\nshutdown_grace_seconds = 3", "server", "shutdown_grace_seconds", 3.0),
-])
-def test_boundary_values_accepted(tmp_path: Path, toml: str, section: str, key: str,
-                                  value: Any) -> None:
+@pytest.mark.parametrize(
+    ("toml", "section", "key", "value"),
+    [
+        ("[identity]\nleeway_seconds = 300", "identity", "leeway_seconds", 300),
+        ("[identity]\nleeway_seconds = 0", "identity", "leeway_seconds", 0),
+        ("[identity]\nmax_chain_depth = 1", "identity", "max_chain_depth", 1),
+        ("[identity]\nmax_chain_depth = 16", "identity", "max_chain_depth", 16),
+        ("[store]\ntimeout_ms = 1", "store", "timeout_ms", 1),
+        ("[server]\nshutdown_grace_seconds = 3", "server", "shutdown_grace_seconds", 3.0),
+    ],
+)
+def test_boundary_values_accepted(
+    tmp_path: Path, toml: str, section: str, key: str, value: Any
+) -> None:
     assert getattr(getattr(load_text(tmp_path, toml), section), key) == value
 
 
@@ -360,15 +398,23 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
 # --- parse_duration --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30), ("15m", 900), ("2h", 7200), ("1s", 1), (" 5m ", 300),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1s", 1),
+        (" 5m ", 300),
+    ],
+)
 def test_parse_duration_ok(text: str, seconds: int) -> None:
     assert config.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["0s", "0m", "1d", "15", "", "m", "1.5h", "-5m", "5 m", "5M",
-                                  "h1"])
+@pytest.mark.parametrize(
+    "text", ["0s", "0m", "1d", "15", "", "m", "1.5h", "-5m", "5 m", "5M", "h1"]
+)
 def test_parse_duration_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         config.parse_duration(text)

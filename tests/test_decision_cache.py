@@ -28,9 +28,9 @@ class CountingPipeline:
         pipeline._decide = counted  # type: ignore[method-assign]
 
 
-def build(make_pipeline: PipelineFactory, clock: Clock, max_uses: int = 0,
-          with_grant: bool = True) -> tuple[CountingPipeline, EmbeddedGrantStore,
-                                            EmbeddedAgentStore]:
+def build(
+    make_pipeline: PipelineFactory, clock: Clock, max_uses: int = 0, with_grant: bool = True
+) -> tuple[CountingPipeline, EmbeddedGrantStore, EmbeddedAgentStore]:
     generation = Generation()
     store = EmbeddedGrantStore(clock, generation)
     agents = EmbeddedAgentStore(generation)
@@ -44,7 +44,8 @@ def build(make_pipeline: PipelineFactory, clock: Clock, max_uses: int = 0,
 
 
 def test_a_repeat_in_the_same_second_is_served_from_the_cache(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, _, _ = build(make_pipeline, clock)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     first = asyncio.run(counting.pipeline.check(check_input(token)))
@@ -54,8 +55,9 @@ def test_a_repeat_in_the_same_second_is_served_from_the_cache(
     assert first.decision_id != second.decision_id  # every decision has its own id
 
 
-def test_revoking_the_grant_is_seen_at_once(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                            clock: Clock) -> None:
+def test_revoking_the_grant_is_seen_at_once(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, store, _ = build(make_pipeline, clock)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     assert asyncio.run(counting.pipeline.check(check_input(token))).allowed
@@ -64,8 +66,9 @@ def test_revoking_the_grant_is_seen_at_once(make_pipeline: PipelineFactory, issu
     assert asyncio.run(counting.pipeline.check(check_input(token))).reason == "no_grant"
 
 
-def test_suspending_the_agent_is_seen_at_once(make_pipeline: PipelineFactory,
-                                              issuer: DemoIssuer, clock: Clock) -> None:
+def test_suspending_the_agent_is_seen_at_once(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, _, agents = build(make_pipeline, clock)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     assert asyncio.run(counting.pipeline.check(check_input(token))).allowed
@@ -77,8 +80,9 @@ def test_suspending_the_agent_is_seen_at_once(make_pipeline: PipelineFactory,
     assert asyncio.run(counting.pipeline.check(check_input(token))).reason == "agent_suspended"
 
 
-def test_the_next_second_decides_afresh(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                        clock: Clock) -> None:
+def test_the_next_second_decides_afresh(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, _, _ = build(make_pipeline, clock)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     asyncio.run(counting.pipeline.check(check_input(token)))
@@ -87,16 +91,18 @@ def test_the_next_second_decides_afresh(make_pipeline: PipelineFactory, issuer: 
     assert counting.full == 2
 
 
-def test_use_limited_grants_count_every_use(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                            clock: Clock) -> None:
+def test_use_limited_grants_count_every_use(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, _, _ = build(make_pipeline, clock, max_uses=2)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     reasons = [asyncio.run(counting.pipeline.check(check_input(token))).reason for _ in range(4)]
     assert reasons == ["allowed", "allowed", "grant_exhausted", "grant_exhausted"]
 
 
-def test_a_503_is_never_cached(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                               clock: Clock) -> None:
+def test_a_503_is_never_cached(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, store, _ = build(make_pipeline, clock)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     calls = {"n": 0}
@@ -106,6 +112,7 @@ def test_a_503_is_never_cached(make_pipeline: PipelineFactory, issuer: DemoIssue
         calls["n"] += 1
         if calls["n"] == 1:
             from authz.errors import StoreUnavailable
+
             raise StoreUnavailable("redis down")
         return await real(agent, user)
 
@@ -116,8 +123,9 @@ def test_a_503_is_never_cached(make_pipeline: PipelineFactory, issuer: DemoIssue
     assert second.allowed
 
 
-def test_no_generation_means_no_cache(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                      clock: Clock) -> None:
+def test_no_generation_means_no_cache(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     counting, _, _ = build(make_pipeline, clock)
     counting.pipeline.decisions = DecisionCache(lambda: None)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)

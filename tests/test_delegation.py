@@ -29,9 +29,18 @@ AGENTS = {"scribe", "med-reconciler", "billing-bot", "orchestrator", "chart-expo
 
 
 def claims(act: Any = None, client_id: str = "", sub: str = USER) -> TokenClaims:
-    return TokenClaims(subject=sub, issuer=ISSUER, client_id=client_id, act=act,
-                       has_act=act is not None,
-                       purpose=PURPOSE, txn="txn-1", expires_at=0, token_digest="", raw={})
+    return TokenClaims(
+        subject=sub,
+        issuer=ISSUER,
+        client_id=client_id,
+        act=act,
+        has_act=act is not None,
+        purpose=PURPOSE,
+        txn="txn-1",
+        expires_at=0,
+        token_digest="",
+        raw={},
+    )
 
 
 def nested(*agents: str) -> dict[str, Any] | None:
@@ -56,12 +65,16 @@ def test_design_example_reads_first_agent_first() -> None:
     assert chain.render() == "dr-alice -> orchestrator -> scribe"
 
 
-@pytest.mark.parametrize("agents", [
-    ("scribe",),
-    ("orchestrator", "scribe"),
-    ("orchestrator", "med-reconciler", "scribe"),
-    ("billing-bot", "med-reconciler", "orchestrator", "scribe"),
-], ids=lambda a: "->".join(a))
+@pytest.mark.parametrize(
+    "agents",
+    [
+        ("scribe",),
+        ("orchestrator", "scribe"),
+        ("orchestrator", "med-reconciler", "scribe"),
+        ("billing-bot", "med-reconciler", "orchestrator", "scribe"),
+    ],
+    ids=lambda a: "->".join(a),
+)
 def test_chain_order_is_first_agent_first_current_actor_last(agents: tuple[str, ...]) -> None:
     chain = read_chain(claims(nested(*agents)), max_depth=4)
     assert chain.user == USER
@@ -105,12 +118,27 @@ def test_depth_is_counted_over_the_whole_chain_even_if_it_is_much_deeper() -> No
     assert err.value.reason == "chain_too_deep"
 
 
-@pytest.mark.parametrize("act", [
-    "scribe", ["scribe"], 7, 1.5, True, {}, {"sub": ""}, {"sub": 7}, {"sub": None},
-    {"sub": ["scribe"]}, {"client_id": "scribe"}, {"sub": "scribe", "act": "orchestrator"},
-    {"sub": "scribe", "act": {}}, {"sub": "scribe", "act": {"sub": 0}},
-    {"sub": "scribe", "act": {"sub": "orchestrator", "act": []}},
-], ids=repr)
+@pytest.mark.parametrize(
+    "act",
+    [
+        "scribe",
+        ["scribe"],
+        7,
+        1.5,
+        True,
+        {},
+        {"sub": ""},
+        {"sub": 7},
+        {"sub": None},
+        {"sub": ["scribe"]},
+        {"client_id": "scribe"},
+        {"sub": "scribe", "act": "orchestrator"},
+        {"sub": "scribe", "act": {}},
+        {"sub": "scribe", "act": {"sub": 0}},
+        {"sub": "scribe", "act": {"sub": "orchestrator", "act": []}},
+    ],
+    ids=repr,
+)
 def test_act_that_is_not_an_actor_object_is_invalid(act: Any) -> None:
     with pytest.raises(TokenError) as err:
         read_chain(claims(act), max_depth=4)
@@ -118,15 +146,25 @@ def test_act_that_is_not_an_actor_object_is_invalid(act: Any) -> None:
     assert err.value.status == 401
 
 
-@pytest.mark.parametrize("act", [
-    nested(USER),
-    nested(USER, "scribe"),
-    nested("orchestrator", USER, "scribe"),
-    nested("scribe", "scribe"),
-    nested("scribe", "orchestrator", "scribe"),
-    nested("orchestrator", "orchestrator", "scribe"),
-], ids=["actor-is-user", "first-agent-is-user", "user-in-the-middle", "actor-twice",
-        "actor-loops-back", "repeat-before-actor"])
+@pytest.mark.parametrize(
+    "act",
+    [
+        nested(USER),
+        nested(USER, "scribe"),
+        nested("orchestrator", USER, "scribe"),
+        nested("scribe", "scribe"),
+        nested("scribe", "orchestrator", "scribe"),
+        nested("orchestrator", "orchestrator", "scribe"),
+    ],
+    ids=[
+        "actor-is-user",
+        "first-agent-is-user",
+        "user-in-the-middle",
+        "actor-twice",
+        "actor-loops-back",
+        "repeat-before-actor",
+    ],
+)
 def test_cycles_are_refused(act: dict[str, Any]) -> None:
     with pytest.raises(DelegationError) as err:
         read_chain(claims(act), max_depth=4)
@@ -140,11 +178,20 @@ def test_cycle_of_a_different_user_is_not_a_cycle() -> None:
     assert chain.agents == ("bob", "scribe")
 
 
-@pytest.mark.parametrize("noise", [
-    {"client_id": "billing-bot"}, {"azp": "billing-bot"}, {"aud": "other"},
-    {"scope": "lasthop:admin"}, {"purp": "billing"}, {"may_act": {"sub": "billing-bot"}},
-    {"iss": "https://evil.example"}, {"exp": 1},
-], ids=repr)
+@pytest.mark.parametrize(
+    "noise",
+    [
+        {"client_id": "billing-bot"},
+        {"azp": "billing-bot"},
+        {"aud": "other"},
+        {"scope": "lasthop:admin"},
+        {"purp": "billing"},
+        {"may_act": {"sub": "billing-bot"}},
+        {"iss": "https://evil.example"},
+        {"exp": 1},
+    ],
+    ids=repr,
+)
 def test_only_sub_is_read_inside_act(noise: dict[str, Any]) -> None:
     plain = read_chain(claims(nested("orchestrator", "scribe")), max_depth=4)
     noisy_actor = {"sub": "scribe", **noise, "act": {"sub": "orchestrator"}}
@@ -156,8 +203,9 @@ def test_only_sub_is_read_inside_act(noise: dict[str, Any]) -> None:
 # --- check_presenter --------------------------------------------------------------------
 
 
-def presenter_reason(chain_agents: tuple[str, ...], client_id: str = "",
-                     peer: str | None = None) -> str:
+def presenter_reason(
+    chain_agents: tuple[str, ...], client_id: str = "", peer: str | None = None
+) -> str:
     chain = Chain(user=USER, agents=chain_agents)
     try:
         check_presenter(claims(client_id=client_id), chain, AGENTS, peer)
@@ -167,71 +215,86 @@ def presenter_reason(chain_agents: tuple[str, ...], client_id: str = "",
     return "ok"
 
 
-@pytest.mark.parametrize("client_id, expected", [
-    ("", "ok"),  # no presenter claim: the user presents their own token
-    ("ehr-portal", "ok"),  # a web client that is not a registered agent
-    ("dr-alice", "ok"),
-    ("scribe", "impersonation"),  # an agent presenting the user's token as the user
-    ("orchestrator", "impersonation"),
-    ("chart-exporter", "impersonation"),
-])
+@pytest.mark.parametrize(
+    "client_id, expected",
+    [
+        ("", "ok"),  # no presenter claim: the user presents their own token
+        ("ehr-portal", "ok"),  # a web client that is not a registered agent
+        ("dr-alice", "ok"),
+        ("scribe", "impersonation"),  # an agent presenting the user's token as the user
+        ("orchestrator", "impersonation"),
+        ("chart-exporter", "impersonation"),
+    ],
+)
 def test_presenter_of_a_token_without_act(client_id: str, expected: str) -> None:
     assert presenter_reason((), client_id) == expected
 
 
-@pytest.mark.parametrize("client_id, expected", [
-    ("", "ok"),
-    ("scribe", "ok"),  # the current actor
-    ("orchestrator", "impersonation"),  # an earlier agent in the chain
-    ("dr-alice", "impersonation"),  # the user
-    ("billing-bot", "impersonation"),  # a registered agent outside the chain
-    ("ehr-portal", "impersonation"),  # anything else
-    ("Scribe", "impersonation"),
-])
+@pytest.mark.parametrize(
+    "client_id, expected",
+    [
+        ("", "ok"),
+        ("scribe", "ok"),  # the current actor
+        ("orchestrator", "impersonation"),  # an earlier agent in the chain
+        ("dr-alice", "impersonation"),  # the user
+        ("billing-bot", "impersonation"),  # a registered agent outside the chain
+        ("ehr-portal", "impersonation"),  # anything else
+        ("Scribe", "impersonation"),
+    ],
+)
 def test_presenter_of_a_delegated_token(client_id: str, expected: str) -> None:
     assert presenter_reason(("orchestrator", "scribe"), client_id) == expected
 
 
-@pytest.mark.parametrize("agents, peer, expected", [
-    (("orchestrator", "scribe"), None, "ok"),  # binding off
-    (("orchestrator", "scribe"), "scribe", "ok"),
-    (("orchestrator", "scribe"), "orchestrator", "peer_mismatch"),
-    (("orchestrator", "scribe"), "billing-bot", "peer_mismatch"),
-    (("orchestrator", "scribe"), "dr-alice", "peer_mismatch"),
-    ((), "dr-alice", "ok"),  # the user acting: the actor is the user
-    ((), "scribe", "peer_mismatch"),
-])
-def test_peer_must_be_the_current_actor(agents: tuple[str, ...], peer: str | None,
-                                        expected: str) -> None:
+@pytest.mark.parametrize(
+    "agents, peer, expected",
+    [
+        (("orchestrator", "scribe"), None, "ok"),  # binding off
+        (("orchestrator", "scribe"), "scribe", "ok"),
+        (("orchestrator", "scribe"), "orchestrator", "peer_mismatch"),
+        (("orchestrator", "scribe"), "billing-bot", "peer_mismatch"),
+        (("orchestrator", "scribe"), "dr-alice", "peer_mismatch"),
+        ((), "dr-alice", "ok"),  # the user acting: the actor is the user
+        ((), "scribe", "peer_mismatch"),
+    ],
+)
+def test_peer_must_be_the_current_actor(
+    agents: tuple[str, ...], peer: str | None, expected: str
+) -> None:
     assert presenter_reason(agents, peer=peer) == expected
 
 
 def test_impersonation_is_reported_before_peer_mismatch() -> None:
     assert presenter_reason(("orchestrator", "scribe"), "orchestrator", "billing-bot") == (
-        "impersonation")
+        "impersonation"
+    )
     assert presenter_reason(("orchestrator", "scribe"), "scribe", "billing-bot") == (
-        "peer_mismatch")
+        "peer_mismatch"
+    )
 
 
 # --- spiffe_agent -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("principal, agent", [
-    ("spiffe://trust.example/ns/ehr/sa/scribe", "scribe"),
-    ("spiffe://trust.example/ns/ehr/sa/scribe/", "scribe"),
-    ("spiffe://trust.example/ns/ehr/sa/med-reconciler", "med-reconciler"),
-    ("spiffe://trust.example/scribe", "scribe"),
-    ("spiffe://trust.example/ns/ehr/sa/orchestrator", "orchestrator"),
-    ("spiffe://trust.example", None),
-    ("spiffe://trust.example/", None),
-    ("spiffe://", None),
-    ("", None),
-    ("scribe", None),
-    ("https://trust.example/ns/ehr/sa/scribe", None),
-    ("http://spiffe://trust.example/ns/ehr/sa/scribe", None),
-    ("CN=scribe,O=hospital", None),
-    (" spiffe://trust.example/ns/ehr/sa/scribe", None),
-])
+@pytest.mark.parametrize(
+    "principal, agent",
+    [
+        ("spiffe://trust.example/ns/ehr/sa/scribe", "scribe"),
+        ("spiffe://trust.example/ns/ehr/sa/scribe/", "scribe"),
+        ("spiffe://trust.example/ns/ehr/sa/med-reconciler", "med-reconciler"),
+        ("spiffe://trust.example/scribe", "scribe"),
+        ("spiffe://trust.example/ns/ehr/sa/orchestrator", "orchestrator"),
+        ("spiffe://trust.example", None),
+        ("spiffe://trust.example/", None),
+        ("spiffe://", None),
+        ("", None),
+        ("scribe", None),
+        ("https://trust.example/ns/ehr/sa/scribe", None),
+        ("http://spiffe://trust.example/ns/ehr/sa/scribe", None),
+        ("CN=scribe,O=hospital", None),
+        (" spiffe://trust.example/ns/ehr/sa/scribe", None),
+    ],
+)
 def test_spiffe_agent(principal: str, agent: str | None) -> None:
     assert spiffe_agent(principal) == agent
 
@@ -253,8 +316,9 @@ SCRIBE_PEER = "spiffe://trust.example/ns/ehr/sa/scribe"
 
 
 @pytest.mark.parametrize("agents", [["scribe"], ["orchestrator", "scribe"]], ids=repr)
-def test_matching_spiffe_peer_is_allowed(make_pipeline: PipelineFactory, clock: Clock,
-                                         issuer: DemoIssuer, agents: list[str]) -> None:
+def test_matching_spiffe_peer_is_allowed(
+    make_pipeline: PipelineFactory, clock: Clock, issuer: DemoIssuer, agents: list[str]
+) -> None:
     pipeline = scribe_pipeline(make_pipeline, clock, bind_peer=True)
     token = issuer.access_token(USER, agents, purpose=PURPOSE)
     for peer in (SCRIBE_PEER, SCRIBE_PEER + "/"):
@@ -262,18 +326,23 @@ def test_matching_spiffe_peer_is_allowed(make_pipeline: PipelineFactory, clock: 
         assert (decision.allowed, decision.status, decision.reason) == (True, 200, "allowed")
 
 
-@pytest.mark.parametrize("peer", [
-    "spiffe://trust.example/ns/ehr/sa/orchestrator",  # the delegator, not the actor
-    "spiffe://trust.example/ns/ehr/sa/billing-bot",
-    "spiffe://trust.example/ns/ehr/sa/dr-alice",
-    "spiffe://trust.example/ns/ehr/sa/Scribe",
-    "spiffe://trust.example",
-    "https://trust.example/ns/ehr/sa/scribe",
-    "scribe",
-    "",
-], ids=repr)
-def test_other_or_missing_peer_is_peer_mismatch(make_pipeline: PipelineFactory, clock: Clock,
-                                                issuer: DemoIssuer, peer: str) -> None:
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "spiffe://trust.example/ns/ehr/sa/orchestrator",  # the delegator, not the actor
+        "spiffe://trust.example/ns/ehr/sa/billing-bot",
+        "spiffe://trust.example/ns/ehr/sa/dr-alice",
+        "spiffe://trust.example/ns/ehr/sa/Scribe",
+        "spiffe://trust.example",
+        "https://trust.example/ns/ehr/sa/scribe",
+        "scribe",
+        "",
+    ],
+    ids=repr,
+)
+def test_other_or_missing_peer_is_peer_mismatch(
+    make_pipeline: PipelineFactory, clock: Clock, issuer: DemoIssuer, peer: str
+) -> None:
     token = issuer.access_token(USER, ["orchestrator", "scribe"], purpose=PURPOSE)
     bound = scribe_pipeline(make_pipeline, clock, bind_peer=True)
     decision = decide(bound, token, peer)

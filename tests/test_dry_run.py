@@ -63,15 +63,15 @@ def test_dry_run_from_the_environment_alone_is_refused() -> None:
 
 
 def test_dry_run_with_allow_dry_run_loads(tmp_path: Path) -> None:
-    settings = config.load(_config(tmp_path, 'mode = "dry-run"\nallow_dry_run = true'),
-                           environ={})
+    settings = config.load(_config(tmp_path, 'mode = "dry-run"\nallow_dry_run = true'), environ={})
     assert settings.policies.mode == "dry-run"
     assert settings.policies.allow_dry_run is True
 
 
 def test_dry_run_allowed_from_the_environment() -> None:
-    settings = config.load(None, environ={"LASTHOP_POLICIES_MODE": "dry-run",
-                                          "LASTHOP_POLICIES_ALLOW_DRY_RUN": "true"})
+    settings = config.load(
+        None, environ={"LASTHOP_POLICIES_MODE": "dry-run", "LASTHOP_POLICIES_ALLOW_DRY_RUN": "true"}
+    )
     assert settings.policies.mode == "dry-run"
 
 
@@ -95,21 +95,27 @@ def test_mode_must_be_a_string(tmp_path: Path) -> None:
     assert info.value.key == "policies.mode"
 
 
-def test_app_build_in_dry_run_says_so_loudly(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_app_build_in_dry_run_says_so_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     jwks = DemoIssuer("ES256", kid="dry").write_jwks(tmp_path / "keys" / "jwks.json")
     path = devstack.write_config(tmp_path, jwks)
-    path.write_text(path.read_text().replace(
-        "[policies]\n", '[policies]\nmode = "dry-run"\nallow_dry_run = true\n'))
+    path.write_text(
+        path.read_text().replace(
+            "[policies]\n", '[policies]\nmode = "dry-run"\nallow_dry_run = true\n'
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="authz.app"):
         app = app_module.build(config.load(path, environ={}), CollectorRegistry())
     assert app.pipeline.options.dry_run is True
-    assert any("DRY RUN" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records), caplog.records
+    assert any(
+        "DRY RUN" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+    ), caplog.records
 
 
-def test_app_build_in_enforce_mode_is_not_dry_run(tmp_path: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_app_build_in_enforce_mode_is_not_dry_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     jwks = DemoIssuer("ES256", kid="enf").write_jwks(tmp_path / "keys" / "jwks.json")
     path = devstack.write_config(tmp_path, jwks)
     with caplog.at_level(logging.WARNING, logger="authz.app"):
@@ -129,8 +135,14 @@ class DownStore(EmbeddedGrantStore):
 
 
 class Env:
-    def __init__(self, issuer: DemoIssuer, bundle: PolicyBundle, *, dry_run: bool,
-                 store: GrantStore | None = None) -> None:
+    def __init__(
+        self,
+        issuer: DemoIssuer,
+        bundle: PolicyBundle,
+        *,
+        dry_run: bool,
+        store: GrantStore | None = None,
+    ) -> None:
         self.clock = Clock()
         self.issuer = issuer
         self.store = store if store is not None else EmbeddedGrantStore(self.clock)
@@ -156,36 +168,83 @@ class Env:
         return asyncio.run(self.pipeline.check(check_input(token, method=method, path=path)))
 
     def record(self, decision: Decision) -> AuditRecord:
-        matching = [r for r in self.audit.records
-                    if getattr(r, "decision_id", None) == decision.decision_id]
+        matching = [
+            r for r in self.audit.records if getattr(r, "decision_id", None) == decision.decision_id
+        ]
         assert len(matching) == 1, self.audit.records
         return matching[0]
 
 
 # user, agent, purpose, method, path, the grant held (or None), the reason when enforced
 WOULD_DENY = [
-    pytest.param("dr-alice", "scribe", PURPOSE, "GET", RECORDS, None, "no_grant",
-                 id="no_grant"),
-    pytest.param("bob", "billing-bot", "billing", "GET", RECORDS,
-                 {"agent": "billing-bot", "user": "bob", "purpose": "billing"},
-                 "billing_not_clinical", id="billing_not_clinical"),
-    pytest.param("dr-alice", "scribe", PURPOSE, "GET", RECORDS, {"ttl": -60},
-                 "grant_expired", id="grant_expired"),
-    pytest.param("dr-alice", "scribe", PURPOSE, "GET", RECORDS, {"purpose": "research"},
-                 "purpose_mismatch", id="purpose_mismatch"),
-    pytest.param("dr-alice", "orchestrator", PURPOSE, "GET", RECORDS,
-                 {"agent": "orchestrator"}, "policy_denied", id="policy_denied"),
-    pytest.param("dr-alice", "dictation-vendor", PURPOSE, "POST", "/patients/p-1001/notes",
-                 {"agent": "dictation-vendor", "actions": ("write",)}, "risk_too_high",
-                 id="risk_too_high"),
+    pytest.param("dr-alice", "scribe", PURPOSE, "GET", RECORDS, None, "no_grant", id="no_grant"),
+    pytest.param(
+        "bob",
+        "billing-bot",
+        "billing",
+        "GET",
+        RECORDS,
+        {"agent": "billing-bot", "user": "bob", "purpose": "billing"},
+        "billing_not_clinical",
+        id="billing_not_clinical",
+    ),
+    pytest.param(
+        "dr-alice",
+        "scribe",
+        PURPOSE,
+        "GET",
+        RECORDS,
+        {"ttl": -60},
+        "grant_expired",
+        id="grant_expired",
+    ),
+    pytest.param(
+        "dr-alice",
+        "scribe",
+        PURPOSE,
+        "GET",
+        RECORDS,
+        {"purpose": "research"},
+        "purpose_mismatch",
+        id="purpose_mismatch",
+    ),
+    pytest.param(
+        "dr-alice",
+        "orchestrator",
+        PURPOSE,
+        "GET",
+        RECORDS,
+        {"agent": "orchestrator"},
+        "policy_denied",
+        id="policy_denied",
+    ),
+    pytest.param(
+        "dr-alice",
+        "dictation-vendor",
+        PURPOSE,
+        "POST",
+        "/patients/p-1001/notes",
+        {"agent": "dictation-vendor", "actions": ("write",)},
+        "risk_too_high",
+        id="risk_too_high",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("user", "agent", "purpose", "method", "path", "grant_spec", "reason"),
-                         WOULD_DENY)
+@pytest.mark.parametrize(
+    ("user", "agent", "purpose", "method", "path", "grant_spec", "reason"), WOULD_DENY
+)
 def test_grant_and_policy_denials_are_allowed_and_recorded(
-        issuer: DemoIssuer, bundle: PolicyBundle, user: str, agent: str, purpose: str,
-        method: str, path: str, grant_spec: dict[str, object] | None, reason: str) -> None:
+    issuer: DemoIssuer,
+    bundle: PolicyBundle,
+    user: str,
+    agent: str,
+    purpose: str,
+    method: str,
+    path: str,
+    grant_spec: dict[str, object] | None,
+    reason: str,
+) -> None:
     for dry_run in (False, True):
         env = Env(issuer, bundle, dry_run=dry_run)
         if grant_spec is not None:
@@ -205,12 +264,17 @@ def test_grant_and_policy_denials_are_allowed_and_recorded(
         assert record.reason == "dry_run"
         assert record.dry_run == reason
         assert record.agent == agent and record.user == user
-        assert env.registry.get_sample_value(
-            "lasthop_decisions_total", {"decision": "allow", "reason": "dry_run"}) == 1.0
+        assert (
+            env.registry.get_sample_value(
+                "lasthop_decisions_total", {"decision": "allow", "reason": "dry_run"}
+            )
+            == 1.0
+        )
 
 
-def test_dry_run_keeps_the_denying_policy_in_the_record(issuer: DemoIssuer,
-                                                       bundle: PolicyBundle) -> None:
+def test_dry_run_keeps_the_denying_policy_in_the_record(
+    issuer: DemoIssuer, bundle: PolicyBundle
+) -> None:
     env = Env(issuer, bundle, dry_run=True)
     env.put(grant(agent="billing-bot", user="bob", purpose="billing", now=env.clock.now))
     decision = env.check(issuer.access_token("bob", ["billing-bot"], purpose="billing"))
@@ -219,8 +283,9 @@ def test_dry_run_keeps_the_denying_policy_in_the_record(issuer: DemoIssuer,
     assert env.record(decision).policies == ["billing-never-clinical"]
 
 
-def test_dry_run_allow_that_would_be_allowed_anyway_is_plain(issuer: DemoIssuer,
-                                                            bundle: PolicyBundle) -> None:
+def test_dry_run_allow_that_would_be_allowed_anyway_is_plain(
+    issuer: DemoIssuer, bundle: PolicyBundle
+) -> None:
     env = Env(issuer, bundle, dry_run=True)
     env.put(grant(now=env.clock.now))
     decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
@@ -247,16 +312,19 @@ def test_unregistered_agent_is_still_403(issuer: DemoIssuer, bundle: PolicyBundl
     env = Env(issuer, bundle, dry_run=True)
     decision = env.check(issuer.access_token("dr-alice", ["ghost-agent"], purpose=PURPOSE))
     assert (decision.allowed, decision.status, decision.reason) == (
-        False, 403, "agent_unregistered")
+        False,
+        403,
+        "agent_unregistered",
+    )
     assert env.record(decision).dry_run == ""
 
 
 def test_suspended_agent_is_still_403(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     env = Env(issuer, bundle, dry_run=True)
-    decision = env.check(issuer.access_token("bob", ["chart-exporter"], purpose="billing"),
-                         path="/claims/c-77")
-    assert (decision.allowed, decision.status, decision.reason) == (
-        False, 403, "agent_suspended")
+    decision = env.check(
+        issuer.access_token("bob", ["chart-exporter"], purpose="billing"), path="/claims/c-77"
+    )
+    assert (decision.allowed, decision.status, decision.reason) == (False, 403, "agent_suspended")
 
 
 def test_impersonation_is_still_403(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
@@ -269,24 +337,26 @@ def test_impersonation_is_still_403(issuer: DemoIssuer, bundle: PolicyBundle) ->
 def test_invalid_path_is_still_denied(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     env = Env(issuer, bundle, dry_run=True)
     env.put(grant(resources=('Patient::"p-1001"', 'Patient::"p-1002"'), now=env.clock.now))
-    decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE),
-                         path="/patients/p-1001/../p-1002/records")
+    decision = env.check(
+        issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE),
+        path="/patients/p-1001/../p-1002/records",
+    )
     assert (decision.allowed, decision.status, decision.reason) == (False, 403, "invalid_path")
     assert env.record(decision).dry_run == ""
 
 
 def test_no_route_is_still_denied(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     env = Env(issuer, bundle, dry_run=True)
-    decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE),
-                         method="DELETE")
+    decision = env.check(
+        issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE), method="DELETE"
+    )
     assert (decision.allowed, decision.status, decision.reason) == (False, 403, "no_route")
 
 
 def test_store_unavailable_is_still_503(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     env = Env(issuer, bundle, dry_run=True, store=DownStore(time.time))
     decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
-    assert (decision.allowed, decision.status, decision.reason) == (
-        False, 503, "store_unavailable")
+    assert (decision.allowed, decision.status, decision.reason) == (False, 503, "store_unavailable")
     record = env.record(decision)
     assert record.decision == "deny" and record.dry_run == ""
 
@@ -297,7 +367,9 @@ def test_policy_error_is_still_503(issuer: DemoIssuer, tmp_path: Path) -> None:
     shutil.copytree(POLICIES, policies)
     (policies / "overflows.cedar").write_text(
         '@id("overflows")\nforbid (principal, action, resource)\n'
-        "when { context.time * 9223372036854775807 > 0 };\n", encoding="utf-8")
+        "when { context.time * 9223372036854775807 > 0 };\n",
+        encoding="utf-8",
+    )
     env = Env(issuer, policy_load.load(policies), dry_run=True)
     env.put(grant(now=env.clock.now))
     decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
@@ -314,5 +386,4 @@ def test_audit_refusal_is_still_503(issuer: DemoIssuer, bundle: PolicyBundle) ->
     env = Env(issuer, bundle, dry_run=True)
     env.pipeline.audit = Refusing()
     decision = env.check(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
-    assert (decision.allowed, decision.status, decision.reason) == (
-        False, 503, "audit_unavailable")
+    assert (decision.allowed, decision.status, decision.reason) == (False, 503, "audit_unavailable")

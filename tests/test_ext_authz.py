@@ -19,25 +19,40 @@ from authz.model import Chain, CheckInput, Decision, EntityRef, Intent, RouteMat
 from authz.server import AuthorizationService
 from tests.conftest import PURPOSE, Clock, PipelineFactory, grant
 
-OURS = ["x-lasthop-user", "x-lasthop-agent", "x-lasthop-chain", "x-lasthop-purpose",
-        "x-lasthop-txn", "x-lasthop-decision-id"]
+OURS = [
+    "x-lasthop-user",
+    "x-lasthop-agent",
+    "x-lasthop-chain",
+    "x-lasthop-purpose",
+    "x-lasthop-txn",
+    "x-lasthop-decision-id",
+]
 
 
-def check_request(*, method: str = "GET", path: str = "/patients/p-1001/records",
-                  host: str = "ehr.local", headers: dict[str, str] | None = None,
-                  header_map: list[tuple[str, str | bytes]] | None = None,
-                  principal: str = "", request_id: str = "req-1") -> pb.CheckRequest:
-    http = attrs.AttributeContext.HttpRequest(id=request_id, method=method, path=path,
-                                              host=host, headers=headers or {})
+def check_request(
+    *,
+    method: str = "GET",
+    path: str = "/patients/p-1001/records",
+    host: str = "ehr.local",
+    headers: dict[str, str] | None = None,
+    header_map: list[tuple[str, str | bytes]] | None = None,
+    principal: str = "",
+    request_id: str = "req-1",
+) -> pb.CheckRequest:
+    http = attrs.AttributeContext.HttpRequest(
+        id=request_id, method=method, path=path, host=host, headers=headers or {}
+    )
     for key, value in header_map or []:
         if isinstance(value, bytes):
             http.header_map.headers.add(key=key, raw_value=value)
         else:
             http.header_map.headers.add(key=key, value=value)
-    return pb.CheckRequest(attributes=attrs.AttributeContext(
-        source=attrs.AttributeContext.Peer(principal=principal),
-        request=attrs.AttributeContext.Request(http=http),
-    ))
+    return pb.CheckRequest(
+        attributes=attrs.AttributeContext(
+            source=attrs.AttributeContext.Peer(principal=principal),
+            request=attrs.AttributeContext.Request(http=http),
+        )
+    )
 
 
 # --- to_input -------------------------------------------------------------------------------
@@ -45,33 +60,55 @@ def check_request(*, method: str = "GET", path: str = "/patients/p-1001/records"
 
 def test_to_input_from_header_map_raw_values() -> None:
     req = check_request(
-        method="post", path="/patients/p-1001/notes?draft=1", host="ehr.example:8443",
-        header_map=[("Authorization", b"Bearer one"), ("authorization", b"Bearer two"),
-                    ("X-Lasthop-User", b"mallory"), ("txn-token", b"t.t.t"),
-                    ("x-plain", "from value"), ("x-bin", b"caf\xc3\xa9 \xff")],
+        method="post",
+        path="/patients/p-1001/notes?draft=1",
+        host="ehr.example:8443",
+        header_map=[
+            ("Authorization", b"Bearer one"),
+            ("authorization", b"Bearer two"),
+            ("X-Lasthop-User", b"mallory"),
+            ("txn-token", b"t.t.t"),
+            ("x-plain", "from value"),
+            ("x-bin", b"caf\xc3\xa9 \xff"),
+        ],
         # `headers` is ignored when `header_map` is present
         headers={"authorization": "Bearer ignored"},
-        principal="spiffe://hospital/ns/agents/sa/scribe", request_id="abc-123")
+        principal="spiffe://hospital/ns/agents/sa/scribe",
+        request_id="abc-123",
+    )
     check = ext_authz.to_input(req)
     assert check == CheckInput(
         method="POST",
         path="/patients/p-1001/notes?draft=1",
         host="ehr.example:8443",
-        headers={"authorization": ["Bearer one", "Bearer two"],
-                 "x-lasthop-user": ["mallory"], "txn-token": ["t.t.t"],
-                 "x-plain": ["from value"], "x-bin": ["caf\u00e9 \ufffd"]},
+        headers={
+            "authorization": ["Bearer one", "Bearer two"],
+            "x-lasthop-user": ["mallory"],
+            "txn-token": ["t.t.t"],
+            "x-plain": ["from value"],
+            "x-bin": ["caf\u00e9 \ufffd"],
+        },
         peer_principal="spiffe://hospital/ns/agents/sa/scribe",
         request_id="abc-123",
     )
 
 
 def test_to_input_headers_map_fallback() -> None:
-    req = check_request(method="get", headers={"Authorization": "Bearer a, Bearer b",
-                                               "Host": "ehr.local", "x-lasthop-agent": "x"})
+    req = check_request(
+        method="get",
+        headers={
+            "Authorization": "Bearer a, Bearer b",
+            "Host": "ehr.local",
+            "x-lasthop-agent": "x",
+        },
+    )
     check = ext_authz.to_input(req)
     assert check.method == "GET"
-    assert check.headers == {"authorization": ["Bearer a, Bearer b"], "host": ["ehr.local"],
-                             "x-lasthop-agent": ["x"]}
+    assert check.headers == {
+        "authorization": ["Bearer a, Bearer b"],
+        "host": ["ehr.local"],
+        "x-lasthop-agent": ["x"],
+    }
     assert check.peer_principal == ""
 
 
@@ -83,20 +120,35 @@ def test_to_input_with_nothing() -> None:
 # --- to_response: allow ---------------------------------------------------------------------
 
 
-def allow(user: str = "dr-alice", agents: tuple[str, ...] = ("orchestrator", "scribe"),
-          purpose: str = PURPOSE, txn: str = "txn-42") -> Decision:
+def allow(
+    user: str = "dr-alice",
+    agents: tuple[str, ...] = ("orchestrator", "scribe"),
+    purpose: str = PURPOSE,
+    txn: str = "txn-42",
+) -> Decision:
     return Decision(
-        decision_id="d-1", allowed=True, status=200, reason="allowed", detail="allowed",
-        chain=Chain(user=user, agents=agents), intent=Intent(purpose, txn, "access-token"),
-        route=RouteMatch("read", EntityRef("Records", "p-1001"),
-                         (EntityRef("Patient", "p-1001"),), "/patients/{patient}/records", True),
+        decision_id="d-1",
+        allowed=True,
+        status=200,
+        reason="allowed",
+        detail="allowed",
+        chain=Chain(user=user, agents=agents),
+        intent=Intent(purpose, txn, "access-token"),
+        route=RouteMatch(
+            "read",
+            EntityRef("Records", "p-1001"),
+            (EntityRef("Patient", "p-1001"),),
+            "/patients/{patient}/records",
+            True,
+        ),
         policies=("scribe-read-records",),
     )
 
 
 def input_with(headers: dict[str, list[str]]) -> CheckInput:
-    return CheckInput(method="GET", path="/patients/p-1001/records", host="ehr.local",
-                      headers=headers)
+    return CheckInput(
+        method="GET", path="/patients/p-1001/records", host="ehr.local", headers=headers
+    )
 
 
 def ok_headers(resp: pb.CheckResponse) -> dict[str, str]:
@@ -124,9 +176,14 @@ def test_allow_response() -> None:
 
 
 def test_allow_removes_the_clients_other_lasthop_headers() -> None:
-    headers = {"authorization": ["Bearer x"], "x-lasthop-role": ["admin"],
-               "x-lasthop-user": ["mallory"], "x-lasthop-grant": ["g-1"],
-               "x-lasthopper": ["not ours"], "x-other": ["keep"]}
+    headers = {
+        "authorization": ["Bearer x"],
+        "x-lasthop-role": ["admin"],
+        "x-lasthop-user": ["mallory"],
+        "x-lasthop-grant": ["g-1"],
+        "x-lasthopper": ["not ours"],
+        "x-other": ["keep"],
+    }
     resp = ext_authz.to_response(allow(), input_with(headers))
     assert list(resp.ok_response.headers_to_remove) == ["x-lasthop-grant", "x-lasthop-role"]
     # the spoofed user is overwritten, not appended
@@ -141,12 +198,21 @@ def test_allow_when_the_user_acts_directly() -> None:
 
 
 @pytest.mark.parametrize("field", ["user", "purpose", "txn"])
-@pytest.mark.parametrize(("evil", "safe"), [
-    ("a\r\nx-injected: 1", "a??x-injected: 1"),
-    ("a\nb", "a?b"), ("a\rb", "a?b"), ("a\x00b", "a?b"), ("a\tb", "a?b"),
-    ("a\x7fb", "a?b"), ("caf\u00e9", "caf?"), ("a\u2028b", "a?b"), ("a\x85b", "a?b"),
-    ("plain value-1.2_3", "plain value-1.2_3"),
-])
+@pytest.mark.parametrize(
+    ("evil", "safe"),
+    [
+        ("a\r\nx-injected: 1", "a??x-injected: 1"),
+        ("a\nb", "a?b"),
+        ("a\rb", "a?b"),
+        ("a\x00b", "a?b"),
+        ("a\tb", "a?b"),
+        ("a\x7fb", "a?b"),
+        ("caf\u00e9", "caf?"),
+        ("a\u2028b", "a?b"),
+        ("a\x85b", "a?b"),
+        ("plain value-1.2_3", "plain value-1.2_3"),
+    ],
+)
 def test_allow_header_values_cannot_split(field: str, evil: str, safe: str) -> None:
     resp = ext_authz.to_response(allow(**{field: evil}), input_with({}))
     headers = ok_headers(resp)
@@ -169,18 +235,22 @@ def test_allow_chain_agent_names_are_sanitised() -> None:
 
 
 def deny(status: int, reason: str) -> Decision:
-    return Decision(decision_id="d-9", allowed=False, status=status, reason=reason,
-                    detail=f"detail of {reason}")
+    return Decision(
+        decision_id="d-9", allowed=False, status=status, reason=reason, detail=f"detail of {reason}"
+    )
 
 
-@pytest.mark.parametrize(("status", "reason", "grpc_code"), [
-    (401, "token_invalid", code_pb2.UNAUTHENTICATED),
-    (401, "token_missing", code_pb2.UNAUTHENTICATED),
-    (403, "no_grant", code_pb2.PERMISSION_DENIED),
-    (403, "billing_not_clinical", code_pb2.PERMISSION_DENIED),
-    (503, "store_unavailable", code_pb2.UNAVAILABLE),
-    (503, "internal_error", code_pb2.UNAVAILABLE),
-])
+@pytest.mark.parametrize(
+    ("status", "reason", "grpc_code"),
+    [
+        (401, "token_invalid", code_pb2.UNAUTHENTICATED),
+        (401, "token_missing", code_pb2.UNAUTHENTICATED),
+        (403, "no_grant", code_pb2.PERMISSION_DENIED),
+        (403, "billing_not_clinical", code_pb2.PERMISSION_DENIED),
+        (503, "store_unavailable", code_pb2.UNAVAILABLE),
+        (503, "internal_error", code_pb2.UNAVAILABLE),
+    ],
+)
 def test_deny_response(status: int, reason: str, grpc_code: int) -> None:
     resp = ext_authz.to_response(deny(status, reason), input_with({"x-lasthop-role": ["a"]}))
     assert resp.status.code == grpc_code
@@ -188,8 +258,12 @@ def test_deny_response(status: int, reason: str, grpc_code: int) -> None:
     assert resp.WhichOneof("http_response") == "denied_response"
     denied = resp.denied_response
     assert denied.status.code == status
-    assert json.loads(denied.body) == {"decision": "deny", "reason": reason,
-                                       "detail": f"detail of {reason}", "decision_id": "d-9"}
+    assert json.loads(denied.body) == {
+        "decision": "deny",
+        "reason": reason,
+        "detail": f"detail of {reason}",
+        "decision_id": "d-9",
+    }
     headers = {h.header.key: h.header.value for h in denied.headers}
     assert headers["content-type"] == "application/json"
     assert headers["x-lasthop-decision-id"] == "d-9"
@@ -203,8 +277,13 @@ def test_deny_response(status: int, reason: str, grpc_code: int) -> None:
 
 
 def test_deny_body_escapes_detail() -> None:
-    decision = Decision(decision_id="d", allowed=False, status=403, reason="no_route",
-                        detail='no route for `GET /a"b\n`')
+    decision = Decision(
+        decision_id="d",
+        allowed=False,
+        status=403,
+        reason="no_route",
+        detail='no route for `GET /a"b\n`',
+    )
     body = ext_authz.to_response(decision, input_with({})).denied_response.body
     assert "\n" not in body
     assert json.loads(body)["detail"] == 'no route for `GET /a"b\n`'
@@ -216,6 +295,7 @@ def test_deny_body_escapes_detail() -> None:
 def servicer_check(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
     async def main() -> pb.CheckResponse:
         return await service.Check(request, context=None)  # type: ignore[arg-type]
+
     return asyncio.run(main())
 
 
@@ -223,8 +303,9 @@ def bearer_request(token: str) -> pb.CheckRequest:
     return check_request(header_map=[("authorization", f"Bearer {token}".encode())])
 
 
-def test_servicer_allows_end_to_end(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                    clock: Clock) -> None:
+def test_servicer_allows_end_to_end(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
     service = AuthorizationService(make_pipeline(store=store))
@@ -240,8 +321,8 @@ def test_servicer_denies_without_a_token(make_pipeline: PipelineFactory) -> None
 
 
 def test_unexpected_exception_inside_the_pipeline_is_denied_503(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipeline = make_pipeline()
 
     def boom(token: str) -> Any:
@@ -265,8 +346,8 @@ class ExplodingAudit:
 
 @pytest.mark.parametrize("where", ["check", "audit"])
 def test_exception_escaping_check_is_still_a_deny(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer, monkeypatch: pytest.MonkeyPatch,
-        where: str) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     """Whatever check() raises, Envoy gets a 503 deny, never a gRPC error (failure_mode_allow)."""
     if where == "audit":
         pipeline = make_pipeline(audit=ExplodingAudit())

@@ -30,44 +30,76 @@ from authz.redis_store import RedisStore, pair_tag
 from tests.conftest import PURPOSE, Clock
 
 NOW = 1_800_000_000
-RECORDS = RouteMatch(action="read", resource=EntityRef("Records", "p-1001"),
-                     parents=(EntityRef("Patient", "p-1001"),),
-                     template="/patients/{patient}/records", phi=True)
-NOTES = RouteMatch(action="write", resource=EntityRef("Notes", "p-1001"),
-                   parents=(EntityRef("Patient", "p-1001"),),
-                   template="/patients/{patient}/notes", phi=True)
-CLAIM = RouteMatch(action="read", resource=EntityRef("Claim", "c-1"), parents=(),
-                   template="/claims/{claim}", phi=True)
+RECORDS = RouteMatch(
+    action="read",
+    resource=EntityRef("Records", "p-1001"),
+    parents=(EntityRef("Patient", "p-1001"),),
+    template="/patients/{patient}/records",
+    phi=True,
+)
+NOTES = RouteMatch(
+    action="write",
+    resource=EntityRef("Notes", "p-1001"),
+    parents=(EntityRef("Patient", "p-1001"),),
+    template="/patients/{patient}/notes",
+    phi=True,
+)
+CLAIM = RouteMatch(
+    action="read",
+    resource=EntityRef("Claim", "c-1"),
+    parents=(),
+    template="/claims/{claim}",
+    phi=True,
+)
 
 
-def make(gid: str = "g-1", agent: str = "scribe", user: str = "dr-alice",
-         actions: tuple[str, ...] = ("read",), resources: tuple[str, ...] = ('Patient::"p-1001"',),
-         purpose: str = PURPOSE, issued_at: int = NOW, ttl: int = 900,
-         max_uses: int = 0) -> Grant:
-    return Grant(id=gid, agent=agent, user=user, actions=actions, resources=resources,
-                 purpose=purpose, issued_by="dr-alice", issued_at=issued_at,
-                 expires_at=issued_at + ttl, max_uses=max_uses)
+def make(
+    gid: str = "g-1",
+    agent: str = "scribe",
+    user: str = "dr-alice",
+    actions: tuple[str, ...] = ("read",),
+    resources: tuple[str, ...] = ('Patient::"p-1001"',),
+    purpose: str = PURPOSE,
+    issued_at: int = NOW,
+    ttl: int = 900,
+    max_uses: int = 0,
+) -> Grant:
+    return Grant(
+        id=gid,
+        agent=agent,
+        user=user,
+        actions=actions,
+        resources=resources,
+        purpose=purpose,
+        issued_by="dr-alice",
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+        max_uses=max_uses,
+    )
 
 
 # --- covers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("grant", "route", "expected"), [
-    (make(), RECORDS, True),  # grant on the patient covers the chart part
-    (make(resources=('Records::"p-1001"',)), RECORDS, True),  # the resource itself
-    (make(resources=('Notes::"p-1001"',)), RECORDS, False),  # a sibling part
-    (make(resources=('Patient::"p-2002"',)), RECORDS, False),  # another patient
-    (make(resources=('Records::"p-2002"',)), RECORDS, False),
-    (make(actions=("write",)), RECORDS, False),  # action must match
-    (make(actions=("write",)), NOTES, True),
-    (make(actions=("read", "write")), NOTES, True),
-    (make(resources=('Patient::"p-2"', 'Patient::"p-1001"')), RECORDS, True),
-    (make(resources=('Claim::"c-1"',)), CLAIM, True),
-    (make(resources=('Claim::"c-2"',)), CLAIM, False),
-    (make(resources=('Patient::"c-1"',)), CLAIM, False),  # same id, other type
-    (make(resources=('Patient::"p-1001" ',)), RECORDS, False),  # no fuzzy matching
-    (make(actions=()), RECORDS, False),
-])
+@pytest.mark.parametrize(
+    ("grant", "route", "expected"),
+    [
+        (make(), RECORDS, True),  # grant on the patient covers the chart part
+        (make(resources=('Records::"p-1001"',)), RECORDS, True),  # the resource itself
+        (make(resources=('Notes::"p-1001"',)), RECORDS, False),  # a sibling part
+        (make(resources=('Patient::"p-2002"',)), RECORDS, False),  # another patient
+        (make(resources=('Records::"p-2002"',)), RECORDS, False),
+        (make(actions=("write",)), RECORDS, False),  # action must match
+        (make(actions=("write",)), NOTES, True),
+        (make(actions=("read", "write")), NOTES, True),
+        (make(resources=('Patient::"p-2"', 'Patient::"p-1001"')), RECORDS, True),
+        (make(resources=('Claim::"c-1"',)), CLAIM, True),
+        (make(resources=('Claim::"c-2"',)), CLAIM, False),
+        (make(resources=('Patient::"c-1"',)), CLAIM, False),  # same id, other type
+        (make(resources=('Patient::"p-1001" ',)), RECORDS, False),  # no fuzzy matching
+        (make(actions=()), RECORDS, False),
+    ],
+)
 def test_covers(grant: Grant, route: RouteMatch, expected: bool) -> None:
     assert covers(grant, route) is expected
 
@@ -88,9 +120,11 @@ def test_select_no_grants_is_no_grant() -> None:
 
 def test_select_only_non_covering_is_no_grant() -> None:
     # an expired and a purpose-mismatched grant that do not cover still say no_grant
-    grants = [make("a", resources=('Patient::"p-2"',)),
-              make("b", actions=("write",), ttl=-10),
-              make("c", resources=('Notes::"p-1001"',), purpose="billing")]
+    grants = [
+        make("a", resources=('Patient::"p-2"',)),
+        make("b", actions=("write",), ttl=-10),
+        make("c", resources=('Notes::"p-1001"',), purpose="billing"),
+    ]
     assert select_reason(grants) == "no_grant"
 
 
@@ -111,9 +145,14 @@ def test_select_live_but_other_purpose_is_purpose_mismatch() -> None:
 
 
 def test_select_picks_the_soonest_expiring_match() -> None:
-    grants = [make("long", ttl=3600), make("soon", ttl=60), make("mid", ttl=600),
-              make("expired", ttl=-1), make("other-purpose", ttl=30, purpose="billing"),
-              make("not-covering", ttl=10, resources=('Patient::"p-2"',))]
+    grants = [
+        make("long", ttl=3600),
+        make("soon", ttl=60),
+        make("mid", ttl=600),
+        make("expired", ttl=-1),
+        make("other-purpose", ttl=30, purpose="billing"),
+        make("not-covering", ttl=10, resources=('Patient::"p-2"',)),
+    ]
     assert select(grants, RECORDS, PURPOSE, NOW).id == "soon"
 
 
@@ -124,14 +163,26 @@ ACTIONS = frozenset({"read", "write"})
 
 
 def request(**changes: Any) -> GrantRequest:
-    base = GrantRequest(agent="scribe", user="dr-alice", actions=("read",),
-                        resources=('Patient::"p-1001"',), purpose=PURPOSE, ttl_seconds=900)
+    base = GrantRequest(
+        agent="scribe",
+        user="dr-alice",
+        actions=("read",),
+        resources=('Patient::"p-1001"',),
+        purpose=PURPOSE,
+        ttl_seconds=900,
+    )
     return dataclasses.replace(base, **changes)
 
 
 def test_new_grant() -> None:
-    g = new_grant(request(max_uses=3, resources=('Ns::Patient::"x"', 'Records::"p-1"')),
-                  "approver", NOW, AGENTS, ACTIONS, max_ttl=3600)
+    g = new_grant(
+        request(max_uses=3, resources=('Ns::Patient::"x"', 'Records::"p-1"')),
+        "approver",
+        NOW,
+        AGENTS,
+        ACTIONS,
+        max_ttl=3600,
+    )
     assert g.id.startswith("g-") and len(g.id) == 18
     assert (g.agent, g.user, g.actions, g.purpose) == ("scribe", "dr-alice", ("read",), PURPOSE)
     assert g.resources == ('Ns::Patient::"x"', 'Records::"p-1"')
@@ -148,24 +199,27 @@ def test_ttl_may_equal_max_ttl() -> None:
     assert g.expires_at == NOW + 3600
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"agent": "ghost"}, "unknown agent `ghost`"),
-    ({"agent": ""}, "unknown agent"),
-    ({"user": ""}, "`user` must not be empty"),
-    ({"actions": ()}, "at least one non-empty action"),
-    ({"actions": ("",)}, "at least one non-empty action"),
-    ({"actions": ("read", "")}, "at least one non-empty action"),
-    ({"actions": ("delete",)}, "unknown action `delete`"),
-    ({"actions": ("read", "READ")}, "unknown action `READ`"),
-    ({"resources": ()}, "at least one resource"),
-    ({"resources": ("p-1001",)}, "is not a Cedar entity reference"),
-    ({"resources": ('Patient::"p-1001"', "Patient::p")}, "is not a Cedar entity reference"),
-    ({"purpose": ""}, "`purpose` must not be empty"),
-    ({"ttl_seconds": 0}, "ttl must be between"),
-    ({"ttl_seconds": -60}, "ttl must be between"),
-    ({"ttl_seconds": 3601}, "ttl must be between"),
-    ({"max_uses": -1}, "max_uses"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"agent": "ghost"}, "unknown agent `ghost`"),
+        ({"agent": ""}, "unknown agent"),
+        ({"user": ""}, "`user` must not be empty"),
+        ({"actions": ()}, "at least one non-empty action"),
+        ({"actions": ("",)}, "at least one non-empty action"),
+        ({"actions": ("read", "")}, "at least one non-empty action"),
+        ({"actions": ("delete",)}, "unknown action `delete`"),
+        ({"actions": ("read", "READ")}, "unknown action `READ`"),
+        ({"resources": ()}, "at least one resource"),
+        ({"resources": ("p-1001",)}, "is not a Cedar entity reference"),
+        ({"resources": ('Patient::"p-1001"', "Patient::p")}, "is not a Cedar entity reference"),
+        ({"purpose": ""}, "`purpose` must not be empty"),
+        ({"ttl_seconds": 0}, "ttl must be between"),
+        ({"ttl_seconds": -60}, "ttl must be between"),
+        ({"ttl_seconds": 3601}, "ttl must be between"),
+        ({"max_uses": -1}, "max_uses"),
+    ],
+)
 def test_new_grant_refusals(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(GrantRequestError, match=message.replace("(", r"\(")):
         new_grant(request(**changes), "approver", NOW, AGENTS, ACTIONS, max_ttl=3600)
@@ -215,6 +269,7 @@ def run_with(factory: StoreFactory, body: Callable[[GrantStore], Awaitable[None]
             await body(store)
         finally:
             await store.close()
+
     asyncio.run(main())
 
 
@@ -358,14 +413,16 @@ def pair_key(agent: str, user: str) -> str:
     return f"lasthop:{pair_tag(agent, user)}:pair"
 
 
-def run_redis(url: str, body: Callable[[RedisStore], Awaitable[None]],
-              timeout_ms: int = 500) -> None:
+def run_redis(
+    url: str, body: Callable[[RedisStore], Awaitable[None]], timeout_ms: int = 500
+) -> None:
     async def main() -> None:
         store = RedisStore(url, timeout_ms)
         try:
             await body(store)
         finally:
             await store.close()
+
     asyncio.run(main())
 
 
@@ -411,7 +468,9 @@ def test_redis_pair_hash_keeps_the_longer_lived_grant(redis_url: str, order: str
         for g in grants:
             await store.put(g)
         assert sorted(g.id for g in await store.for_pair("scribe", "dr-alice")) == [
-            "g-long", "g-short"]
+            "g-long",
+            "g-short",
+        ]
 
     run_redis(redis_url, body)
     want = long_.expires_at + EXPIRED_RETENTION_SECONDS - time.time()
@@ -419,11 +478,17 @@ def test_redis_pair_hash_keeps_the_longer_lived_grant(redis_url: str, order: str
     assert abs(redis_ttl(redis_url, "lasthop:grant:g-short") - 60) <= 2
 
 
-@pytest.mark.parametrize("junk", [
-    b"not json", b"[1, 2]", b'{"id": "g-x"}', b"\xff\xfe",
-    b'{"id":"g","agent":"a","user":"u","actions":"read","resources":[],"purpose":"p",'
-    b'"issued_by":"x","issued_at":1,"expires_at":"2"}',
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"id": "g-x"}',
+        b"\xff\xfe",
+        b'{"id":"g","agent":"a","user":"u","actions":"read","resources":[],"purpose":"p",'
+        b'"issued_by":"x","issued_at":1,"expires_at":"2"}',
+    ],
+)
 def test_redis_junk_in_pair_hash_is_store_unavailable(redis_url: str, junk: bytes) -> None:
     good = live("g-good")
 

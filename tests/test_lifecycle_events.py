@@ -11,12 +11,16 @@ from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 
 def events(audit: MemoryAudit) -> list[tuple[str, str, object]]:
-    return [(r.event, r.target, r.detail.get("uses")) for r in audit.records
-            if isinstance(r, EventRecord)]
+    return [
+        (r.event, r.target, r.detail.get("uses"))
+        for r in audit.records
+        if isinstance(r, EventRecord)
+    ]
 
 
 def test_use_limited_grant_records_each_use_and_its_exhaustion(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store, audit = EmbeddedGrantStore(clock), MemoryAudit()
     g = grant(now=clock.now, max_uses=2)
     asyncio.run(store.put(g))
@@ -24,14 +28,21 @@ def test_use_limited_grant_records_each_use_and_its_exhaustion(
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     reasons = [asyncio.run(pipeline.check(check_input(token))).reason for _ in range(3)]
     assert reasons == ["allowed", "allowed", "grant_exhausted"]
-    assert events(audit) == [("grant_used", g.id, 1), ("grant_used", g.id, 2),
-                             ("grant_exhausted", g.id, 2)]
-    assert all(isinstance(r, EventRecord) and r.actor == "lasthop"
-               for r in audit.records if isinstance(r, EventRecord))
+    assert events(audit) == [
+        ("grant_used", g.id, 1),
+        ("grant_used", g.id, 2),
+        ("grant_exhausted", g.id, 2),
+    ]
+    assert all(
+        isinstance(r, EventRecord) and r.actor == "lasthop"
+        for r in audit.records
+        if isinstance(r, EventRecord)
+    )
 
 
-def test_an_expired_grant_is_recorded_once(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                           clock: Clock) -> None:
+def test_an_expired_grant_is_recorded_once(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store, audit = EmbeddedGrantStore(clock), MemoryAudit()
     g = grant(now=clock.now, ttl=60)
     asyncio.run(store.put(g))
@@ -45,7 +56,8 @@ def test_an_expired_grant_is_recorded_once(make_pipeline: PipelineFactory, issue
 
 
 def test_an_event_the_trail_refuses_fails_the_check_closed(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     class EventsRefused(MemoryAudit):
         def emit(self, record: object) -> bool:
             return not isinstance(record, EventRecord)
@@ -55,5 +67,4 @@ def test_an_event_the_trail_refuses_fails_the_check_closed(
     pipeline = make_pipeline(store=store, audit=EventsRefused())
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     decision = asyncio.run(pipeline.check(check_input(token)))
-    assert (decision.allowed, decision.status, decision.reason) == (False, 503,
-                                                                   "audit_unavailable")
+    assert (decision.allowed, decision.status, decision.reason) == (False, 503, "audit_unavailable")

@@ -13,8 +13,9 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_read_allowed_with_a_grant(make_pipeline: PipelineFactory, issuer: DemoIssuer,
-                                   clock: Clock) -> None:
+def test_read_allowed_with_a_grant(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
     store = EmbeddedGrantStore(clock)
     run(store.put(grant(now=clock.now)))
     pipeline = make_pipeline(store=store)
@@ -26,8 +27,9 @@ def test_read_allowed_with_a_grant(make_pipeline: PipelineFactory, issuer: DemoI
     assert decision.chain is not None and decision.chain.render() == "dr-alice -> scribe"
 
 
-def test_same_read_denied_without_a_grant(make_pipeline: PipelineFactory,
-                                          issuer: DemoIssuer) -> None:
+def test_same_read_denied_without_a_grant(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer
+) -> None:
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     decision = run(make_pipeline().check(check_input(token)))
     assert (decision.allowed, decision.status, decision.reason) == (False, 403, "no_grant")

@@ -33,9 +33,13 @@ OWN_PURPOSE = {
 SAME = "<the request's purpose>"  # grant_purpose default: a grant for the purpose acted for
 
 
-def context(agents: tuple[str, ...] = ("scribe",), purpose: str | None = None,
-            grant_purpose: str | None = SAME, path: str = "/patients/p-1001/records",
-            method: str = "GET") -> dict[str, Any]:
+def context(
+    agents: tuple[str, ...] = ("scribe",),
+    purpose: str | None = None,
+    grant_purpose: str | None = SAME,
+    path: str = "/patients/p-1001/records",
+    method: str = "GET",
+) -> dict[str, Any]:
     """A request context; by default the actor acts for its own purpose, under a grant for it."""
     if purpose is None:
         purpose = OWN_PURPOSE.get(agents[-1], PURPOSE) if agents else PURPOSE
@@ -52,24 +56,41 @@ def context(agents: tuple[str, ...] = ("scribe",), purpose: str | None = None,
         "time": 1_800_000_000,
     }
     if grant_purpose is not None:
-        ctx["grant"] = {"id": "g-1", "purpose": grant_purpose, "issued_by": "dr-alice",
-                        "expires_at": 1_800_000_900}
+        ctx["grant"] = {
+            "id": "g-1",
+            "purpose": grant_purpose,
+            "issued_by": "dr-alice",
+            "expires_at": 1_800_000_900,
+        }
     return ctx
 
 
-def ask(bundle: PolicyBundle, agent: Agent | None, action: str, resource: EntityRef,
-        ctx: dict[str, Any], parents: tuple[EntityRef, ...] = (PATIENT,),
-        tiers: RiskTiers = policy.DEFAULT_TIERS) -> policy.CedarOutcome:
+def ask(
+    bundle: PolicyBundle,
+    agent: Agent | None,
+    action: str,
+    resource: EntityRef,
+    ctx: dict[str, Any],
+    parents: tuple[EntityRef, ...] = (PATIENT,),
+    tiers: RiskTiers = policy.DEFAULT_TIERS,
+) -> policy.CedarOutcome:
     principal = EntityRef("Agent", agent.id) if agent else EntityRef("User", "dr-alice")
-    request = policy.CedarRequest(principal=principal, action=action, resource=resource,
-                                  context=ctx)
+    request = policy.CedarRequest(
+        principal=principal, action=action, resource=resource, context=ctx
+    )
     delta = policy.request_entities(resource, parents, [agent] if agent else [], tiers)
     return policy.decide(bundle, request, delta)
 
 
-def denied(bundle: PolicyBundle, agent: Agent | None, action: str, resource: EntityRef,
-           ctx: dict[str, Any], parents: tuple[EntityRef, ...] = (PATIENT,),
-           tiers: RiskTiers = policy.DEFAULT_TIERS) -> PolicyDenied:
+def denied(
+    bundle: PolicyBundle,
+    agent: Agent | None,
+    action: str,
+    resource: EntityRef,
+    ctx: dict[str, Any],
+    parents: tuple[EntityRef, ...] = (PATIENT,),
+    tiers: RiskTiers = policy.DEFAULT_TIERS,
+) -> PolicyDenied:
     with pytest.raises(PolicyDenied) as info:
         ask(bundle, agent, action, resource, ctx, parents, tiers)
     assert info.value.status == 403
@@ -86,15 +107,23 @@ def test_own_purposes_match_the_seeds(bundle: PolicyBundle) -> None:
 # --- allows ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("agent", "action", "resource", "parents", "policy_id"), [
-    ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records"),
-    ("scribe", "write", NOTES, (PATIENT,), "scribe-write-notes"),
-    ("med-reconciler", "read", MEDICATIONS, (PATIENT,), "med-reconciler-read-medications"),
-    ("billing-bot", "read", CLAIM, (), "billing-bot-read-claims"),
-])
-def test_allowed_with_a_grant(bundle: PolicyBundle, agent: str, action: str,
-                              resource: EntityRef, parents: tuple[EntityRef, ...],
-                              policy_id: str) -> None:
+@pytest.mark.parametrize(
+    ("agent", "action", "resource", "parents", "policy_id"),
+    [
+        ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records"),
+        ("scribe", "write", NOTES, (PATIENT,), "scribe-write-notes"),
+        ("med-reconciler", "read", MEDICATIONS, (PATIENT,), "med-reconciler-read-medications"),
+        ("billing-bot", "read", CLAIM, (), "billing-bot-read-claims"),
+    ],
+)
+def test_allowed_with_a_grant(
+    bundle: PolicyBundle,
+    agent: str,
+    action: str,
+    resource: EntityRef,
+    parents: tuple[EntityRef, ...],
+    policy_id: str,
+) -> None:
     outcome = ask(bundle, bundle.agents[agent], action, resource, context((agent,)), parents)
     assert outcome.allowed
     assert outcome.reason == "allowed"
@@ -102,12 +131,16 @@ def test_allowed_with_a_grant(bundle: PolicyBundle, agent: str, action: str,
 
 
 @pytest.mark.parametrize("purpose", ["clinical-documentation", "medication-reconciliation"])
-def test_an_agent_with_two_purposes_may_act_for_either(bundle: PolicyBundle,
-                                                       purpose: str) -> None:
+def test_an_agent_with_two_purposes_may_act_for_either(bundle: PolicyBundle, purpose: str) -> None:
     """The orchestrator is registered for both: it has no permit of its own, but neither
     purpose is refused as not allowed."""
-    err = denied(bundle, bundle.agents["orchestrator"], "read", RECORDS,
-                 context(("orchestrator",), purpose=purpose))
+    err = denied(
+        bundle,
+        bundle.agents["orchestrator"],
+        "read",
+        RECORDS,
+        context(("orchestrator",), purpose=purpose),
+    )
     assert err.reason == "policy_denied"
     assert err.policies == ()
 
@@ -115,29 +148,46 @@ def test_an_agent_with_two_purposes_may_act_for_either(bundle: PolicyBundle,
 # --- denies ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("agent", "action", "resource", "parents"), [
-    ("scribe", "read", RECORDS, (PATIENT,)),
-    ("scribe", "write", NOTES, (PATIENT,)),
-    ("med-reconciler", "read", MEDICATIONS, (PATIENT,)),
-    ("billing-bot", "read", CLAIM, ()),
-])
-def test_no_grant_in_context_is_policy_denied(bundle: PolicyBundle, agent: str, action: str,
-                                              resource: EntityRef,
-                                              parents: tuple[EntityRef, ...]) -> None:
-    err = denied(bundle, bundle.agents[agent], action, resource,
-                 context((agent,), grant_purpose=None), parents)
+@pytest.mark.parametrize(
+    ("agent", "action", "resource", "parents"),
+    [
+        ("scribe", "read", RECORDS, (PATIENT,)),
+        ("scribe", "write", NOTES, (PATIENT,)),
+        ("med-reconciler", "read", MEDICATIONS, (PATIENT,)),
+        ("billing-bot", "read", CLAIM, ()),
+    ],
+)
+def test_no_grant_in_context_is_policy_denied(
+    bundle: PolicyBundle,
+    agent: str,
+    action: str,
+    resource: EntityRef,
+    parents: tuple[EntityRef, ...],
+) -> None:
+    err = denied(
+        bundle,
+        bundle.agents[agent],
+        action,
+        resource,
+        context((agent,), grant_purpose=None),
+        parents,
+    )
     assert err.reason == "policy_denied"
     assert err.policies == ()
 
 
-@pytest.mark.parametrize(("agent", "action", "resource"), [
-    ("med-reconciler", "read", RECORDS),
-    ("scribe", "read", MEDICATIONS),
-    ("orchestrator", "read", RECORDS),
-    ("orchestrator", "write", NOTES),
-])
-def test_agent_outside_its_job_is_policy_denied(bundle: PolicyBundle, agent: str, action: str,
-                                                resource: EntityRef) -> None:
+@pytest.mark.parametrize(
+    ("agent", "action", "resource"),
+    [
+        ("med-reconciler", "read", RECORDS),
+        ("scribe", "read", MEDICATIONS),
+        ("orchestrator", "read", RECORDS),
+        ("orchestrator", "write", NOTES),
+    ],
+)
+def test_agent_outside_its_job_is_policy_denied(
+    bundle: PolicyBundle, agent: str, action: str, resource: EntityRef
+) -> None:
     """Each acts for its own purpose under a matching grant: only the missing permit denies."""
     err = denied(bundle, bundle.agents[agent], action, resource, context((agent,)))
     assert err.reason == "policy_denied"
@@ -152,33 +202,48 @@ def test_user_acting_directly_has_no_permit(bundle: PolicyBundle, purpose: str) 
     assert err.policies == ()
 
 
-@pytest.mark.parametrize(("action", "resource"), [
-    ("read", RECORDS),
-    ("read", MEDICATIONS),
-    ("write", NOTES),
-])
-def test_billing_bot_never_clinical(bundle: PolicyBundle, action: str,
-                                    resource: EntityRef) -> None:
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("read", RECORDS),
+        ("read", MEDICATIONS),
+        ("write", NOTES),
+    ],
+)
+def test_billing_bot_never_clinical(bundle: PolicyBundle, action: str, resource: EntityRef) -> None:
     """Under its own purpose and a matching grant, so only billing-never-clinical holds."""
-    err = denied(bundle, bundle.agents["billing-bot"], action, resource,
-                 context(("billing-bot",)))
+    err = denied(bundle, bundle.agents["billing-bot"], action, resource, context(("billing-bot",)))
     assert err.reason == "billing_not_clinical"
     assert "billing-never-clinical" in err.detail
     assert err.policies == ("billing-never-clinical",)
 
 
-@pytest.mark.parametrize(("agent", "action", "resource", "parents"), [
-    ("scribe", "read", RECORDS, (PATIENT,)),
-    ("scribe", "write", NOTES, (PATIENT,)),
-    ("med-reconciler", "read", MEDICATIONS, (PATIENT,)),
-    ("billing-bot", "read", CLAIM, ()),
-])
-def test_purpose_mismatch(bundle: PolicyBundle, agent: str, action: str, resource: EntityRef,
-                          parents: tuple[EntityRef, ...]) -> None:
+@pytest.mark.parametrize(
+    ("agent", "action", "resource", "parents"),
+    [
+        ("scribe", "read", RECORDS, (PATIENT,)),
+        ("scribe", "write", NOTES, (PATIENT,)),
+        ("med-reconciler", "read", MEDICATIONS, (PATIENT,)),
+        ("billing-bot", "read", CLAIM, ()),
+    ],
+)
+def test_purpose_mismatch(
+    bundle: PolicyBundle,
+    agent: str,
+    action: str,
+    resource: EntityRef,
+    parents: tuple[EntityRef, ...],
+) -> None:
     """The agent acts for a purpose it is allowed, under a grant issued for another."""
     other = "billing" if OWN_PURPOSE[agent] != "billing" else PURPOSE
-    err = denied(bundle, bundle.agents[agent], action, resource,
-                 context((agent,), grant_purpose=other), parents)
+    err = denied(
+        bundle,
+        bundle.agents[agent],
+        action,
+        resource,
+        context((agent,), grant_purpose=other),
+        parents,
+    )
     assert err.reason == "purpose_mismatch"
     assert err.policies == ("grant-purpose-must-match",)
 
@@ -186,37 +251,65 @@ def test_purpose_mismatch(bundle: PolicyBundle, agent: str, action: str, resourc
 # --- purpose_not_allowed: the agent's registered purposes -------------------------------------
 
 
-@pytest.mark.parametrize(("agent", "action", "resource", "parents", "permit", "purpose"), [
-    ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records", "research"),
-    ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records", "medication-reconciliation"),
-    ("scribe", "write", NOTES, (PATIENT,), "scribe-write-notes", "billing"),
-    ("med-reconciler", "read", MEDICATIONS, (PATIENT,), "med-reconciler-read-medications",
-     "clinical-documentation"),
-    ("billing-bot", "read", CLAIM, (), "billing-bot-read-claims", "clinical-documentation"),
-    ("orchestrator", "read", RECORDS, (PATIENT,), None, "billing"),
-])
+@pytest.mark.parametrize(
+    ("agent", "action", "resource", "parents", "permit", "purpose"),
+    [
+        ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records", "research"),
+        ("scribe", "read", RECORDS, (PATIENT,), "scribe-read-records", "medication-reconciliation"),
+        ("scribe", "write", NOTES, (PATIENT,), "scribe-write-notes", "billing"),
+        (
+            "med-reconciler",
+            "read",
+            MEDICATIONS,
+            (PATIENT,),
+            "med-reconciler-read-medications",
+            "clinical-documentation",
+        ),
+        ("billing-bot", "read", CLAIM, (), "billing-bot-read-claims", "clinical-documentation"),
+        ("orchestrator", "read", RECORDS, (PATIENT,), None, "billing"),
+    ],
+)
 def test_purpose_outside_allowed_purposes_is_denied_even_with_a_matching_grant(
-        bundle: PolicyBundle, agent: str, action: str, resource: EntityRef,
-        parents: tuple[EntityRef, ...], permit: str | None, purpose: str) -> None:
+    bundle: PolicyBundle,
+    agent: str,
+    action: str,
+    resource: EntityRef,
+    parents: tuple[EntityRef, ...],
+    permit: str | None,
+    purpose: str,
+) -> None:
     seeded = bundle.agents[agent]
     assert purpose not in seeded.allowed_purposes
     # the same request, for the agent's own purpose: the permit (if any) holds
     if permit is not None:
         assert ask(bundle, seeded, action, resource, context((agent,)), parents).policies == (
-            permit,)
+            permit,
+        )
     # for a purpose it is not registered for, with a grant issued for exactly that purpose
-    err = denied(bundle, seeded, action, resource,
-                 context((agent,), purpose=purpose, grant_purpose=purpose), parents)
+    err = denied(
+        bundle,
+        seeded,
+        action,
+        resource,
+        context((agent,), purpose=purpose, grant_purpose=purpose),
+        parents,
+    )
     assert err.reason == "purpose_not_allowed"
     assert err.policies == ("agent-purpose-must-be-allowed",)
     assert "agent-purpose-must-be-allowed" in err.detail
 
 
-@pytest.mark.parametrize("purpose", ["Clinical-Documentation", "clinical-documentation ",
-                                     "clinical", ""])
+@pytest.mark.parametrize(
+    "purpose", ["Clinical-Documentation", "clinical-documentation ", "clinical", ""]
+)
 def test_allowed_purposes_match_exactly(bundle: PolicyBundle, purpose: str) -> None:
-    err = denied(bundle, bundle.agents["scribe"], "read", RECORDS,
-                 context(purpose=purpose, grant_purpose=purpose))
+    err = denied(
+        bundle,
+        bundle.agents["scribe"],
+        "read",
+        RECORDS,
+        context(purpose=purpose, grant_purpose=purpose),
+    )
     assert err.reason == "purpose_not_allowed"
 
 
@@ -241,11 +334,16 @@ def test_an_agent_with_no_allowed_purposes_acts_for_none(bundle: PolicyBundle) -
 # --- risk tiers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("tiers", "expected"), [
-    (RiskTiers(), {0: "low", 29: "low", 30: "medium", 69: "medium", 70: "high", 100: "high"}),
-    (RiskTiers(medium=10, high=50),
-     {0: "low", 9: "low", 10: "medium", 49: "medium", 50: "high", 60: "high"}),
-])
+@pytest.mark.parametrize(
+    ("tiers", "expected"),
+    [
+        (RiskTiers(), {0: "low", 29: "low", 30: "medium", 69: "medium", 70: "high", 100: "high"}),
+        (
+            RiskTiers(medium=10, high=50),
+            {0: "low", 9: "low", 10: "medium", 49: "medium", 50: "high", 60: "high"},
+        ),
+    ],
+)
 def test_risk_tiers(tiers: RiskTiers, expected: dict[int, str]) -> None:
     assert {risk: tiers.of(risk) for risk in expected} == expected
 
@@ -292,7 +390,8 @@ def test_custom_risk_tiers_decide_who_writes(bundle: PolicyBundle) -> None:
     assert err.policies == ("high-risk-agents-never-write",)
     below = dataclasses.replace(agent, risk=49)
     assert ask(bundle, below, "write", NOTES, context(), tiers=strict).policies == (
-        "scribe-write-notes",)
+        "scribe-write-notes",
+    )
 
 
 def test_lenient_risk_tiers_let_a_risk_80_agent_write(bundle: PolicyBundle) -> None:
@@ -304,8 +403,9 @@ def test_lenient_risk_tiers_let_a_risk_80_agent_write(bundle: PolicyBundle) -> N
 
 def test_unseeded_high_risk_agent_in_the_delta(bundle: PolicyBundle) -> None:
     """An agent only the per-request delta knows is still held to the forbids."""
-    newcomer = Agent(id="ghostwriter", owner="dr-alice", risk=80, status="active",
-                     allowed_purposes=(PURPOSE,))
+    newcomer = Agent(
+        id="ghostwriter", owner="dr-alice", risk=80, status="active", allowed_purposes=(PURPOSE,)
+    )
     err = denied(bundle, newcomer, "write", NOTES, context(("ghostwriter",)))
     assert err.reason == "risk_too_high"
     assert err.policies == ("high-risk-agents-never-write",)
@@ -322,7 +422,7 @@ def test_unseeded_agent_without_purposes_in_the_delta(bundle: PolicyBundle) -> N
 
 ERRORING_FORBID = (
     '@id("erroring-forbid")\n@reason("should_not_be_skipped")\n'
-    'forbid (principal, action, resource)\n'
+    "forbid (principal, action, resource)\n"
     'when { context.request.path like "*" && principal.nosuch == 1 };\n'
 )
 
@@ -335,21 +435,24 @@ def erroring_bundle(bundle: PolicyBundle) -> PolicyBundle:
     return erroring
 
 
-def test_cedar_skips_the_erroring_forbid(bundle: PolicyBundle,
-                                         erroring_bundle: PolicyBundle) -> None:
+def test_cedar_skips_the_erroring_forbid(
+    bundle: PolicyBundle, erroring_bundle: PolicyBundle
+) -> None:
     """Precondition for the next test: cedar on its own says Allow, with an error."""
     scribe = bundle.agents["scribe"]
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", RECORDS, context())
     entities = bundle.entities.with_added_json_str(
-        policy.request_entities(RECORDS, (PATIENT,), [scribe]))
+        policy.request_entities(RECORDS, (PATIENT,), [scribe])
+    )
     result = cedarpy.is_authorized(request.as_cedar(), erroring_bundle.policy_set, entities)
     assert result.decision == cedarpy.Decision.Allow
     assert result.diagnostics.errors
     assert "nosuch" in result.diagnostics.errors[0]
 
 
-def test_allow_with_an_erroring_forbid_is_policy_error(bundle: PolicyBundle,
-                                                      erroring_bundle: PolicyBundle) -> None:
+def test_allow_with_an_erroring_forbid_is_policy_error(
+    bundle: PolicyBundle, erroring_bundle: PolicyBundle
+) -> None:
     with pytest.raises(PolicyError) as info:
         ask(erroring_bundle, bundle.agents["scribe"], "read", RECORDS, context())
     assert info.value.reason == "policy_error"
@@ -358,16 +461,19 @@ def test_allow_with_an_erroring_forbid_is_policy_error(bundle: PolicyBundle,
 
 
 def test_deny_with_an_erroring_forbid_is_still_not_an_allow(
-        bundle: PolicyBundle, erroring_bundle: PolicyBundle) -> None:
+    bundle: PolicyBundle, erroring_bundle: PolicyBundle
+) -> None:
     with pytest.raises((PolicyError, PolicyDenied)):
-        ask(erroring_bundle, bundle.agents["scribe"], "read", RECORDS,
-            context(grant_purpose=None))
+        ask(erroring_bundle, bundle.agents["scribe"], "read", RECORDS, context(grant_purpose=None))
 
 
-@pytest.mark.parametrize(("file", "old"), [
-    ("high-risk-agents-never-write.cedar", "principal.risk_tier"),
-    ("agent-purpose-must-be-allowed.cedar", "principal.allowed_purposes"),
-])
+@pytest.mark.parametrize(
+    ("file", "old"),
+    [
+        ("high-risk-agents-never-write.cedar", "principal.risk_tier"),
+        ("agent-purpose-must-be-allowed.cedar", "principal.allowed_purposes"),
+    ],
+)
 def test_erroring_policy_is_named_by_its_id(bundle: PolicyBundle, file: str, old: str) -> None:
     paths = sorted(POLICIES.glob("*.cedar"))
     # keep the positional ids of the shipped bundle: the broken policy keeps its own
@@ -385,12 +491,16 @@ def test_erroring_policy_is_named_by_its_id(bundle: PolicyBundle, file: str, old
     assert f"`{cedar_id}`" not in info.value.detail
 
 
-@pytest.mark.parametrize("bad_context", [
-    {"x": {"__extn": {"fn": "nope", "arg": "1"}}},
-    {"x": {"__entity": {"type": "", "id": "a"}}},
-    {"x": 2**70},
-    {"x": {"__expr": "1 +"}},
-], ids=["unknown-extension", "bad-entity-escape", "huge-int", "expr-escape"])
+@pytest.mark.parametrize(
+    "bad_context",
+    [
+        {"x": {"__extn": {"fn": "nope", "arg": "1"}}},
+        {"x": {"__entity": {"type": "", "id": "a"}}},
+        {"x": 2**70},
+        {"x": {"__expr": "1 +"}},
+    ],
+    ids=["unknown-extension", "bad-entity-escape", "huge-int", "expr-escape"],
+)
 def test_invalid_context_never_returns(bundle: PolicyBundle, bad_context: dict[str, Any]) -> None:
     ctx = {**context(), **bad_context}
     with pytest.raises((PolicyError, PolicyDenied)) as info:
@@ -405,11 +515,14 @@ def test_no_decision_is_policy_error(bundle: PolicyBundle) -> None:
     assert info.value.reason == "policy_error"
 
 
-@pytest.mark.parametrize("delta", [
-    "not json",
-    json.dumps({"uid": {}}),
-    json.dumps([{"uid": {"type": "Agent"}, "attrs": {}, "parents": []}]),
-])
+@pytest.mark.parametrize(
+    "delta",
+    [
+        "not json",
+        json.dumps({"uid": {}}),
+        json.dumps([{"uid": {"type": "Agent"}, "attrs": {}, "parents": []}]),
+    ],
+)
 def test_rejected_request_entities_are_policy_error(bundle: PolicyBundle, delta: str) -> None:
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", RECORDS, context())
     with pytest.raises(PolicyError) as info:
@@ -420,26 +533,48 @@ def test_rejected_request_entities_are_policy_error(bundle: PolicyBundle, delta:
 OWNER = {"__entity": {"type": "User", "id": "dr-alice"}}
 
 
-@pytest.mark.parametrize(("attrs", "named"), [
-    ({"risk": "high"}, None),
-    # a delta built without tiers: the high-risk forbid errors on the missing risk_tier
-    ({"owner": OWNER, "risk": 80, "allowed_purposes": [PURPOSE], "status": "active"},
-     "high-risk-agents-never-write"),
-    # purposes as a string, not a set: the purpose forbid errors
-    ({"owner": OWNER, "risk": 20, "risk_tier": "low", "allowed_purposes": PURPOSE,
-      "status": "active"}, "agent-purpose-must-be-allowed"),
-    # no allowed_purposes at all
-    ({"owner": OWNER, "risk": 20, "risk_tier": "low", "status": "active"},
-     "agent-purpose-must-be-allowed"),
-], ids=["string-risk", "no-risk-tier", "purposes-string", "no-purposes"])
-def test_ill_typed_agent_in_the_delta_cannot_write(bundle: PolicyBundle, attrs: dict[str, Any],
-                                                  named: str | None) -> None:
+@pytest.mark.parametrize(
+    ("attrs", "named"),
+    [
+        ({"risk": "high"}, None),
+        # a delta built without tiers: the high-risk forbid errors on the missing risk_tier
+        (
+            {"owner": OWNER, "risk": 80, "allowed_purposes": [PURPOSE], "status": "active"},
+            "high-risk-agents-never-write",
+        ),
+        # purposes as a string, not a set: the purpose forbid errors
+        (
+            {
+                "owner": OWNER,
+                "risk": 20,
+                "risk_tier": "low",
+                "allowed_purposes": PURPOSE,
+                "status": "active",
+            },
+            "agent-purpose-must-be-allowed",
+        ),
+        # no allowed_purposes at all
+        (
+            {"owner": OWNER, "risk": 20, "risk_tier": "low", "status": "active"},
+            "agent-purpose-must-be-allowed",
+        ),
+    ],
+    ids=["string-risk", "no-risk-tier", "purposes-string", "no-purposes"],
+)
+def test_ill_typed_agent_in_the_delta_cannot_write(
+    bundle: PolicyBundle, attrs: dict[str, Any], named: str | None
+) -> None:
     """A forbid that errors on an ill-typed agent is skipped by Cedar; that must not allow."""
-    delta = json.dumps([
-        {"uid": {"type": "Agent", "id": "scribe"}, "attrs": attrs, "parents": []},
-        {"uid": {"type": "Notes", "id": "p-1001"}, "attrs": {},
-         "parents": [{"type": "Patient", "id": "p-1001"}]},
-    ])
+    delta = json.dumps(
+        [
+            {"uid": {"type": "Agent", "id": "scribe"}, "attrs": attrs, "parents": []},
+            {
+                "uid": {"type": "Notes", "id": "p-1001"},
+                "attrs": {},
+                "parents": [{"type": "Patient", "id": "p-1001"}],
+            },
+        ]
+    )
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "write", NOTES, context())
     with pytest.raises(PolicyError) as info:
         policy.decide(bundle, request, delta)
@@ -451,27 +586,50 @@ def test_ill_typed_agent_in_the_delta_cannot_write(bundle: PolicyBundle, attrs: 
 # --- the per-request delta --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("tiers", "tier"), [
-    (None, "low"),
-    (RiskTiers(medium=10, high=50), "medium"),
-    (RiskTiers(medium=5, high=20), "high"),
-], ids=["default", "custom-medium", "custom-high"])
+@pytest.mark.parametrize(
+    ("tiers", "tier"),
+    [
+        (None, "low"),
+        (RiskTiers(medium=10, high=50), "medium"),
+        (RiskTiers(medium=5, high=20), "high"),
+    ],
+    ids=["default", "custom-medium", "custom-high"],
+)
 def test_request_entities_shape(tiers: RiskTiers | None, tier: str) -> None:
-    agent = Agent(id="scribe", owner="dr-alice", risk=20, status="active",
-                  description="drafts notes", allowed_purposes=(PURPOSE, "research"),
-                  created_at=1_700_000_000, registered_by="admin")
+    agent = Agent(
+        id="scribe",
+        owner="dr-alice",
+        risk=20,
+        status="active",
+        description="drafts notes",
+        allowed_purposes=(PURPOSE, "research"),
+        created_at=1_700_000_000,
+        registered_by="admin",
+    )
     resource, parents = EntityRef("Records", "p-1"), (EntityRef("Patient", "p-1"),)
-    text = (policy.request_entities(resource, parents, [agent]) if tiers is None
-            else policy.request_entities(resource, parents, [agent], tiers))
+    text = (
+        policy.request_entities(resource, parents, [agent])
+        if tiers is None
+        else policy.request_entities(resource, parents, [agent], tiers)
+    )
     # description, created_at and registered_by are registry bookkeeping: never sent to Cedar
     assert json.loads(text) == [
-        {"uid": {"type": "Agent", "id": "scribe"},
-         "attrs": {"owner": {"__entity": {"type": "User", "id": "dr-alice"}}, "risk": 20,
-                   "risk_tier": tier, "allowed_purposes": [PURPOSE, "research"],
-                   "status": "active"},
-         "parents": []},
-        {"uid": {"type": "Records", "id": "p-1"}, "attrs": {},
-         "parents": [{"type": "Patient", "id": "p-1"}]},
+        {
+            "uid": {"type": "Agent", "id": "scribe"},
+            "attrs": {
+                "owner": {"__entity": {"type": "User", "id": "dr-alice"}},
+                "risk": 20,
+                "risk_tier": tier,
+                "allowed_purposes": [PURPOSE, "research"],
+                "status": "active",
+            },
+            "parents": [],
+        },
+        {
+            "uid": {"type": "Records", "id": "p-1"},
+            "attrs": {},
+            "parents": [{"type": "Patient", "id": "p-1"}],
+        },
         {"uid": {"type": "Patient", "id": "p-1"}, "attrs": {}, "parents": []},
     ]
 
@@ -481,5 +639,6 @@ def test_request_entities_conform_to_the_schema(bundle: PolicyBundle) -> None:
     for tiers in (policy.DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
         delta = json.loads(policy.request_entities(RECORDS, (PATIENT,), agents, tiers))
         cedarpy.Entities.from_json_str(json.dumps(delta), bundle.schema)
-        assert [e["attrs"]["risk_tier"] for e in delta[:len(agents)]] == [
-            tiers.of(a.risk) for a in agents]
+        assert [e["attrs"]["risk_tier"] for e in delta[: len(agents)]] == [
+            tiers.of(a.risk) for a in agents
+        ]

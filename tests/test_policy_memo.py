@@ -18,46 +18,61 @@ RECORDS, PATIENT = EntityRef("Records", "p-1001"), EntityRef("Patient", "p-1001"
 
 def context(**changes: Any) -> dict[str, Any]:
     ctx: dict[str, Any] = {
-        "user": {"__entity": {"type": "User", "id": "dr-alice"}}, "chain_depth": 1,
-        "agents": [{"__entity": {"type": "Agent", "id": "scribe"}}], "delegator": "dr-alice",
-        "purpose": "clinical-documentation", "txn": "t",
-        "grant": {"id": "g", "purpose": "clinical-documentation", "issued_by": "x",
-                  "expires_at": 2**40},
+        "user": {"__entity": {"type": "User", "id": "dr-alice"}},
+        "chain_depth": 1,
+        "agents": [{"__entity": {"type": "Agent", "id": "scribe"}}],
+        "delegator": "dr-alice",
+        "purpose": "clinical-documentation",
+        "txn": "t",
+        "grant": {
+            "id": "g",
+            "purpose": "clinical-documentation",
+            "issued_by": "x",
+            "expires_at": 2**40,
+        },
         "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
-        "time": 1_800_000_000}
+        "time": 1_800_000_000,
+    }
     ctx.update(changes)
     return {k: v for k, v in ctx.items() if v is not None}
 
 
-def ask(bundle: PolicyBundle, ctx: dict[str, Any], risk: int = 20,
-        purposes: tuple[str, ...] = ("clinical-documentation",)) -> policy.CedarOutcome:
+def ask(
+    bundle: PolicyBundle,
+    ctx: dict[str, Any],
+    risk: int = 20,
+    purposes: tuple[str, ...] = ("clinical-documentation",),
+) -> policy.CedarOutcome:
     scribe = dataclasses.replace(bundle.agents["scribe"], risk=risk, allowed_purposes=purposes)
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", RECORDS, ctx)
-    return policy.evaluate(bundle, request,
-                           policy.request_entities(RECORDS, (PATIENT,), [scribe]))
+    return policy.evaluate(bundle, request, policy.request_entities(RECORDS, (PATIENT,), [scribe]))
 
 
-def test_an_identical_input_is_answered_from_the_cache(bundle: PolicyBundle,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_identical_input_is_answered_from_the_cache(
+    bundle: PolicyBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = ask(bundle, context(txn="memo-1"))
     assert first.allowed
     calls = []
     real = cedarpy.is_authorized
-    monkeypatch.setattr(cedarpy, "is_authorized",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cedarpy, "is_authorized", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert ask(bundle, context(txn="memo-1")) is first
     assert calls == []
 
 
-@pytest.mark.parametrize(("ctx", "risk", "purposes", "allowed"), [
-    (context(txn="memo-2", grant=None), 20, ("clinical-documentation",), False),
-    (context(txn="memo-2", purpose="billing"), 20, ("clinical-documentation",), False),
-    (context(txn="memo-2"), 20, ("research",), False),
-    (context(txn="memo-2", time=1_800_000_001), 20, ("clinical-documentation",), True),
-], ids=["grant-gone", "purpose-changed", "agent-purposes-changed", "next-second"])
-def test_any_change_in_the_input_is_evaluated_afresh(bundle: PolicyBundle, ctx: dict[str, Any],
-                                                      risk: int, purposes: tuple[str, ...],
-                                                      allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("ctx", "risk", "purposes", "allowed"),
+    [
+        (context(txn="memo-2", grant=None), 20, ("clinical-documentation",), False),
+        (context(txn="memo-2", purpose="billing"), 20, ("clinical-documentation",), False),
+        (context(txn="memo-2"), 20, ("research",), False),
+        (context(txn="memo-2", time=1_800_000_001), 20, ("clinical-documentation",), True),
+    ],
+    ids=["grant-gone", "purpose-changed", "agent-purposes-changed", "next-second"],
+)
+def test_any_change_in_the_input_is_evaluated_afresh(
+    bundle: PolicyBundle, ctx: dict[str, Any], risk: int, purposes: tuple[str, ...], allowed: bool
+) -> None:
     assert ask(bundle, context(txn="memo-2")).allowed  # cached allow for the base input
     assert ask(bundle, ctx, risk, purposes).allowed is allowed
 

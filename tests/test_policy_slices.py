@@ -23,19 +23,28 @@ when {{ context has grant }};
 def scaled(bundle: PolicyBundle, names: list[str]) -> PolicyBundle:
     shipped = "\n".join(p.read_text() for p in sorted(POLICIES.glob("*.cedar")))
     return policy_load.with_enforced_text(
-        bundle, shipped + "".join(PER_AGENT.format(n=n) for n in names))
+        bundle, shipped + "".join(PER_AGENT.format(n=n) for n in names)
+    )
 
 
 def context(agent: str, grant: bool) -> dict[str, object]:
     ctx: dict[str, object] = {
-        "user": {"__entity": {"type": "User", "id": "dr-alice"}}, "chain_depth": 1,
-        "agents": [{"__entity": {"type": "Agent", "id": agent}}], "delegator": "dr-alice",
-        "purpose": "clinical-documentation", "txn": "t",
+        "user": {"__entity": {"type": "User", "id": "dr-alice"}},
+        "chain_depth": 1,
+        "agents": [{"__entity": {"type": "Agent", "id": agent}}],
+        "delegator": "dr-alice",
+        "purpose": "clinical-documentation",
+        "txn": "t",
         "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
-        "time": 0}
+        "time": 0,
+    }
     if grant:
-        ctx["grant"] = {"id": "g", "purpose": "clinical-documentation", "issued_by": "x",
-                        "expires_at": 2**40}
+        ctx["grant"] = {
+            "id": "g",
+            "purpose": "clinical-documentation",
+            "issued_by": "x",
+            "expires_at": 2**40,
+        }
     return ctx
 
 
@@ -44,8 +53,13 @@ def test_a_slice_holds_the_general_policies_and_only_its_own(bundle: PolicyBundl
     assert len(big.policy_set) == len(bundle.policies) + 200
     sliced = big.slices.for_principal("Agent", "a-7")
     # the shipped policies not pinned to another agent, plus a-7's own
-    pinned_elsewhere = {"scribe-read-records", "scribe-write-notes", "billing-bot-read-claims",
-                        "med-reconciler-read-medications", "billing-never-clinical"}
+    pinned_elsewhere = {
+        "scribe-read-records",
+        "scribe-write-notes",
+        "billing-bot-read-claims",
+        "med-reconciler-read-medications",
+        "billing-never-clinical",
+    }
     assert len(sliced) == len(bundle.policies) - len(pinned_elsewhere) + 1
     assert big.slices.for_principal("Agent", "a-7") is sliced  # built once
 
@@ -57,18 +71,20 @@ def test_no_pinned_policies_uses_the_whole_set() -> None:
     assert plain.slices.for_principal("Agent", "anyone") is plain.policy_set
 
 
-@pytest.mark.parametrize(("agent", "grant"), list(itertools.product(
-    ["a-3", "a-150", "scribe", "billing-bot", "nobody"], [True, False])))
+@pytest.mark.parametrize(
+    ("agent", "grant"),
+    list(itertools.product(["a-3", "a-150", "scribe", "billing-bot", "nobody"], [True, False])),
+)
 def test_slice_decides_as_the_whole_set(bundle: PolicyBundle, agent: str, grant: bool) -> None:
     big = scaled(bundle, [f"a-{i}" for i in range(200)])
     who = Agent(agent, "dr-alice", 20, "active", allowed_purposes=("clinical-documentation",))
-    request = policy.CedarRequest(EntityRef("Agent", agent), "read", RECORDS,
-                                  context(agent, grant))
+    request = policy.CedarRequest(EntityRef("Agent", agent), "read", RECORDS, context(agent, grant))
     delta = policy.request_entities(RECORDS, (PATIENT,), [who])
     entities = big.entities.with_added_json_str(delta)
     whole = cedarpy.is_authorized(request.as_cedar(), big.policy_set, entities)
-    sliced = cedarpy.is_authorized(request.as_cedar(),
-                                   big.slices.for_principal("Agent", agent), entities)
+    sliced = cedarpy.is_authorized(
+        request.as_cedar(), big.slices.for_principal("Agent", agent), entities
+    )
     assert sliced.decision == whole.decision
     assert sorted(sliced.diagnostics.reasons) == sorted(whole.diagnostics.reasons)
     outcome_allowed = policy.evaluate(big, request, delta).allowed

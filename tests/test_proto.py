@@ -17,18 +17,29 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 SOURCES = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
 GENERATED = {"lasthop/v1/agents.proto": agents_pb2, "lasthop/v1/grants.proto": grants_pb2}
-SERVICES = {"lasthop/v1/agents.proto": (agents_pb2, agents_pb2_grpc, ["Agents"]),
-            "lasthop/v1/grants.proto": (grants_pb2, grants_pb2_grpc, ["Grants"])}
+SERVICES = {
+    "lasthop/v1/agents.proto": (agents_pb2, agents_pb2_grpc, ["Agents"]),
+    "lasthop/v1/grants.proto": (grants_pb2, grants_pb2_grpc, ["Grants"]),
+}
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory,
-             ) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+def compiled(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, descriptor_pb2.FileDescriptorProto]:
     out = tmp_path_factory.mktemp("proto") / "set.pb"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}", f"--descriptor_set_out={out}",
-         *SOURCES],
-        check=True, capture_output=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO}",
+            f"--descriptor_set_out={out}",
+            *SOURCES,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     return {f.name: f for f in fds.file}
@@ -57,14 +68,16 @@ def normalised(fdp: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDe
 
 
 def test_every_proto_has_generated_code(
-        compiled: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+    compiled: dict[str, descriptor_pb2.FileDescriptorProto],
+) -> None:
     assert SOURCES == sorted(GENERATED)
     assert set(compiled) == set(GENERATED)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
 def test_generated_descriptor_matches_the_proto(
-        compiled: dict[str, descriptor_pb2.FileDescriptorProto], name: str) -> None:
+    compiled: dict[str, descriptor_pb2.FileDescriptorProto], name: str
+) -> None:
     fresh, ours = normalised(compiled[name]), normalised(committed(GENERATED[name]))
     assert ours.name == fresh.name
     assert ours.package == fresh.package
@@ -82,10 +95,15 @@ class RecordingChannel:
         self.bound: dict[str, tuple[str, Callable[..., Any], Callable[..., Any]]] = {}
 
     def _bind(self, kind: str) -> Callable[..., object]:
-        def bind(path: str, request_serializer: Callable[..., Any],
-                 response_deserializer: Callable[..., Any], **_: Any) -> object:
+        def bind(
+            path: str,
+            request_serializer: Callable[..., Any],
+            response_deserializer: Callable[..., Any],
+            **_: Any,
+        ) -> object:
             self.bound[path] = (kind, request_serializer, response_deserializer)
             return object()
+
         return bind
 
     def __getattr__(self, kind: str) -> Callable[..., object]:
@@ -95,8 +113,10 @@ class RecordingChannel:
 
 
 def streaming_kind(method: descriptor_pb2.MethodDescriptorProto) -> str:
-    return (f"{'stream' if method.client_streaming else 'unary'}_"
-            f"{'stream' if method.server_streaming else 'unary'}")
+    return (
+        f"{'stream' if method.client_streaming else 'unary'}_"
+        f"{'stream' if method.server_streaming else 'unary'}"
+    )
 
 
 def message_class(module: Any, full_name: str) -> Any:
@@ -107,7 +127,8 @@ def message_class(module: Any, full_name: str) -> Any:
 
 @pytest.mark.parametrize("proto", sorted(SERVICES))
 def test_every_service_method_is_on_the_stub_and_servicer(
-        compiled: dict[str, descriptor_pb2.FileDescriptorProto], proto: str) -> None:
+    compiled: dict[str, descriptor_pb2.FileDescriptorProto], proto: str
+) -> None:
     pb2, pb2_grpc, names = SERVICES[proto]
     services = compiled[proto].service
     assert [s.name for s in services] == names
@@ -122,7 +143,8 @@ def test_every_service_method_is_on_the_stub_and_servicer(
             assert hasattr(stub, method.name), method.name
             assert callable(getattr(servicer, method.name, None)), method.name
             kind, serialize, deserialize = channel.bound[
-                f"/lasthop.v1.{service.name}/{method.name}"]
+                f"/lasthop.v1.{service.name}/{method.name}"
+            ]
             assert kind == streaming_kind(method)
             request_cls = message_class(pb2, method.input_type)
             response_cls = message_class(pb2, method.output_type)

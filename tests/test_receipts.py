@@ -35,8 +35,11 @@ def mint(key: SigningKey, body_sha256: str = "", ttl: int = 60) -> str:
 
 
 def test_round_trip_binds_the_decision(key: SigningKey) -> None:
-    claims = verify(mint(key), keys(key),
-                    Binding(method="get", path="/patients/p-1001/records?x=1", host="ehr.local"))
+    claims = verify(
+        mint(key),
+        keys(key),
+        Binding(method="get", path="/patients/p-1001/records?x=1", host="ehr.local"),
+    )
     assert claims["jti"] == "d-7" and claims["sub"] == "dr-alice"
     assert claims["agent"] == "scribe" and claims["chain"] == ["orchestrator", "scribe"]
     assert (claims["purpose"], claims["txn"]) == (PURPOSE, "txn-7")
@@ -47,11 +50,14 @@ def test_round_trip_binds_the_decision(key: SigningKey) -> None:
     assert header == {"alg": "EdDSA", "typ": "lasthop-receipt+jwt", "kid": key.kid}
 
 
-@pytest.mark.parametrize(("binding", "what"), [
-    (Binding(path="/patients/p-1002/records"), "path"),
-    (Binding(method="POST"), "method"),
-    (Binding(host="evil.example"), "host"),
-])
+@pytest.mark.parametrize(
+    ("binding", "what"),
+    [
+        (Binding(path="/patients/p-1002/records"), "path"),
+        (Binding(method="POST"), "method"),
+        (Binding(host="evil.example"), "host"),
+    ],
+)
 def test_a_changed_request_fails_the_binding(key: SigningKey, binding: Binding, what: str) -> None:
     with pytest.raises(ReceiptError, match=f"binding_mismatch: the receipt is for {what}"):
         verify(mint(key), keys(key), binding)
@@ -91,9 +97,9 @@ def test_a_token_of_another_type_is_not_a_receipt(key: SigningKey) -> None:
 # --- through the pipeline and ext_authz --------------------------------------------------------
 
 
-def test_an_allow_carries_a_receipt_and_a_deny_none(make_pipeline: PipelineFactory,
-                                                    issuer: DemoIssuer, clock: Clock,
-                                                    key: SigningKey) -> None:
+def test_an_allow_carries_a_receipt_and_a_deny_none(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock, key: SigningKey
+) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
     audit = MemoryAudit()
@@ -103,19 +109,23 @@ def test_an_allow_carries_a_receipt_and_a_deny_none(make_pipeline: PipelineFacto
     allowed = asyncio.run(pipeline.check(check_input(token, path="/patients/p-1001/records?a=b")))
     denied = asyncio.run(pipeline.check(check_input(issuer.access_token("dr-bob", ["scribe"]))))
     assert allowed.allowed and allowed.receipt and not denied.receipt
-    claims = verify(allowed.receipt, keys(key),
-                    Binding(method="GET", path="/patients/p-1001/records", host="ehr.local"))
+    claims = verify(
+        allowed.receipt,
+        keys(key),
+        Binding(method="GET", path="/patients/p-1001/records", host="ehr.local"),
+    )
     record = audit.records[0]
     assert isinstance(record, AuditRecord)
     assert claims["jti"] == allowed.decision_id == record.decision_id
     assert claims["chain"] == ["orchestrator", "scribe"]
     assert claims["policy_version"] == record.policy_version
     # the record says who is accountable for the agent and that the route is PHI
-    assert (record.owner, record.phi, record.parents) == (
-        "dr-alice", True, ['Patient::"p-1001"'])
+    assert (record.owner, record.phi, record.parents) == ("dr-alice", True, ['Patient::"p-1001"'])
 
-    headers = {h.header.key: h.header.value for h in ext_authz.to_response(
-        allowed, check_input(token)).ok_response.headers}
+    headers = {
+        h.header.key: h.header.value
+        for h in ext_authz.to_response(allowed, check_input(token)).ok_response.headers
+    }
     assert headers["x-lasthop-receipt"] == allowed.receipt
 
 
@@ -123,9 +133,16 @@ def test_a_long_receipt_is_not_cut(key: SigningKey) -> None:
     long_chain = decision(chain=[f"agent-{n:03d}-{'x' * 40}" for n in range(12)])
     receipt = ReceiptSigner(key, 60).mint(long_chain)
     assert len(receipt) > 512
-    allowed = Decision(decision_id="d", allowed=True, status=200, reason="allowed", detail="",
-                       chain=Chain("dr-alice", ("scribe",)), intent=Intent(PURPOSE, "t", "x"),
-                       receipt=receipt)
+    allowed = Decision(
+        decision_id="d",
+        allowed=True,
+        status=200,
+        reason="allowed",
+        detail="",
+        chain=Chain("dr-alice", ("scribe",)),
+        intent=Intent(PURPOSE, "t", "x"),
+        receipt=receipt,
+    )
     response = ext_authz.to_response(allowed, check_input(None))
     sent = {h.header.key: h.header.value for h in response.ok_response.headers}
     assert sent["x-lasthop-receipt"] == receipt
@@ -140,8 +157,10 @@ def test_body_digest_only_for_a_whole_body() -> None:
             http.headers["x-envoy-auth-partial-body"] = partial
         return req
 
-    assert ext_authz.to_input(request("false", b"note")).body_sha256 == hashlib.sha256(
-        b"note").hexdigest()
+    assert (
+        ext_authz.to_input(request("false", b"note")).body_sha256
+        == hashlib.sha256(b"note").hexdigest()
+    )
     assert ext_authz.to_input(request("true", b"no")).body_sha256 == ""
     assert ext_authz.to_input(request(None, b"")).body_sha256 == ""
 
@@ -157,8 +176,8 @@ class RaisingAudit(MemoryAudit):
 
 
 def test_no_receipt_no_allow_and_a_raising_sink_fails_closed(
-        make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock,
-        key: SigningKey) -> None:
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock, key: SigningKey
+) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
@@ -166,8 +185,7 @@ def test_no_receipt_no_allow_and_a_raising_sink_fails_closed(
     pipeline = make_pipeline(store=store, audit=audit)
     pipeline.receipts = BrokenSigner(key, 60)
     decision_ = asyncio.run(pipeline.check(check_input(token)))
-    assert (decision_.allowed, decision_.status, decision_.reason) == (False, 503,
-                                                                      "internal_error")
+    assert (decision_.allowed, decision_.status, decision_.reason) == (False, 503, "internal_error")
     record = audit.records[0]
     assert isinstance(record, AuditRecord) and record.decision == "deny"  # recorded as it ended
     raising = make_pipeline(store=store, audit=RaisingAudit())

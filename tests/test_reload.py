@@ -52,8 +52,9 @@ class Harness:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.metrics.policy_version.labels(self.bundle.version).set(1)  # as app.build does
-        self.watcher = PolicyWatcher(self.dir, 0.05, lambda: self.bundle, self.install,
-                                     self.metrics)
+        self.watcher = PolicyWatcher(
+            self.dir, 0.05, lambda: self.bundle, self.install, self.metrics
+        )
 
     def install(self, bundle: PolicyBundle) -> None:
         self.installed.append(bundle)
@@ -63,13 +64,11 @@ class Harness:
         return asyncio.run(self.watcher.poll())
 
     def reloads(self, result: str) -> float:
-        value = self.registry.get_sample_value("lasthop_policy_reload_total",
-                                               {"result": result})
+        value = self.registry.get_sample_value("lasthop_policy_reload_total", {"result": result})
         return 0.0 if value is None else value
 
     def version_info(self, version: str) -> float | None:
-        return self.registry.get_sample_value("lasthop_policy_version_info",
-                                              {"version": version})
+        return self.registry.get_sample_value("lasthop_policy_version_info", {"version": version})
 
     def ids(self) -> set[str]:
         return {info.id for info in self.bundle.policies.values()}
@@ -118,8 +117,9 @@ def test_reload_logs_the_versions(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert h.first.version in messages and h.bundle.version in messages
 
 
-def test_invalid_change_keeps_the_last_good_set(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_invalid_change_keeps_the_last_good_set(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     h = Harness(tmp_path)
     _break(h.dir / BROKEN_FILE)
     with caplog.at_level(logging.ERROR, logger="authz.reload"):
@@ -142,8 +142,7 @@ def test_invalid_change_keeps_the_last_good_set(tmp_path: Path,
     assert not [r for r in caplog.records if r.levelno == logging.ERROR]
 
 
-def test_fixing_a_broken_change_reloads(tmp_path: Path,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_fixing_a_broken_change_reloads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(tmp_path)
     path = h.dir / "maintenance.cedar"
     path.write_text(MAINTENANCE.replace("forbid (", "forbidd ("), encoding="utf-8")
@@ -159,12 +158,14 @@ def test_fixing_a_broken_change_reloads(tmp_path: Path,
     assert h.version_info(h.first.version) == 0.0
 
 
-def test_a_schema_violation_is_refused_with_its_line(tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_schema_violation_is_refused_with_its_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     h = Harness(tmp_path)
     (h.dir / "zz-typo.cedar").write_text(
         '@id("typo")\nforbid (principal, action, resource)\nwhen { context.nope };\n',
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     with caplog.at_level(logging.ERROR, logger="authz.reload"):
         assert h.poll() is False
     assert "zz-typo.cedar:3" in " ".join(r.getMessage() for r in caplog.records)
@@ -204,8 +205,9 @@ def test_removing_a_policy_file_reloads(tmp_path: Path) -> None:
     assert "scribe-read-records" in h.ids()
 
 
-def test_removing_every_policy_file_is_refused(tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_removing_every_policy_file_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     h = Harness(tmp_path)
     for path in h.dir.glob("*.cedar"):
         path.unlink()
@@ -231,8 +233,12 @@ def test_entities_change_reloads_the_agent_seed(tmp_path: Path) -> None:
 def test_routes_change_reloads(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     path = h.dir / "routes.toml"
-    path.write_text(path.read_text(encoding="utf-8").replace(
-        'path = "/claims/{claim}"', 'path = "/v2/claims/{claim}"'), encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(
+            'path = "/claims/{claim}"', 'path = "/v2/claims/{claim}"'
+        ),
+        encoding="utf-8",
+    )
     assert h.poll() is True
     assert h.bundle.routes.resolve("GET", "/v2/claims/c-1").action == "read"
 
@@ -245,8 +251,7 @@ def test_fixture_changes_do_not_reload(tmp_path: Path) -> None:
     assert h.installed == [] and h.reloads("failure") == 0.0
 
 
-def test_missing_directory_keeps_the_set(tmp_path: Path,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_directory_keeps_the_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(tmp_path)
     shutil.rmtree(h.dir)
     with caplog.at_level(logging.ERROR, logger="authz.reload"):
@@ -266,8 +271,9 @@ def test_a_change_made_while_the_server_starts_is_picked_up(tmp_path: Path) -> N
     in_force = policy_load.load(directory)  # app.build()
     (directory / "maintenance.cedar").write_text(MAINTENANCE, encoding="utf-8")
     installed: list[PolicyBundle] = []
-    watcher = PolicyWatcher(directory, 0.05, lambda: installed[-1] if installed else in_force,
-                            installed.append, None)  # serve()
+    watcher = PolicyWatcher(
+        directory, 0.05, lambda: installed[-1] if installed else in_force, installed.append, None
+    )  # serve()
     assert asyncio.run(watcher.poll()) is True, "the set in force is stale and stays stale"
     assert "maintenance" in {info.id for info in installed[-1].policies.values()}
 
@@ -312,8 +318,9 @@ def _app(tmp_path: Path) -> tuple[app_module.App, Path, DemoIssuer]:
     return app, policies, issuer
 
 
-def _check(app: app_module.App, issuer: DemoIssuer, user: str, agent: str, purpose: str,
-           path: str) -> Decision:
+def _check(
+    app: app_module.App, issuer: DemoIssuer, user: str, agent: str, purpose: str, path: str
+) -> Decision:
     async def go() -> Decision:
         await app.store.put(grant(agent=agent, user=user, purpose=purpose))
         token = issuer.access_token(user, [agent], purpose=purpose)
@@ -337,10 +344,14 @@ def _add_agent_and_close_records(policies: Path) -> None:
     (policies / "discharge-planner-read-medications.cedar").write_text(
         '@id("discharge-planner-read-medications")\n'
         f'permit (principal == Agent::"{NEW_AGENT}", action == Action::"read", '
-        "resource is Medications)\nwhen { context has grant };\n", encoding="utf-8")
+        "resource is Medications)\nwhen { context has grant };\n",
+        encoding="utf-8",
+    )
     (policies / "records-paused.cedar").write_text(
         '@id("records-paused")\n@reason("maintenance_window")\n'
-        "forbid (principal, action, resource is Records);\n", encoding="utf-8")
+        "forbid (principal, action, resource is Records);\n",
+        encoding="utf-8",
+    )
 
 
 def test_app_install_swaps_bundle_and_seeds_the_registry(tmp_path: Path) -> None:
@@ -369,28 +380,30 @@ def test_app_install_swaps_bundle_and_seeds_the_registry(tmp_path: Path) -> None
 def test_app_install_through_the_watcher(tmp_path: Path) -> None:
     app, policies, issuer = _app(tmp_path)
     old = app.pipeline.bundle
-    watcher = PolicyWatcher(policies, 1.0, lambda: app.pipeline.bundle, app.install,
-                            app.metrics)
+    watcher = PolicyWatcher(policies, 1.0, lambda: app.pipeline.bundle, app.install, app.metrics)
     _add_agent_and_close_records(policies)
     assert asyncio.run(watcher.poll()) is True
     assert app.pipeline.bundle.version != old.version
     assert _check(app, issuer, "dr-alice", NEW_AGENT, MED_PURPOSE, MEDS_PATH).reason == "allowed"
-    assert _check(app, issuer, "dr-alice", "scribe", PURPOSE,
-                  RECORDS_PATH).reason == "maintenance_window"
+    assert (
+        _check(app, issuer, "dr-alice", "scribe", PURPOSE, RECORDS_PATH).reason
+        == "maintenance_window"
+    )
     samples = app.metrics.registry
-    assert samples.get_sample_value("lasthop_policy_version_info",
-                                    {"version": app.pipeline.bundle.version}) == 1.0
-    assert samples.get_sample_value("lasthop_policy_version_info",
-                                    {"version": old.version}) == 0.0
-    assert samples.get_sample_value("lasthop_policy_reload_total",
-                                    {"result": "success"}) == 1.0
+    assert (
+        samples.get_sample_value(
+            "lasthop_policy_version_info", {"version": app.pipeline.bundle.version}
+        )
+        == 1.0
+    )
+    assert samples.get_sample_value("lasthop_policy_version_info", {"version": old.version}) == 0.0
+    assert samples.get_sample_value("lasthop_policy_reload_total", {"result": "success"}) == 1.0
 
 
 def test_app_install_of_a_refused_set_changes_nothing(tmp_path: Path) -> None:
     app, policies, issuer = _app(tmp_path)
     old = app.pipeline.bundle
-    watcher = PolicyWatcher(policies, 1.0, lambda: app.pipeline.bundle, app.install,
-                            app.metrics)
+    watcher = PolicyWatcher(policies, 1.0, lambda: app.pipeline.bundle, app.install, app.metrics)
     _add_agent_and_close_records(policies)
     _break(policies / BROKEN_FILE)
     assert asyncio.run(watcher.poll()) is False
@@ -419,7 +432,8 @@ def test_app_install_leaves_existing_agents_untouched(tmp_path: Path) -> None:
 
 
 def test_app_install_with_the_store_down_still_installs_the_policies(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     app, policies, _ = _app(tmp_path)
 
     class DownAgents(EmbeddedAgentStore):

@@ -125,13 +125,27 @@ class Env:
             clock=self.clock,
         )
 
-    def check(self, user: str, agent: str, *, method: str = "GET", path: str = RECORDS,
-              purpose: str = PURPOSE, grant_actions: tuple[str, ...] | None = ("read",)
-              ) -> Decision:
+    def check(
+        self,
+        user: str,
+        agent: str,
+        *,
+        method: str = "GET",
+        path: str = RECORDS,
+        purpose: str = PURPOSE,
+        grant_actions: tuple[str, ...] | None = ("read",),
+    ) -> Decision:
         async def go() -> Decision:
             if grant_actions is not None:
-                await self.store.put(grant(agent=agent, user=user, actions=grant_actions,
-                                           purpose=purpose, now=self.clock.now))
+                await self.store.put(
+                    grant(
+                        agent=agent,
+                        user=user,
+                        actions=grant_actions,
+                        purpose=purpose,
+                        now=self.clock.now,
+                    )
+                )
             token = self.issuer.access_token(user, [agent], purpose=purpose)
             return await self.pipeline.check(check_input(token, method=method, path=path))
 
@@ -146,10 +160,17 @@ class Env:
         return self.registry.get_sample_value(DISAGREEMENTS)
 
 
-def test_shadow_policies_are_loaded_apart_from_the_enforced_set(tmp_path: Path,
-                                                                 issuer: DemoIssuer) -> None:
-    env = Env(tmp_path, issuer, {"00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS,
-                                 "00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR})
+def test_shadow_policies_are_loaded_apart_from_the_enforced_set(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
+    env = Env(
+        tmp_path,
+        issuer,
+        {
+            "00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS,
+            "00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR,
+        },
+    )
     modes = {info.id: info.mode for info in env.bundle.policies.values()}
     assert modes["shadow-scribe-never-reads"] == "shadow"
     assert modes["shadow-orchestrator-reads-records"] == "shadow"
@@ -166,8 +187,9 @@ def test_no_shadow_policies_means_no_probe(tmp_path: Path, issuer: DemoIssuer) -
     assert env.record(decision).shadow == []
 
 
-def test_matching_shadow_forbid_is_recorded_but_not_enforced(tmp_path: Path,
-                                                             issuer: DemoIssuer) -> None:
+def test_matching_shadow_forbid_is_recorded_but_not_enforced(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS})
     decision = env.check("dr-alice", "scribe")
     assert (decision.allowed, decision.status, decision.reason) == (True, 200, "allowed")
@@ -195,7 +217,8 @@ def test_shadow_forbid_that_does_not_match(tmp_path: Path, issuer: DemoIssuer) -
 
 
 def test_shadow_forbid_on_an_already_denied_request_does_not_disagree(
-        tmp_path: Path, issuer: DemoIssuer) -> None:
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-forbid.cedar": SHADOW_FORBID_ORCHESTRATOR})
     decision = env.check("dr-alice", "orchestrator")
     assert (decision.allowed, decision.status, decision.reason) == (False, 403, "policy_denied")
@@ -204,8 +227,9 @@ def test_shadow_forbid_on_an_already_denied_request_does_not_disagree(
     assert env.disagreements() == 0.0
 
 
-def test_shadow_permit_that_would_allow_a_policy_denied_request(tmp_path: Path,
-                                                                issuer: DemoIssuer) -> None:
+def test_shadow_permit_that_would_allow_a_policy_denied_request(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR})
     decision = env.check("dr-alice", "orchestrator")
     assert (decision.allowed, decision.status, decision.reason) == (False, 403, "policy_denied")
@@ -213,18 +237,21 @@ def test_shadow_permit_that_would_allow_a_policy_denied_request(tmp_path: Path,
     assert decision.shadow_disagrees is True
     record = env.record(decision)
     assert record.decision == "deny" and record.reason == "policy_denied"
-    assert record.shadow == [{"policy": "shadow-orchestrator-reads-records",
-                              "effect": "permit"}]
+    assert record.shadow == [{"policy": "shadow-orchestrator-reads-records", "effect": "permit"}]
     assert record.shadow_disagrees is True
     assert env.disagreements() == 1.0
 
 
-def test_shadow_permit_never_overrides_an_enforced_forbid(tmp_path: Path,
-                                                          issuer: DemoIssuer) -> None:
+def test_shadow_permit_never_overrides_an_enforced_forbid(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-permit.cedar": SHADOW_PERMIT_BILLING_RECORDS})
     decision = env.check("bob", "billing-bot", purpose="billing")
     assert (decision.allowed, decision.status, decision.reason) == (
-        False, 403, "billing_not_clinical")
+        False,
+        403,
+        "billing_not_clinical",
+    )
     assert decision.policies == ("billing-never-clinical",)
     assert decision.shadow == (("shadow-billing-reads-records", "permit"),)
     assert decision.shadow_disagrees is False
@@ -236,17 +263,24 @@ def test_shadow_permit_never_overrides_an_enforced_forbid(tmp_path: Path,
 
 def test_shadow_forbid_and_permit_together(tmp_path: Path, issuer: DemoIssuer) -> None:
     """A shadow forbid wins over a shadow permit, as a forbid would when enforced."""
-    env = Env(tmp_path, issuer, {"00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR,
-                                 "00-shadow-forbid.cedar": SHADOW_FORBID_ORCHESTRATOR})
+    env = Env(
+        tmp_path,
+        issuer,
+        {
+            "00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR,
+            "00-shadow-forbid.cedar": SHADOW_FORBID_ORCHESTRATOR,
+        },
+    )
     decision = env.check("dr-alice", "orchestrator")
     assert decision.reason == "policy_denied"
-    assert set(decision.shadow) == {("shadow-orchestrator-reads-records", "permit"),
-                                    ("shadow-orchestrator-never-reads", "forbid")}
+    assert set(decision.shadow) == {
+        ("shadow-orchestrator-reads-records", "permit"),
+        ("shadow-orchestrator-never-reads", "forbid"),
+    }
     assert decision.shadow_disagrees is False
 
 
-def test_shadow_policies_are_not_evaluated_before_cedar(tmp_path: Path,
-                                                        issuer: DemoIssuer) -> None:
+def test_shadow_policies_are_not_evaluated_before_cedar(tmp_path: Path, issuer: DemoIssuer) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS})
     decision = env.check("dr-alice", "scribe", grant_actions=None)
     assert (decision.allowed, decision.reason) == (False, "no_grant")
@@ -255,7 +289,8 @@ def test_shadow_policies_are_not_evaluated_before_cedar(tmp_path: Path,
 
 
 def test_erroring_shadow_policy_is_recorded_as_error_and_changes_nothing(
-        tmp_path: Path, issuer: DemoIssuer) -> None:
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     env = Env(tmp_path, issuer, {"00-shadow-overflows.cedar": SHADOW_ERRORING})
     allowed = env.check("dr-alice", "scribe")
     assert (allowed.allowed, allowed.status, allowed.reason) == (True, 200, "allowed")
@@ -271,8 +306,9 @@ def test_erroring_shadow_policy_is_recorded_as_error_and_changes_nothing(
     assert forbidden.shadow_disagrees is False
 
 
-def test_the_erroring_condition_fails_closed_when_enforced(tmp_path: Path,
-                                                           issuer: DemoIssuer) -> None:
+def test_the_erroring_condition_fails_closed_when_enforced(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     """Control for the test above: the same policy, enforced, makes Cedar undecidable (503)."""
     enforced = SHADOW_ERRORING.replace('@mode("shadow")\n', "")
     env = Env(tmp_path, issuer, {"00-overflows.cedar": enforced})
@@ -282,7 +318,8 @@ def test_the_erroring_condition_fails_closed_when_enforced(tmp_path: Path,
 
 
 def test_erroring_shadow_policy_on_an_allowed_request_counts_as_a_disagreement(
-        tmp_path: Path, issuer: DemoIssuer) -> None:
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
     """`shadow_disagrees`: "enforcing the shadow policies would flip the decision".
 
     Enforced, this policy turns the allow into a 503 policy_error (see the control
@@ -326,25 +363,43 @@ def test_explicit_enforce_mode_is_enforced(tmp_path: Path, issuer: DemoIssuer) -
     assert env.bundle.shadow_probe is None
     decision = env.check("dr-alice", "scribe")
     assert (decision.allowed, decision.status, decision.reason) == (
-        False, 403, "scribe_reads_paused")
+        False,
+        403,
+        "scribe_reads_paused",
+    )
     assert decision.policies == ("shadow-scribe-never-reads",)
 
 
-def test_disagreement_counter_counts_each_disagreeing_check(tmp_path: Path,
-                                                            issuer: DemoIssuer) -> None:
-    env = Env(tmp_path, issuer, {"00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS,
-                                 "00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR})
+def test_disagreement_counter_counts_each_disagreeing_check(
+    tmp_path: Path, issuer: DemoIssuer
+) -> None:
+    env = Env(
+        tmp_path,
+        issuer,
+        {
+            "00-shadow-forbid.cedar": SHADOW_FORBID_SCRIBE_READS,
+            "00-shadow-permit.cedar": SHADOW_PERMIT_ORCHESTRATOR,
+        },
+    )
     assert env.disagreements() == 0.0
     assert env.check("dr-alice", "scribe").shadow_disagrees  # would deny
     assert env.disagreements() == 1.0
     assert env.check("dr-alice", "orchestrator").shadow_disagrees  # would allow
     assert env.disagreements() == 2.0
-    agrees = env.check("dr-alice", "med-reconciler", path="/patients/p-1001/medications",
-                       purpose="medication-reconciliation")
+    agrees = env.check(
+        "dr-alice",
+        "med-reconciler",
+        path="/patients/p-1001/medications",
+        purpose="medication-reconciliation",
+    )
     assert agrees.allowed and not agrees.shadow_disagrees
     assert env.disagreements() == 2.0
     denied_early = env.check("dr-carol", "scribe", grant_actions=None)
     assert denied_early.reason == "no_grant"
     assert env.disagreements() == 2.0
-    assert env.registry.get_sample_value(
-        "lasthop_decisions_total", {"decision": "allow", "reason": "allowed"}) == 2.0
+    assert (
+        env.registry.get_sample_value(
+            "lasthop_decisions_total", {"decision": "allow", "reason": "allowed"}
+        )
+        == 2.0
+    )

@@ -13,8 +13,9 @@ from authz.identity import AccessTokenVerifier
 from tests.conftest import Clock, keys_for, rules
 
 
-def test_a_repeated_token_is_not_verified_again(issuer: DemoIssuer, clock: Clock,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_repeated_token_is_not_verified_again(
+    issuer: DemoIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     verifier = AccessTokenVerifier(keys_for(issuer), rules(), clock)
     token = issuer.access_token("dr-alice", ["scribe"])
     first = verifier.verify(token)
@@ -34,14 +35,16 @@ def test_a_cached_token_still_expires(issuer: DemoIssuer, clock: Clock) -> None:
     assert info.value.reason == "token_expired"
 
 
-def test_a_key_rotation_drops_cached_tokens(issuer: DemoIssuer, rs_issuer: DemoIssuer,
-                                            clock: Clock) -> None:
+def test_a_key_rotation_drops_cached_tokens(
+    issuer: DemoIssuer, rs_issuer: DemoIssuer, clock: Clock
+) -> None:
     keys = keys_for(issuer)
     verifier = AccessTokenVerifier(keys, rules(), clock)
     token = issuer.access_token("dr-alice", ["scribe"])
     verifier.verify(token)
-    keys.replace(jwks.parse_jwks(json.dumps({"keys": [rs_issuer.public_jwk]}),
-                                 ("RS256", "ES256"), "rotated"))
+    keys.replace(
+        jwks.parse_jwks(json.dumps({"keys": [rs_issuer.public_jwk]}), ("RS256", "ES256"), "rotated")
+    )
     with pytest.raises(TokenError) as info:
         verifier.verify(token)
     assert info.value.reason == "unknown_key"

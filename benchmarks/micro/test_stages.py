@@ -26,9 +26,13 @@ from authz.model import EntityRef, RouteMatch
 from authz.signing import SigningKey
 from tests.conftest import POLICIES, PURPOSE, grant, keys_for, rules
 
-ROUTE = RouteMatch(action="read", resource=EntityRef("Records", "p-1001"),
-                   parents=(EntityRef("Patient", "p-1001"),),
-                   template="/patients/{patient}/records", phi=True)
+ROUTE = RouteMatch(
+    action="read",
+    resource=EntityRef("Records", "p-1001"),
+    parents=(EntityRef("Patient", "p-1001"),),
+    template="/patients/{patient}/records",
+    phi=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +72,23 @@ def test_grant_lookup(benchmark: Any) -> None:
 def test_cedar_decision(benchmark: Any) -> None:
     bundle = policy_load.load(POLICIES)
     context = {
-        "user": {"__entity": {"type": "User", "id": "dr-alice"}}, "chain_depth": 2,
-        "agents": [{"__entity": {"type": "Agent", "id": "orchestrator"}},
-                   {"__entity": {"type": "Agent", "id": "scribe"}}],
-        "delegator": "orchestrator", "purpose": PURPOSE, "txn": "t",
+        "user": {"__entity": {"type": "User", "id": "dr-alice"}},
+        "chain_depth": 2,
+        "agents": [
+            {"__entity": {"type": "Agent", "id": "orchestrator"}},
+            {"__entity": {"type": "Agent", "id": "scribe"}},
+        ],
+        "delegator": "orchestrator",
+        "purpose": PURPOSE,
+        "txn": "t",
         "grant": {"id": "g", "purpose": PURPOSE, "issued_by": "x", "expires_at": 2**40},
         "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
-        "time": int(time.time())}
+        "time": int(time.time()),
+    }
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", ROUTE.resource, context)
-    delta = policy.request_entities(ROUTE.resource, ROUTE.parents,
-                                    [bundle.agents["orchestrator"], bundle.agents["scribe"]])
+    delta = policy.request_entities(
+        ROUTE.resource, ROUTE.parents, [bundle.agents["orchestrator"], bundle.agents["scribe"]]
+    )
     cedar = request.as_cedar()
 
     def decide() -> policy.CedarOutcome:
@@ -91,12 +102,29 @@ def test_audit_enqueue(benchmark: Any, tmp_path: Path) -> None:
     options = TrailOptions(fsync_interval=0.05, key=SigningKey.generate())
     log = AuditLog(tmp_path / "decisions.jsonl", queue_size=10_000_000, options=options)
     record = AuditRecord(
-        decision_id="d", time="2026-11-23T00:00:00.000Z", decision="allow", status=200,
-        reason="allowed", user="dr-alice", chain=["orchestrator", "scribe"], agent="scribe",
-        client_id="scribe", peer="", action="read", resource='Records::"p-1001"',
-        method="GET", host="h", path="/patients/p-1001/records", purpose=PURPOSE, txn="t",
-        grant_id="g", policies=["scribe-read-records"], policy_version="v",
-        token_sha256="0" * 64, latency_ms=1.0)
+        decision_id="d",
+        time="2026-11-23T00:00:00.000Z",
+        decision="allow",
+        status=200,
+        reason="allowed",
+        user="dr-alice",
+        chain=["orchestrator", "scribe"],
+        agent="scribe",
+        client_id="scribe",
+        peer="",
+        action="read",
+        resource='Records::"p-1001"',
+        method="GET",
+        host="h",
+        path="/patients/p-1001/records",
+        purpose=PURPOSE,
+        txn="t",
+        grant_id="g",
+        policies=["scribe-read-records"],
+        policy_version="v",
+        token_sha256="0" * 64,
+        latency_ms=1.0,
+    )
     log.open()
     try:
         assert benchmark(log._offer, record, None)

@@ -69,8 +69,15 @@ def _parse(status: int, headers: Any, raw: bytes) -> Response:
     return Response(status, {k.lower(): v for k, v in headers.items()}, body, raw)
 
 
-def request(base: str, path: str, token: str | None = None, *, method: str = "GET",
-            headers: Mapping[str, str] | None = None, data: bytes | None = None) -> Response:
+def request(
+    base: str,
+    path: str,
+    token: str | None = None,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+) -> Response:
     """One HTTP request with urllib; any status comes back as a Response."""
     req = urllib.request.Request(base + path, method=method, data=data)
     if token is not None:
@@ -85,8 +92,7 @@ def request(base: str, path: str, token: str | None = None, *, method: str = "GE
             return _parse(err.code, err.headers, err.read())
 
 
-def raw_request(port: int, path: str, token: str | None = None,
-                method: str = "GET") -> Response:
+def raw_request(port: int, path: str, token: str | None = None, method: str = "GET") -> Response:
     """Send `path` byte for byte (http.client does not normalise it, urllib might)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
     try:
@@ -125,13 +131,19 @@ def port_open(address: str) -> bool:
         return False
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None,
-            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """`python -m authz ARGS` with LASTHOP_* removed from the environment unless given."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("LASTHOP_")}
-    return subprocess.run([sys.executable, "-m", "authz", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**base, **(env or {})},
-                          cwd=devstack.REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "authz", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+        cwd=devstack.REPO,
+    )
 
 
 @dataclass
@@ -157,16 +169,31 @@ class Stack:
     def audit_path(self) -> Path:
         return self.work / "audit" / "decisions.jsonl"
 
-    def token(self, user: str, agents: list[str], purpose: str = PURPOSE,
-              **extra: Any) -> str:
+    def token(self, user: str, agents: list[str], purpose: str = PURPOSE, **extra: Any) -> str:
         return self.issuer.access_token(user, agents, purpose=purpose, **extra)
 
-    def grant(self, user: str, agent: str = "scribe", *, actions: tuple[str, ...] = ("read",),
-              resources: tuple[str, ...] = ('Patient::"p-1001"',), purpose: str = PURPOSE,
-              ttl: int = 600, max_uses: int = 0) -> pb.Grant:
-        return self.admin.issue(pb.IssueGrantRequest(
-            agent=agent, user=user, actions=list(actions), resources=list(resources),
-            purpose=purpose, ttl_seconds=ttl, max_uses=max_uses))
+    def grant(
+        self,
+        user: str,
+        agent: str = "scribe",
+        *,
+        actions: tuple[str, ...] = ("read",),
+        resources: tuple[str, ...] = ('Patient::"p-1001"',),
+        purpose: str = PURPOSE,
+        ttl: int = 600,
+        max_uses: int = 0,
+    ) -> pb.Grant:
+        return self.admin.issue(
+            pb.IssueGrantRequest(
+                agent=agent,
+                user=user,
+                actions=list(actions),
+                resources=list(resources),
+                purpose=purpose,
+                ttl_seconds=ttl,
+                max_uses=max_uses,
+            )
+        )
 
     def get(self, path: str, token: str | None = None, **kwargs: Any) -> Response:
         return request(self.base, path, token, **kwargs)
@@ -180,10 +207,16 @@ def _close_lasthop(lasthop: devstack.LasthopServer) -> int | None:
 
 
 @contextlib.contextmanager
-def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream | None = None,
-                  policies: Path = devstack.POLICIES, audit: str = "",
-                  command: list[str] | None = None,
-                  env: dict[str, str] | None = None) -> Iterator[Stack]:
+def running_stack(
+    prefix: str,
+    *,
+    use_redis: bool = True,
+    upstream: DemoUpstream | None = None,
+    policies: Path = devstack.POLICIES,
+    audit: str = "",
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
     """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped.
 
     `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`;
@@ -199,16 +232,25 @@ def running_stack(prefix: str, *, use_redis: bool = True, upstream: DemoUpstream
         if upstream is None:
             upstream = DemoUpstream()
             stack.callback(upstream.close)
-        config = devstack.write_config(work, jwks, redis_url=redis.url if redis else "",
-                                       policies=policies, extra=audit)
+        config = devstack.write_config(
+            work, jwks, redis_url=redis.url if redis else "", policies=policies, extra=audit
+        )
         lasthop = devstack.LasthopServer(config, env=env, command=command)
         stack.callback(_close_lasthop, lasthop)
         envoy = devstack.Envoy(work, lasthop.port, upstream.port)
         stack.callback(envoy.close)
         admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token(ttl=1800))
         stack.callback(admin.close)
-        yield Stack(work=work, issuer=issuer, config=config, lasthop=lasthop, envoy=envoy,
-                    upstream=upstream, admin=admin, redis=redis)
+        yield Stack(
+            work=work,
+            issuer=issuer,
+            config=config,
+            lasthop=lasthop,
+            envoy=envoy,
+            upstream=upstream,
+            admin=admin,
+            redis=redis,
+        )
 
 
 @pytest.fixture(scope="session")

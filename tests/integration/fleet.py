@@ -56,12 +56,19 @@ def fleet_policies(work: Path) -> Path:
     shutil.copytree(devstack.POLICIES, target, ignore=shutil.ignore_patterns("tests"))
     (target / "fleet-any-agent-reads-records.cedar").write_text(FLEET_POLICY)
     entities = json.loads((target / "entities.json").read_text())
-    entities.append({
-        "uid": {"type": "Agent", "id": SEED_AGENT},
-        "attrs": {"owner": {"__entity": {"type": "User", "id": "dr-alice"}}, "risk": 10,
-                  "status": "active", "allowed_purposes": [PURPOSE],
-                  "description": "seed agent of the fleet tests"},
-        "parents": []})
+    entities.append(
+        {
+            "uid": {"type": "Agent", "id": SEED_AGENT},
+            "attrs": {
+                "owner": {"__entity": {"type": "User", "id": "dr-alice"}},
+                "risk": 10,
+                "status": "active",
+                "allowed_purposes": [PURPOSE],
+                "description": "seed agent of the fleet tests",
+            },
+            "parents": [],
+        }
+    )
     (target / "entities.json").write_text(json.dumps(entities, indent=1))
     return target
 
@@ -105,8 +112,10 @@ class Replica:
     def cache_hits(self, cache: str) -> float:
         """Hits of `cache` plus hits of the decision cache (which answers before it)."""
         text = self.metrics()
-        return sum(metric(text, "lasthop_cache_requests_total", cache=name, result="hit")
-                   for name in (cache, "decisions"))
+        return sum(
+            metric(text, "lasthop_cache_requests_total", cache=name, result="hit")
+            for name in (cache, "decisions")
+        )
 
     def stop(self) -> None:
         _close_lasthop(self.lasthop)
@@ -128,23 +137,37 @@ class Fleet:
     upstream: DemoUpstream
     admin_token: str = field(repr=False, default="")
 
-    def token(self, user: str, agents: list[str], purpose: str = PURPOSE,
-              **extra: Any) -> str:
+    def token(self, user: str, agents: list[str], purpose: str = PURPOSE, **extra: Any) -> str:
         return self.issuer.access_token(user, agents, purpose=purpose, **extra)
 
     def register(self, via: int = 0, prefix: str = "agent", risk: int = 10) -> str:
         """A fresh agent, registered through replica `via`, allowed PURPOSE."""
         agent_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.replicas[via].admin.register_agent(apb.RegisterAgentRequest(
-            id=agent_id, owner="dr-alice", risk=risk, allowed_purposes=[PURPOSE],
-            description="registered by a fleet test"))
+        self.replicas[via].admin.register_agent(
+            apb.RegisterAgentRequest(
+                id=agent_id,
+                owner="dr-alice",
+                risk=risk,
+                allowed_purposes=[PURPOSE],
+                description="registered by a fleet test",
+            )
+        )
         return agent_id
 
-    def grant(self, user: str, agent: str, *, via: int = 0, ttl: int = 600,
-              max_uses: int = 0) -> pb.Grant:
-        return self.replicas[via].admin.issue(pb.IssueGrantRequest(
-            agent=agent, user=user, actions=["read"], resources=['Patient::"p-1001"'],
-            purpose=PURPOSE, ttl_seconds=ttl, max_uses=max_uses))
+    def grant(
+        self, user: str, agent: str, *, via: int = 0, ttl: int = 600, max_uses: int = 0
+    ) -> pb.Grant:
+        return self.replicas[via].admin.issue(
+            pb.IssueGrantRequest(
+                agent=agent,
+                user=user,
+                actions=["read"],
+                resources=['Patient::"p-1001"'],
+                purpose=PURPOSE,
+                ttl_seconds=ttl,
+                max_uses=max_uses,
+            )
+        )
 
     def wait_allowed(self, replica: Replica, token: str, timeout: float = 5.0) -> None:
         """Until `replica` allows RECORDS for `token` (the grant reached its cache)."""
@@ -177,8 +200,9 @@ class Fleet:
             time.sleep(0.02)
 
 
-def poll_until_denied(replica: Replica, token: str, reason: str, since: float,
-                      limit: float = 5.0) -> tuple[float, int]:
+def poll_until_denied(
+    replica: Replica, token: str, reason: str, since: float, limit: float = 5.0
+) -> tuple[float, int]:
     """Poll RECORDS through `replica` until it is denied with `reason`.
 
     Returns (seconds from `since` to the first such deny, requests allowed on the way).
@@ -204,11 +228,16 @@ def _close_lasthop(lasthop: devstack.LasthopServer) -> None:
 
 
 @contextlib.contextmanager
-def running_fleet(prefix: str, redis_url: str, *, size: int = 2,
-                  env: Mapping[str, str] | None = None,
-                  upstream: DemoUpstream | None = None,
-                  envs: list[Mapping[str, str]] | None = None,
-                  urls: list[str] | None = None) -> Iterator[Fleet]:
+def running_fleet(
+    prefix: str,
+    redis_url: str,
+    *,
+    size: int = 2,
+    env: Mapping[str, str] | None = None,
+    upstream: DemoUpstream | None = None,
+    envs: list[Mapping[str, str]] | None = None,
+    urls: list[str] | None = None,
+) -> Iterator[Fleet]:
     """`size` replicas (each Lasthop + its Envoy) on `redis_url`; all stopped on exit.
 
     `env` goes to every replica (LASTHOP_STORE_* etc.); `envs[i]` adds to replica i;
@@ -227,8 +256,9 @@ def running_fleet(prefix: str, redis_url: str, *, size: int = 2,
         for i in range(size):
             home = work / f"replica-{i}"
             home.mkdir()
-            config = devstack.write_config(home, jwks, redis_url=urls[i] if urls else redis_url,
-                                           policies=policies)
+            config = devstack.write_config(
+                home, jwks, redis_url=urls[i] if urls else redis_url, policies=policies
+            )
             replica_env = {**(env or {}), **(envs[i] if envs else {})}
             lasthop = devstack.LasthopServer(config, env=replica_env)
             try:
@@ -239,7 +269,16 @@ def running_fleet(prefix: str, redis_url: str, *, size: int = 2,
             stack.callback(envoy.close)
             admin = AdminClient(lasthop.ready["admin_listen"], admin_token)
             stack.callback(admin.close)
-            replicas.append(Replica(name=f"replica-{i}", config=config, env=replica_env,
-                                    lasthop=lasthop, envoy=envoy, admin=admin))
-        yield Fleet(work=work, issuer=issuer, replicas=replicas, upstream=upstream,
-                    admin_token=admin_token)
+            replicas.append(
+                Replica(
+                    name=f"replica-{i}",
+                    config=config,
+                    env=replica_env,
+                    lasthop=lasthop,
+                    envoy=envoy,
+                    admin=admin,
+                )
+            )
+        yield Fleet(
+            work=work, issuer=issuer, replicas=replicas, upstream=upstream, admin_token=admin_token
+        )

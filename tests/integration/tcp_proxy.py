@@ -59,8 +59,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._connect, args=(client, self.connect_delay),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._connect, args=(client, self.connect_delay), daemon=True
+            ).start()
 
     def _connect(self, client: socket.socket, delay: float) -> None:
         if delay:
@@ -78,13 +79,15 @@ class TcpProxy:
                 return
             self._links.append(link)
         for source, sink, upstream in ((client, server, True), (server, client, False)):
-            thread = threading.Thread(target=self._pump, args=(link, source, sink, upstream),
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._pump, args=(link, source, sink, upstream), daemon=True
+            )
             link.threads.append(thread)
             thread.start()
 
-    def _pump(self, link: _Link, source: socket.socket, sink: socket.socket,
-              upstream: bool) -> None:
+    def _pump(
+        self, link: _Link, source: socket.socket, sink: socket.socket, upstream: bool
+    ) -> None:
         try:
             while data := source.recv(BUFFER):
                 if upstream and b"SUBSCRIBE" in data.upper():

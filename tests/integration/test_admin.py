@@ -20,15 +20,28 @@ pytestmark = pytest.mark.integration
 
 
 def _issue_request(user: str) -> pb.IssueGrantRequest:
-    return pb.IssueGrantRequest(agent="scribe", user=user, actions=["read"],
-                                resources=['Patient::"p-1001"'], purpose=PURPOSE,
-                                ttl_seconds=300)
+    return pb.IssueGrantRequest(
+        agent="scribe",
+        user=user,
+        actions=["read"],
+        resources=['Patient::"p-1001"'],
+        purpose=PURPOSE,
+        ttl_seconds=300,
+    )
 
 
 def _admin_claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"iss": ISSUER, "aud": ADMIN_AUDIENCE, "sub": "ops-admin", "scope": "lasthop:admin",
-            "iat": now, "exp": now + 300, "jti": uuid.uuid4().hex, **overrides}
+    return {
+        "iss": ISSUER,
+        "aud": ADMIN_AUDIENCE,
+        "sub": "ops-admin",
+        "scope": "lasthop:admin",
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+        **overrides,
+    }
 
 
 def _refused_tokens(stack: Stack) -> dict[str, tuple[str, str]]:
@@ -40,19 +53,33 @@ def _refused_tokens(stack: Stack) -> dict[str, tuple[str, str]]:
         "no-token": ("", "unauthenticated"),
         "not-a-jwt": ("not-a-jwt", "unauthenticated"),
         "expired": (issuer.sign(_admin_claims(iat=now - 900, exp=now - 300)), "unauthenticated"),
-        "wrong-audience": (issuer.access_token("ops-admin", [], scope="lasthop:admin"),
-                           "unauthenticated"),
+        "wrong-audience": (
+            issuer.access_token("ops-admin", [], scope="lasthop:admin"),
+            "unauthenticated",
+        ),
         "other-key": (forger.admin_token(), "unauthenticated"),
-        "delegated": (issuer.sign(_admin_claims(sub="dr-alice", act={"sub": "scribe"},
-                                                client_id="scribe")), "permission_denied"),
+        "delegated": (
+            issuer.sign(_admin_claims(sub="dr-alice", act={"sub": "scribe"}, client_id="scribe")),
+            "permission_denied",
+        ),
         "scope-openid": (issuer.admin_token(scope="openid"), "permission_denied"),
-        "scope-missing": (issuer.sign({k: v for k, v in _admin_claims().items()
-                                       if k != "scope"}), "permission_denied"),
+        "scope-missing": (
+            issuer.sign({k: v for k, v in _admin_claims().items() if k != "scope"}),
+            "permission_denied",
+        ),
     }
 
 
-REFUSED = ["no-token", "not-a-jwt", "expired", "wrong-audience", "other-key", "delegated",
-           "scope-openid", "scope-missing"]
+REFUSED = [
+    "no-token",
+    "not-a-jwt",
+    "expired",
+    "wrong-audience",
+    "other-key",
+    "delegated",
+    "scope-openid",
+    "scope-missing",
+]
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -76,8 +103,10 @@ def test_grpc_refuses_bad_admin_tokens(stack: Stack, name: str) -> None:
 
 def test_grpc_approver_scope_can_issue_and_revoke(stack: Stack) -> None:
     user = unique("u-approver")
-    client = AdminClient(stack.admin_address, stack.issuer.admin_token(
-        sub="nurse-lead", scope="openid lasthop:approver"))
+    client = AdminClient(
+        stack.admin_address,
+        stack.issuer.admin_token(sub="nurse-lead", scope="openid lasthop:approver"),
+    )
     try:
         grant = client.issue(_issue_request(user))
         assert grant.issued_by == "nurse-lead"
@@ -90,8 +119,13 @@ def test_grpc_approver_scope_can_issue_and_revoke(stack: Stack) -> None:
 
 
 def _grants(stack: Stack, *args: str) -> Any:
-    return run_cli("grants", *args, "--admin-url", stack.admin_address,
-                   env={"LASTHOP_ADMIN_TOKEN": stack.issuer.admin_token()})
+    return run_cli(
+        "grants",
+        *args,
+        "--admin-url",
+        stack.admin_address,
+        env={"LASTHOP_ADMIN_TOKEN": stack.issuer.admin_token()},
+    )
 
 
 def _listed(stack: Stack, user: str, agent: str = "") -> list[dict[str, Any]]:
@@ -103,8 +137,14 @@ def _listed(stack: Stack, user: str, agent: str = "") -> list[dict[str, Any]]:
 
 
 def _issue_args(user: str, **changes: str) -> list[str]:
-    options = {"--agent": "scribe", "--user": user, "--action": "read",
-               "--resource": 'Patient::"p-1001"', "--purpose": PURPOSE, "--ttl": "15m"}
+    options = {
+        "--agent": "scribe",
+        "--user": user,
+        "--action": "read",
+        "--resource": 'Patient::"p-1001"',
+        "--purpose": PURPOSE,
+        "--ttl": "15m",
+    }
     options.update(changes)
     args = ["issue"]
     for key, value in options.items():
@@ -125,25 +165,30 @@ def test_cli_without_token_exits_2(stack: Stack) -> None:
 def test_cli_with_refused_token_exits_2(stack: Stack, name: str) -> None:
     token, code = _refused_tokens(stack)[name]
     user = unique("u-cli-refused")
-    result = run_cli("grants", *_issue_args(user), "--admin-url", stack.admin_address,
-                     "--admin-token", token)
+    result = run_cli(
+        "grants", *_issue_args(user), "--admin-url", stack.admin_address, "--admin-token", token
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert code in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert _listed(stack, user) == []
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    pytest.param({"--agent": "ghost-agent"}, "unknown agent", id="unknown-agent"),
-    pytest.param({"--ttl": "9h"}, "ttl", id="ttl-over-max"),
-    pytest.param({"--ttl": "abc"}, "--ttl", id="ttl-not-a-duration"),
-    pytest.param({"--action": ""}, "action", id="empty-action"),
-    pytest.param({"--action": "delete"}, "unknown action", id="unknown-action"),
-    pytest.param({"--resource": "p-1001"}, "entity", id="resource-not-entity"),
-    pytest.param({"--purpose": ""}, "purpose", id="empty-purpose"),
-])
-def test_cli_bad_input_exits_2_and_writes_nothing(stack: Stack, changes: dict[str, str],
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"--agent": "ghost-agent"}, "unknown agent", id="unknown-agent"),
+        pytest.param({"--ttl": "9h"}, "ttl", id="ttl-over-max"),
+        pytest.param({"--ttl": "abc"}, "--ttl", id="ttl-not-a-duration"),
+        pytest.param({"--action": ""}, "action", id="empty-action"),
+        pytest.param({"--action": "delete"}, "unknown action", id="unknown-action"),
+        pytest.param({"--resource": "p-1001"}, "entity", id="resource-not-entity"),
+        pytest.param({"--purpose": ""}, "purpose", id="empty-purpose"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_writes_nothing(
+    stack: Stack, changes: dict[str, str], message: str
+) -> None:
     user = unique("u-cli-bad")
     result = _grants(stack, *_issue_args(user, **changes))
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -155,8 +200,9 @@ def test_cli_bad_input_exits_2_and_writes_nothing(stack: Stack, changes: dict[st
 
 def test_cli_issue_list_revoke(stack: Stack) -> None:
     user = unique("u-cli")
-    issued = _grants(stack, *_issue_args(user, **{"--ttl": "2m"}), "--max-uses", "5",
-                     "--output", "json")
+    issued = _grants(
+        stack, *_issue_args(user, **{"--ttl": "2m"}), "--max-uses", "5", "--output", "json"
+    )
     assert issued.returncode == 0, issued.stderr
     grant = json.loads(issued.stdout)
     assert grant["id"].startswith("g-")

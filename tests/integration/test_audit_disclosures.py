@@ -15,8 +15,17 @@ pytestmark = pytest.mark.integration
 
 
 def disclosures(trail: Path, jwks: Path, *args: str) -> list[dict[str, str]]:
-    result = run_cli("audit", "disclosures", "--trail", str(trail), "--jwks", str(jwks),
-                     "--format", "json", *args)
+    result = run_cli(
+        "audit",
+        "disclosures",
+        "--trail",
+        str(trail),
+        "--jwks",
+        str(jwks),
+        "--format",
+        "json",
+        *args,
+    )
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, str]] = json.loads(result.stdout)
     return rows
@@ -32,13 +41,16 @@ def test_disclosures_of_the_demo_scenario(upstream: DemoUpstream) -> None:
 
         rows = disclosures(stack.audit_path, jwks, "--user", "dr-alice")
         assert [r["decision_id"] for r in rows] == [
-            {k.lower(): v for k, v in seen.items()}["x-lasthop-decision-id"] for seen in allowed]
+            {k.lower(): v for k, v in seen.items()}["x-lasthop-decision-id"] for seen in allowed
+        ]
         for row in rows:
             assert (row["recipient"], row["recipient_owner"]) == ("scribe", "dr-alice")
             assert row["description"] == 'read Records::"p-1001"'
             assert row["purpose"] == "clinical-documentation"
-        assert [r["chain"] for r in rows] == ["dr-alice -> scribe",
-                                              "dr-alice -> orchestrator -> scribe"]
+        assert [r["chain"] for r in rows] == [
+            "dr-alice -> scribe",
+            "dr-alice -> orchestrator -> scribe",
+        ]
         assert disclosures(stack.audit_path, jwks, "--patient", "p-1001") == rows
         assert disclosures(stack.audit_path, jwks, "--patient", "p-1002") == []
         assert disclosures(stack.audit_path, jwks, "--user", "bob") == []  # denied: none

@@ -51,8 +51,9 @@ def drive_until_refused(stack: Stack) -> tuple[list[Response], list[Response]]:
     return before, after
 
 
-def assert_refused_from_then_on(stack: Stack, before: list[Response],
-                                after: list[Response]) -> None:
+def assert_refused_from_then_on(
+    stack: Stack, before: list[Response], after: list[Response]
+) -> None:
     assert len(before) > 1 and all(r.status == 200 for r in before[:-1])
     for resp in [before[-1], *after]:
         assert_deny(resp, 503, "audit_unavailable")
@@ -66,17 +67,28 @@ def assert_refused_from_then_on(stack: Stack, before: list[Response],
 
 def assert_trail_verifies(stack: Stack) -> None:
     """What was written before the failure is an intact trail (a last line may be cut)."""
-    result = run_cli("audit", "verify", str(stack.audit_path), "--jwks",
-                     str(stack.audit_path.parent / "lasthop-receipts.json"))
+    result = run_cli(
+        "audit",
+        "verify",
+        str(stack.audit_path),
+        "--jwks",
+        str(stack.audit_path.parent / "lasthop-receipts.json"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_write_fails_with_efbig(upstream: DemoUpstream) -> None:
     limit = f"({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})"
-    limited = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, {limit}); "
-               "from authz.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))")
-    with running_stack("lasthop-it-efbig-", use_redis=False, upstream=upstream,
-                       command=[sys.executable, "-c", limited]) as stack:
+    limited = (
+        f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, {limit}); "
+        "from authz.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
+    )
+    with running_stack(
+        "lasthop-it-efbig-",
+        use_redis=False,
+        upstream=upstream,
+        command=[sys.executable, "-c", limited],
+    ) as stack:
         before, after = drive_until_refused(stack)
         assert_refused_from_then_on(stack, before, after)
         assert "File too large" in stack.lasthop.logs()
@@ -84,8 +96,9 @@ def test_write_fails_with_efbig(upstream: DemoUpstream) -> None:
         assert stack.lasthop.close() == 0
         assert_trail_verifies(stack)
         allowed = {r.upstream_saw["x-lasthop-decision-id"] for r in before[:-1]}
-        recorded = {r["decision_id"] for r in complete_records(stack.audit_path)
-                    if r["type"] == "decision"}
+        recorded = {
+            r["decision_id"] for r in complete_records(stack.audit_path) if r["type"] == "decision"
+        }
         assert allowed <= recorded  # fsync always: every 200 was on disk first
 
 
@@ -97,8 +110,11 @@ def complete_records(path: Path) -> list[dict[str, object]]:
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     where.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -110,20 +126,26 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
 def test_disk_full_enospc(upstream: DemoUpstream, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "64k") as disk:
         trail = disk / "decisions.jsonl"
-        with running_stack("lasthop-it-enospc-", use_redis=False, upstream=upstream,
-                           env={"LASTHOP_AUDIT_PATH": str(trail)}) as stack:
+        with running_stack(
+            "lasthop-it-enospc-",
+            use_redis=False,
+            upstream=upstream,
+            env={"LASTHOP_AUDIT_PATH": str(trail)},
+        ) as stack:
             before, after = drive_until_refused(stack)
             assert_refused_from_then_on(stack, before, after)
             assert "No space left on device" in stack.lasthop.logs()
             assert stack.lasthop.close() == 0
-            result = run_cli("audit", "verify", str(trail), "--jwks",
-                             str(disk / "lasthop-receipts.json"))
+            result = run_cli(
+                "audit", "verify", str(trail), "--jwks", str(disk / "lasthop-receipts.json")
+            )
             assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_audit_directory_replaced_by_a_file(upstream: DemoUpstream) -> None:
-    with running_stack("lasthop-it-enotdir-", use_redis=False, upstream=upstream,
-                       audit="rotate_bytes = 4096\n") as stack:
+    with running_stack(
+        "lasthop-it-enotdir-", use_redis=False, upstream=upstream, audit="rotate_bytes = 4096\n"
+    ) as stack:
         audit_dir = stack.audit_path.parent
         moved = audit_dir.with_name("audit-moved")
         user = unique("u-dir")

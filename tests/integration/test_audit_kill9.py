@@ -80,8 +80,9 @@ def load_and_kill(stack: Stack) -> list[Client]:
                 with lock:
                     total[0] += 1
 
-    threads = [threading.Thread(target=run, args=(c, n), daemon=True)
-               for n, c in enumerate(clients)]
+    threads = [
+        threading.Thread(target=run, args=(c, n), daemon=True) for n, c in enumerate(clients)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -101,8 +102,13 @@ def trail_ids(path: Path) -> list[str]:
 
 
 def verify(stack: Stack) -> str:
-    result = run_cli("audit", "verify", str(stack.audit_path), "--jwks",
-                     str(stack.audit_path.parent / "lasthop-receipts.json"))
+    result = run_cli(
+        "audit",
+        "verify",
+        str(stack.audit_path),
+        "--jwks",
+        str(stack.audit_path.parent / "lasthop-receipts.json"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -114,16 +120,23 @@ def restart_and_stop(stack: Stack) -> None:
     finally:
         if again.proc.stdout is not None:
             again.proc.stdout.close()
-    opened = [json.loads(raw) for raw in stack.audit_path.read_bytes().splitlines()
-              if b'"event":"trail_opened"' in raw]
+    opened = [
+        json.loads(raw)
+        for raw in stack.audit_path.read_bytes().splitlines()
+        if b'"event":"trail_opened"' in raw
+    ]
     assert len(opened) == 2
     assert opened[1]["detail"]["previous_end"] != "checkpoint:shutdown"  # it was killed
 
 
 @pytest.mark.parametrize("fsync", ["always", "50ms"])
 def test_kill_9_under_load(upstream: DemoUpstream, fsync: str) -> None:
-    with running_stack(f"lasthop-it-kill-{fsync}-", use_redis=False, upstream=upstream,
-                       audit=f'fsync = "{fsync}"\nqueue_size = {QUEUE_SIZE}\n') as stack:
+    with running_stack(
+        f"lasthop-it-kill-{fsync}-",
+        use_redis=False,
+        upstream=upstream,
+        audit=f'fsync = "{fsync}"\nqueue_size = {QUEUE_SIZE}\n',
+    ) as stack:
         clients = load_and_kill(stack)
         verify(stack)
         recorded = set(trail_ids(stack.audit_path))
@@ -138,8 +151,11 @@ def test_kill_9_under_load(upstream: DemoUpstream, fsync: str) -> None:
                 lost = [d not in recorded for d in client.acknowledged]
                 first_lost = lost.index(True) if True in lost else len(lost)
                 assert not any(lost[:first_lost]) and all(lost[first_lost:]), (
-                    "a gap: a decision is missing while a later one of the same client is there")
-        print(f"kill -9 with fsync={fsync}: {len(told)} decisions acknowledged, "
-              f"{len(missing)} not in the trail")
+                    "a gap: a decision is missing while a later one of the same client is there"
+                )
+        print(
+            f"kill -9 with fsync={fsync}: {len(told)} decisions acknowledged, "
+            f"{len(missing)} not in the trail"
+        )
         restart_and_stop(stack)
         verify(stack)

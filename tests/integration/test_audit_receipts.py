@@ -28,8 +28,9 @@ NOTES = "/patients/p-1001/notes"
 
 def served_jwks(stack: Stack, tmp_path: Path) -> Path:
     metrics = stack.lasthop.ready["metrics_listen"]
-    with urllib.request.urlopen(f"http://{metrics}/.well-known/lasthop-receipts.json",
-                                timeout=5) as resp:
+    with urllib.request.urlopen(
+        f"http://{metrics}/.well-known/lasthop-receipts.json", timeout=5
+    ) as resp:
         assert resp.headers["content-type"] == "application/json"
         path = tmp_path / "jwks.json"
         path.write_bytes(resp.read())
@@ -45,21 +46,45 @@ def test_receipt_round_trip(stack: Stack, tmp_path: Path) -> None:
     decision_id = resp.upstream_saw["x-lasthop-decision-id"]
     jwks = served_jwks(stack, tmp_path)
     assert json.loads(jwks.read_text()) == json.loads(
-        (stack.audit_path.parent / "lasthop-receipts.json").read_text())
+        (stack.audit_path.parent / "lasthop-receipts.json").read_text()
+    )
 
-    ok = run_cli("receipt", "verify", receipt, "--jwks", str(jwks), "--method", "GET",
-                 "--path", RECORDS + "?fields=all", "--host", f"127.0.0.1:{stack.envoy.port}")
+    ok = run_cli(
+        "receipt",
+        "verify",
+        receipt,
+        "--jwks",
+        str(jwks),
+        "--method",
+        "GET",
+        "--path",
+        RECORDS + "?fields=all",
+        "--host",
+        f"127.0.0.1:{stack.envoy.port}",
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     claims = json.loads(ok.stdout.split("\n", 1)[1])
     assert claims["jti"] == decision_id
     assert (claims["sub"], claims["agent"], claims["chain"]) == (
-        user, "scribe", ["orchestrator", "scribe"])
+        user,
+        "scribe",
+        ["orchestrator", "scribe"],
+    )
     assert claims["path"] == RECORDS
     record = next(r for r in read_audit(stack.audit_path) if r.get("decision_id") == decision_id)
     assert (record["decision"], record["policy_version"]) == ("allow", claims["policy_version"])
 
-    changed = run_cli("receipt", "verify", receipt, "--jwks", str(jwks), "--method", "GET",
-                      "--path", "/patients/p-1002/records")
+    changed = run_cli(
+        "receipt",
+        "verify",
+        receipt,
+        "--jwks",
+        str(jwks),
+        "--method",
+        "GET",
+        "--path",
+        "/patients/p-1002/records",
+    )
     assert changed.returncode == 1
     assert changed.stdout.startswith("INVALID: binding_mismatch: the receipt is for path")
 
@@ -78,11 +103,18 @@ def body_envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     text = devstack.ENVOY_TEMPLATE.read_text()
     assert marker in text
     template = work / "sidecar-body.yaml"
-    template.write_text(text.replace(marker, marker + (
-        "              with_request_body:\n"
-        "                max_request_bytes: 65536\n"
-        "                allow_partial_message: false\n"
-        "                pack_as_bytes: true\n")))
+    template.write_text(
+        text.replace(
+            marker,
+            marker
+            + (
+                "              with_request_body:\n"
+                "                max_request_bytes: 65536\n"
+                "                allow_partial_message: false\n"
+                "                pack_as_bytes: true\n"
+            ),
+        )
+    )
     envoy = devstack.Envoy(work, stack.lasthop.port, stack.upstream.port, template=template)
     try:
         yield envoy.url
@@ -90,8 +122,9 @@ def body_envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         envoy.close()
 
 
-def test_receipt_binds_the_body_when_envoy_sends_it(stack: Stack, body_envoy: str,
-                                                    tmp_path: Path) -> None:
+def test_receipt_binds_the_body_when_envoy_sends_it(
+    stack: Stack, body_envoy: str, tmp_path: Path
+) -> None:
     user = unique("u-body")
     stack.grant(user, actions=("write",))
     body = b"Visit note: BP 128/82, continue lisinopril."
@@ -101,11 +134,23 @@ def test_receipt_binds_the_body_when_envoy_sends_it(stack: Stack, body_envoy: st
     sent = tmp_path / "body.txt"
     sent.write_bytes(body)
     jwks = served_jwks(stack, tmp_path)
-    ok = run_cli("receipt", "verify", receipt, "--jwks", str(jwks), "--method", "POST",
-                 "--path", NOTES, "--body", str(sent))
+    ok = run_cli(
+        "receipt",
+        "verify",
+        receipt,
+        "--jwks",
+        str(jwks),
+        "--method",
+        "POST",
+        "--path",
+        NOTES,
+        "--body",
+        str(sent),
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads(ok.stdout.split("\n", 1)[1])["body_sha256"] == hashlib.sha256(
-        body).hexdigest()
+    assert (
+        json.loads(ok.stdout.split("\n", 1)[1])["body_sha256"] == hashlib.sha256(body).hexdigest()
+    )
     sent.write_bytes(body.replace(b"128", b"182"))
     changed = run_cli("receipt", "verify", receipt, "--jwks", str(jwks), "--body", str(sent))
     assert changed.returncode == 1 and "binding_mismatch" in changed.stdout

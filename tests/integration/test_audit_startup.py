@@ -19,8 +19,13 @@ pytestmark = pytest.mark.integration
 
 def serve(config: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTHOP_")}
-    return subprocess.run([sys.executable, "-m", "authz", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
 def config(tmp_path: Path) -> Path:
@@ -44,9 +49,13 @@ def test_no_signing_key(tmp_path: Path) -> None:
 def test_a_signing_key_that_is_not_ed25519(tmp_path: Path) -> None:
     path = config(tmp_path)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "keys" / "audit-signing.pem").write_bytes(rsa_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "keys" / "audit-signing.pem").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     assert_refused(serve(path), "config `audit.signing_key`:")
 
 

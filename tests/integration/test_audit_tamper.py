@@ -36,29 +36,41 @@ class Written:
 
 
 @pytest.fixture(scope="module")
-def written(upstream: DemoUpstream,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
+def written(upstream: DemoUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
     keep = tmp_path_factory.mktemp("tamper")
-    with running_stack("lasthop-it-tamper-", use_redis=False, upstream=upstream,
-                       audit=f"checkpoint_records = {CHECKPOINT_EVERY}\n") as stack:
+    with running_stack(
+        "lasthop-it-tamper-",
+        use_redis=False,
+        upstream=upstream,
+        audit=f"checkpoint_records = {CHECKPOINT_EVERY}\n",
+    ) as stack:
         user = unique("u-tamper")
         grant = stack.grant(user)
         allowed, no_grant = stack.token(user, ["scribe"]), stack.token(unique("u-x"), ["scribe"])
-        statuses = [stack.get(RECORDS, token).status
-                    for _ in range(12) for token in (allowed, no_grant, None)]
+        statuses = [
+            stack.get(RECORDS, token).status
+            for _ in range(12)
+            for token in (allowed, no_grant, None)
+        ]
         assert statuses.count(200) == 12 and statuses.count(403) == 12, statuses
         stack.admin.revoke(grant.id)
         assert stack.get(RECORDS, allowed).status == 403
         metrics = stack.lasthop.ready["metrics_listen"]
-        with urllib.request.urlopen(f"http://{metrics}/.well-known/lasthop-receipts.json",
-                                    timeout=5) as resp:
+        with urllib.request.urlopen(
+            f"http://{metrics}/.well-known/lasthop-receipts.json", timeout=5
+        ) as resp:
             served = json.loads(resp.read())
         assert stack.lasthop.close() == 0  # SIGTERM: a final checkpoint, fsync, close
         audit = stack.audit_path.parent
         for name in ("decisions.jsonl", "decisions.jsonl.checkpoints", "lasthop-receipts.json"):
             shutil.copy(audit / name, keep / name)
-    yield Written(keep / "decisions.jsonl", keep / "decisions.jsonl.checkpoints",
-                  keep / "lasthop-receipts.json", served, decisions=37)
+    yield Written(
+        keep / "decisions.jsonl",
+        keep / "decisions.jsonl.checkpoints",
+        keep / "lasthop-receipts.json",
+        served,
+        decisions=37,
+    )
 
 
 @pytest.fixture
@@ -100,8 +112,11 @@ def test_the_real_trail_is_complete_and_verifies(written: Written) -> None:
     assert len(decisions) == written.decisions
     assert {r["reason"] for r in decisions} == {"allowed", "no_grant", "missing_token"}
     events = [(r["event"], r["actor"]) for r in records if r["type"] == "event"]
-    assert events == [("trail_opened", "lasthop"), ("grant_issued", "ops-admin"),
-                      ("grant_revoked", "ops-admin")]
+    assert events == [
+        ("trail_opened", "lasthop"),
+        ("grant_issued", "ops-admin"),
+        ("grant_revoked", "ops-admin"),
+    ]
     checkpoints = [r for r in records if r["type"] == "checkpoint"]
     assert len(checkpoints) >= 4 and checkpoints[-1]["trigger"] == "shutdown"
     assert load(written.anchors) == checkpoints
@@ -147,7 +162,7 @@ def test_insert_a_copy(copy: Path, written: Written) -> None:
 def test_truncate_before_a_checkpoint(copy: Path, written: Written) -> None:
     records = load(copy)
     checkpoint = index_of(records, type="checkpoint", trigger="records")
-    save(copy, records[:checkpoint - 2])
+    save(copy, records[: checkpoint - 2])
     out = assert_broken(copy, written.jwks, "truncated", checkpoint - 2)
     assert f"checkpoint seq {records[checkpoint]['seq']}" in out
 

@@ -16,8 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
-                             "--out", str(out)], capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["targets"]) == {"envoy", "floor", "lasthop"}

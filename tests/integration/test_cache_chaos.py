@@ -46,7 +46,8 @@ class Chaos:
     def wait_subscribed(self) -> None:
         """Both replicas subscribed again (their caches on)."""
         assert wait_until(lambda: self.subscribers() == len(self.fleet.replicas), 5.0), (
-            self.redis.client_list(_type="pubsub"))
+            self.redis.client_list(_type="pubsub")
+        )
 
     def wait_settled(self, quiet: float = 0.5) -> None:
         """Both replicas subscribed through the same connections for `quiet` seconds: no
@@ -73,9 +74,13 @@ def chaos(upstream: DemoUpstream) -> Iterator[Chaos]:
         server = devstack.RedisServer(work)
         proxy = TcpProxy(server.port)
         try:
-            with running_fleet("lasthop-it-cache-", server.url, upstream=upstream,
-                               env={"LASTHOP_STORE_CACHE_TTL_MS": str(CACHE_TTL_MS)},
-                               urls=[server.url, proxy.url]) as fleet:
+            with running_fleet(
+                "lasthop-it-cache-",
+                server.url,
+                upstream=upstream,
+                env={"LASTHOP_STORE_CACHE_TTL_MS": str(CACHE_TTL_MS)},
+                urls=[server.url, proxy.url],
+            ) as fleet:
                 state = Chaos(fleet, server, proxy)
                 state.wait_subscribed()
                 yield state
@@ -142,8 +147,9 @@ RECONNECT_DELAY = 0.3  # the relay holds B's reconnection this long (a slow netw
 
 
 @pytest.mark.parametrize("write", ["revoke", "suspend"])
-def test_pubsub_dropped_during_a_slow_reconnect_gives_no_stale_allow(chaos: Chaos,
-                                                                     write: str) -> None:
+def test_pubsub_dropped_during_a_slow_reconnect_gives_no_stale_allow(
+    chaos: Chaos, write: str
+) -> None:
     """Regression: redis-py reconnected and resubscribed inside the failed read, before the
     listener saw the error, so the caches stayed on through a slow reconnect while the
     invalidations published meanwhile were lost (about 50 ms of stale allows here)."""
@@ -169,8 +175,10 @@ def test_pubsub_dropped_during_a_slow_reconnect_gives_no_stale_allow(chaos: Chao
         while answers[-1][0].status == 200 and answers[-1][1] - returned < 2 * BOUND_SECONDS:
             answers.append((b.get(RECORDS, token), time.monotonic()))
         stale = [round((at - returned) * 1000) for resp, at in answers if resp.status == 200]
-        assert stale == [], f"B allowed {len(stale)} times after the {write} returned, the " \
-                            f"last {max(stale)} ms after"
+        assert stale == [], (
+            f"B allowed {len(stale)} times after the {write} returned, the "
+            f"last {max(stale)} ms after"
+        )
         _assert_refused(b.get(RECORDS, token), reason)
     finally:
         chaos.proxy.connect_delay = 0.0
@@ -241,8 +249,9 @@ def test_silently_dead_subscription_gives_no_stale_allow(chaos: Chaos) -> None:
         a.admin.revoke(grant.id)
         returned = time.monotonic()
         assert_deny(a.get(RECORDS, token), 403, "no_grant")
-        delay, allowed = poll_until_denied(b, token, "no_grant", since=returned,
-                                           limit=2 * BOUND_SECONDS)
+        delay, allowed = poll_until_denied(
+            b, token, "no_grant", since=returned, limit=2 * BOUND_SECONDS
+        )
         assert delay < BOUND_SECONDS, (delay, allowed)
     finally:
         chaos.proxy.close_subscribers()

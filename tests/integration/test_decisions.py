@@ -142,19 +142,32 @@ def test_revoked_grant(stack: Stack) -> None:
     assert_deny(stack.get(RECORDS, token), 403, "no_grant")
 
 
-@pytest.mark.parametrize(("agents", "extra", "reason"), [
-    pytest.param(["chart-exporter"], {}, "agent_suspended", id="agent_suspended"),
-    pytest.param(["ghost-agent"], {}, "agent_unregistered", id="agent_unregistered"),
-    pytest.param(["orchestrator", "scribe"], {"client_id": "billing-bot"}, "impersonation",
-                 id="impersonation-client-not-actor"),
-    pytest.param([], {"client_id": "scribe"}, "impersonation", id="impersonation-no-act"),
-    pytest.param(["orchestrator", "med-reconciler", "billing-bot", "x-agent", "scribe"], {},
-                 "chain_too_deep", id="chain_too_deep"),
-    pytest.param(["scribe", "orchestrator", "scribe"], {}, "delegation_cycle",
-                 id="delegation_cycle"),
-])
-def test_chain_and_registry_denials(stack: Stack, agents: list[str], extra: dict[str, str],
-                                    reason: str) -> None:
+@pytest.mark.parametrize(
+    ("agents", "extra", "reason"),
+    [
+        pytest.param(["chart-exporter"], {}, "agent_suspended", id="agent_suspended"),
+        pytest.param(["ghost-agent"], {}, "agent_unregistered", id="agent_unregistered"),
+        pytest.param(
+            ["orchestrator", "scribe"],
+            {"client_id": "billing-bot"},
+            "impersonation",
+            id="impersonation-client-not-actor",
+        ),
+        pytest.param([], {"client_id": "scribe"}, "impersonation", id="impersonation-no-act"),
+        pytest.param(
+            ["orchestrator", "med-reconciler", "billing-bot", "x-agent", "scribe"],
+            {},
+            "chain_too_deep",
+            id="chain_too_deep",
+        ),
+        pytest.param(
+            ["scribe", "orchestrator", "scribe"], {}, "delegation_cycle", id="delegation_cycle"
+        ),
+    ],
+)
+def test_chain_and_registry_denials(
+    stack: Stack, agents: list[str], extra: dict[str, str], reason: str
+) -> None:
     user = unique("u-chainrule")
     # Grants that would allow, so only the chain or registry rule can refuse.
     stack.grant(user, "scribe")
@@ -170,8 +183,9 @@ def test_suspended_agent_in_the_middle_of_a_chain(stack: Stack) -> None:
     assert_deny(resp, 403, "agent_suspended")
 
 
-def _assert_401(resp_status: int, headers: dict[str, str], reason: str, body: dict[str, object]
-                ) -> None:
+def _assert_401(
+    resp_status: int, headers: dict[str, str], reason: str, body: dict[str, object]
+) -> None:
     assert resp_status == 401, body
     assert body.get("decision") == "deny" and body.get("reason") == reason, body
     assert isinstance(body.get("decision_id"), str) and body["decision_id"]
@@ -197,15 +211,18 @@ def test_no_route(stack: Stack) -> None:
     assert_deny(stack.get("/admin", stack.token(user, ["scribe"])), 403, "no_route")
 
 
-@pytest.mark.parametrize("path", [
-    "/patients/p-1001/../p-1002/records",
-    "/patients//records",
-    "/patients/p-1001%2Frecords",
-    "/patients/%2e%2e/records",
-    "/patients/p-1001/./records",
-    "/patients/p-1001%2frecords",
-    "/patients/p-1002/records/../../p-1001/records",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/patients/p-1001/../p-1002/records",
+        "/patients//records",
+        "/patients/p-1001%2Frecords",
+        "/patients/%2e%2e/records",
+        "/patients/p-1001/./records",
+        "/patients/p-1001%2frecords",
+        "/patients/p-1002/records/../../p-1001/records",
+    ],
+)
 def test_invalid_path_is_refused_never_normalised(stack: Stack, path: str) -> None:
     user = unique("u-path")
     # Grants on both patients: any normalisation into a real route would be a 200.

@@ -34,6 +34,9 @@ def test_demo_runs_the_scenario() -> None:
     # the decisions whose receipts the upstream got.
     assert "ok: every hash, the sequence and every signature verify" in result.stdout
     receipts = re.findall(r"signed receipt for decision ([0-9a-f]{32}), verified", result.stdout)
-    disclosed = re.findall(r"^\| \S+ \| scribe \(owner dr-alice\) \|.* \| ([0-9a-f]{32}) \|$",
-                           result.stdout, re.MULTILINE)
+    disclosed = re.findall(
+        r"^\| \S+ \| scribe \(owner dr-alice\) \|.* \| ([0-9a-f]{32}) \|$",
+        result.stdout,
+        re.MULTILINE,
+    )
     assert len(receipts) == 2 and disclosed == receipts

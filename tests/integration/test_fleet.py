@@ -52,8 +52,7 @@ def _ms(delays: list[float]) -> list[float]:
     return [round(d * 1000, 1) for d in delays]
 
 
-def _poll_until_allowed(replica: Replica, token: str, since: float,
-                        limit: float = 5.0) -> float:
+def _poll_until_allowed(replica: Replica, token: str, since: float, limit: float = 5.0) -> float:
     while True:
         resp = replica.get(RECORDS, token)
         now = time.monotonic()
@@ -77,8 +76,7 @@ def test_grant_issued_on_one_replica_allows_through_the_other(fleet: Fleet) -> N
     assert b.admin.get(grant.id).issued_by == "ops-admin"
 
 
-def test_revoke_on_one_replica_is_denied_on_the_other_within_the_bound(
-        fleet: Fleet) -> None:
+def test_revoke_on_one_replica_is_denied_on_the_other_within_the_bound(fleet: Fleet) -> None:
     a, b = fleet.replicas
     delays: list[float] = []
     for _ in range(ROUNDS):
@@ -99,8 +97,7 @@ def test_revoke_on_one_replica_is_denied_on_the_other_within_the_bound(
     assert max(delays) < BOUND_SECONDS, delays
 
 
-def test_suspend_on_one_replica_is_denied_on_the_other_within_the_bound(
-        fleet: Fleet) -> None:
+def test_suspend_on_one_replica_is_denied_on_the_other_within_the_bound(fleet: Fleet) -> None:
     a, b = fleet.replicas
     suspend_delays: list[float] = []
     resume_delays: list[float] = []
@@ -139,8 +136,10 @@ def test_max_uses_is_exact_with_uses_alternating_between_replicas(fleet: Fleet) 
     assert [r.status for r in responses[:MAX_USES]] == [200] * MAX_USES
     for resp in responses[MAX_USES:]:
         assert_deny(resp, 403, "grant_exhausted")
-    assert _outcomes(responses) == {(200, "allowed"): MAX_USES,
-                                    (403, "grant_exhausted"): USE_ATTEMPTS - MAX_USES}
+    assert _outcomes(responses) == {
+        (200, "allowed"): MAX_USES,
+        (403, "grant_exhausted"): USE_ATTEMPTS - MAX_USES,
+    }
     assert fleet.replicas[0].admin.get(grant.id).max_uses == MAX_USES
 
 
@@ -149,10 +148,13 @@ def test_max_uses_is_exact_under_concurrent_uses_on_both_replicas(fleet: Fleet) 
     token = fleet.token(user, ["scribe"])
     fleet.grant(user, "scribe", via=0, max_uses=MAX_USES)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        responses = list(pool.map(lambda i: fleet.replicas[i % 2].get(RECORDS, token),
-                                  range(USE_ATTEMPTS)))
-    assert _outcomes(responses) == {(200, "allowed"): MAX_USES,
-                                    (403, "grant_exhausted"): USE_ATTEMPTS - MAX_USES}
+        responses = list(
+            pool.map(lambda i: fleet.replicas[i % 2].get(RECORDS, token), range(USE_ATTEMPTS))
+        )
+    assert _outcomes(responses) == {
+        (200, "allowed"): MAX_USES,
+        (403, "grant_exhausted"): USE_ATTEMPTS - MAX_USES,
+    }
 
 
 def test_get_grant_reports_at_most_max_uses(fleet: Fleet) -> None:
@@ -203,8 +205,11 @@ def test_deregister_revokes_the_agents_grants_everywhere(fleet: Fleet) -> None:
             replica.admin.get_agent(agent)
 
     # Registering the id again starts from nothing: the old grants stay revoked.
-    fleet.replicas[1].admin.register_agent(apb.RegisterAgentRequest(
-        id=agent, owner="dr-alice", risk=10, allowed_purposes=["clinical-documentation"]))
+    fleet.replicas[1].admin.register_agent(
+        apb.RegisterAgentRequest(
+            id=agent, owner="dr-alice", risk=10, allowed_purposes=["clinical-documentation"]
+        )
+    )
     for token in tokens:
         assert_deny(a.get(RECORDS, token), 403, "no_grant")
         assert_deny(b.get(RECORDS, token), 403, "no_grant")
@@ -216,8 +221,9 @@ def test_restart_does_not_reset_an_agent_changed_through_the_api(fleet: Fleet) -
     token = fleet.token(user, [SEED_AGENT])
     fleet.grant(user, SEED_AGENT, via=0)
     fleet.wait_allowed(b, token)
-    a.admin.update_agent(apb.UpdateAgentRequest(id=SEED_AGENT, risk=55,
-                                                description="re-rated by the API"))
+    a.admin.update_agent(
+        apb.UpdateAgentRequest(id=SEED_AGENT, risk=55, description="re-rated by the API")
+    )
     a.admin.suspend_agent(SEED_AGENT)
     try:
         b.restart()
@@ -225,7 +231,10 @@ def test_restart_does_not_reset_an_agent_changed_through_the_api(fleet: Fleet) -
         for replica in (a, b):
             agent = replica.admin.get_agent(SEED_AGENT)
             assert (agent.status, agent.risk, agent.description) == (
-                "suspended", 55, "re-rated by the API")
+                "suspended",
+                55,
+                "re-rated by the API",
+            )
             assert wait_until(lambda r=replica: r.get(RECORDS, token).status != 503, 5.0)
             assert_deny(replica.get(RECORDS, token), 403, "agent_suspended")
     finally:
@@ -260,9 +269,10 @@ def test_a_concurrent_update_never_undoes_a_suspension(fleet: Fleet) -> None:
     for _ in range(RACE_TRIALS):
         a.admin.resume_agent(agent)
         stop = threading.Event()
-        updaters = [threading.Thread(target=_update_until,
-                                     args=(fleet, agent, fleet.replicas[i % 2], stop))
-                    for i in range(UPDATERS)]
+        updaters = [
+            threading.Thread(target=_update_until, args=(fleet, agent, fleet.replicas[i % 2], stop))
+            for i in range(UPDATERS)
+        ]
         for updater in updaters:
             updater.start()
         try:

@@ -12,15 +12,19 @@ pytestmark = pytest.mark.integration
 def test_spoofed_identity_headers_are_replaced_or_removed(stack: Stack) -> None:
     user = unique("u-spoof")
     stack.grant(user)
-    resp = stack.get(RECORDS, stack.token(user, ["scribe"]), headers={
-        "x-lasthop-user": "mallory",
-        "x-lasthop-agent": "mallory-bot",
-        "x-lasthop-chain": "mallory,mallory-bot",
-        "x-lasthop-purpose": "exfiltration",
-        "x-lasthop-decision-id": "forged",
-        "x-lasthop-receipt": "forged",
-        "x-lasthop-anything": "x",
-    })
+    resp = stack.get(
+        RECORDS,
+        stack.token(user, ["scribe"]),
+        headers={
+            "x-lasthop-user": "mallory",
+            "x-lasthop-agent": "mallory-bot",
+            "x-lasthop-chain": "mallory,mallory-bot",
+            "x-lasthop-purpose": "exfiltration",
+            "x-lasthop-decision-id": "forged",
+            "x-lasthop-receipt": "forged",
+            "x-lasthop-anything": "x",
+        },
+    )
     assert resp.status == 200, resp.raw[:500]
     seen = resp.upstream_saw
     assert seen["x-lasthop-user"] == user
@@ -32,15 +36,26 @@ def test_spoofed_identity_headers_are_replaced_or_removed(stack: Stack) -> None:
     assert seen["x-lasthop-receipt"] != "forged"  # Lasthop's own, signed receipt
     assert seen["x-lasthop-receipt"].count(".") == 2
     assert "mallory" not in str(seen)
-    assert set(seen) == {"x-lasthop-user", "x-lasthop-agent", "x-lasthop-chain",
-                         "x-lasthop-purpose", "x-lasthop-txn", "x-lasthop-decision-id",
-                         "x-lasthop-receipt"}
+    assert set(seen) == {
+        "x-lasthop-user",
+        "x-lasthop-agent",
+        "x-lasthop-chain",
+        "x-lasthop-purpose",
+        "x-lasthop-txn",
+        "x-lasthop-decision-id",
+        "x-lasthop-receipt",
+    }
 
 
 def test_spoofed_headers_do_not_change_the_decision(stack: Stack) -> None:
     holder, intruder = unique("u-holder"), unique("u-intruder")
     stack.grant(holder)
-    resp = stack.get(RECORDS, stack.token(intruder, ["scribe"]), headers={
-        "x-lasthop-user": holder, "x-lasthop-agent": "scribe",
-    })
+    resp = stack.get(
+        RECORDS,
+        stack.token(intruder, ["scribe"]),
+        headers={
+            "x-lasthop-user": holder,
+            "x-lasthop-agent": "scribe",
+        },
+    )
     assert_deny(resp, 403, "no_grant")

@@ -86,7 +86,8 @@ def reload_stack() -> Iterator[ReloadStack]:
         stack.callback(upstream.close)
         config = devstack.write_config(work, jwks, policies=policies)
         lasthop = devstack.LasthopServer(
-            config, env={"LASTHOP_POLICIES_RELOAD_INTERVAL_SECONDS": RELOAD_INTERVAL})
+            config, env={"LASTHOP_POLICIES_RELOAD_INTERVAL_SECONDS": RELOAD_INTERVAL}
+        )
         stack.callback(_close, lasthop)
         envoy = devstack.Envoy(work, lasthop.port, upstream.port)
         stack.callback(envoy.close)
@@ -127,9 +128,16 @@ def test_hot_reload_under_traffic() -> None:
     with reload_stack() as stack:
         initial = stack.lasthop.ready["policy_version"]
         user = unique("u-reload")
-        stack.admin.issue(pb.IssueGrantRequest(
-            agent="scribe", user=user, actions=["read"], resources=['Patient::"p-1001"'],
-            purpose=PURPOSE, ttl_seconds=600))
+        stack.admin.issue(
+            pb.IssueGrantRequest(
+                agent="scribe",
+                user=user,
+                actions=["read"],
+                resources=['Patient::"p-1001"'],
+                purpose=PURPOSE,
+                ttl_seconds=600,
+            )
+        )
         token = stack.issuer.access_token(user, ["scribe"], purpose=PURPOSE, ttl=600)
         assert _outcome(stack, token) == "200"
         assert stack.sample("lasthop_policy_version_info", version=initial) == 1.0
@@ -149,20 +157,25 @@ def test_hot_reload_under_traffic() -> None:
                 first_forbid = len(outcomes) - 1
             if first_forbid is not None and len(outcomes) - first_forbid > AFTER_SWITCH:
                 break
-        unexpected = [(i, o) for i, o in enumerate(outcomes)
-                      if o not in ("200", "403 'maintenance_window'")]
+        unexpected = [
+            (i, o) for i, o in enumerate(outcomes) if o not in ("200", "403 'maintenance_window'")
+        ]
         assert unexpected == [], unexpected[:10]
         assert written_at == SWITCH_AFTER, len(outcomes)
         assert all(o == "200" for o in outcomes[:SWITCH_AFTER]), outcomes[:SWITCH_AFTER]
         assert first_forbid is not None, (
-            f"the forbid never took effect in {len(outcomes)} requests / {PHASE_SECONDS} s")
+            f"the forbid never took effect in {len(outcomes)} requests / {PHASE_SECONDS} s"
+        )
         late_allows = [i for i, o in enumerate(outcomes) if i > first_forbid and o == "200"]
         assert late_allows == [], f"200 after the switch at {first_forbid}: {late_allows[:10]}"
         assert len(outcomes) - first_forbid > AFTER_SWITCH // 2
 
         samples = stack.metrics()
-        versions = {dict(labels)["version"]: value for (name, labels), value in samples.items()
-                    if name == "lasthop_policy_version_info"}
+        versions = {
+            dict(labels)["version"]: value
+            for (name, labels), value in samples.items()
+            if name == "lasthop_policy_version_info"
+        }
         in_force = [v for v, value in versions.items() if value == 1.0]
         assert len(in_force) == 1 and in_force[0] != initial, versions
         assert versions[initial] == 0.0
@@ -183,8 +196,7 @@ def test_hot_reload_under_traffic() -> None:
         for _ in range(20):
             after_broken.append(_outcome(stack, token))
         assert set(after_broken) == {"403 'maintenance_window'"}, after_broken
-        assert stack.sample("lasthop_policy_version_info",
-                            version=maintenance_version) == 1.0
+        assert stack.sample("lasthop_policy_version_info", version=maintenance_version) == 1.0
         assert stack.sample("lasthop_policy_reload_total", result="success") == 1.0
         logs = stack.lasthop.logs()
         assert f"broken.cedar:{BROKEN_LINE}" in logs, logs[-3000:]

@@ -44,17 +44,27 @@ def _named(exprs: list[str]) -> set[str]:
 
 
 def test_the_alert_rules_cover_what_an_sre_pages_on() -> None:
-    alerts = {rule["alert"] for group in yaml.safe_load(
-        (MONITORING / "alerts.yaml").read_text())["groups"] for rule in group["rules"]}
-    assert {"LasthopCheckLatencyOverBudget", "LasthopDenyRateSpike", "LasthopAuditUnavailable",
-            "LasthopStoreUnavailable", "LasthopPolicyReloadFailing"} <= alerts
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    assert {
+        "LasthopCheckLatencyOverBudget",
+        "LasthopDenyRateSpike",
+        "LasthopAuditUnavailable",
+        "LasthopStoreUnavailable",
+        "LasthopPolicyReloadFailing",
+    } <= alerts
 
 
 def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack) -> None:
     user = unique("u-monitoring")
     stack.grant(user)
-    assert stack.get("/patients/p-1001/records", stack.token(user, ["scribe"],
-                                                            purpose=PURPOSE)).status == 200
+    assert (
+        stack.get("/patients/p-1001/records", stack.token(user, ["scribe"], purpose=PURPOSE)).status
+        == 200
+    )
     url = f"http://{stack.lasthop.ready['metrics_listen']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         exposition = resp.read().decode()

@@ -57,6 +57,13 @@ def test_redis_killed_fails_closed(own_stack: Stack) -> None:
 
     # The admin API reports the store as unavailable instead of pretending to issue.
     with pytest.raises(AdminError, match="^unavailable"):
-        stack.admin.issue(pb.IssueGrantRequest(
-            agent="scribe", user=unique("u-redis2"), actions=["read"],
-            resources=['Patient::"p-1001"'], purpose=PURPOSE, ttl_seconds=60))
+        stack.admin.issue(
+            pb.IssueGrantRequest(
+                agent="scribe",
+                user=unique("u-redis2"),
+                actions=["read"],
+                resources=['Patient::"p-1001"'],
+                purpose=PURPOSE,
+                ttl_seconds=60,
+            )
+        )

@@ -43,9 +43,9 @@ def _run(stack: Stack) -> None:
     user = unique("u-term")
     stack.grant(user)
     tokens = [
-        stack.token(user, ["scribe"]),                    # allowed
-        stack.token(unique("u-term-none"), ["scribe"]),   # no_grant
-        stack.token(user, ["chart-exporter"]),            # agent_suspended
+        stack.token(user, ["scribe"]),  # allowed
+        stack.token(unique("u-term-none"), ["scribe"]),  # no_grant
+        stack.token(user, ["chart-exporter"]),  # agent_suspended
     ]
     seen: list[str] = []
     statuses: list[int] = []

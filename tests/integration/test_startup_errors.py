@@ -33,9 +33,13 @@ def _config(tmp_path: Path, policies: Path = devstack.POLICIES, identity_line: s
 
 def _serve(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("LASTHOP_")}
-    return subprocess.run([sys.executable, "-m", "authz", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=START_TIMEOUT,
-                          env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        env={**base, **(env or {})},
+    )
 
 
 def _assert_refused(result: subprocess.CompletedProcess[str], config: Path, needle: str) -> None:
@@ -48,11 +52,14 @@ def _assert_refused(result: subprocess.CompletedProcess[str], config: Path, need
         assert not port_open(server[key]), f"{key} {server[key]} is listening"
 
 
-@pytest.mark.parametrize(("identity_line", "key"), [
-    pytest.param('leeway_seconds = "thirty"', "identity.leeway_seconds", id="leeway-string"),
-    pytest.param('isuer = "https://idp.example.org"', "identity.isuer", id="unknown-key"),
-    pytest.param('algorithms = ["HS256"]', "identity.algorithms", id="hmac-algorithm"),
-])
+@pytest.mark.parametrize(
+    ("identity_line", "key"),
+    [
+        pytest.param('leeway_seconds = "thirty"', "identity.leeway_seconds", id="leeway-string"),
+        pytest.param('isuer = "https://idp.example.org"', "identity.isuer", id="unknown-key"),
+        pytest.param('algorithms = ["HS256"]', "identity.algorithms", id="hmac-algorithm"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path: Path, identity_line: str, key: str) -> None:
     config = _config(tmp_path, identity_line=identity_line)
     _assert_refused(_serve(config), config, f"`{key}`")
@@ -75,20 +82,31 @@ def _broken_policies(tmp_path: Path, file: str, line: int, old: str, new: str) -
     return policies
 
 
-@pytest.mark.parametrize(("file", "line", "old", "new"), [
-    pytest.param("scribe-read-records.cedar", 5, "action ==", "action ===", id="syntax-operator"),
-    pytest.param("scribe-read-records.cedar", 3, "permit (", "permitt (", id="syntax-effect"),
-    pytest.param("high-risk-agents-never-write.cedar", 10, "principal.risk_tier ",
-                 "principal.risk_teir ",
-                 id="unknown-attribute"),
-])
-def test_bad_policy_names_file_and_line(tmp_path: Path, file: str, line: int, old: str,
-                                        new: str) -> None:
+@pytest.mark.parametrize(
+    ("file", "line", "old", "new"),
+    [
+        pytest.param(
+            "scribe-read-records.cedar", 5, "action ==", "action ===", id="syntax-operator"
+        ),
+        pytest.param("scribe-read-records.cedar", 3, "permit (", "permitt (", id="syntax-effect"),
+        pytest.param(
+            "high-risk-agents-never-write.cedar",
+            10,
+            "principal.risk_tier ",
+            "principal.risk_teir ",
+            id="unknown-attribute",
+        ),
+    ],
+)
+def test_bad_policy_names_file_and_line(
+    tmp_path: Path, file: str, line: int, old: str, new: str
+) -> None:
     policies = _broken_policies(tmp_path, file, line, old, new)
     config = _config(tmp_path, policies=policies)
     result = _serve(config)
     assert result.returncode != 0, result.stderr[-2000:]
     assert result.returncode == 2, result.stderr[-2000:]
-    assert re.search(rf"{re.escape(file)}:{line}(?::\d+)?: ", result.stderr), \
+    assert re.search(rf"{re.escape(file)}:{line}(?::\d+)?: ", result.stderr), (
         f"expected `{file}:{line}` in stderr:\n{result.stderr[-2000:]}"
+    )
     _assert_refused(result, config, file)

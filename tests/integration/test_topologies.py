@@ -38,8 +38,9 @@ def cluster(upstream: DemoUpstream) -> Iterator[tuple[ClusterTopology, Fleet]]:
     with devstack.workdir("lasthop-it-cluster-") as work:
         topology = ClusterTopology(work)
         try:
-            with running_fleet("lasthop-it-cluster-fleet-", topology.url,
-                               upstream=upstream) as fleet:
+            with running_fleet(
+                "lasthop-it-cluster-fleet-", topology.url, upstream=upstream
+            ) as fleet:
                 yield topology, fleet
         finally:
             topology.close()
@@ -51,8 +52,9 @@ def sentinel(upstream: DemoUpstream) -> Iterator[tuple[SentinelTopology, Fleet]]
         topology = SentinelTopology(work)
         try:
             env = {"LASTHOP_STORE_REVOKE_REPLICAS": "1"}
-            with running_fleet("lasthop-it-sentinel-fleet-", topology.url, upstream=upstream,
-                               env=env) as fleet:
+            with running_fleet(
+                "lasthop-it-sentinel-fleet-", topology.url, upstream=upstream, env=env
+            ) as fleet:
                 yield topology, fleet
         finally:
             topology.close()
@@ -71,8 +73,9 @@ def _lifecycle(fleet: Fleet) -> None:
     limited_user = unique("u-topo-uses")
     limited = fleet.token(limited_user, ["scribe"])
     fleet.grant(limited_user, "scribe", via=1, max_uses=MAX_USES)
-    outcomes = Counter(fleet.replicas[i % 2].get(RECORDS, limited).reason or "allowed"
-                       for i in range(3 * MAX_USES))
+    outcomes = Counter(
+        fleet.replicas[i % 2].get(RECORDS, limited).reason or "allowed" for i in range(3 * MAX_USES)
+    )
     assert outcomes == {"allowed": MAX_USES, "grant_exhausted": 2 * MAX_USES}, outcomes
 
     a.admin.revoke(grant.id)
@@ -103,7 +106,8 @@ def test_cluster_grant_lifecycle_and_suspend(cluster: tuple[ClusterTopology, Fle
 
 
 def test_cluster_keys_a_script_touches_share_one_slot(
-        cluster: tuple[ClusterTopology, Fleet]) -> None:
+    cluster: tuple[ClusterTopology, Fleet],
+) -> None:
     topology, fleet = cluster
     user = unique("u-slot")
     grant = fleet.grant(user, "scribe", via=0, max_uses=2)
@@ -119,8 +123,9 @@ def test_cluster_keys_a_script_touches_share_one_slot(
     assert command(topology.node_for(by_id), "EXISTS", by_id) == 1
 
     # Different pairs land on different masters: the scripts really run cluster-wide.
-    nodes = {topology.node_for(f"{PREFIX}{pair_tag('scribe', unique('u'))}:pair")
-             for _ in range(24)}
+    nodes = {
+        topology.node_for(f"{PREFIX}{pair_tag('scribe', unique('u'))}:pair") for _ in range(24)
+    }
     assert len(nodes) == len(topology.ports), nodes
 
 
@@ -136,7 +141,8 @@ UNACKED_ATTEMPTS = 10
 
 
 def test_sentinel_unacknowledged_revoke_is_still_enforced_everywhere(
-        sentinel: tuple[SentinelTopology, Fleet]) -> None:
+    sentinel: tuple[SentinelTopology, Fleet],
+) -> None:
     topology, fleet = sentinel
     a, b = fleet.replicas
     for _ in range(UNACKED_ATTEMPTS):
@@ -152,8 +158,9 @@ def test_sentinel_unacknowledged_revoke_is_still_enforced_everywhere(
         assert topology.wait_for_replica() == 1
         # Applied on the primary even though the call failed: denied everywhere, in the bound.
         for replica in (a, b):
-            delay, _ = poll_until_denied(replica, token, "no_grant", since=returned,
-                                         limit=BOUND_SECONDS)
+            delay, _ = poll_until_denied(
+                replica, token, "no_grant", since=returned, limit=BOUND_SECONDS
+            )
         with pytest.raises(AdminError, match="^not_found:"):
             a.admin.revoke(grant.id)  # the retry the message asks for
 
@@ -161,8 +168,7 @@ def test_sentinel_unacknowledged_revoke_is_still_enforced_everywhere(
 WAIT_ATTEMPTS = 16
 
 
-def test_sentinel_unacknowledged_revoke_says_so(
-        sentinel: tuple[SentinelTopology, Fleet]) -> None:
+def test_sentinel_unacknowledged_revoke_says_so(sentinel: tuple[SentinelTopology, Fleet]) -> None:
     """Before 5c7bad3 the WAIT ran with the 50 ms socket timeout and always failed this way."""
     topology, fleet = sentinel
     answers = []
@@ -174,8 +180,12 @@ def test_sentinel_unacknowledged_revoke_says_so(
                 fleet.replicas[0].admin.revoke(grant.id)
             answers.append((round(time.monotonic() - started, 3), str(refused.value)))
         assert topology.wait_for_replica() == 1
-    wrong = [a for a in answers if "only 0 of 1 replicas acknowledged it within "
-             f"{REVOKE_WAIT_MS} ms" not in a[1] or a[0] < REVOKE_WAIT_MS / 1000]
+    wrong = [
+        a
+        for a in answers
+        if f"only 0 of 1 replicas acknowledged it within {REVOKE_WAIT_MS} ms" not in a[1]
+        or a[0] < REVOKE_WAIT_MS / 1000
+    ]
     assert wrong == [], f"{len(wrong)} of {WAIT_ATTEMPTS} wrong: {wrong}"
 
 
@@ -188,8 +198,9 @@ class Sample:
     reason: str  # "" for an allow or Envoy's own 503
 
 
-def _stream(fleet: Fleet, tokens: dict[str, str], stop: threading.Event,
-            samples: list[Sample]) -> None:
+def _stream(
+    fleet: Fleet, tokens: dict[str, str], stop: threading.Event, samples: list[Sample]
+) -> None:
     """Sequential requests, every token in turn, alternating replicas, until stopped."""
     deadline = time.monotonic() + STREAM_LIMIT_SECONDS
     rounds = 0
@@ -225,8 +236,7 @@ def test_sentinel_primary_killed_under_load(sentinel: tuple[SentinelTopology, Fl
     a, b = fleet.replicas
     users = {who: unique(f"u-chaos-{who}") for who in ("valid", "before", "after", "none")}
     tokens = {who: fleet.token(user, ["scribe"]) for who, user in users.items()}
-    grants = {who: fleet.grant(users[who], "scribe", via=0) for who in ("valid", "before",
-                                                                         "after")}
+    grants = {who: fleet.grant(users[who], "scribe", via=0) for who in ("valid", "before", "after")}
     for who in ("valid", "before", "after"):
         fleet.wait_allowed(a, tokens[who])
         fleet.wait_allowed(b, tokens[who])
@@ -245,8 +255,11 @@ def test_sentinel_primary_killed_under_load(sentinel: tuple[SentinelTopology, Fl
         revoked_at = time.monotonic()
 
         def valid_again() -> bool:
-            recent = {s.replica for s in samples[-40:]
-                      if s.who == "valid" and s.sent > revoked_at and s.status == 200}
+            recent = {
+                s.replica
+                for s in samples[-40:]
+                if s.who == "valid" and s.sent > revoked_at and s.status == 200
+            }
             return recent == {0, 1}
 
         while not valid_again():
@@ -258,12 +271,15 @@ def test_sentinel_primary_killed_under_load(sentinel: tuple[SentinelTopology, Fl
         streamer.join()
 
     # No 200 that should not be, at any point.
-    wrong = [s for s in samples if s.status == 200 and (
-        s.who in ("before", "none") or (s.who == "after" and s.sent > revoked_at))]
+    wrong = [
+        s
+        for s in samples
+        if s.status == 200
+        and (s.who in ("before", "none") or (s.who == "after" and s.sent > revoked_at))
+    ]
     assert wrong == [], wrong[:5]
     # Every refusal is the right decision, or "cannot decide" while the store is away.
-    expected = {"valid": set(), "before": {"no_grant"}, "after": {"no_grant"},
-                "none": {"no_grant"}}
+    expected = {"valid": set(), "before": {"no_grant"}, "after": {"no_grant"}, "none": {"no_grant"}}
     for s in samples:
         if s.status == 503:
             assert s.reason in ("store_unavailable", ""), s  # "": Envoy's own timeout 503
@@ -286,9 +302,11 @@ def test_sentinel_primary_killed_under_load(sentinel: tuple[SentinelTopology, Fl
         assert replica.admin.get(grants["valid"].id).id == grants["valid"].id
 
     unavailable = [s for s in samples if s.status == 503]
-    print(f"failover {failover_seconds:.2f} s; {len(samples)} requests; "
-          f"{len(unavailable)} answered 503 "
-          f"({Counter(s.reason or 'envoy' for s in unavailable)}), between "
-          f"{(min((s.sent for s in unavailable), default=killed_at) - killed_at):.2f} s and "
-          f"{(max((s.sent for s in unavailable), default=killed_at) - killed_at):.2f} s after "
-          f"the kill; revoke after failover: {after_revoke}")
+    print(
+        f"failover {failover_seconds:.2f} s; {len(samples)} requests; "
+        f"{len(unavailable)} answered 503 "
+        f"({Counter(s.reason or 'envoy' for s in unavailable)}), between "
+        f"{(min((s.sent for s in unavailable), default=killed_at) - killed_at):.2f} s and "
+        f"{(max((s.sent for s in unavailable), default=killed_at) - killed_at):.2f} s after "
+        f"the kill; revoke after failover: {after_revoke}"
+    )
