@@ -1,5 +1,5 @@
 import sys
 
-from authz.cli import main
+from authz.cli.main import main
 
 sys.exit(main())

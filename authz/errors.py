@@ -1,6 +1,6 @@
-"""Every way a check can fail, as one exception tree.
+"""Every error Lasthop raises on purpose, as one tree.
 
-    LasthopError                  reason: stable code, also the audit field and metric label
+    LasthopError                  a check ends with it: `reason` (a `Reason`) and `detail`
     ├── Unauthenticated (401)     the caller did not prove who it is
     │   └── TokenError            a bearer or transaction token was refused
     ├── Forbidden (403)           we know who it is, and the answer is no
@@ -8,36 +8,54 @@
     │   ├── RegistryError         an agent in the chain is unknown or suspended
     │   ├── RouteError            the request maps to no Cedar action and resource
     │   ├── GrantError            no active session grant covers the request
-    │   └── PolicyDenied          Cedar said Deny
+    │   └── PolicyDenied          Cedar said Deny (its reason may be a forbid's `@reason`)
     └── Unavailable (503)         Lasthop cannot decide; it fails closed
-        ├── StoreUnavailable      the grant store is down, slow or returned junk
+        ├── StoreUnavailable      the store is down, slow or returned junk
         ├── AuditUnavailable      the audit trail cannot take a record
-        └── PolicyError           Cedar returned NoDecision or an erroring policy
+        ├── PolicyError           Cedar returned NoDecision or an erroring policy
+        └── InternalError         a bug; the check is denied
 
-Start-up errors are separate: `ConfigError` names the key, `PolicyLoadError`
-names the file and line. They never reach the request path.
+    StartupError                  start-up stops; never reaches the request path
+    ├── ConfigError               names the config key or environment variable
+    └── PolicyLoadError           names the policy file and line
 
-Each leaf is raised with a `reason` code (lowercase, underscores) and a
-human `detail`; the detail never holds a token.
+    RequestError                  an admin API request is invalid; nothing was written
+    ├── GrantRequestError
+    └── AgentRequestError
+
+    UsageError                    bad command-line input or an unreadable input file (exit 2)
+    └── ScenarioError             a policy scenario file is wrong
+    AdminError                    the admin API refused a CLI call (`code`: the gRPC status)
+
+    ReceiptError                  a receipt did not verify (`reason`: a stable code)
+    JwksError                     a JWKS file for offline verification is unusable
+
+A check error's status comes from its `Reason`; a forbid's own `@reason` is a
+403. Details never hold a token.
 """
 
 from __future__ import annotations
+
+from authz.reasons import POLICY_REASON_STATUS, Reason
 
 
 class LasthopError(Exception):
     """Base of every decision-path error; `status` is the HTTP status Envoy returns."""
 
-    status = 500
-
-    def __init__(self, reason: str, detail: str = "", policies: tuple[str, ...] = ()) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    def __init__(self, reason: Reason | str, detail: str = "", policies: tuple[str, ...] = ()):
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
-        self.detail = detail or reason.replace("_", " ")
+        self.detail = detail or str(reason).replace("_", " ")
         self.policies = policies  # @ids of the policies that determined a Cedar deny
+
+    @property
+    def status(self) -> int:
+        reason = self.reason
+        return reason.status if isinstance(reason, Reason) else POLICY_REASON_STATUS
 
 
 class Unauthenticated(LasthopError):
-    status = 401
+    pass
 
 
 class TokenError(Unauthenticated):
@@ -45,7 +63,7 @@ class TokenError(Unauthenticated):
 
 
 class Forbidden(LasthopError):
-    status = 403
+    pass
 
 
 class DelegationError(Forbidden):
@@ -69,34 +87,38 @@ class PolicyDenied(Forbidden):
 
 
 class Unavailable(LasthopError):
-    status = 503
+    pass
 
 
 class StoreUnavailable(Unavailable):
     def __init__(self, detail: str = "grant store unavailable") -> None:
-        super().__init__("store_unavailable", detail)
+        super().__init__(Reason.STORE_UNAVAILABLE, detail)
 
 
 class PolicyError(Unavailable):
     """Cedar could not decide. 503 rather than 403: the request may be fine, the policy is not."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__("policy_error", detail)
+        super().__init__(Reason.POLICY_ERROR, detail)
 
 
 class AuditUnavailable(Unavailable):
     """The trail cannot take a record this check needs; no record, no allow."""
 
     def __init__(self, detail: str = "the audit trail cannot take the record; refusing") -> None:
-        super().__init__("audit_unavailable", detail)
+        super().__init__(Reason.AUDIT_UNAVAILABLE, detail)
 
 
 class InternalError(Unavailable):
     def __init__(self, detail: str = "internal error") -> None:
-        super().__init__("internal_error", detail)
+        super().__init__(Reason.INTERNAL_ERROR, detail)
 
 
-class ConfigError(Exception):
+class StartupError(Exception):
+    """Start-up cannot go on; the message says where the problem is."""
+
+
+class ConfigError(StartupError):
     """A configuration value is missing or invalid; the message names the key."""
 
     def __init__(self, key: str, problem: str) -> None:
@@ -104,7 +126,7 @@ class ConfigError(Exception):
         self.key = key
 
 
-class PolicyLoadError(Exception):
+class PolicyLoadError(StartupError):
     """The policy directory cannot be loaded; the message names the file and line."""
 
     def __init__(self, path: str, problem: str, line: int | None = None, column: int | None = None):
@@ -119,5 +141,43 @@ class PolicyLoadError(Exception):
         self.column = column
 
 
-class GrantRequestError(Exception):
-    """An admin request to issue a grant is invalid; nothing was written."""
+class RequestError(Exception):
+    """An admin API request is invalid; nothing was written. The message says what to fix."""
+
+
+class GrantRequestError(RequestError):
+    pass
+
+
+class AgentRequestError(RequestError):
+    pass
+
+
+class UsageError(Exception):
+    """Bad command-line input or an unreadable input file: printed to stderr, exit 2."""
+
+
+class ScenarioError(UsageError):
+    """The scenario file itself is wrong; the message names the scenario and key."""
+
+
+class AdminError(Exception):
+    """The admin API refused a call; `code` is the gRPC status name, lowercase."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class ReceiptError(Exception):
+    """A receipt did not verify; `reason` is a stable code, the message says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class JwksError(Exception):
+    """A JWKS file for verification is missing or unusable; the message says which and why."""

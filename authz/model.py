@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass
 from typing import Any
+
+_ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """A request target -> (path, query). The fragment, if a client sent one, is dropped."""
+    path, _, query = target.partition("#")[0].partition("?")
+    return path, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,7 +21,7 @@ class CheckInput:
     """What Envoy told us about one HTTP request, protocol-free."""
 
     method: str
-    path: str  # raw path as Envoy saw it, query included
+    path: str  # as Envoy saw it, without the query string (see `split_target`)
     host: str
     headers: dict[str, list[str]]  # lowercase name -> every value sent
     peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
@@ -22,7 +31,7 @@ class CheckInput:
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
-    """A verified access token. `raw` holds the full claim set for policies."""
+    """A verified access token: the claims the phases read."""
 
     subject: str
     issuer: str
@@ -32,8 +41,6 @@ class TokenClaims:
     purpose: str
     txn: str
     expires_at: int
-    token_digest: str  # sha256 of the token, never the token
-    raw: dict[str, Any] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,14 @@ class EntityRef:
     def as_cedar(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id}
 
+    @classmethod
+    def parse(cls, text: str) -> EntityRef:
+        """`Type::"id"` -> EntityRef. Raises ValueError for anything else."""
+        match = _ENTITY.match(text)
+        if not match:
+            raise ValueError(f'`{text}` is not a Cedar entity reference like Patient::"p-1001"')
+        return cls(match.group(1), match.group(2))
+
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
@@ -88,6 +103,9 @@ class RouteMatch:
     phi: bool
 
 
+AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+PURPOSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+MAX_DESCRIPTION = 1000
 AGENT_STATUSES = ("active", "suspended")  # what seeds and the admin API may set
 # what the store may hold: a deregistered agent stays as a tombstone, so a seed in
 # entities.json cannot bring it back on a restart or reload
@@ -115,6 +133,29 @@ class Agent:
     def registered(self) -> bool:
         return self.status != "deregistered"
 
+    def check(self, statuses: tuple[str, ...] = AGENT_STATUSES) -> Agent:
+        """The one agent validator (admin API, entities.json, the store). Raises ValueError
+        naming the field; returns the agent unchanged when every field is well formed."""
+        if not AGENT_ID.fullmatch(self.id):
+            raise ValueError(
+                f"id `{self.id}` must be 1-63 lowercase letters, digits, `.`, `_` or `-`, "
+                "starting with a letter or digit"
+            )
+        if not self.owner.strip():
+            raise ValueError(f"agent `{self.id}`: `owner` must name the accountable human")
+        if not 0 <= self.risk <= 100:
+            raise ValueError(f"agent `{self.id}`: `risk` must be an integer 0 to 100")
+        if self.status not in statuses:
+            raise ValueError(f"agent `{self.id}`: `status` must be one of {list(statuses)}")
+        for purpose in self.allowed_purposes:
+            if not PURPOSE.fullmatch(purpose):
+                raise ValueError(f"agent `{self.id}`: purpose `{purpose}` is not a purpose name")
+        if len(self.description) > MAX_DESCRIPTION:
+            raise ValueError(
+                f"agent `{self.id}`: `description` must be at most {MAX_DESCRIPTION} characters"
+            )
+        return self
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
@@ -137,9 +178,7 @@ class Agent:
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed agent: {err}") from err
-        if agent.status not in STORED_STATUSES or not 0 <= agent.risk <= 100:
-            raise ValueError(f"malformed agent `{agent.id}`: bad status or risk")
-        return agent
+        return agent.check(STORED_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +190,9 @@ class RiskTiers:
 
     def of(self, risk: int) -> str:
         return "high" if risk >= self.high else "medium" if risk >= self.medium else "low"
+
+
+DEFAULT_TIERS = RiskTiers()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +254,7 @@ class Decision:
     decision_id: str
     allowed: bool
     status: int  # 200 on allow, else 401 / 403 / 503
-    reason: str
+    reason: str  # a `Reason`, or a forbid's own `@reason`
     detail: str
     chain: Chain | None = None
     intent: Intent | None = None
@@ -225,4 +267,6 @@ class Decision:
     shadow: tuple[tuple[str, str], ...] = ()  # (@id, effect) of shadow policies that held
     shadow_disagrees: bool = False
     owner: str = ""  # the current actor's accountable owner, once the registry resolved it
+    dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
+    policy_version: str = ""  # the policy set that decided
     receipt: str = ""  # on allow: the signed receipt for the upstream

@@ -44,11 +44,11 @@ import loadgen
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
-from authz import devstack
 from authz._proto import grants_pb2
-from authz.admin_client import AdminClient
-from authz.demo_tokens import DemoIssuer
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminClient
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
+from authz.dev.upstream import DemoUpstream
 
 PATH = "/patients/p-1001/records"
 PURPOSE = "clinical-documentation"

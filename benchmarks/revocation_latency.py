@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -45,13 +44,12 @@ from envoy.service.auth.v3 import attribute_context_pb2 as attrs
 from envoy.service.auth.v3 import external_auth_pb2 as ext
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ext_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from authz._proto import grants_pb2 as gpb
+from authz.cli.admin_client import AdminClient, AdminError
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 
-from authz import devstack  # noqa: E402
-from authz._proto import grants_pb2 as gpb  # noqa: E402
-from authz.admin_client import AdminClient, AdminError  # noqa: E402
-from authz.demo_tokens import DemoIssuer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PATH = "/patients/p-1001/records"
 PURPOSE = "clinical-documentation"

@@ -23,27 +23,27 @@ import asyncio
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from authz.check import keys as jwks
+from authz.check.pipeline import Pipeline
+from authz.config import IdentitySettings
+from authz.dev.stack import RedisServer
+from authz.dev.tokens import DemoIssuer
+from authz.model import Agent, CheckInput, Grant
+from authz.policy import load as policy_load
+from authz.server.app import assemble
+from authz.stores.embedded import (
+    EmbeddedGrantStore,
+    SeededRegistry,
+)
+from authz.stores.protocols import GrantStore
+from authz.stores.redis_store import PREFIX, RedisStore, pair_tag
 
-from authz import jwks, policy, policy_load  # noqa: E402
-from authz.config import IdentitySettings  # noqa: E402
-from authz.demo_tokens import DemoIssuer  # noqa: E402
-from authz.devstack import RedisServer  # noqa: E402
-from authz.grants import EmbeddedGrantStore, GrantStore  # noqa: E402
-from authz.identity import AccessTokenVerifier  # noqa: E402
-from authz.intent import IntentReader  # noqa: E402
-from authz.model import Agent, CheckInput, Grant  # noqa: E402
-from authz.offline import rules_for  # noqa: E402
-from authz.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from authz.redis_store import PREFIX, RedisStore, pair_tag  # noqa: E402
-from authz.registry import SeededRegistry  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PURPOSE = "clinical-documentation"
 PATH = "/patients/p-1001/records"
@@ -61,10 +61,8 @@ class Null:
 
 def uncached(p: Pipeline) -> None:
     """Forget every memo the fast path keeps, so each check pays its full cost."""
-    p.bundle.decision_cache.clear()
-    p.bundle.entity_cache.clear()
-    p.verifier._cache.clear()  # noqa: SLF001 - a benchmark measuring the uncached path
-    policy._delta.cache_clear()  # noqa: SLF001
+    p.bundle = p.bundle  # a new policy engine: its memos start empty
+    p.verifier.forget()
 
 
 def pipeline(
@@ -76,16 +74,13 @@ def pipeline(
     keys = jwks.StaticKeys(
         jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}), ("ES256",), "bench")
     )
-    access, txn = rules_for(IdentitySettings())
-    return Pipeline(
-        verifier=AccessTokenVerifier(keys, access, time.time),
-        intent=IntentReader(keys, txn, time.time),
-        registry=SeededRegistry(agents),
+    return assemble(
+        ident=IdentitySettings(),
+        keys=keys,
         bundle=bundle,
+        registry=SeededRegistry(agents),
         store=store,
         audit=Null(),
-        metrics=None,  # type: ignore[arg-type]
-        options=PipelineOptions(max_chain_depth=4, bind_peer=False),
     )
 
 

@@ -15,9 +15,9 @@ import logging
 import sys
 
 from authz import config
-from authz.app import build
-from authz.audit import Record
-from authz.server import serve
+from authz.audit.records import Record
+from authz.server.app import build
+from authz.server.serve import serve
 
 
 class DiscardingAudit:

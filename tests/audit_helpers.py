@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from authz.audit import AuditRecord, EventRecord
-from authz.audit_log import AuditLog
-from authz.audit_trail import TrailOptions
-from authz.signing import SigningKey
+from authz.audit.records import AuditRecord, EventRecord
+from authz.audit.signing import SigningKey
+from authz.audit.trail import TrailOptions
+from authz.audit.writer import AuditLog
+from authz.model import Chain, CheckInput, Decision, Intent
 
 PURPOSE = "clinical-documentation"
 
@@ -45,6 +46,30 @@ def decision(n: int = 0, **changes: Any) -> AuditRecord:
         parents=['Patient::"p-1001"'],
     )
     return dataclasses.replace(base, **changes)
+
+
+def allowed(
+    n: int = 0, chain: tuple[str, ...] = ("orchestrator", "scribe"), body_sha256: str = ""
+) -> tuple[Decision, CheckInput]:
+    """An allowed decision and its request, as `decision(n)` records them: what a receipt binds."""
+    made = Decision(
+        decision_id=f"d-{n}",
+        allowed=True,
+        status=200,
+        reason="allowed",
+        detail="allowed",
+        chain=Chain("dr-alice", chain),
+        intent=Intent(PURPOSE, f"txn-{n}", "access-token"),
+        policy_version="abc",
+    )
+    request = CheckInput(
+        method="GET",
+        path="/patients/p-1001/records",
+        host="ehr.local",
+        headers={},
+        body_sha256=body_sha256,
+    )
+    return made, request
 
 
 def event(n: int = 0) -> EventRecord:

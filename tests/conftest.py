@@ -7,19 +7,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cedarpy
 import pytest
 
-from authz import jwks, policy_load
-from authz.audit import MemoryAudit
-from authz.demo_tokens import ADMIN_AUDIENCE, AUDIENCE, ISSUER, DemoIssuer
-from authz.grants import EmbeddedGrantStore, GrantStore
-from authz.identity import ACCESS_TOKEN_TYPES, TXN_TOKEN_TYPES, AccessTokenVerifier, IdentityRules
-from authz.intent import IntentReader
-from authz.model import CheckInput, Grant
-from authz.pipeline import Pipeline, PipelineOptions
-from authz.registry import SeededRegistry
+from authz.audit.records import MemoryAudit
+from authz.check import keys as jwks
+from authz.check.identity import (
+    ACCESS_TOKEN_TYPES,
+    IdentityRules,
+)
+from authz.check.pipeline import Pipeline
+from authz.config import IdentitySettings
+from authz.dev.tokens import ADMIN_AUDIENCE, AUDIENCE, ISSUER, DemoIssuer
+from authz.model import CheckInput, Grant, split_target
+from authz.policy import load as policy_load
+from authz.server.app import assemble
+from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
+from authz.stores.protocols import GrantStore
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
+SCHEMA = cedarpy.Schema.from_str((POLICIES / "schema.cedarschema").read_text(encoding="utf-8"))
 PURPOSE = "clinical-documentation"
 
 
@@ -86,16 +93,13 @@ def make_pipeline(
         max_chain_depth: int = 4,
         audit: Any = None,
     ) -> Pipeline:
-        keys = keys_for(issuer, rs_issuer)
-        return Pipeline(
-            verifier=AccessTokenVerifier(keys, rules(), clock),
-            intent=IntentReader(keys, rules(types=TXN_TOKEN_TYPES), clock),
-            registry=SeededRegistry(bundle.agents),
+        return assemble(
+            ident=IdentitySettings(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
+            keys=keys_for(issuer, rs_issuer),
             bundle=bundle,
+            registry=SeededRegistry(bundle.agents),
             store=store if store is not None else EmbeddedGrantStore(clock),
             audit=audit if audit is not None else MemoryAudit(),
-            metrics=None,
-            options=PipelineOptions(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
             clock=clock,
         )
 
@@ -112,6 +116,7 @@ def check_input(
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["authorization"] = [f"Bearer {token}"]
+    path, _ = split_target(path)  # as the Envoy adapter does
     return CheckInput(
         method=method, path=path, host="ehr.local", headers=all_headers, peer_principal=peer
     )

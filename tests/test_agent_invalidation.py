@@ -9,10 +9,10 @@ from pathlib import Path
 
 import redis
 
-from authz.cache import Invalidation
-from authz.devstack import RedisServer
+from authz.dev.stack import RedisServer
 from authz.model import Agent, Grant
-from authz.redis_store import CHANNEL, RedisStore
+from authz.stores.invalidation import Invalidation
+from authz.stores.redis_store import CHANNEL, RedisStore
 
 AGENT = Agent("scribe", "dr-alice", 20, "active", allowed_purposes=("clinical-documentation",))
 
@@ -51,8 +51,8 @@ def test_a_suspension_is_stored_and_published_together(tmp_path: Path) -> None:
 
 def test_an_unreadable_invalidation_drops_every_cache(tmp_path: Path) -> None:
     inval = Invalidation(store=None, ttl=5.0)  # type: ignore[arg-type]
-    inval.agents["scribe"] = (time.monotonic() + 5, 0, AGENT)
+    inval.agents.put("scribe", (AGENT,))
     g = Grant("g", "scribe", "dr-alice", ("read",), ('Patient::"p"',), "p", "x", 0, 2**40)
-    inval.pairs[("scribe", "dr-alice")] = (time.monotonic() + 5, 0, [g])
+    inval.pairs.put(("scribe", "dr-alice"), [g])
     inval._handle_safely("revoked\x00g\x00not-a-number")
-    assert inval.agents == {} and inval.pairs == {}
+    assert len(inval.agents) == 0 and len(inval.pairs) == 0

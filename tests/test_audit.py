@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from authz.audit import MemoryAudit
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
+from authz.audit.records import MemoryAudit
+from authz.dev.tokens import DemoIssuer
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 # --- through the pipeline ---------------------------------------------------------------------

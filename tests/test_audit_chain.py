@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from authz.audit_chain import (
+from authz.audit.chain import (
     GENESIS,
     Head,
     canonical,
@@ -15,7 +15,7 @@ from authz.audit_chain import (
     line,
     record_hash,
 )
-from authz.signing import SigningKey
+from authz.audit.signing import SigningKey
 from tests.audit_helpers import decision
 
 

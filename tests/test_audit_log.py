@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from authz import audit_file
-from authz.audit import MemoryAudit, Record
-from authz.audit_chain import record_hash
-from authz.audit_log import MAX_BATCH, AuditLog
-from authz.audit_trail import Trail, TrailOptions
-from authz.audit_verify import verify
-from authz.demo_tokens import DemoIssuer
+from authz.audit import files as audit_file
+from authz.audit.chain import record_hash
+from authz.audit.records import MemoryAudit, Record
+from authz.audit.signing import SigningKey
+from authz.audit.trail import Trail, TrailOptions
+from authz.audit.verify import verify
+from authz.audit.writer import MAX_BATCH, AuditLog
+from authz.dev.tokens import DemoIssuer
 from authz.errors import ConfigError
-from authz.grants import EmbeddedGrantStore
-from authz.signing import SigningKey
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.audit_helpers import FakeClock, decision, event, read_lines, records, write_trail
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 

@@ -10,9 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from authz import audit_setup, config
-from authz.errors import ConfigError
-from authz.signing import JwksError, SigningKey, load_key, read_jwks, write_jwks
+from authz import config
+from authz.audit import setup as audit_setup
+from authz.audit.signing import SigningKey, load_key, read_jwks, write_jwks
+from authz.errors import ConfigError, JwksError
 
 
 def pem(

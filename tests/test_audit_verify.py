@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from authz.audit_chain import canonical, line, record_hash, signing_input
-from authz.audit_file import rotated_files, trail_files
-from authz.audit_verify import Problem, verify
-from authz.signing import SigningKey, b64url
+from authz.audit.chain import canonical, line, record_hash, signing_input
+from authz.audit.files import rotated_files, trail_files
+from authz.audit.signing import SigningKey
+from authz.audit.verify import Problem, verify
+from authz.codec import b64url
 from tests.audit_helpers import read_lines, write_trail
 
 RECORDS = 20  # + trail_opened, 4 checkpoints (every 5 records), 1 at shutdown

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from authz import disclosures
-from authz.audit_log import AuditLog
-from authz.audit_trail import TrailOptions
-from authz.cli import main
-from authz.receipts import ReceiptSigner
-from authz.signing import SigningKey, write_jwks
-from tests.audit_helpers import decision, event
+from authz.audit import disclosures
+from authz.audit.receipts import ReceiptSigner
+from authz.audit.signing import SigningKey, write_jwks
+from authz.audit.trail import TrailOptions
+from authz.audit.writer import AuditLog
+from authz.cli.main import main
+from tests.audit_helpers import allowed, decision, event
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +273,7 @@ def test_receipt_verify(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    receipt = ReceiptSigner(key, 60).mint(decision(3))
+    receipt = ReceiptSigner(key, 60).mint(*allowed(3))
     code, out, _ = run(
         capsys,
         "receipt",

@@ -18,10 +18,14 @@ from typing import Any
 
 import pytest
 
-from authz import audit_chain, cli, devstack, offline, policy_load
+from authz.audit import chain as audit_chain
+from authz.cli import main as cli
 from authz.config import IdentitySettings
-from authz.demo_tokens import DemoIssuer
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 from authz.model import CheckInput, Grant
+from authz.policy import load as policy_load
+from authz.server import offline
 from tests.conftest import POLICIES, PURPOSE
 
 RECORDS = "/patients/p-1001/records"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from authz.decision_cache import DecisionCache, Generation
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
-from authz.pipeline import Pipeline
-from authz.registry import EmbeddedAgentStore, StoreRegistry, seed
+from authz.check.decisions import DecisionCache
+from authz.check.pipeline import Pipeline
+from authz.dev.tokens import DemoIssuer
+from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
+from authz.stores.registry import StoreRegistry, seed
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 

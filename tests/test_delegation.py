@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from authz.delegation import check_presenter, read_chain, spiffe_agent
-from authz.demo_tokens import ISSUER, DemoIssuer, act_claim
+from authz.check.delegation import act_claim, check_presenter, read_chain, spiffe_agent
+from authz.check.pipeline import Pipeline
+from authz.dev.tokens import ISSUER, DemoIssuer
 from authz.errors import DelegationError, TokenError
-from authz.grants import EmbeddedGrantStore
 from authz.model import Chain, Decision, TokenClaims
-from authz.pipeline import Pipeline
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 USER = "dr-alice"
@@ -38,8 +38,6 @@ def claims(act: Any = None, client_id: str = "", sub: str = USER) -> TokenClaims
         purpose=PURPOSE,
         txn="txn-1",
         expires_at=0,
-        token_digest="",
-        raw={},
     )
 
 

@@ -15,20 +15,21 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from authz import app as app_module
-from authz import config, devstack, policy_load
-from authz.audit import AuditRecord, MemoryAudit
-from authz.demo_tokens import DemoIssuer
+from authz import config
+from authz.audit.records import AuditRecord, MemoryAudit
+from authz.config import IdentitySettings
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 from authz.errors import ConfigError, StoreUnavailable
-from authz.grants import EmbeddedGrantStore, GrantStore
-from authz.identity import TXN_TOKEN_TYPES, AccessTokenVerifier
-from authz.intent import IntentReader
-from authz.metrics import Metrics
 from authz.model import Decision, Grant
-from authz.pipeline import Pipeline, PipelineOptions
-from authz.policy_load import PolicyBundle
-from authz.registry import SeededRegistry
-from tests.conftest import POLICIES, PURPOSE, Clock, check_input, grant, keys_for, rules
+from authz.policy import load as policy_load
+from authz.policy.load import PolicyBundle
+from authz.server import app as app_module
+from authz.server.app import assemble
+from authz.server.metrics import Metrics
+from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
+from authz.stores.protocols import GrantStore
+from tests.conftest import POLICIES, PURPOSE, Clock, check_input, grant, keys_for
 
 RECORDS = "/patients/p-1001/records"
 
@@ -105,7 +106,7 @@ def test_app_build_in_dry_run_says_so_loudly(
             "[policies]\n", '[policies]\nmode = "dry-run"\nallow_dry_run = true\n'
         )
     )
-    with caplog.at_level(logging.WARNING, logger="authz.app"):
+    with caplog.at_level(logging.WARNING, logger="authz.server.app"):
         app = app_module.build(config.load(path, environ={}), CollectorRegistry())
     assert app.pipeline.options.dry_run is True
     assert any(
@@ -118,7 +119,7 @@ def test_app_build_in_enforce_mode_is_not_dry_run(
 ) -> None:
     jwks = DemoIssuer("ES256", kid="enf").write_jwks(tmp_path / "keys" / "jwks.json")
     path = devstack.write_config(tmp_path, jwks)
-    with caplog.at_level(logging.WARNING, logger="authz.app"):
+    with caplog.at_level(logging.WARNING, logger="authz.server.app"):
         app = app_module.build(config.load(path, environ={}), CollectorRegistry())
     assert app.pipeline.options.dry_run is False
     assert not any("DRY RUN" in r.getMessage() for r in caplog.records)
@@ -149,16 +150,16 @@ class Env:
         self.audit = MemoryAudit()
         self.registry = CollectorRegistry()
         keys = keys_for(issuer)
-        self.pipeline = Pipeline(
-            verifier=AccessTokenVerifier(keys, rules(), self.clock),
-            intent=IntentReader(keys, rules(types=TXN_TOKEN_TYPES), self.clock),
-            registry=SeededRegistry(bundle.agents),
+        self.pipeline = assemble(
+            ident=IdentitySettings(),
+            keys=keys,
             bundle=bundle,
+            registry=SeededRegistry(bundle.agents),
             store=self.store,
             audit=self.audit,
-            metrics=Metrics(self.registry),
-            options=PipelineOptions(max_chain_depth=4, bind_peer=False, dry_run=dry_run),
+            observer=Metrics(self.registry),
             clock=self.clock,
+            dry_run=dry_run,
         )
 
     def put(self, g: Grant) -> None:

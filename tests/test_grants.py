@@ -14,19 +14,14 @@ from typing import Any
 import pytest
 import redis
 
-from authz.devstack import RedisServer, free_port
+from authz.access.issue import GrantRequest, new_grant
+from authz.check.grants import covers, select
+from authz.dev.stack import RedisServer, free_port
 from authz.errors import GrantError, GrantRequestError, StoreUnavailable
-from authz.grants import (
-    EXPIRED_RETENTION_SECONDS,
-    EmbeddedGrantStore,
-    GrantRequest,
-    GrantStore,
-    covers,
-    new_grant,
-    select,
-)
 from authz.model import EntityRef, Grant, RouteMatch
-from authz.redis_store import RedisStore, pair_tag
+from authz.stores.embedded import EmbeddedGrantStore
+from authz.stores.protocols import EXPIRED_RETENTION_SECONDS, GrantStore
+from authz.stores.redis_store import RedisStore, pair_tag
 from tests.conftest import PURPOSE, Clock
 
 NOW = 1_800_000_000

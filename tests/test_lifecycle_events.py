@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from authz.audit import EventRecord, MemoryAudit
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
+from authz.audit.records import EventRecord, MemoryAudit
+from authz.dev.tokens import DemoIssuer
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 

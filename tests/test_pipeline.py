@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
+from authz.dev.tokens import DemoIssuer
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 

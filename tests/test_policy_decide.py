@@ -1,4 +1,4 @@
-"""authz.policy.decide on the shipped bundle: allows, each forbid's reason, failing closed."""
+"""policy.evaluate.decide on the shipped bundle: allows, each forbid's reason, failing closed."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 import cedarpy
 import pytest
 
-from authz import policy, policy_load
 from authz.errors import PolicyDenied, PolicyError
-from authz.model import Agent, EntityRef, RiskTiers
-from authz.policy_load import PolicyBundle
-from tests.conftest import POLICIES, PURPOSE
+from authz.model import DEFAULT_TIERS, Agent, EntityRef, RiskTiers
+from authz.policy import evaluate as policy
+from authz.policy import load as policy_load
+from authz.policy.load import PolicyBundle
+from tests.conftest import POLICIES, PURPOSE, SCHEMA
 
 PATIENT = EntityRef("Patient", "p-1001")
 RECORDS = EntityRef("Records", "p-1001")
@@ -72,14 +73,14 @@ def ask(
     resource: EntityRef,
     ctx: dict[str, Any],
     parents: tuple[EntityRef, ...] = (PATIENT,),
-    tiers: RiskTiers = policy.DEFAULT_TIERS,
+    tiers: RiskTiers = DEFAULT_TIERS,
 ) -> policy.CedarOutcome:
     principal = EntityRef("Agent", agent.id) if agent else EntityRef("User", "dr-alice")
     request = policy.CedarRequest(
         principal=principal, action=action, resource=resource, context=ctx
     )
     delta = policy.request_entities(resource, parents, [agent] if agent else [], tiers)
-    return policy.decide(bundle, request, delta)
+    return policy.PolicyEngine(bundle).decide(request, delta)
 
 
 def denied(
@@ -89,7 +90,7 @@ def denied(
     resource: EntityRef,
     ctx: dict[str, Any],
     parents: tuple[EntityRef, ...] = (PATIENT,),
-    tiers: RiskTiers = policy.DEFAULT_TIERS,
+    tiers: RiskTiers = DEFAULT_TIERS,
 ) -> PolicyDenied:
     with pytest.raises(PolicyDenied) as info:
         ask(bundle, agent, action, resource, ctx, parents, tiers)
@@ -351,7 +352,7 @@ def test_risk_tiers(tiers: RiskTiers, expected: dict[int, str]) -> None:
 @pytest.mark.parametrize("risk", [70, 80, 100])
 def test_high_risk_agent_never_writes(bundle: PolicyBundle, risk: int) -> None:
     risky = dataclasses.replace(bundle.agents["scribe"], risk=risk)
-    assert policy.DEFAULT_TIERS.of(risk) == "high"
+    assert DEFAULT_TIERS.of(risk) == "high"
     err = denied(bundle, risky, "write", NOTES, context())
     assert err.reason == "risk_too_high"
     assert err.policies == ("high-risk-agents-never-write",)
@@ -375,7 +376,7 @@ def test_high_risk_agent_may_still_read(bundle: PolicyBundle) -> None:
 @pytest.mark.parametrize("risk", [0, 30, 69])
 def test_risk_below_the_high_tier_writes(bundle: PolicyBundle, risk: int) -> None:
     agent = dataclasses.replace(bundle.agents["scribe"], risk=risk)
-    assert policy.DEFAULT_TIERS.of(risk) != "high"
+    assert DEFAULT_TIERS.of(risk) != "high"
     outcome = ask(bundle, agent, "write", NOTES, context())
     assert outcome.policies == ("scribe-write-notes",)
 
@@ -526,7 +527,7 @@ def test_no_decision_is_policy_error(bundle: PolicyBundle) -> None:
 def test_rejected_request_entities_are_policy_error(bundle: PolicyBundle, delta: str) -> None:
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", RECORDS, context())
     with pytest.raises(PolicyError) as info:
-        policy.decide(bundle, request, delta)
+        policy.PolicyEngine(bundle).decide(request, delta)
     assert info.value.reason == "policy_error"
 
 
@@ -577,7 +578,7 @@ def test_ill_typed_agent_in_the_delta_cannot_write(
     )
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "write", NOTES, context())
     with pytest.raises(PolicyError) as info:
-        policy.decide(bundle, request, delta)
+        policy.PolicyEngine(bundle).decide(request, delta)
     assert info.value.reason == "policy_error"
     if named is not None:
         assert named in info.value.detail
@@ -636,9 +637,9 @@ def test_request_entities_shape(tiers: RiskTiers | None, tier: str) -> None:
 
 def test_request_entities_conform_to_the_schema(bundle: PolicyBundle) -> None:
     agents = list(bundle.agents.values())
-    for tiers in (policy.DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
+    for tiers in (DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
         delta = json.loads(policy.request_entities(RECORDS, (PATIENT,), agents, tiers))
-        cedarpy.Entities.from_json_str(json.dumps(delta), bundle.schema)
+        cedarpy.Entities.from_json_str(json.dumps(delta), SCHEMA)
         assert [e["attrs"]["risk_tier"] for e in delta[: len(agents)]] == [
             tiers.of(a.risk) for a in agents
         ]

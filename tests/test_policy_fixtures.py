@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.policy_fixtures import run_all, run_one
-from authz.policy_load import PolicyBundle
+from authz.policy.fixtures import run_all, run_one
+from authz.policy.load import PolicyBundle
 from tests.conftest import POLICIES
 
 FIXTURES = POLICIES / "tests"

@@ -10,10 +10,11 @@ from pathlib import Path
 import cedarpy
 import pytest
 
-from authz import policy, policy_load
 from authz.errors import PolicyLoadError
-from authz.model import Agent, RiskTiers
-from tests.conftest import POLICIES
+from authz.model import DEFAULT_TIERS, Agent, RiskTiers
+from authz.policy import evaluate as policy
+from authz.policy import load as policy_load
+from tests.conftest import POLICIES, SCHEMA
 
 # @id -> (file, effect, @reason, line of the statement: its @id, after the leading comment)
 SHIPPED_IDS = {
@@ -168,8 +169,8 @@ def test_agents_seeded_including_the_suspended_one(bundle: policy_load.PolicyBun
 
 def test_seeded_risk_tiers(bundle: policy_load.PolicyBundle) -> None:
     """With the default tiers only dictation-vendor (75) and chart-exporter (85) are high."""
-    tiers = {name: policy.DEFAULT_TIERS.of(a.risk) for name, a in bundle.agents.items()}
-    assert policy.DEFAULT_TIERS == RiskTiers(medium=30, high=70)
+    tiers = {name: DEFAULT_TIERS.of(a.risk) for name, a in bundle.agents.items()}
+    assert DEFAULT_TIERS == RiskTiers(medium=30, high=70)
     assert tiers == {
         "scribe": "low",
         "med-reconciler": "medium",
@@ -184,10 +185,10 @@ def test_seeded_agents_make_schema_conforming_cedar_entities(
     bundle: policy_load.PolicyBundle,
 ) -> None:
     """Seeds are no longer checked by the schema, so what reaches Cedar must be."""
-    for tiers in (policy.DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
+    for tiers in (DEFAULT_TIERS, RiskTiers(medium=10, high=50)):
         entities = [policy.agent_entity(a, tiers) for a in bundle.agents.values()]
-        cedarpy.Entities.from_json_str(json.dumps(entities), bundle.schema)
-    entity = policy.agent_entity(bundle.agents["orchestrator"], policy.DEFAULT_TIERS)
+        cedarpy.Entities.from_json_str(json.dumps(entities), SCHEMA)
+    entity = policy.agent_entity(bundle.agents["orchestrator"], DEFAULT_TIERS)
     assert entity["attrs"]["allowed_purposes"] == [
         "clinical-documentation",
         "medication-reconciliation",
@@ -196,7 +197,7 @@ def test_seeded_agents_make_schema_conforming_cedar_entities(
     # a tier of the wrong type is what the schema refuses
     entity["attrs"]["risk_tier"] = 3
     with pytest.raises(ValueError):
-        cedarpy.Entities.from_json_str(json.dumps([entity]), bundle.schema)
+        cedarpy.Entities.from_json_str(json.dumps([entity]), SCHEMA)
 
 
 def test_static_entities_hold_no_agents(bundle: policy_load.PolicyBundle) -> None:
@@ -212,7 +213,7 @@ def test_static_entities_hold_no_agents(bundle: policy_load.PolicyBundle) -> Non
     }
     assert cedarpy.is_authorized(request, probe, bundle.entities).decision == cedarpy.Decision.Deny
     with_agent = bundle.entities.with_added_json_str(
-        json.dumps([policy.agent_entity(bundle.agents["scribe"], policy.DEFAULT_TIERS)])
+        json.dumps([policy.agent_entity(bundle.agents["scribe"], DEFAULT_TIERS)])
     )
     assert cedarpy.is_authorized(request, probe, with_agent).decision == cedarpy.Decision.Allow
 

@@ -8,10 +8,10 @@ from typing import Any
 import cedarpy
 import pytest
 
-from authz import policy
 from authz.errors import PolicyError
 from authz.model import EntityRef
-from authz.policy_load import PolicyBundle
+from authz.policy import evaluate as policy
+from authz.policy.load import PolicyBundle
 
 RECORDS, PATIENT = EntityRef("Records", "p-1001"), EntityRef("Patient", "p-1001")
 
@@ -37,26 +37,33 @@ def context(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in ctx.items() if v is not None}
 
 
+@pytest.fixture(scope="module")
+def engine(bundle: PolicyBundle) -> policy.PolicyEngine:
+    return policy.PolicyEngine(bundle)
+
+
 def ask(
-    bundle: PolicyBundle,
+    engine: policy.PolicyEngine,
     ctx: dict[str, Any],
     risk: int = 20,
     purposes: tuple[str, ...] = ("clinical-documentation",),
 ) -> policy.CedarOutcome:
-    scribe = dataclasses.replace(bundle.agents["scribe"], risk=risk, allowed_purposes=purposes)
+    scribe = dataclasses.replace(
+        engine.bundle.agents["scribe"], risk=risk, allowed_purposes=purposes
+    )
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", RECORDS, ctx)
-    return policy.evaluate(bundle, request, policy.request_entities(RECORDS, (PATIENT,), [scribe]))
+    return engine.evaluate(request, policy.request_entities(RECORDS, (PATIENT,), [scribe]))
 
 
 def test_an_identical_input_is_answered_from_the_cache(
-    bundle: PolicyBundle, monkeypatch: pytest.MonkeyPatch
+    engine: policy.PolicyEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = ask(bundle, context(txn="memo-1"))
+    first = ask(engine, context(txn="memo-1"))
     assert first.allowed
     calls = []
     real = cedarpy.is_authorized
     monkeypatch.setattr(cedarpy, "is_authorized", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert ask(bundle, context(txn="memo-1")) is first
+    assert ask(engine, context(txn="memo-1")) is first
     assert calls == []
 
 
@@ -71,17 +78,21 @@ def test_an_identical_input_is_answered_from_the_cache(
     ids=["grant-gone", "purpose-changed", "agent-purposes-changed", "next-second"],
 )
 def test_any_change_in_the_input_is_evaluated_afresh(
-    bundle: PolicyBundle, ctx: dict[str, Any], risk: int, purposes: tuple[str, ...], allowed: bool
+    engine: policy.PolicyEngine,
+    ctx: dict[str, Any],
+    risk: int,
+    purposes: tuple[str, ...],
+    allowed: bool,
 ) -> None:
-    assert ask(bundle, context(txn="memo-2")).allowed  # cached allow for the base input
-    assert ask(bundle, ctx, risk, purposes).allowed is allowed
+    assert ask(engine, context(txn="memo-2")).allowed  # cached allow for the base input
+    assert ask(engine, ctx, risk, purposes).allowed is allowed
 
 
-def test_errors_are_not_cached(bundle: PolicyBundle) -> None:
+def test_errors_are_not_cached(engine: policy.PolicyEngine) -> None:
     # a grant without `purpose` makes grant-purpose-must-match error: policy_error
     bad = context(txn="memo-3", grant={"id": "g", "issued_by": "x", "expires_at": 2**40})
-    before = len(bundle.decision_cache)
+    before = len(engine.outcomes)
     for _ in range(2):
         with pytest.raises(PolicyError):
-            ask(bundle, bad)
-    assert len(bundle.decision_cache) == before
+            ask(engine, bad)
+    assert len(engine.outcomes) == before

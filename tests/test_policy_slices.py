@@ -7,9 +7,10 @@ import itertools
 import cedarpy
 import pytest
 
-from authz import policy, policy_load
 from authz.model import Agent, EntityRef
-from authz.policy_load import PolicyBundle
+from authz.policy import evaluate as policy
+from authz.policy import load as policy_load
+from authz.policy.load import PolicyBundle
 from tests.conftest import POLICIES
 
 RECORDS, PATIENT = EntityRef("Records", "p-1001"), EntityRef("Patient", "p-1001")
@@ -87,5 +88,5 @@ def test_slice_decides_as_the_whole_set(bundle: PolicyBundle, agent: str, grant:
     )
     assert sliced.decision == whole.decision
     assert sorted(sliced.diagnostics.reasons) == sorted(whole.diagnostics.reasons)
-    outcome_allowed = policy.evaluate(big, request, delta).allowed
+    outcome_allowed = policy.PolicyEngine(big).evaluate(request, delta).allowed
     assert outcome_allowed == (whole.decision == cedarpy.Decision.Allow)

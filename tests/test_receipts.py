@@ -10,14 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 
-from authz import ext_authz
-from authz.audit import AuditRecord, MemoryAudit
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
-from authz.model import Chain, Decision, Intent
-from authz.receipts import Binding, ReceiptError, ReceiptSigner, verify
-from authz.signing import SigningKey
-from tests.audit_helpers import FakeClock, decision
+from authz.audit.receipts import Binding, ReceiptSigner, verify
+from authz.audit.records import AuditRecord, MemoryAudit
+from authz.audit.signing import SigningKey
+from authz.dev.tokens import DemoIssuer
+from authz.errors import ReceiptError
+from authz.model import Chain, CheckInput, Decision, Intent
+from authz.server import ext_authz
+from authz.stores.embedded import EmbeddedGrantStore
+from tests.audit_helpers import FakeClock, allowed
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
 
@@ -31,7 +32,9 @@ def keys(key: SigningKey) -> dict[str, Ed25519PublicKey]:
 
 
 def mint(key: SigningKey, body_sha256: str = "", ttl: int = 60) -> str:
-    return ReceiptSigner(key, ttl, FakeClock(1_800_000_000)).mint(decision(7), body_sha256)
+    return ReceiptSigner(key, ttl, FakeClock(1_800_000_000)).mint(
+        *allowed(7, body_sha256=body_sha256)
+    )
 
 
 def test_round_trip_binds_the_decision(key: SigningKey) -> None:
@@ -130,10 +133,10 @@ def test_an_allow_carries_a_receipt_and_a_deny_none(
 
 
 def test_a_long_receipt_is_not_cut(key: SigningKey) -> None:
-    long_chain = decision(chain=[f"agent-{n:03d}-{'x' * 40}" for n in range(12)])
-    receipt = ReceiptSigner(key, 60).mint(long_chain)
+    long_chain = allowed(chain=tuple(f"agent-{n:03d}-{'x' * 40}" for n in range(12)))
+    receipt = ReceiptSigner(key, 60).mint(*long_chain)
     assert len(receipt) > 512
-    allowed = Decision(
+    allow = Decision(
         decision_id="d",
         allowed=True,
         status=200,
@@ -143,7 +146,7 @@ def test_a_long_receipt_is_not_cut(key: SigningKey) -> None:
         intent=Intent(PURPOSE, "t", "x"),
         receipt=receipt,
     )
-    response = ext_authz.to_response(allowed, check_input(None))
+    response = ext_authz.to_response(allow, check_input(None))
     sent = {h.header.key: h.header.value for h in response.ok_response.headers}
     assert sent["x-lasthop-receipt"] == receipt
 
@@ -166,7 +169,7 @@ def test_body_digest_only_for_a_whole_body() -> None:
 
 
 class BrokenSigner(ReceiptSigner):
-    def mint(self, record: AuditRecord, body_sha256: str = "") -> str:
+    def mint(self, decision: Decision, req: CheckInput) -> str:
         raise RuntimeError("signing failed")
 
 

@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from authz import app as app_module
-from authz import config, devstack, policy_load
-from authz.audit import MemoryAudit
-from authz.demo_tokens import DemoIssuer
+from authz import config
+from authz.audit.records import MemoryAudit
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 from authz.errors import StoreUnavailable
-from authz.metrics import Metrics
 from authz.model import Agent, Decision
-from authz.policy_load import PolicyBundle
-from authz.registry import EmbeddedAgentStore
-from authz.reload import PolicyWatcher
+from authz.policy import load as policy_load
+from authz.policy.load import PolicyBundle
+from authz.policy.reload import PolicyWatcher
+from authz.server import app as app_module
+from authz.server.metrics import Metrics
+from authz.stores.embedded import EmbeddedAgentStore
 from tests.conftest import POLICIES, PURPOSE, check_input, grant
 
 MAINTENANCE = """\
@@ -111,7 +113,7 @@ def test_valid_change_goes_into_force(tmp_path: Path) -> None:
 def test_reload_logs_the_versions(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(tmp_path)
     (h.dir / "maintenance.cedar").write_text(MAINTENANCE, encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="authz.reload"):
+    with caplog.at_level(logging.INFO, logger="authz.policy.reload"):
         assert h.poll() is True
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert h.first.version in messages and h.bundle.version in messages
@@ -122,7 +124,7 @@ def test_invalid_change_keeps_the_last_good_set(
 ) -> None:
     h = Harness(tmp_path)
     _break(h.dir / BROKEN_FILE)
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert h.installed == []
     assert h.bundle is h.first
@@ -136,7 +138,7 @@ def test_invalid_change_keeps_the_last_good_set(
     assert h.first.version in message  # says which version stays in force
     # polling again without another change does not retry (or re-log) the broken set
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert h.reloads("failure") == 1.0
     assert not [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -146,7 +148,7 @@ def test_fixing_a_broken_change_reloads(tmp_path: Path, caplog: pytest.LogCaptur
     h = Harness(tmp_path)
     path = h.dir / "maintenance.cedar"
     path.write_text(MAINTENANCE.replace("forbid (", "forbidd ("), encoding="utf-8")
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert "maintenance.cedar:4" in " ".join(r.getMessage() for r in caplog.records)
     assert h.bundle is h.first and h.reloads("failure") == 1.0
@@ -166,7 +168,7 @@ def test_a_schema_violation_is_refused_with_its_line(
         '@id("typo")\nforbid (principal, action, resource)\nwhen { context.nope };\n',
         encoding="utf-8",
     )
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert "zz-typo.cedar:3" in " ".join(r.getMessage() for r in caplog.records)
     assert h.bundle is h.first and h.reloads("failure") == 1.0
@@ -211,7 +213,7 @@ def test_removing_every_policy_file_is_refused(
     h = Harness(tmp_path)
     for path in h.dir.glob("*.cedar"):
         path.unlink()
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert h.bundle is h.first and h.reloads("failure") == 1.0
     assert "*.cedar" in " ".join(r.getMessage() for r in caplog.records)
@@ -254,7 +256,7 @@ def test_fixture_changes_do_not_reload(tmp_path: Path) -> None:
 def test_missing_directory_keeps_the_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(tmp_path)
     shutil.rmtree(h.dir)
-    with caplog.at_level(logging.ERROR, logger="authz.reload"):
+    with caplog.at_level(logging.ERROR, logger="authz.policy.reload"):
         assert h.poll() is False
     assert h.bundle is h.first
     assert any(str(h.dir) in r.getMessage() for r in caplog.records), caplog.records
@@ -440,10 +442,10 @@ def test_app_install_with_the_store_down_still_installs_the_policies(
         async def add_agent(self, agent: Agent) -> bool:
             raise StoreUnavailable("agent store timed out (test)")
 
-    app.agents = DownAgents()
+    app.stores.agents = DownAgents()
     _add_agent_and_close_records(policies)
     new = policy_load.load(policies)
-    with caplog.at_level(logging.ERROR, logger="authz.app"):
+    with caplog.at_level(logging.ERROR, logger="authz.server.app"):
         asyncio.run(app.install(new))
     assert app.pipeline.bundle is new
     assert any("timed out (test)" in r.getMessage() for r in caplog.records), caplog.records

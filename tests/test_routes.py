@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from authz import routes
 from authz.errors import PolicyLoadError, RouteError
 from authz.model import EntityRef
+from authz.policy import routes
 from tests.conftest import POLICIES
 
 ACTIONS = frozenset({"read", "write"})
@@ -220,7 +220,7 @@ def test_no_route_detail_escapes_control_characters(table: routes.RouteTable) ->
     ],
 )
 def test_parse_entity_accepts(text: str, expected: EntityRef) -> None:
-    assert routes.parse_entity(text) == expected
+    assert EntityRef.parse(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -242,13 +242,13 @@ def test_parse_entity_accepts(text: str, expected: EntityRef) -> None:
 )
 def test_parse_entity_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a Cedar entity reference"):
-        routes.parse_entity(text)
+        EntityRef.parse(text)
 
 
 def test_entity_ref_round_trips_through_str() -> None:
-    ref = routes.parse_entity('Patient::"p-1001"')
+    ref = EntityRef.parse('Patient::"p-1001"')
     assert str(ref) == 'Patient::"p-1001"'
-    assert routes.parse_entity(str(ref)) == ref
+    assert EntityRef.parse(str(ref)) == ref
 
 
 # --- routes.load errors ---------------------------------------------------------------------

@@ -16,18 +16,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from authz import audit_chain, policy_load
-from authz.audit import AuditRecord, MemoryAudit
-from authz.demo_tokens import DemoIssuer
+from authz.audit import chain as audit_chain
+from authz.audit.records import AuditRecord, MemoryAudit
+from authz.config import IdentitySettings
+from authz.dev.tokens import DemoIssuer
 from authz.errors import PolicyLoadError
-from authz.grants import EmbeddedGrantStore
-from authz.identity import TXN_TOKEN_TYPES, AccessTokenVerifier
-from authz.intent import IntentReader
-from authz.metrics import Metrics
 from authz.model import Decision
-from authz.pipeline import Pipeline, PipelineOptions
-from authz.registry import SeededRegistry
-from tests.conftest import POLICIES, PURPOSE, Clock, check_input, grant, keys_for, rules
+from authz.policy import load as policy_load
+from authz.server.app import assemble
+from authz.server.metrics import Metrics
+from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
+from tests.conftest import POLICIES, PURPOSE, Clock, check_input, grant, keys_for
 
 RECORDS = "/patients/p-1001/records"
 DISAGREEMENTS = "lasthop_shadow_disagreements_total"
@@ -113,15 +112,14 @@ class Env:
         self.metrics = Metrics(self.registry)
         self.issuer = issuer
         keys = keys_for(issuer)
-        self.pipeline = Pipeline(
-            verifier=AccessTokenVerifier(keys, rules(), self.clock),
-            intent=IntentReader(keys, rules(types=TXN_TOKEN_TYPES), self.clock),
-            registry=SeededRegistry(self.bundle.agents),
+        self.pipeline = assemble(
+            ident=IdentitySettings(),
+            keys=keys,
             bundle=self.bundle,
+            registry=SeededRegistry(self.bundle.agents),
             store=self.store,
             audit=self.audit,
-            metrics=self.metrics,
-            options=PipelineOptions(max_chain_depth=4, bind_peer=False),
+            observer=self.metrics,
             clock=self.clock,
         )
 

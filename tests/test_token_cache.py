@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from authz import jwks
-from authz.demo_tokens import DemoIssuer
+from authz.check import keys as jwks
+from authz.check.identity import AccessTokenVerifier
+from authz.dev.tokens import DemoIssuer
 from authz.errors import TokenError
-from authz.identity import AccessTokenVerifier
 from tests.conftest import Clock, keys_for, rules
 
 
@@ -20,7 +20,7 @@ def test_a_repeated_token_is_not_verified_again(
     token = issuer.access_token("dr-alice", ["scribe"])
     first = verifier.verify(token)
     calls = []
-    monkeypatch.setattr("authz.identity.verify", lambda *a: calls.append(a))
+    monkeypatch.setattr("authz.check.identity.verify", lambda *a: calls.append(a))
     assert verifier.verify(token) is first
     assert calls == []
 

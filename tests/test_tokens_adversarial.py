@@ -46,14 +46,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, get_default_algorithms
 
-from authz import identity
-from authz.demo_tokens import AUDIENCE, ISSUER, DemoIssuer, act_claim
+from authz.check import identity
+from authz.check.delegation import act_claim
+from authz.check.identity import MAX_TOKEN_BYTES, IdentityRules
+from authz.check.keys import KeySource, StaticKeys
+from authz.check.pipeline import Pipeline
+from authz.dev.tokens import AUDIENCE, ISSUER, DemoIssuer
 from authz.errors import TokenError
-from authz.grants import EmbeddedGrantStore
-from authz.identity import MAX_TOKEN_BYTES, IdentityRules
-from authz.jwks import KeySource, StaticKeys
 from authz.model import Decision, Intent
-from authz.pipeline import Pipeline
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant, keys_for, rules
 
 ES_KID = "test-es256"  # the kids conftest gives its issuers

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
-from authz import delegation, grants, identity, policy, policy_load
-from authz.audit import AuditRecord
-from authz.audit_log import AuditLog
-from authz.audit_trail import TrailOptions
-from authz.demo_tokens import DemoIssuer
-from authz.grants import EmbeddedGrantStore
+from authz.audit.records import AuditRecord
+from authz.audit.signing import SigningKey
+from authz.audit.trail import TrailOptions
+from authz.audit.writer import AuditLog
+from authz.check import delegation, grants, identity
+from authz.dev.tokens import DemoIssuer
 from authz.model import EntityRef, RouteMatch
-from authz.signing import SigningKey
+from authz.policy import evaluate as policy
+from authz.policy import load as policy_load
+from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import POLICIES, PURPOSE, grant, keys_for, rules
 
 ROUTE = RouteMatch(
@@ -89,10 +91,9 @@ def test_cedar_decision(benchmark: Any) -> None:
     delta = policy.request_entities(
         ROUTE.resource, ROUTE.parents, [bundle.agents["orchestrator"], bundle.agents["scribe"]]
     )
-    cedar = request.as_cedar()
 
     def decide() -> policy.CedarOutcome:
-        return policy._evaluate(bundle, request, cedar, delta)  # uncached
+        return policy.PolicyEngine(bundle).evaluate(request, delta)  # a fresh engine: uncached
 
     assert benchmark(decide).allowed
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from authz import devstack
 from authz._proto import grants_pb2 as pb
-from authz.admin_client import AdminClient
-from authz.demo_tokens import DemoIssuer
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminClient
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
+from authz.dev.upstream import DemoUpstream
 
 PURPOSE = "clinical-documentation"
 RECORDS = "/patients/p-1001/records"

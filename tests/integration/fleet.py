@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz import devstack
 from authz._proto import agents_pb2 as apb
 from authz._proto import grants_pb2 as pb
-from authz.admin_client import AdminClient
-from authz.demo_tokens import DemoIssuer
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminClient
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import PURPOSE, RECORDS, Response, request
 
 SEED_AGENT = "fleet-seeded"

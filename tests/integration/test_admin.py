@@ -12,8 +12,8 @@ import pytest
 
 from authz._proto import grants_pb2 as pb
 from authz._proto import grants_pb2_grpc as pb_grpc
-from authz.admin_client import AdminClient, AdminError
-from authz.demo_tokens import ADMIN_AUDIENCE, ISSUER, DemoIssuer
+from authz.cli.admin_client import AdminClient, AdminError
+from authz.dev.tokens import ADMIN_AUDIENCE, ISSUER, DemoIssuer
 from tests.integration.conftest import PURPOSE, RECORDS, Stack, assert_deny, run_cli, unique
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from google.protobuf.json_format import MessageToDict
 
 from authz._proto import agents_pb2 as apb
 from authz._proto import agents_pb2_grpc as apb_grpc
-from authz.admin_client import AdminClient, AdminError
-from authz.demo_tokens import ADMIN_AUDIENCE, ISSUER, DemoIssuer
+from authz.cli.admin_client import AdminClient, AdminError
+from authz.dev.tokens import ADMIN_AUDIENCE, ISSUER, DemoIssuer
 from tests.integration.conftest import PURPOSE, RECORDS, Stack, assert_deny, run_cli, unique
 
 pytestmark = pytest.mark.integration
@@ -209,10 +209,14 @@ def _bad_requests(target: str) -> list[Any]:
         pytest.param(reg(id="a" * 64), bad, "must be 1-63", id="register-id-too-long"),
         pytest.param(reg(id="has space"), bad, "id `has space`", id="register-id-with-space"),
         pytest.param(reg(id="x/../y"), bad, "id `x/../y`", id="register-id-with-slash"),
-        pytest.param(reg(owner=""), bad, "owner must name", id="register-empty-owner"),
-        pytest.param(reg(owner="   "), bad, "owner must name", id="register-blank-owner"),
-        pytest.param(reg(risk=101), bad, "risk must be 0 to 100, got 101", id="register-risk-101"),
-        pytest.param(reg(risk=-1), bad, "risk must be 0 to 100, got -1", id="register-risk-neg"),
+        pytest.param(reg(owner=""), bad, "`owner` must name", id="register-empty-owner"),
+        pytest.param(reg(owner="   "), bad, "`owner` must name", id="register-blank-owner"),
+        pytest.param(
+            reg(risk=101), bad, "`risk` must be an integer 0 to 100", id="register-risk-101"
+        ),
+        pytest.param(
+            reg(risk=-1), bad, "`risk` must be an integer 0 to 100", id="register-risk-neg"
+        ),
         pytest.param(
             reg(allowed_purposes=[""]),
             bad,
@@ -228,7 +232,7 @@ def _bad_requests(target: str) -> list[Any]:
         pytest.param(
             reg(description="x" * 1001),
             bad,
-            "description must be at most 1000",
+            "`description` must be at most 1000",
             id="register-long-description",
         ),
         pytest.param(
@@ -251,9 +255,11 @@ def _bad_requests(target: str) -> list[Any]:
         ),
         pytest.param(lambda c: c.get_agent(""), "not_found", "no agent ``", id="get-empty-id"),
         pytest.param(upd(), bad, "nothing to update", id="update-nothing"),
-        pytest.param(upd(risk=101), bad, "risk must be 0 to 100, got 101", id="update-risk-101"),
-        pytest.param(upd(risk=-1), bad, "risk must be 0 to 100, got -1", id="update-risk-neg"),
-        pytest.param(upd(owner=""), bad, "owner must name", id="update-empty-owner"),
+        pytest.param(
+            upd(risk=101), bad, "`risk` must be an integer 0 to 100", id="update-risk-101"
+        ),
+        pytest.param(upd(risk=-1), bad, "`risk` must be an integer 0 to 100", id="update-risk-neg"),
+        pytest.param(upd(owner=""), bad, "`owner` must name", id="update-empty-owner"),
         pytest.param(
             upd(allowed_purposes=[""], set_allowed_purposes=True),
             bad,
@@ -384,19 +390,19 @@ def test_cli_approver_cannot_touch_agents(stack: Stack, target: str, command: li
         pytest.param(
             ["register", "adm-cli-x", "--owner", "", "--risk", "5"],
             "invalid_argument",
-            "owner must name",
+            "`owner` must name",
             id="register-empty-owner",
         ),
         pytest.param(
             ["register", "adm-cli-x", "--owner", "dr-alice", "--risk", "101"],
             "invalid_argument",
-            "risk must be 0 to 100, got 101",
+            "`risk` must be an integer 0 to 100",
             id="register-risk-101",
         ),
         pytest.param(
             ["register", "adm-cli-x", "--owner", "dr-alice", "--risk", "-1"],
             "invalid_argument",
-            "risk must be 0 to 100, got -1",
+            "`risk` must be an integer 0 to 100",
             id="register-risk-neg",
         ),
         pytest.param(
@@ -417,7 +423,7 @@ def test_cli_approver_cannot_touch_agents(stack: Stack, target: str, command: li
         pytest.param(
             ["update", "{target}", "--risk", "101"],
             "invalid_argument",
-            "risk must be 0 to 100",
+            "`risk` must be an integer 0 to 100",
             id="update-risk-101",
         ),
         pytest.param(

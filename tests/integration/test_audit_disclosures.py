@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.demo import _scenario
-from authz.demo_upstream import DemoUpstream
+from authz.dev.demo import _scenario
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import run_cli, running_stack
 
 pytestmark = pytest.mark.integration

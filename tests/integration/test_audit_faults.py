@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.admin_client import AdminError
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminError
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import (
     RECORDS,
     Response,
@@ -81,7 +81,7 @@ def test_write_fails_with_efbig(upstream: DemoUpstream) -> None:
     limit = f"({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})"
     limited = (
         f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, {limit}); "
-        "from authz.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
+        "from authz.cli.main import main; sys.exit(main(['serve', *sys.argv[1:]]))"
     )
     with running_stack(
         "lasthop-it-efbig-",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from authz import devstack
-from authz.audit_log import MAX_BATCH
-from authz.demo_upstream import DemoUpstream
+from authz.audit.writer import MAX_BATCH
+from authz.dev import stack as devstack
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import (
     RECORDS,
     Response,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from authz import devstack
+from authz.dev import stack as devstack
 from tests.integration.conftest import (
     RECORDS,
     Stack,

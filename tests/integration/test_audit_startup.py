@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authz import devstack
-from authz.demo_tokens import DemoIssuer
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 
 pytestmark = pytest.mark.integration
 

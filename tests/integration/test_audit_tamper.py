@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from authz.audit_chain import line, record_hash, signing_input
-from authz.demo_upstream import DemoUpstream
-from authz.signing import SigningKey, b64url
+from authz.audit.chain import line, record_hash, signing_input
+from authz.audit.signing import SigningKey
+from authz.codec import b64url
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import RECORDS, run_cli, running_stack, unique
 
 pytestmark = pytest.mark.integration

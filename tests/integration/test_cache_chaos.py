@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from authz import devstack
-from authz.demo_upstream import DemoUpstream
+from authz.dev import stack as devstack
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import RECORDS, Response, assert_deny, unique, wait_until
 from tests.integration.fleet import (
     BOUND_SECONDS,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from authz.demo_tokens import DemoIssuer
+from authz.dev.tokens import DemoIssuer
 from tests.integration.conftest import (
     PURPOSE,
     RECORDS,

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from authz import devstack
 from authz._proto import agents_pb2 as apb
-from authz.admin_client import AdminError
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminError
+from authz.dev import stack as devstack
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import RECORDS, Response, assert_deny, unique, wait_until
 from tests.integration.fleet import (
     BOUND_SECONDS,

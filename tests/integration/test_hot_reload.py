@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authz import devstack
 from authz._proto import grants_pb2 as pb
-from authz.admin_client import AdminClient
-from authz.demo_tokens import DemoIssuer
-from authz.demo_upstream import DemoUpstream
+from authz.cli.admin_client import AdminClient
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import PURPOSE, RECORDS, assert_deny, request, unique
 
 pytestmark = pytest.mark.integration

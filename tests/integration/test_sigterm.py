@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from authz.demo_upstream import DemoUpstream
+from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import (
     RECORDS,
     Response,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from authz import devstack
-from authz.demo_tokens import DemoIssuer
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 from tests.integration.conftest import port_open
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from authz import devstack
-from authz.admin_client import AdminError
-from authz.demo_upstream import DemoUpstream
-from authz.devtopology import ClusterTopology, SentinelTopology, command
-from authz.redis_store import PREFIX, pair_tag
+from authz.cli.admin_client import AdminError
+from authz.dev import stack as devstack
+from authz.dev.topology import ClusterTopology, SentinelTopology, command
+from authz.dev.upstream import DemoUpstream
+from authz.stores.redis_store import PREFIX, pair_tag
 from tests.integration.conftest import RECORDS, assert_deny, unique
 from tests.integration.fleet import BOUND_SECONDS, Fleet, poll_until_denied, running_fleet
 

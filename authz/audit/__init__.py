@@ -1,0 +1,1 @@
+"""Proof of control: records, the hash chain, the trail, receipts, disclosures."""

@@ -1,0 +1,140 @@
+"""What goes into the audit trail, and the sink the request path hands it to.
+
+Three kinds of record share one hash chain (`authz.audit_chain`), told apart
+by `type`:
+
+    decision    one per Check, allow or deny (`AuditRecord`)
+    event       a lifecycle change: a grant issued or revoked, the trail
+                opened; later, agents registered or suspended (`EventRecord`)
+    checkpoint  a signed statement of the chain's head (`authz.audit_chain`)
+
+The chain hashes every field a record holds, so adding a field (a future
+`shadow` decision, say) needs no change to hashing or verification. Records
+never hold a token, only its SHA-256; `json.dumps` escapes every control
+and non-ASCII character, so each record stays one ASCII line whatever the
+claims contain. Floats are not allowed in the chained part except
+`latency_ms`, which always holds at most three decimals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from authz.model import CheckInput, Decision
+
+DECISION = "decision"
+EVENT = "event"
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    decision_id: str
+    time: str  # RFC 3339, UTC, milliseconds
+    decision: str  # allow | deny
+    status: int
+    reason: str
+    user: str
+    chain: list[str]
+    agent: str
+    client_id: str
+    peer: str
+    action: str
+    resource: str
+    method: str
+    host: str
+    path: str  # without the query string
+    purpose: str
+    txn: str
+    grant_id: str
+    policies: list[str]
+    policy_version: str
+    token_sha256: str
+    latency_ms: float
+    shadow: list[dict[str, str]] = field(default_factory=list)  # [{policy, effect}]
+    shadow_disagrees: bool = False  # enforcing the shadow policies would flip the decision
+    dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
+    owner: str = ""  # the current actor's accountable owner, from the registry
+    phi: bool = False  # the route is marked `phi = true`: an allow is a disclosure
+    parents: list[str] = field(default_factory=list)  # the resource's ancestors
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, shallow: a record is never changed once made."""
+        return {"type": DECISION, **{name: getattr(self, name) for name in _DECISION_FIELDS}}
+
+    @classmethod
+    def of(cls, d: Decision, req: CheckInput, time: str, elapsed: float) -> AuditRecord:
+        """The record of decision `d` on request `req`, taken `elapsed` seconds, at `time`."""
+        chain, intent, route = d.chain, d.intent, d.route
+        return cls(
+            decision_id=d.decision_id,
+            time=time,
+            decision="allow" if d.allowed else "deny",
+            status=d.status,
+            reason=str(d.reason),
+            user=chain.user if chain else "",
+            chain=list(chain.agents) if chain else [],
+            agent=chain.actor if chain else "",
+            client_id=d.client_id,
+            peer=req.peer_principal,
+            action=route.action if route else "",
+            resource=str(route.resource) if route else "",
+            method=req.method,
+            host=req.host,
+            path=req.path,
+            purpose=intent.purpose if intent else "",
+            txn=intent.txn if intent else "",
+            grant_id=d.grant.id if d.grant else "",
+            policies=list(d.policies),
+            policy_version=d.policy_version,
+            token_sha256=d.token_digest,
+            latency_ms=round(elapsed * 1000, 3),
+            shadow=[{"policy": policy, "effect": effect} for policy, effect in d.shadow],
+            shadow_disagrees=d.shadow_disagrees,
+            dry_run=d.dry_run,
+            owner=d.owner,
+            phi=route.phi if route else False,
+            parents=[str(p) for p in route.parents] if route else [],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A lifecycle event: `event` says what, `actor` who did it, `target` to what."""
+
+    event: str  # trail_opened, grant_issued|revoked|used|exhausted|expired, agent_registered...
+    actor: str  # the admin token's `sub`, or `lasthop` for the server itself
+    target: str  # a grant id, an agent id, a file
+    time: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": EVENT, **{name: getattr(self, name) for name in _EVENT_FIELDS}}
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
+
+Record = AuditRecord | EventRecord
+
+
+class AuditSink(Protocol):
+    async def commit(self, record: Record) -> bool:
+        """Hand `record` to the trail. True once it is as safe as `audit.fsync` promises
+        (`always`: on disk; an interval: handed to the writer); False if it cannot be."""
+        ...
+
+
+class MemoryAudit:
+    """Keeps records in a list; for tests."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def emit(self, record: Record) -> bool:
+        self.records.append(record)
+        return True
+
+    async def commit(self, record: Record) -> bool:
+        return self.emit(record)

@@ -1,0 +1,1 @@
+"""The decision path: the pipeline and its phases, one module each."""

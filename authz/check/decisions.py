@@ -1,0 +1,62 @@
+"""Whole decisions kept for identical requests, within one second and one state of the world.
+
+A key holds everything a decision depends on: the exact `authorization`
+and `txn-token` header values, method, path, host and peer; the current
+second (the token, grant and Cedar `time` checks all work in whole
+seconds); the policy version and the issuer's key generation; and the
+store generation, which every grant or agent write, every invalidation
+message and every drop of the invalidation channel moves on. So a cached
+decision is the decision the pipeline would make now. The query string is
+not in the key: nothing in a decision depends on it.
+
+What the pipeline never caches: 503s (the store, audit or Cedar could not
+decide), and any decision that spent a use of a use-limited grant. With no
+generation (`freshness()` is None: the invalidation channel is down, or
+Redis runs without local caches) nothing is cached or served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from authz.model import CheckInput, Decision
+from authz.stores.cache import BoundedCache
+
+Key = tuple[Any, ...]
+ENTRIES = 10_000
+TTL_SECONDS = 1.0  # the key holds the second; this only lets entries of past seconds go
+
+
+class DecisionCache:
+    def __init__(self, freshness: Callable[[], int | None], entries: int = ENTRIES) -> None:
+        self._freshness = freshness
+        self._entries: BoundedCache[Key, Decision] = BoundedCache(entries, TTL_SECONDS)
+
+    def key(self, req: CheckInput, version: str, keys: int, now: float) -> Key | None:
+        generation = self._freshness()
+        if generation is None:
+            return None
+        headers = req.headers
+        return (
+            tuple(headers.get("authorization", ())),
+            tuple(headers.get("txn-token", ())),
+            req.method,
+            req.path,
+            req.host,
+            req.peer_principal,
+            int(now),
+            version,
+            keys,
+            generation,
+        )
+
+    def get(self, key: Key | None) -> Decision | None:
+        return None if key is None else self._entries.get(key)
+
+    def put(self, key: Key | None, decision: Decision) -> None:
+        if key is not None:
+            self._entries.put(key, decision)
+
+    def __len__(self) -> int:
+        return len(self._entries)

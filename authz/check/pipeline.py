@@ -1,0 +1,453 @@
+"""The decision path: one function per phase, in the order the spec gives.
+
+    decision cache -> an identical request in the same second, against the same
+                      policy, keys and store state, gets the decision already made
+    identity  -> verify the bearer JWT                                       (401)
+    chain     -> read `act` into user -> agents -> actor; refuse cycles, depth and
+                 anyone presenting the token but the current actor
+    registry  -> every agent in the chain registered and active
+    intent    -> purpose and txn, from a verified txn-token or the token's own claims
+    route     -> method + path -> Cedar action + resource
+    grants    -> a PHI route needs a live grant of (actor, user) for this purpose
+    cedar     -> Allow with no errors, or deny
+    uses      -> a use-limited grant counts this use atomically; over the limit: deny
+    receipt   -> an allow gets a signed receipt for the upstream, bound to its record
+    audit     -> one record per decision; no record, no allow
+
+Combining rule: the first phase that refuses decides, with its reason. A
+decision is allowed only on the path that reaches the end; every exception,
+whatever its type, becomes a deny. The phase names are the metric labels.
+
+Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
+says what its key holds) and served again with a new decision id. Never
+cached: 503s, and a decision that spent a use of a use-limited grant.
+
+Dry-run (`policies.mode = "dry-run"`, which needs `policies.allow_dry_run`):
+a grant or Cedar denial is recorded as what it would have been and allowed.
+Token, chain, route and availability failures are still enforced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from authz.audit.receipts import ReceiptSigner
+from authz.audit.records import AuditRecord, AuditSink, EventRecord
+from authz.check import delegation, grants, identity
+from authz.check.decisions import DecisionCache
+from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
+from authz.check.registry import resolve_chain
+from authz.codec import rfc3339
+from authz.errors import (
+    AuditUnavailable,
+    DelegationError,
+    GrantError,
+    InternalError,
+    LasthopError,
+    PolicyDenied,
+)
+from authz.model import (
+    DEFAULT_TIERS,
+    Agent,
+    Chain,
+    CheckInput,
+    Decision,
+    EntityRef,
+    Grant,
+    Intent,
+    RiskTiers,
+    RouteMatch,
+    TokenClaims,
+)
+from authz.policy.evaluate import CedarOutcome, CedarRequest, PolicyEngine, enforce
+from authz.policy.load import PolicyBundle
+from authz.reasons import Reason
+from authz.stores.cache import BoundedCache
+from authz.stores.protocols import AgentRegistry, GrantStore
+
+log = logging.getLogger(__name__)
+
+PHASES = (
+    "identity", "chain", "registry", "intent", "route", "grants", "cedar", "uses", "receipt",
+    "audit",
+)  # fmt: skip
+EXPIRED_SEEN_ENTRIES = 10_000
+
+
+class CheckObserver(Protocol):
+    """What the pipeline reports as it goes (metrics, tracing); it never decides anything.
+
+    `started` and `ended` pair up even when Envoy cancels the check."""
+
+    def started(self) -> None: ...
+    def phase(self, name: str, seconds: float) -> None: ...
+    def decided(self, decision: Decision, seconds: float, cached: bool) -> None: ...
+    def ended(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    max_chain_depth: int
+    bind_peer: bool
+    trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
+    dry_run: bool = False
+    tiers: RiskTiers = DEFAULT_TIERS
+
+
+@dataclass
+class _Facts:
+    """What the phases have learned so far; a denial carries whatever was known."""
+
+    policy_version: str
+    token_digest: str = ""
+    client_id: str = ""
+    chain: Chain | None = None
+    owner: str = ""  # the current actor's accountable owner
+    intent: Intent | None = None
+    route: RouteMatch | None = None
+    grant: Grant | None = None
+    cedar: CedarRequest | None = None
+    outcome: CedarOutcome | None = None
+    spends_use: bool = False  # a use-limited grant was spent: never cache this decision
+    policies: tuple[str, ...] = field(default_factory=tuple)
+
+    def decision(
+        self, decision_id: str, reason: Reason | str, detail: str, status: int, dry_run: str = ""
+    ) -> Decision:
+        outcome = self.outcome
+        return Decision(
+            decision_id=decision_id,
+            allowed=status == 200,
+            status=status,
+            reason=reason,
+            detail=detail,
+            chain=self.chain,
+            intent=self.intent,
+            route=self.route,
+            grant=self.grant,
+            policies=self.policies or (outcome.policies if outcome else ()),
+            client_id=self.client_id,
+            token_digest=self.token_digest,
+            cedar=self.cedar.as_cedar() if self.cedar else None,
+            shadow=tuple((h.policy, h.effect) for h in outcome.shadow) if outcome else (),
+            shadow_disagrees=outcome.shadow_disagrees if outcome else False,
+            owner=self.owner,
+            dry_run=dry_run,
+            policy_version=self.policy_version,
+        )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        verifier: identity.AccessTokenVerifier,
+        intent: IntentReader,
+        registry: AgentRegistry,
+        bundle: PolicyBundle,
+        store: GrantStore,
+        audit: AuditSink,
+        observer: CheckObserver | None,
+        options: PipelineOptions,
+        clock: Callable[[], float] = time.time,
+        decisions: DecisionCache | None = None,
+        receipts: ReceiptSigner | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.intent = intent
+        self.registry = registry
+        self.options = options
+        self.policy = PolicyEngine(bundle, options.tiers)  # replaced whole on reload
+        self.store = store
+        self.audit = audit
+        self.observer = observer
+        self.clock = clock
+        self.decisions = decisions
+        self.receipts = receipts
+        self._expired_seen: BoundedCache[str, bool] = BoundedCache(EXPIRED_SEEN_ENTRIES)
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self.policy.bundle
+
+    @bundle.setter
+    def bundle(self, bundle: PolicyBundle) -> None:
+        """Put a new policy bundle in force: checks that started keep the one they read."""
+        self.policy = PolicyEngine(bundle, self.options.tiers)
+
+    async def check(self, req: CheckInput) -> Decision:
+        """Decide, sign, record: the one entry point. Never raises."""
+        started = time.perf_counter()
+        observer = self.observer
+        if observer:
+            observer.started()
+        try:
+            decision, cached = await self._decision(req, uuid.uuid4().hex)
+            if decision.allowed and self.receipts is not None:
+                decision = self._receipt(decision, req)
+            decision = await self._record(decision, req, started)
+            if observer:
+                observer.decided(decision, time.perf_counter() - started, cached)
+            return decision
+        finally:
+            if observer:
+                observer.ended()
+
+    async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
+        """The cached decision for this exact request, or a new one; (decision, cached)."""
+        policy = self.policy  # one bundle for the whole check, whatever a reload does
+        cache = self.decisions
+        key = None
+        if cache is not None:
+            key = cache.key(req, policy.bundle.version, self.verifier.key_generation, self.clock())
+            hit = cache.get(key)
+            if hit is not None:
+                return replace(hit, decision_id=decision_id), True
+        facts = _Facts(policy_version=policy.bundle.version)
+        decision = await self._decide_all(req, policy, facts, decision_id)
+        if cache is not None and decision.status != 503 and not facts.spends_use:
+            cache.put(key, decision)
+        return decision, False
+
+    async def _decide_all(
+        self, req: CheckInput, policy: PolicyEngine, facts: _Facts, decision_id: str
+    ) -> Decision:
+        """Every phase, and the decision they come to; never raises."""
+        try:
+            await self._decide(req, policy, facts)
+            return facts.decision(decision_id, Reason.ALLOWED, "allowed", 200)
+        except (GrantError, PolicyDenied) as err:
+            if self.options.dry_run:
+                detail = f"dry run: would deny: {err.reason}: {err.detail}"
+                return facts.decision(decision_id, Reason.DRY_RUN, detail, 200, str(err.reason))
+            facts.policies = err.policies or facts.policies
+            return facts.decision(decision_id, err.reason, err.detail, err.status)
+        except LasthopError as err:
+            facts.policies = err.policies or facts.policies
+            return facts.decision(decision_id, err.reason, err.detail, err.status)
+        except Exception:  # noqa: BLE001 - any bug is a deny, never an allow
+            log.exception("check %s failed", decision_id)
+            internal = InternalError()
+            return facts.decision(decision_id, internal.reason, internal.detail, internal.status)
+
+    async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
+        """The phases in order; each records what it learned, the first refusal raises."""
+        timer = self._timer()
+        claims = self._identity(req, facts)
+        timer("identity")
+        chain = facts.chain = await self._chain(req, claims)
+        timer("chain")
+        agents = await self._registry(chain, facts)
+        timer("registry")
+        intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        timer("intent")
+        route = facts.route = policy.bundle.routes.resolve(req.method, req.path)
+        timer("route")
+        grant = facts.grant = await self._grants(chain, route, intent)
+        timer("grants")
+        self._cedar(req, policy, facts, chain, agents, intent, route, grant)
+        timer("cedar")
+        if grant is not None and grant.max_uses:
+            facts.spends_use = True
+            await self._uses(grant)
+            timer("uses")
+
+    # --- the phases, in order -----------------------------------------------------------------
+
+    def _identity(self, req: CheckInput, facts: _Facts) -> TokenClaims:
+        """Exactly one `Bearer <jwt>` that verifies against the issuer's keys."""
+        token = identity.bearer_token(req.headers.get("authorization", []))
+        facts.token_digest = identity.token_digest(token)
+        claims = self.verifier.verify(token)
+        facts.client_id = claims.client_id
+        return claims
+
+    async def _chain(self, req: CheckInput, claims: TokenClaims) -> Chain:
+        """The `act` chain, presented by its current actor and no one else."""
+        chain = delegation.read_chain(claims, self.options.max_chain_depth)
+        client = claims.client_id
+        # Only a token with no `act` needs the client looked up: an agent presenting it.
+        presenting_agent = (
+            bool(client) and not chain.agents and await self.registry.get(client) is not None
+        )
+        delegation.check_presenter(
+            claims, chain, {client} if presenting_agent else set(), self._peer_agent(req)
+        )
+        return chain
+
+    async def _registry(self, chain: Chain, facts: _Facts) -> tuple[Agent, ...]:
+        """Every agent in the chain registered and active."""
+        agents = await resolve_chain(self.registry, chain)
+        facts.owner = agents[-1].owner if agents else ""
+        return tuple(agents)
+
+    async def _grants(self, chain: Chain, route: RouteMatch, intent: Intent) -> Grant | None:
+        """A PHI route needs a live grant of (actor, user) for this purpose; others need none."""
+        if not route.phi:
+            return None
+        held = await self.store.for_pair(chain.actor, chain.user)
+        try:
+            return grants.select(held, route, intent.purpose, self.clock())
+        except GrantError as err:
+            if err.reason == Reason.GRANT_EXPIRED:
+                await self._expired(held, route)
+            raise
+
+    def _cedar(
+        self,
+        req: CheckInput,
+        policy: PolicyEngine,
+        facts: _Facts,
+        chain: Chain,
+        agents: tuple[Agent, ...],
+        intent: Intent,
+        route: RouteMatch,
+        grant: Grant | None,
+    ) -> None:
+        """Cedar says Allow with no errors, or the request is denied."""
+        principal = (
+            EntityRef("Agent", chain.actor) if chain.agents else EntityRef("User", chain.user)
+        )
+        request = facts.cedar = CedarRequest(
+            principal=principal,
+            action=route.action,
+            resource=route.resource,
+            context=self._context(req, chain, intent, grant),
+        )
+        facts.outcome = policy.evaluate(
+            request, policy.delta(route.resource, route.parents, agents)
+        )
+        enforce(facts.outcome)
+
+    async def _uses(self, grant: Grant) -> None:
+        """Count this use atomically across replicas; over the limit: deny."""
+        uses = await self.store.consume(grant)
+        if uses > grant.max_uses:
+            raise GrantError(Reason.GRANT_EXHAUSTED, f"grant `{grant.id}` has no uses left")
+        detail = {
+            "uses": uses,
+            "max_uses": grant.max_uses,
+            "agent": grant.agent,
+            "user": grant.user,
+        }
+        await self._event("grant_used", grant.id, detail)
+        if uses == grant.max_uses:
+            await self._event("grant_exhausted", grant.id, detail)
+
+    def _receipt(self, decision: Decision, req: CheckInput) -> Decision:
+        """An allow's signed receipt; a receipt that cannot be made fails the check closed."""
+        timer = self._timer()
+        assert self.receipts is not None
+        try:
+            receipt = self.receipts.mint(decision, req)
+        except Exception:  # noqa: BLE001
+            log.exception("receipt for %s failed", decision.decision_id)
+            return _refused(decision, InternalError("cannot sign the receipt"))
+        timer("receipt")
+        return replace(decision, receipt=receipt)
+
+    async def _record(self, decision: Decision, req: CheckInput, started: float) -> Decision:
+        """No record, no allow: a sink that refuses or raises fails the check closed."""
+        timer = self._timer()
+        elapsed = time.perf_counter() - started
+        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed)
+        if not await self._audit(record):
+            decision = _refused(decision, AuditUnavailable())
+        timer("audit")
+        return decision
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _timer(self) -> Callable[[str], None]:
+        """`timer(phase)` reports the time since the previous call (or since this one)."""
+        observer = self.observer
+        if observer is None:
+            return _no_timer
+        last = [time.perf_counter()]
+
+        def timer(name: str) -> None:
+            now = time.perf_counter()
+            observer.phase(name, now - last[0])
+            last[0] = now
+
+        return timer
+
+    async def _event(self, event: str, target: str, detail: dict[str, object]) -> None:
+        """A lifecycle event the check caused; it must be on the trail before the check ends."""
+        record = EventRecord(
+            event=event, actor="lasthop", target=target, time=rfc3339(self.clock()), detail=detail
+        )
+        if not await self._audit(record):
+            raise AuditUnavailable()
+
+    async def _expired(self, held: list[Grant], route: RouteMatch) -> None:
+        """Record each covering grant found expired, once per process."""
+        now = self.clock()
+        for grant in held:
+            if (
+                grant.expires_at <= now
+                and grants.covers(grant, route)
+                and grant.id not in self._expired_seen
+            ):
+                self._expired_seen.put(grant.id, True)
+                detail = {"agent": grant.agent, "user": grant.user, "expires_at": grant.expires_at}
+                await self._event("grant_expired", grant.id, detail)
+
+    async def _audit(self, record: AuditRecord | EventRecord) -> bool:
+        try:
+            return await self.audit.commit(record)
+        except Exception:  # noqa: BLE001
+            log.exception(
+                "audit sink failed for %s",
+                getattr(record, "decision_id", "") or getattr(record, "event", ""),
+            )
+            return False
+
+    def _peer_agent(self, req: CheckInput) -> str | None:
+        if not self.options.bind_peer:
+            return None
+        agent = delegation.spiffe_agent(req.peer_principal, self.options.trust_domain)
+        if agent is None:
+            raise DelegationError(
+                Reason.PEER_MISMATCH,
+                "no SPIFFE peer identity from Envoy in the trust domain to bind",
+            )
+        return agent
+
+    def _context(
+        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None
+    ) -> dict[str, object]:
+        context: dict[str, object] = {
+            "user": {"__entity": {"type": "User", "id": chain.user}},
+            "chain_depth": chain.depth,
+            "agents": [{"__entity": {"type": "Agent", "id": a}} for a in chain.agents],
+            "delegator": chain.delegator,
+            "purpose": intent.purpose,
+            "txn": intent.txn,
+            "request": {"method": req.method, "path": req.path, "host": req.host},
+            "time": int(self.clock()),
+        }
+        if grant is not None:
+            context["grant"] = {
+                "id": grant.id,
+                "purpose": grant.purpose,
+                "issued_by": grant.issued_by,
+                "expires_at": grant.expires_at,
+            }
+        return context
+
+
+def _no_timer(name: str) -> None:
+    return None
+
+
+def _refused(decision: Decision, err: LasthopError) -> Decision:
+    """An allow that a later step could not complete: denied with that step's reason."""
+    return replace(
+        decision, allowed=False, status=err.status, reason=err.reason, detail=err.detail, receipt=""
+    )

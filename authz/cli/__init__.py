@@ -1,0 +1,1 @@
+"""The `lasthop` command line."""

@@ -1,0 +1,306 @@
+"""`lasthop audit verify|disclosures|keygen` and `lasthop receipt verify`.
+
+Exit codes: 0 the trail (or receipt) verifies / the report was written;
+1 it does not verify (the first broken record, or the reason, is printed);
+2 bad usage or unreadable input, with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from authz import config
+from authz.audit import disclosures, receipts
+from authz.audit import setup as audit_setup
+from authz.audit import verify as audit_verify
+from authz.audit.files import rotated_files, trail_files
+from authz.audit.signing import SigningKey, read_jwks
+from authz.errors import ConfigError, JwksError, ReceiptError, UsageError
+
+EXIT_BROKEN = 1
+EXIT_USAGE = 2
+SHOW_BYTES = 600
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_commands(audit: Any) -> None:
+    """Register under `lasthop audit` (the subparsers of the `audit` command)."""
+    verify = audit.add_parser(
+        "verify", help="check every hash, the sequence and every checkpoint signature of a trail"
+    )
+    verify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="the trail's live file (its rotated files are included), "
+        "rotated files, or a directory of trails",
+    )
+    _key_options(verify)
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        type=Path,
+        default=None,
+        help="the anchors file (default: PATH.checkpoints when it exists)",
+    )
+    verify.add_argument(
+        "--partial",
+        action="store_true",
+        help="the files may start after seq 1 (earlier files archived)",
+    )
+    verify.set_defaults(func=_guarded(cmd_verify))
+
+    disc = audit.add_parser(
+        "disclosures", help="the accounting of disclosures of PHI (45 CFR 164.528) from the trail"
+    )
+    disc.add_argument("--user", default="", help="on whose behalf the agents acted")
+    disc.add_argument("--patient", default="", help='the patient id (Patient::"ID")')
+    disc.add_argument("--since", help="from this date or ISO time (inclusive)")
+    disc.add_argument("--until", help="to this date (inclusive) or ISO time (exclusive)")
+    disc.add_argument(
+        "--trail",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="trail files (default: the configured audit.path and its rotations)",
+    )
+    disc.add_argument("--format", choices=disclosures.FORMATS, default="md")
+    _key_options(disc)
+    disc.set_defaults(func=_guarded(cmd_disclosures))
+
+    keygen = audit.add_parser("keygen", help="create an Ed25519 key for audit.signing_key")
+    keygen.add_argument("file", type=Path)
+    keygen.set_defaults(func=_guarded(cmd_keygen))
+
+
+def add_receipt_command(sub: Any) -> None:
+    """Register `lasthop receipt verify` (top-level subparsers)."""
+    receipt = sub.add_parser("receipt", help="verify a signed decision receipt offline")
+    verbs = receipt.add_subparsers(dest="receipt_command", required=True)
+    verify = verbs.add_parser("verify", help="check a receipt's signature and what it binds")
+    verify.add_argument("receipt", help="the x-lasthop-receipt value, or - to read stdin")
+    verify.add_argument("--jwks", type=Path, required=True, help="Lasthop's receipts JWKS")
+    verify.add_argument("--method", default="")
+    verify.add_argument("--path", default="", help="the request path (the query is ignored)")
+    verify.add_argument("--host", default="")
+    verify.add_argument("--body", type=Path, help="a file holding the request body")
+    verify.add_argument(
+        "--require-fresh",
+        action="store_true",
+        help="also refuse an expired receipt (as an upstream would)",
+    )
+    verify.set_defaults(func=_guarded(cmd_receipt_verify))
+
+
+def _key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jwks", type=Path, help="Lasthop's public keys (audit.jwks_path)")
+    p.add_argument(
+        "--config",
+        help="take audit.path, audit.jwks_path and audit.checkpoints_path from this config",
+    )
+
+
+def _guarded(command: Command) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (UsageError, JwksError, ConfigError, OSError, ValueError) as err:
+            print(f"lasthop: {err}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+# --- audit verify ------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = config.load(args.config) if args.config else None
+    files = expand(args.paths)
+    keys = _keys(args, settings, required=True)
+    anchors = _anchors(args, settings)
+    report = audit_verify.verify(files, keys, anchors, partial=args.partial)
+    if report.problem is not None:
+        print(f"BROKEN: {report.problem}")
+        where = report.problem.where
+        if where is not None and where.file.exists() and where.file.name != "":
+            print(f"record: {_line(where)}")
+        return EXIT_BROKEN
+    print(summary(report, anchors))
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def summary(report: audit_verify.Report, anchors: list[Path]) -> str:
+    text = (
+        f"ok: {report.records} records, seq {report.first_seq} to {report.last_seq}, "
+        f"in {len(report.files)} file(s); {report.checkpoints} checkpoint(s) signed by "
+        f"{', '.join(sorted(report.kids)) or 'no key'}"
+    )
+    if report.checkpoints:
+        after = report.last_seq - report.last_checkpoint
+        text += f"; the last at seq {report.last_checkpoint}"
+        if after:
+            text += f", {after} record(s) after it covered by the hash chain only"
+    if anchors:
+        text += f"; anchors checked: {', '.join(map(str, anchors))}"
+    else:
+        text += "; no anchors file: a truncation after the last checkpoint cannot be seen"
+    return text
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files of the trails named: a live file brings its rotated files; a directory, its trails."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            lives = sorted(p for p in path.iterdir() if p.suffix == ".jsonl" and p.is_file())
+            if not lives:
+                raise UsageError(f"`{path}` holds no *.jsonl trail")
+            for live in lives:
+                files.extend(trail_files(live))
+        elif path.is_file():
+            files.extend([*rotated_files(path), path])
+        else:
+            raise UsageError(f"`{path}`: no such file or directory")
+    return files
+
+
+def _keys(
+    args: argparse.Namespace, settings: config.Settings | None, required: bool
+) -> dict[str, Ed25519PublicKey] | None:
+    if args.jwks is not None:
+        return read_jwks(args.jwks)
+    if settings is not None:
+        path = audit_setup.jwks_path(settings)
+        if path.exists() or required:
+            return read_jwks(path)
+    if required:
+        raise UsageError(
+            "no public keys to check checkpoint signatures: pass --jwks FILE "
+            "(audit.jwks_path) or --config"
+        )
+    return None
+
+
+def _anchors(args: argparse.Namespace, settings: config.Settings | None) -> list[Path]:
+    if args.checkpoints:
+        for path in args.checkpoints:
+            if not path.is_file():
+                raise UsageError(f"--checkpoints: `{path}` not found")
+        return list(args.checkpoints)
+    found = [path.with_name(f"{path.name}.checkpoints") for path in args.paths if path.is_file()]
+    if settings is not None:
+        found.append(audit_setup.checkpoints_path(settings))
+    unique = {p.resolve(): p for p in found if p.is_file()}
+    return list(unique.values())
+
+
+def _line(where: audit_verify.Location) -> str:
+    with where.file.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if number == where.line:
+                text = raw.decode("ascii", "replace").rstrip("\n")
+                return text if len(text) <= SHOW_BYTES else text[:SHOW_BYTES] + "..."
+    return "(gone)"
+
+
+# --- audit disclosures -------------------------------------------------------------------------
+
+
+def cmd_disclosures(args: argparse.Namespace) -> int:
+    if not args.user and not args.patient:
+        raise UsageError("name whose disclosures: --user U, --patient ID, or both")
+    settings = config.load(args.config) if args.config else None
+    if args.trail:
+        files = expand(args.trail)
+    else:
+        live = audit_setup.trail_path(settings or config.load(None))
+        files = trail_files(live)
+        if not files:
+            raise UsageError(f"no audit trail at `{live}`: pass --trail or --config")
+    window = disclosures.Window(
+        since=disclosures.parse_day(args.since) if args.since else None,
+        until=disclosures.parse_day(args.until, end=True) if args.until else None,
+    )
+    keys = _keys(args, settings, required=False)
+    report = audit_verify.verify(files, keys, partial=True)
+    if report.problem is not None:
+        print(
+            f"lasthop: the trail does not verify, so it cannot account for disclosures: "
+            f"{report.problem}",
+            file=sys.stderr,
+        )
+        return EXIT_BROKEN
+    if keys is None:
+        print(
+            "lasthop: note: hashes and sequence verified; checkpoint signatures not "
+            "checked (pass --jwks)",
+            file=sys.stderr,
+        )
+    rows = disclosures.account(
+        disclosures.read_records(report.files), args.user, args.patient, window
+    )
+    sys.stdout.write(disclosures.render(rows, args.format, _title(args)))
+    return 0
+
+
+def _title(args: argparse.Namespace) -> str:
+    parts = [f"user {args.user}"] if args.user else []
+    if args.patient:
+        parts.append(f"patient {args.patient}")
+    if args.since or args.until:
+        parts.append(f"from {args.since or 'the start'} to {args.until or 'now'}")
+    return "Accounting of disclosures: " + ", ".join(parts)
+
+
+# --- audit keygen ------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.file.exists():
+        raise UsageError(f"`{args.file}` exists; not overwriting a key")
+    key = SigningKey.generate()
+    key.write_pem(args.file)
+    print(f"wrote {args.file} (mode 0600), kid {key.kid}\npublic JWK: {json.dumps(key.jwk)}")
+    return 0
+
+
+# --- receipt verify ----------------------------------------------------------------------------
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    token = sys.stdin.read().strip() if args.receipt == "-" else args.receipt.strip()
+    binding = receipts.Binding(
+        method=args.method,
+        path=args.path,
+        host=args.host,
+        body=args.body.read_bytes() if args.body else None,
+    )
+    keys = read_jwks(args.jwks)
+    try:
+        claims = receipts.verify(
+            token, keys, binding, now=time.time() if args.require_fresh else None
+        )
+    except ReceiptError as err:
+        print(f"INVALID: {err}")
+        return EXIT_BROKEN
+    checked = [name for name in ("method", "path", "host") if getattr(args, name)]
+    if args.body:
+        checked.append("body")
+    kid = jwt.get_unverified_header(token).get("kid")
+    print(f"valid: signed by {kid}; binding checked: {', '.join(checked) or 'none'}")
+    print(json.dumps(claims, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,1 @@
+"""Demo and development helpers, outside the runtime import graph."""

@@ -1,0 +1,1 @@
+"""Policies: loading, evaluation, reload, fixtures and scenarios, offline checks."""

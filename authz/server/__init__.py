@@ -1,0 +1,1 @@
+"""The composition root, the gRPC listeners, the Envoy adapter, admin, metrics."""

@@ -1,0 +1,223 @@
+"""The admin gRPC API (`lasthop.v1.Grants`) and its caller authentication.
+
+Auth rule: `authorization: Bearer <jwt>` metadata; the JWT verifies against the
+configured issuer's keys with audience `admin.audience`, is not a delegated
+(`act`) token, and its `scope` holds `lasthop:admin` or `lasthop:approver`.
+No or bad token: UNAUTHENTICATED. Valid token, wrong scope: PERMISSION_DENIED.
+
+Audit rule: every issue and revoke goes into the audit trail as an event
+(`grant_issued`, `grant_revoked`) naming the caller. A grant whose issue
+cannot be recorded is withdrawn and the call fails UNAVAILABLE; a revocation
+always stands (it only takes access away), and a failure to record it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from authz._proto import grants_pb2 as pb
+from authz._proto import grants_pb2_grpc as pb_grpc
+from authz.access.issue import GrantRequest, new_grant
+from authz.audit.records import AuditSink, EventRecord
+from authz.check import identity
+from authz.check.keys import KeySource
+from authz.codec import rfc3339
+from authz.errors import GrantRequestError, StoreUnavailable, TokenError
+from authz.model import Grant
+from authz.stores.protocols import AgentRegistry, GrantStore
+from authz.stores.registry import live
+
+log = logging.getLogger(__name__)
+
+GRANT_SCOPES = frozenset({"lasthop:admin", "lasthop:approver"})
+
+
+class AdminAuth:
+    def __init__(
+        self, keys: KeySource, rules: identity.IdentityRules, clock: Callable[[], float]
+    ) -> None:
+        self._keys = keys
+        self._rules = rules
+        self._clock = clock
+
+    async def caller(self, context: grpc.aio.ServicerContext, allowed: frozenset[str]) -> str:
+        """The `sub` of an authorised caller; aborts the RPC otherwise."""
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        try:
+            token = identity.bearer_token([str(v) for v in values])
+            claims = identity.verify(token, self._keys, self._rules, self._clock())
+        except TokenError as err:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"admin token refused: {err.reason}: {err.detail}"
+            )
+            raise  # abort raises; this keeps type checkers honest
+        if "act" in claims:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "a delegated (agent) token cannot call the admin API",
+            )
+        scope = claims.get("scope", "")
+        scopes = set(scope.split()) if isinstance(scope, str) else set()
+        if not scopes & allowed:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token scope must include one of {sorted(allowed)}",
+            )
+        return str(claims["sub"])
+
+
+def grant_message(grant: Grant, uses: int) -> pb.Grant:
+    return pb.Grant(
+        id=grant.id,
+        agent=grant.agent,
+        user=grant.user,
+        actions=list(grant.actions),
+        resources=list(grant.resources),
+        purpose=grant.purpose,
+        issued_by=grant.issued_by,
+        issued_at=grant.issued_at,
+        expires_at=grant.expires_at,
+        max_uses=grant.max_uses,
+        uses=uses,
+    )
+
+
+class GrantsService(pb_grpc.GrantsServicer):
+    def __init__(
+        self,
+        *,
+        auth: AdminAuth,
+        store: GrantStore,
+        registry: AgentRegistry,
+        actions: Callable[[], frozenset[str]],
+        max_ttl: int,
+        clock: Callable[[], float],
+        audit: AuditSink,
+    ) -> None:
+        self._auth = auth
+        self._store = store
+        self._registry = registry
+        self._actions = actions
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._audit = audit
+
+    async def IssueGrant(
+        self,
+        request: pb.IssueGrantRequest,  # noqa: N802 - gRPC name
+        context: grpc.aio.ServicerContext,
+    ) -> pb.Grant:
+        caller = await self._auth.caller(context, GRANT_SCOPES)
+        req = GrantRequest(
+            agent=request.agent,
+            user=request.user,
+            actions=tuple(request.actions),
+            resources=tuple(request.resources),
+            purpose=request.purpose,
+            ttl_seconds=request.ttl_seconds,
+            max_uses=request.max_uses,
+        )
+        try:
+            registered = live(await self._registry.get(req.agent)) is not None
+            grant = new_grant(
+                req,
+                caller,
+                int(self._clock()),
+                {req.agent} if registered else set(),
+                self._actions(),
+                self._max_ttl,
+            )
+            await self._store.put(grant)
+        except GrantRequestError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
+        except StoreUnavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
+            raise
+        if not await self._record("grant_issued", caller, grant):
+            await store_call(context, self._store.revoke(grant.id))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the audit trail cannot record the grant, so it was not issued",
+            )
+        log.info("grant %s issued by %s to %s for %s", grant.id, caller, grant.agent, grant.user)
+        return grant_message(grant, 0)
+
+    async def RevokeGrant(
+        self,
+        request: pb.RevokeGrantRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext,
+    ) -> pb.Grant:
+        caller = await self._auth.caller(context, GRANT_SCOPES)
+        grant = await store_call(context, self._store.revoke(request.id))
+        if grant is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
+        if not await self._record("grant_revoked", caller, grant):
+            log.error(
+                "grant %s revoked by %s, but the audit trail could not record it",
+                request.id,
+                caller,
+            )
+        log.info("grant %s revoked by %s", request.id, caller)
+        return grant_message(grant, 0)
+
+    async def _record(self, event: str, caller: str, grant: Grant) -> bool:
+        detail = {
+            "agent": grant.agent,
+            "user": grant.user,
+            "actions": list(grant.actions),
+            "resources": list(grant.resources),
+            "purpose": grant.purpose,
+            "issued_by": grant.issued_by,
+            "issued_at": grant.issued_at,
+            "expires_at": grant.expires_at,
+            "max_uses": grant.max_uses,
+        }
+        return await self._audit.commit(
+            EventRecord(
+                event=event,
+                actor=caller,
+                target=grant.id,
+                time=rfc3339(self._clock()),
+                detail=detail,
+            )
+        )
+
+    async def GetGrant(
+        self,
+        request: pb.GetGrantRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext,
+    ) -> pb.Grant:
+        await self._auth.caller(context, GRANT_SCOPES)
+        grant = await store_call(context, self._store.get(request.id))
+        if grant is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
+        return grant_message(grant, await store_call(context, self._store.uses(grant.id)))
+
+    async def ListGrants(
+        self,
+        request: pb.ListGrantsRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ListGrantsResponse:
+        await self._auth.caller(context, GRANT_SCOPES)
+        found = await store_call(context, self._store.list(request.agent, request.user))
+        now = self._clock()
+        messages = [
+            grant_message(g, await store_call(context, self._store.uses(g.id)))
+            for g in sorted(found, key=lambda g: g.expires_at)
+            if g.expires_at > now
+        ]
+        return pb.ListGrantsResponse(grants=messages)
+
+
+async def store_call(context: grpc.aio.ServicerContext, awaitable: Any) -> Any:
+    """Await a store operation; a store that cannot answer aborts the RPC UNAVAILABLE."""
+    try:
+        return await awaitable
+    except StoreUnavailable as err:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
+        raise

@@ -1,0 +1,288 @@
+"""The composition root: settings -> everything a server, an offline check or a test runs with.
+
+`build` wires a server: keys, policies, stores, audit, metrics, the pipeline,
+the admin services and the background tasks. `assemble` is the one place a
+`Pipeline` is constructed; `build`, the offline check (`server.offline`),
+the tests and the benchmarks all go through it, so they run the same
+decision path. Everything here happens once, at start-up; any error stops
+start-up with a message that names the config key or the policy file and line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from authz.audit import setup as audit_setup
+from authz.audit.receipts import ReceiptSigner
+from authz.audit.records import AuditSink
+from authz.audit.writer import AuditLog
+from authz.check import keys as jwks
+from authz.check.decisions import DecisionCache
+from authz.check.identity import (
+    ACCESS_TOKEN_TYPES,
+    TXN_TOKEN_TYPES,
+    AccessTokenVerifier,
+    IdentityRules,
+)
+from authz.check.intent import IntentReader
+from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
+from authz.config import IdentitySettings, Settings
+from authz.errors import StoreUnavailable
+from authz.model import DEFAULT_TIERS, RiskTiers
+from authz.policy import load as policy_load
+from authz.policy.reload import PolicyWatcher
+from authz.server.admin_agents import AgentsService
+from authz.server.admin_grants import AdminAuth, GrantsService
+from authz.server.metrics import Metrics
+from authz.stores.caching import CachingGrantStore, CachingRegistry
+from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
+from authz.stores.invalidation import Invalidation
+from authz.stores.protocols import AgentRegistry, AgentStore, GrantStore
+from authz.stores.redis_store import RedisStore
+from authz.stores.registry import StoreRegistry, seed
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Stores:
+    grants: GrantStore  # what checks and the admin API use (cached when on Redis)
+    agents: AgentStore  # the registry's store
+    registry: AgentRegistry  # what checks read agents through (cached when on Redis)
+    freshness: Callable[[], int | None]  # the decision cache's store generation
+    redis: RedisStore | None = None
+    invalidation: Invalidation | None = None
+
+
+@dataclass
+class App:
+    settings: Settings
+    pipeline: Pipeline
+    keys: jwks.StaticKeys
+    stores: Stores
+    audit: AuditLog
+    metrics: Metrics
+    grants_service: GrantsService
+    agents_service: AgentsService
+    receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
+    background: list[Task] = field(default_factory=list)  # run by `serve` until shutdown
+
+    @property
+    def store(self) -> GrantStore:
+        return self.stores.grants
+
+    @property
+    def agents(self) -> AgentStore:
+        return self.stores.agents
+
+    @property
+    def registry(self) -> AgentRegistry:
+        return self.stores.registry
+
+    @property
+    def redis(self) -> RedisStore | None:
+        return self.stores.redis
+
+    async def seed_registry(self, bundle: policy_load.PolicyBundle) -> None:
+        added = await seed(self.agents, bundle.agents, int(time.time()))
+        if added:
+            log.info("registry: seeded %s from entities.json", ", ".join(added))
+
+    async def install(self, bundle: policy_load.PolicyBundle) -> None:
+        """Put a new policy bundle into force: new seed agents first, then the whole set."""
+        try:
+            await self.seed_registry(bundle)
+        except StoreUnavailable as err:
+            log.error("registry seed after reload failed: %s; policies still reloaded", err)
+        self.pipeline.bundle = bundle
+
+
+def identity_rules(
+    ident: IdentitySettings, admin_audience: str = ""
+) -> tuple[IdentityRules, IdentityRules, IdentityRules]:
+    """(access token, txn-token, admin token) verification rules."""
+    algorithms = frozenset(ident.algorithms)
+    audiences = frozenset(ident.audiences)
+
+    def rules(
+        issuers: tuple[str, ...], auds: frozenset[str], types: frozenset[str]
+    ) -> IdentityRules:
+        return IdentityRules(
+            issuers=frozenset(issuers),
+            audiences=auds,
+            algorithms=algorithms,
+            types=types,
+            leeway=ident.leeway_seconds,
+            max_lifetime=ident.max_token_lifetime,
+        )
+
+    return (
+        rules((ident.issuer,), audiences, ACCESS_TOKEN_TYPES),
+        rules(ident.txn_token_issuers or (ident.issuer,), audiences, TXN_TOKEN_TYPES),
+        rules((ident.issuer,), frozenset({admin_audience}), ACCESS_TOKEN_TYPES),
+    )
+
+
+def assemble(
+    *,
+    ident: IdentitySettings,
+    keys: jwks.KeySource,
+    bundle: policy_load.PolicyBundle,
+    registry: AgentRegistry,
+    store: GrantStore,
+    audit: AuditSink,
+    observer: CheckObserver | None = None,
+    clock: Callable[[], float] = time.time,
+    dry_run: bool = False,
+    tiers: RiskTiers = DEFAULT_TIERS,
+    decisions: DecisionCache | None = None,
+    receipts: ReceiptSigner | None = None,
+) -> Pipeline:
+    """The decision pipeline from its parts: the only place one is constructed."""
+    access, txn, _ = identity_rules(ident)
+    return Pipeline(
+        verifier=AccessTokenVerifier(keys, access, clock),
+        intent=IntentReader(keys, txn, clock),
+        registry=registry,
+        bundle=bundle,
+        store=store,
+        audit=audit,
+        observer=observer,
+        options=PipelineOptions(
+            max_chain_depth=ident.max_chain_depth,
+            bind_peer=ident.bind_peer,
+            trust_domain=ident.spiffe_trust_domain,
+            dry_run=dry_run,
+            tiers=tiers,
+        ),
+        clock=clock,
+        decisions=decisions,
+        receipts=receipts,
+    )
+
+
+def tiers_of(settings: Settings) -> RiskTiers:
+    return RiskTiers(settings.registry.medium_risk_from, settings.registry.high_risk_from)
+
+
+def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> Stores:
+    """The embedded store (one process), or Redis with local caches kept by invalidation."""
+    st = settings.store
+    if not st.redis_url:
+        generation = Generation()
+        agents = EmbeddedAgentStore(generation)
+        return Stores(
+            grants=EmbeddedGrantStore(clock, generation),
+            agents=agents,
+            registry=StoreRegistry(agents),
+            freshness=lambda: generation.value,
+        )
+    redis = RedisStore(
+        st.redis_url,
+        st.timeout_ms,
+        cluster=st.redis_cluster,
+        revoke_replicas=st.revoke_replicas,
+        revoke_wait_ms=st.revoke_wait_ms,
+        observer=metrics,
+    )
+    if st.cache_ttl_ms <= 0:
+        return Stores(redis, redis, StoreRegistry(redis), lambda: None, redis)
+    inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
+    return Stores(
+        grants=CachingGrantStore(redis, inval),
+        agents=redis,
+        registry=CachingRegistry(redis, inval),
+        freshness=lambda: inval.generation if inval.live else None,
+        redis=redis,
+        invalidation=inval,
+    )
+
+
+def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
+    ident = settings.identity
+    clock = time.time
+    keys = jwks.load(ident.jwks, settings.base_dir, ident.algorithms, ident.jwks_refresh_seconds)
+    bundle = policy_load.load(settings.path(settings.policies.dir))
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    store = stores(settings, metrics, clock)
+    audit = audit_setup.build(settings, clock)
+    audit_log = audit.log
+    metrics.audit_queue.set_function(lambda: audit_log.depth)
+    metrics.policy_version.labels(bundle.version).set(1)
+    tiers = tiers_of(settings)
+    pipeline = assemble(
+        ident=ident,
+        keys=keys,
+        bundle=bundle,
+        registry=store.registry,
+        store=store.grants,
+        audit=audit.log,
+        observer=metrics,
+        clock=clock,
+        dry_run=settings.policies.mode == "dry-run",
+        tiers=tiers,
+        decisions=DecisionCache(store.freshness) if settings.store.cache_ttl_ms > 0 else None,
+        receipts=audit.receipts,
+    )
+    if settings.policies.mode == "dry-run":
+        log.warning(
+            "DRY RUN: policy and grant denials are logged and NOT enforced "
+            "(policies.mode = dry-run)"
+        )
+    _, _, admin_rules = identity_rules(ident, settings.admin.audience)
+    app = App(
+        settings=settings,
+        pipeline=pipeline,
+        keys=keys,
+        stores=store,
+        audit=audit.log,
+        metrics=metrics,
+        grants_service=GrantsService(
+            auth=AdminAuth(keys, admin_rules, clock),
+            store=store.grants,
+            registry=store.registry,
+            actions=lambda: pipeline.bundle.actions,
+            max_ttl=settings.grants.max_ttl,
+            clock=clock,
+            audit=audit.log,
+        ),
+        agents_service=AgentsService(
+            auth=AdminAuth(keys, admin_rules, clock),
+            agents=store.agents,
+            grant_store=store.grants,
+            tiers=tiers,
+            clock=clock,
+            audit=audit.log,
+        ),
+        receipts_jwks=audit.jwks,
+    )
+    app.background.extend(_background(app))
+    return app
+
+
+def _background(app: App) -> list[Task]:
+    """What runs beside the listeners: invalidation, key refresh, policy reload."""
+    tasks: list[Task] = []
+    if app.stores.invalidation is not None:
+        tasks.append(app.stores.invalidation.run)
+    if isinstance(app.keys, jwks.RemoteKeys):
+        tasks.append(app.keys.refresh_forever)
+    policies = app.settings.policies
+    if policies.reload_interval_seconds > 0:
+        watcher = PolicyWatcher(
+            app.settings.path(policies.dir),
+            policies.reload_interval_seconds,
+            lambda: app.pipeline.bundle,
+            app.install,
+            app.metrics,
+        )
+        tasks.append(watcher.run)
+    return tasks

@@ -1,0 +1,158 @@
+"""Envoy's ext_authz protocol <-> Lasthop's decisions. Pure translation, no I/O.
+
+- Headers are read from `header_map` (raw, one entry per header line) when Envoy
+  sends it, else from `headers` (Envoy joins repeats with a comma there).
+- An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
+  the signed `x-lasthop-receipt` when receipts are on, after removing every
+  `x-lasthop-*` header the client sent.
+- When Envoy sends the whole request body (`with_request_body`, and
+  `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
+- A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
+  a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
+  would reach Envoy's `failure_mode_allow`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2 as attributes
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authz.model import CheckInput, Decision, split_target
+from authz.reasons import Reason
+
+HEADER_PREFIX = "x-lasthop-"
+RECEIPT_HEADER = "x-lasthop-receipt"
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+_GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+
+
+def to_input(request: pb.CheckRequest) -> CheckInput:
+    http = request.attributes.request.http
+    headers: dict[str, list[str]] = {}
+    if http.header_map.headers:
+        for entry in http.header_map.headers:
+            value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+            headers.setdefault(entry.key.lower(), []).append(value)
+    else:
+        for key, value in http.headers.items():
+            headers[key.lower()] = [value]
+    path, _ = split_target(http.path)
+    return CheckInput(
+        method=http.method.upper(),
+        path=path,
+        host=http.host,
+        headers=headers,
+        peer_principal=request.attributes.source.principal,
+        request_id=http.id,
+        body_sha256=_body_digest(http, headers),
+    )
+
+
+def _body_digest(
+    http: attributes.AttributeContext.HttpRequest, headers: dict[str, list[str]]
+) -> str:
+    """SHA-256 of the body, only when Envoy says it sent all of it."""
+    if headers.get(PARTIAL_BODY_HEADER) != ["false"]:
+        return ""
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8")
+    return hashlib.sha256(body).hexdigest()
+
+
+def identity_headers(decision: Decision) -> dict[str, str]:
+    chain = decision.chain
+    intent = decision.intent
+    assert chain is not None and intent is not None
+    headers = {
+        "x-lasthop-user": chain.user,
+        "x-lasthop-agent": chain.actor,
+        "x-lasthop-chain": ",".join((chain.user, *chain.agents)),
+        "x-lasthop-purpose": intent.purpose,
+        "x-lasthop-txn": intent.txn,
+        "x-lasthop-decision-id": decision.decision_id,
+    }
+    if decision.receipt:
+        headers[RECEIPT_HEADER] = decision.receipt
+    return headers
+
+
+def to_response(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+    if decision.allowed:
+        return _allow(decision, request)
+    return _deny(decision)
+
+
+def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+    ours = identity_headers(decision)
+    spoofed = sorted(h for h in request.headers if h.startswith(HEADER_PREFIX) and h not in ours)
+    return pb.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=pb.OkHttpResponse(
+            # a receipt is base64url by construction and must not be cut at 512 characters
+            headers=[
+                _header(k, v if k == RECEIPT_HEADER else _header_safe(v)) for k, v in ours.items()
+            ],
+            headers_to_remove=spoofed,
+        ),
+    )
+
+
+def _deny(decision: Decision) -> pb.CheckResponse:
+    body = json.dumps(
+        {
+            "decision": "deny",
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "decision_id": decision.decision_id,
+        }
+    )
+    headers = [
+        _header("content-type", "application/json"),
+        _header("x-lasthop-decision-id", decision.decision_id),
+    ]
+    if decision.status == 401:
+        headers.append(
+            _header(
+                "www-authenticate",
+                f'Bearer error="invalid_token", error_description="{decision.reason}"',
+            )
+        )
+    return pb.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_CODE.get(decision.status, code_pb2.UNAVAILABLE)),
+        denied_response=pb.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),
+            headers=headers,
+            body=body,
+        ),
+    )
+
+
+def internal_error_response() -> pb.CheckResponse:
+    """The deny for a failure outside the pipeline: still an OK RPC, never a gRPC error."""
+    return _deny(
+        Decision(
+            decision_id=uuid.uuid4().hex,
+            allowed=False,
+            status=503,
+            reason=Reason.INTERNAL_ERROR,
+            detail="internal error",
+        )
+    )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _header_safe(value: str) -> str:
+    """Header values from token claims: printable ASCII only, so nothing splits a header."""
+    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)[:512]

@@ -1,0 +1,123 @@
+"""The running server: ext_authz + health on `server.listen`, the admin API on
+`server.admin_listen`, Prometheus on `server.metrics_listen`.
+
+SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
+checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
+flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz._proto import agents_pb2_grpc, grants_pb2_grpc
+from authz.audit.setup import WELL_KNOWN_JWKS
+from authz.check.pipeline import Pipeline
+from authz.config import split_address
+from authz.errors import StoreUnavailable
+from authz.server import ext_authz, metrics_http
+from authz.server.app import App
+
+log = logging.getLogger(__name__)
+
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class AuthorizationService(pb_grpc.AuthorizationServicer):
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Check(
+        self,
+        request: pb.CheckRequest,  # noqa: N802 - gRPC name
+        context: grpc.aio.ServicerContext,
+    ) -> pb.CheckResponse:
+        try:
+            check = ext_authz.to_input(request)
+            decision = await self._pipeline.check(check)
+            return ext_authz.to_response(decision, check)
+        except Exception:  # noqa: BLE001 - a gRPC error could reach failure_mode_allow
+            log.exception("Check failed outside the pipeline")
+            return ext_authz.internal_error_response()
+
+
+def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
+    host, _ = split_address(key, address)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on `{address}` ({key})")
+    return f"{host}:{port}"
+
+
+async def serve(app: App) -> int:
+    settings = app.settings
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    app.audit.open()
+    try:
+        if app.redis is not None:
+            await app.redis.ping()
+        await app.seed_registry(app.pipeline.bundle)
+    except StoreUnavailable as err:
+        log.warning(
+            "%s; checks get 503 store_unavailable until it is back (the registry "
+            "is seeded on the next policy reload)",
+            err.detail,
+        )
+
+    health_servicer = health.aio.HealthServicer()
+    authz_server = grpc.aio.server()
+    pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(app.pipeline), authz_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
+    listen = _bind(authz_server, "server.listen", settings.server.listen)
+
+    admin_server = grpc.aio.server()
+    grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
+    agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
+    admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
+
+    metrics_host, metrics_port = split_address(
+        "server.metrics_listen", settings.server.metrics_listen
+    )
+    metrics_server = metrics_http.start(
+        metrics_host, metrics_port, app.metrics.registry, {WELL_KNOWN_JWKS: app.receipts_jwks}
+    )
+    metrics = f"{metrics_host}:{metrics_server.server_port}"
+    background = [asyncio.create_task(task()) for task in app.background]
+
+    await authz_server.start()
+    await admin_server.start()
+    for service in ("", AUTHZ_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    ready = {
+        "listen": listen,
+        "admin_listen": admin,
+        "metrics_listen": metrics,
+        "policy_version": app.pipeline.bundle.version,
+    }
+    print(f"lasthop ready {json.dumps(ready)}", flush=True)
+
+    await stop.wait()
+    log.info("shutting down: draining in-flight checks")
+    await health_servicer.enter_graceful_shutdown()
+    grace = settings.server.shutdown_grace_seconds
+    await asyncio.gather(authz_server.stop(grace), admin_server.stop(grace))
+    for task in background:
+        task.cancel()
+    await app.audit.close()
+    await app.store.close()
+    metrics_server.shutdown()
+    print("lasthop stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""Where grants and agents live: protocols, the embedded store, Redis, caches."""

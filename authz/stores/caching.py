@@ -1,0 +1,84 @@
+"""Local caches of grants and agents in front of Redis, kept honest by `invalidation`.
+
+A cached grant is re-checked against its own `expires_at` on every use
+(the grants phase does that), so it never outlives its expiry; a grant
+with a local tombstone is never returned.
+"""
+
+from __future__ import annotations
+
+from authz.model import Agent, Grant
+from authz.stores.invalidation import Invalidation
+from authz.stores.redis_store import RedisStore
+
+
+class CachingGrantStore:
+    """The Redis grant store with a per-(agent, user) cache on the check path."""
+
+    def __init__(self, store: RedisStore, inval: Invalidation) -> None:
+        self.store = store
+        self.inval = inval
+
+    async def for_pair(self, agent: str, user: str) -> list[Grant]:
+        inval = self.inval
+        key = (agent, user)
+        cached = inval.pairs.get(key) if inval.live else None
+        inval.count("grants", cached is not None)
+        if cached is not None:
+            return self._alive(cached)
+        generation = inval.generation
+        grants = await self.store.for_pair(agent, user)
+        if inval.live and inval.generation == generation:
+            inval.pairs.put(key, grants)
+        return self._alive(grants)
+
+    def _alive(self, grants: list[Grant]) -> list[Grant]:
+        tombstones = self.inval.tombstones
+        return [g for g in grants if g.id not in tombstones] if len(tombstones) else grants
+
+    async def put(self, grant: Grant) -> None:
+        await self.store.put(grant)
+
+    async def get(self, grant_id: str) -> Grant | None:
+        return await self.store.get(grant_id)
+
+    async def revoke(self, grant_id: str) -> Grant | None:
+        # This replica denies the grant before asking Redis, so it holds even if the
+        # revoke then fails half way (over-denying is the safe side of a failure).
+        known = await self.store.get(grant_id)
+        if known is not None:
+            self.inval.handle(f"revoked\x00{known.id}\x00{known.expires_at}")
+            self.inval.handle(f"pair\x00{known.agent}\x00{known.user}")
+        return await self.store.revoke(grant_id)
+
+    async def list(self, agent: str = "", user: str = "") -> list[Grant]:
+        return await self.store.list(agent, user)
+
+    async def consume(self, grant: Grant) -> int:
+        return await self.store.consume(grant)
+
+    async def uses(self, grant_id: str) -> int:
+        return await self.store.uses(grant_id)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class CachingRegistry:
+    """Agents by id, cached; a suspension invalidates every replica's entry."""
+
+    def __init__(self, store: RedisStore, inval: Invalidation) -> None:
+        self.store = store
+        self.inval = inval
+
+    async def get(self, agent_id: str) -> Agent | None:
+        inval = self.inval
+        cached = inval.agents.get(agent_id) if inval.live else None
+        inval.count("agents", cached is not None)
+        if cached is not None:
+            return cached[0]
+        generation = inval.generation
+        agent = await self.store.get_agent(agent_id)
+        if inval.live and inval.generation == generation:
+            inval.agents.put(agent_id, (agent,))
+        return agent

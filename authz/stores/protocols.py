@@ -1,0 +1,57 @@
+"""What the phases and the admin services need from a store, as Protocols.
+
+The embedded store (one process) and Redis (a fleet) both provide them;
+tests hand the pipeline in-memory ones.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from authz.model import Agent, Grant
+
+# Expired grants stay readable this long so a denial can say "expired" rather
+# than "no grant"; they never cover anything once past `expires_at`.
+EXPIRED_RETENTION_SECONDS = 3600
+
+
+class GrantStore(Protocol):
+    async def put(self, grant: Grant) -> None: ...
+    async def get(self, grant_id: str) -> Grant | None: ...
+    async def revoke(self, grant_id: str) -> Grant | None: ...
+    async def for_pair(self, agent: str, user: str) -> list[Grant]: ...
+    async def list(self, agent: str = "", user: str = "") -> list[Grant]: ...
+    async def consume(self, grant: Grant) -> int:
+        """Count one use; return the count including this one. Over the limit: max + 1,
+        and nothing is counted."""
+        ...
+
+    async def uses(self, grant_id: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+class AgentRegistry(Protocol):
+    """What the check path needs: one agent, by id."""
+
+    async def get(self, agent_id: str) -> Agent | None: ...
+
+
+class AgentStore(Protocol):
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+    async def add_agent(self, agent: Agent) -> bool:
+        """Store `agent` unless one with its id exists; True if stored."""
+        ...
+
+    async def put_agent(self, agent: Agent) -> None: ...
+    async def replace_agent(self, current: Agent, new: Agent) -> bool:
+        """Store `new` only if the stored agent is still `current` (compare and set)."""
+        ...
+
+    async def list_agents(self) -> list[Agent]: ...
+
+
+class StoreObserver(Protocol):
+    """What the stores report (metrics); op and cache names come from closed sets."""
+
+    def store_call(self, op: str, seconds: float, failed: bool) -> None: ...
+    def cache_lookup(self, cache: str, hit: bool) -> None: ...
