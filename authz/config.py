@@ -116,7 +116,6 @@ class AuditSettings:
     jwks_path: str = ""  # the public keys (receipts, checkpoints); empty: beside `path`
     checkpoints_path: str = ""  # a copy of every checkpoint; empty: `<path>.checkpoints`
     fsync: str = "always"  # "always", or at most every N ms: "50ms"
-    on_failure: str = "deny"  # the only choice: never allow without a record
     checkpoint_records: int = 1000
     checkpoint_seconds: int = 60
     rotate_bytes: int = 128 * 1024 * 1024  # 0: never rotate
@@ -164,6 +163,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSettings,
     "audit": AuditSettings,
 }
+# Keys that once existed, and why they are gone.
+_RETIRED = {
+    "audit.on_failure": "is gone: Lasthop never allows a request it cannot record; remove the key",
+}
 _DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
 
 
@@ -197,6 +200,8 @@ def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> 
         raise ConfigError(name, "must be a table")
     known = {f.name: f for f in fields(cls)}
     for key in values:
+        if f"{name}.{key}" in _RETIRED:
+            raise ConfigError(f"{name}.{key}", _RETIRED[f"{name}.{key}"])
         if key not in known:
             raise ConfigError(f"{name}.{key}", f"unknown key; expected one of {sorted(known)}")
     kwargs: dict[str, Any] = {}
@@ -264,62 +269,82 @@ def _cast(key: str, value: Any, default: Any) -> Any:
 
 
 def _validate(s: Settings) -> None:
+    _validate_server(s.server)
+    _validate_identity(s.identity)
+    _validate_store(s.store)
+    _validate_registry(s.registry)
+    _positive("grants.max_ttl", s.grants.max_ttl)
+    _validate_audit(s.audit)
+    if not s.admin.audience:
+        raise ConfigError("admin.audience", "must not be empty")
+    _validate_policies(s.policies)
+
+
+def _validate_server(s: ServerSettings) -> None:
     for key, addr in (
-        ("server.listen", s.server.listen),
-        ("server.admin_listen", s.server.admin_listen),
-        ("server.metrics_listen", s.server.metrics_listen),
+        ("server.listen", s.listen),
+        ("server.admin_listen", s.admin_listen),
+        ("server.metrics_listen", s.metrics_listen),
     ):
         split_address(key, addr)
-    if not s.identity.issuer:
+
+
+def _validate_identity(i: IdentitySettings) -> None:
+    if not i.issuer:
         raise ConfigError("identity.issuer", "must not be empty")
-    if not s.identity.audiences:
+    if not i.audiences:
         raise ConfigError("identity.audiences", "must name at least one audience")
-    if not s.identity.algorithms:
+    if not i.algorithms:
         raise ConfigError("identity.algorithms", "must name at least one algorithm")
-    for alg in s.identity.algorithms:
+    for alg in i.algorithms:
         if alg not in ASYMMETRIC_ALGORITHMS:
             raise ConfigError(
                 "identity.algorithms",
                 f"`{alg}` is not allowed; use asymmetric ones from {sorted(ASYMMETRIC_ALGORITHMS)}",
             )
-    if not s.identity.jwks:
+    if not i.jwks:
         raise ConfigError("identity.jwks", "must be a file path or an https URL")
-    if s.identity.jwks.startswith("http://"):
+    if i.jwks.startswith("http://"):
         raise ConfigError("identity.jwks", "a JWKS URL must use https")
-    _positive("identity.jwks_refresh_seconds", s.identity.jwks_refresh_seconds)
-    _range("identity.leeway_seconds", s.identity.leeway_seconds, 0, 300)
-    _positive("identity.max_token_lifetime", s.identity.max_token_lifetime)
-    _range("identity.max_chain_depth", s.identity.max_chain_depth, 1, 16)
-    _range("store.timeout_ms", s.store.timeout_ms, 1, 10_000)
-    url = s.store.redis_url
+    _positive("identity.jwks_refresh_seconds", i.jwks_refresh_seconds)
+    _range("identity.leeway_seconds", i.leeway_seconds, 0, 300)
+    _positive("identity.max_token_lifetime", i.max_token_lifetime)
+    _range("identity.max_chain_depth", i.max_chain_depth, 1, 16)
+
+
+def _validate_store(s: StoreSettings) -> None:
+    _range("store.timeout_ms", s.timeout_ms, 1, 10_000)
+    url = s.redis_url
     if url and not url.startswith(REDIS_SCHEMES):
         raise ConfigError(
             "store.redis_url", f"`{url}` must start with one of {', '.join(REDIS_SCHEMES)}"
         )
-    if s.store.redis_cluster and not url:
+    if s.redis_cluster and not url:
         raise ConfigError("store.redis_cluster", "needs store.redis_url")
-    _range("store.cache_ttl_ms", s.store.cache_ttl_ms, 0, 60_000)
-    _range("store.revoke_replicas", s.store.revoke_replicas, 0, 16)
-    _range("store.revoke_wait_ms", s.store.revoke_wait_ms, 1, 10_000)
-    _range("registry.medium_risk_from", s.registry.medium_risk_from, 0, 100)
-    _range("registry.high_risk_from", s.registry.high_risk_from, 0, 100)
-    if s.registry.medium_risk_from > s.registry.high_risk_from:
+    _range("store.cache_ttl_ms", s.cache_ttl_ms, 0, 60_000)
+    _range("store.revoke_replicas", s.revoke_replicas, 0, 16)
+    _range("store.revoke_wait_ms", s.revoke_wait_ms, 1, 10_000)
+
+
+def _validate_registry(r: RegistrySettings) -> None:
+    _range("registry.medium_risk_from", r.medium_risk_from, 0, 100)
+    _range("registry.high_risk_from", r.high_risk_from, 0, 100)
+    if r.medium_risk_from > r.high_risk_from:
         raise ConfigError("registry.medium_risk_from", "must not exceed registry.high_risk_from")
-    _positive("grants.max_ttl", s.grants.max_ttl)
-    _validate_audit(s.audit)
-    if not s.admin.audience:
-        raise ConfigError("admin.audience", "must not be empty")
-    if not s.policies.dir:
+
+
+def _validate_policies(p: PoliciesSettings) -> None:
+    if not p.dir:
         raise ConfigError("policies.dir", "must not be empty")
-    if s.policies.mode not in ("enforce", "dry-run"):
-        raise ConfigError("policies.mode", f"`{s.policies.mode}` is not enforce or dry-run")
-    if s.policies.mode == "dry-run" and not s.policies.allow_dry_run:
+    if p.mode not in ("enforce", "dry-run"):
+        raise ConfigError("policies.mode", f"`{p.mode}` is not enforce or dry-run")
+    if p.mode == "dry-run" and not p.allow_dry_run:
         raise ConfigError(
             "policies.mode",
             "dry-run enforces no policy or grant; it refuses to "
             "start unless policies.allow_dry_run = true",
         )
-    if s.policies.reload_interval_seconds < 0:
+    if p.reload_interval_seconds < 0:
         raise ConfigError("policies.reload_interval_seconds", "must be 0 (off) or positive")
 
 
@@ -331,12 +356,6 @@ def _validate_audit(a: AuditSettings) -> None:
         _ = a.fsync_interval_seconds
     except ValueError as err:
         raise ConfigError("audit.fsync", str(err)) from None
-    if a.on_failure != "deny":
-        raise ConfigError(
-            "audit.on_failure",
-            f"`{a.on_failure}` is not supported; the only "
-            "choice is `deny`: Lasthop never allows a request it cannot record",
-        )
     _positive("audit.checkpoint_records", a.checkpoint_records)
     _range("audit.checkpoint_seconds", a.checkpoint_seconds, 1, 86_400)
     if a.rotate_bytes and a.rotate_bytes < 1024:

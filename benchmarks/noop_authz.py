@@ -23,7 +23,7 @@ OK = pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=pb
 class Allow(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     async def Check(
         self,
-        request: pb.CheckRequest,  # noqa: N802 - gRPC name
+        request: pb.CheckRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.CheckResponse:
         return OK

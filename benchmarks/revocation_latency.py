@@ -45,9 +45,10 @@ from envoy.service.auth.v3 import external_auth_pb2 as ext
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ext_grpc
 
 from authz._proto import grants_pb2 as gpb
-from authz.cli.admin_client import AdminClient, AdminError
+from authz.cli.admin_client import AdminClient
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
+from authz.errors import AdminError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,13 +38,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import envoy_config  # noqa: E402
-import loadgen  # noqa: E402
+import envoy_config
+import loadgen
 
-from authz._proto import grants_pb2 as pb  # noqa: E402
-from authz.cli.admin_client import AdminClient  # noqa: E402
-from authz.dev import stack as devstack  # noqa: E402
-from authz.dev.tokens import DemoIssuer  # noqa: E402
+from authz._proto import grants_pb2 as pb
+from authz.cli.admin_client import AdminClient
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 
 HERE = Path(__file__).resolve().parent
 PATH = "/patients/p-1001/records"

@@ -20,7 +20,7 @@ AGENT = Agent("scribe", "dr-alice", 20, "active", allowed_purposes=("clinical-do
 def test_a_suspension_is_stored_and_published_together(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     listener = redis.Redis.from_url(server.url)
-    pubsub = listener.pubsub()
+    pubsub = listener.pubsub()  # type: ignore[no-untyped-call]
     try:
         pubsub.subscribe(CHANNEL)
         assert pubsub.get_message(timeout=1)["type"] == "subscribe"
@@ -36,7 +36,7 @@ def test_a_suspension_is_stored_and_published_together(tmp_path: Path) -> None:
                 await store.close()
 
         assert asyncio.run(suspend())
-        seen = []
+        seen: list[bytes] = []
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and seen.count(b"agent\x00scribe") < 2:
             message = pubsub.get_message(timeout=0.2)

@@ -207,7 +207,7 @@ class Fsyncs:
                 raise self.fail
             real(fd)
 
-        monkeypatch.setattr(audit_file.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
 
 
 def test_interval_fsync_happens_within_the_interval(
@@ -275,13 +275,13 @@ def test_commit_with_fsync_always_returns_after_the_fsync(
     async def main() -> None:
         log = AuditLog(path, 10, TrailOptions(fsync_interval=0))
         log.open()
-        real = audit_file.os.fsync
+        real = os.fsync
 
         def fsync(fd: int) -> None:
             real(fd)
             synced_sizes.append(os.fstat(fd).st_size)
 
-        monkeypatch.setattr(audit_file.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
         assert await log.commit(decision(1))
         size_after = path.stat().st_size
         assert synced_sizes and synced_sizes[-1] == size_after  # the record was in that fsync
@@ -383,7 +383,7 @@ def test_a_write_failure_refuses_this_record_and_every_later_one(
         def fail(fd: int, data: object) -> int:
             raise error
 
-        monkeypatch.setattr(audit_file.os, "write", fail)
+        monkeypatch.setattr(os, "write", fail)
         assert not await log.commit(decision(2))
         monkeypatch.undo()  # the disk has room again: still refused until restart
         assert [await log.commit(decision(n)) for n in range(3, 6)] == [False] * 3

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,7 +134,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 # --- disclosures -------------------------------------------------------------------------------
 
 
-def rows(trail: Path, **kwargs: object) -> list[str]:
+def rows(trail: Path, **kwargs: Any) -> list[str]:
     found = disclosures.account(disclosures.read_records([trail]), **kwargs)
     return [r.decision_id for r in found]
 

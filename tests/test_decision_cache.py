@@ -25,7 +25,7 @@ class CountingPipeline:
             self.full += 1
             await real(*args)
 
-        pipeline._decide = counted  # type: ignore[method-assign]
+        pipeline._decide = counted  # type: ignore[method-assign,assignment]
 
 
 def build(

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from authz import config
-from authz.audit.records import AuditRecord, MemoryAudit
+from authz.audit.records import AuditRecord, EventRecord, MemoryAudit
 from authz.config import IdentitySettings
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
@@ -170,7 +170,9 @@ class Env:
 
     def record(self, decision: Decision) -> AuditRecord:
         matching = [
-            r for r in self.audit.records if getattr(r, "decision_id", None) == decision.decision_id
+            r
+            for r in self.audit.records
+            if isinstance(r, AuditRecord) and r.decision_id == decision.decision_id
         ]
         assert len(matching) == 1, self.audit.records
         return matching[0]
@@ -380,7 +382,7 @@ def test_policy_error_is_still_503(issuer: DemoIssuer, tmp_path: Path) -> None:
 
 def test_audit_refusal_is_still_503(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     class Refusing(MemoryAudit):
-        def emit(self, record: AuditRecord) -> bool:
+        def emit(self, record: AuditRecord | EventRecord) -> bool:
             super().emit(record)
             return False
 

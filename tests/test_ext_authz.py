@@ -214,7 +214,7 @@ def test_allow_when_the_user_acts_directly() -> None:
     ],
 )
 def test_allow_header_values_cannot_split(field: str, evil: str, safe: str) -> None:
-    resp = ext_authz.to_response(allow(**{field: evil}), input_with({}))
+    resp = ext_authz.to_response(allow(**{field: evil}), input_with({}))  # type: ignore[arg-type]
     headers = ok_headers(resp)
     for value in headers.values():
         assert all(0x20 <= ord(c) < 0x7F for c in value), repr(value)
@@ -294,7 +294,7 @@ def test_deny_body_escapes_detail() -> None:
 
 def servicer_check(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
     async def main() -> pb.CheckResponse:
-        return await service.Check(request, context=None)  # type: ignore[arg-type]
+        return await service.Check(request, context=None)
 
     return asyncio.run(main())
 

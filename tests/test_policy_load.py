@@ -170,7 +170,7 @@ def test_agents_seeded_including_the_suspended_one(bundle: policy_load.PolicyBun
 def test_seeded_risk_tiers(bundle: policy_load.PolicyBundle) -> None:
     """With the default tiers only dictation-vendor (75) and chart-exporter (85) are high."""
     tiers = {name: DEFAULT_TIERS.of(a.risk) for name, a in bundle.agents.items()}
-    assert DEFAULT_TIERS == RiskTiers(medium=30, high=70)
+    assert RiskTiers(medium=30, high=70) == DEFAULT_TIERS
     assert tiers == {
         "scribe": "low",
         "med-reconciler": "medium",

@@ -60,9 +60,14 @@ def test_an_identical_input_is_answered_from_the_cache(
 ) -> None:
     first = ask(engine, context(txn="memo-1"))
     assert first.allowed
-    calls = []
+    calls: list[int] = []
     real = cedarpy.is_authorized
-    monkeypatch.setattr(cedarpy, "is_authorized", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
     assert ask(engine, context(txn="memo-1")) is first
     assert calls == []
 

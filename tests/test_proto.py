@@ -70,7 +70,7 @@ def normalised(fdp: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDe
 def test_every_proto_has_generated_code(
     compiled: dict[str, descriptor_pb2.FileDescriptorProto],
 ) -> None:
-    assert SOURCES == sorted(GENERATED)
+    assert sorted(GENERATED) == SOURCES
     assert set(compiled) == set(GENERATED)
 
 

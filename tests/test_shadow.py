@@ -150,7 +150,11 @@ class Env:
         return asyncio.run(go())
 
     def record(self, decision: Decision) -> AuditRecord:
-        matching = [r for r in self.audit.records if r.decision_id == decision.decision_id]
+        matching = [
+            r
+            for r in self.audit.records
+            if isinstance(r, AuditRecord) and r.decision_id == decision.decision_id
+        ]
         assert len(matching) == 1, self.audit.records
         return matching[0]
 

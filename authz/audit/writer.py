@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -165,10 +166,9 @@ class AuditLog:
         ok = not self._failed and self._guard(self._trail.write, [r for r, _ in batch])
         waiting = [done for _, done in batch if done is not None]
         if waiting:
-            try:
+            # RuntimeError: the loop is gone, so nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
                 waiting[0].get_loop().call_soon_threadsafe(_settle, waiting, ok)
-            except RuntimeError:  # the loop is gone: nobody is waiting any more
-                pass
 
     def _guard(self, work: Callable[..., Any], *args: Any) -> bool:
         """Run `work`; on any failure, refuse from now on."""

@@ -247,7 +247,7 @@ class AccessTokenVerifier:
             subject=claims["sub"],
             issuer=claims["iss"],
             client_id=client_id,
-            act=claims["act"] if "act" in claims else None,
+            act=claims.get("act"),
             has_act="act" in claims,
             purpose=_optional_str(claims, "purp"),
             txn=_optional_str(claims, "txn"),

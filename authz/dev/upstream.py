@@ -32,7 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Envoy reuses upstream connections
     disable_nagle_algorithm = True  # headers and body go out in two writes
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
@@ -46,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         path = self.path.partition("?")[0]
         if m := re.fullmatch(r"/patients/([^/]+)/records", path):
             record = _RECORDS.get(m.group(1))
@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         note = self.rfile.read(min(length, 64 * 1024)).decode("utf-8", "replace")
         if m := re.fullmatch(r"/patients/([^/]+)/notes", self.path.partition("?")[0]):

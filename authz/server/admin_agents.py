@@ -75,7 +75,7 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def RegisterAgent(
         self,
-        request: pb.RegisterAgentRequest,  # noqa: N802 - gRPC name
+        request: pb.RegisterAgentRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
@@ -112,7 +112,7 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def GetAgent(
         self,
-        request: pb.AgentRef,  # noqa: N802
+        request: pb.AgentRef,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         await self._auth.caller(context, ADMIN_SCOPES)
@@ -120,7 +120,7 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def ListAgents(
         self,
-        request: pb.ListAgentsRequest,  # noqa: N802
+        request: pb.ListAgentsRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListAgentsResponse:
         await self._auth.caller(context, ADMIN_SCOPES)
@@ -142,7 +142,7 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def UpdateAgent(
         self,
-        request: pb.UpdateAgentRequest,  # noqa: N802
+        request: pb.UpdateAgentRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
@@ -165,21 +165,21 @@ class AgentsService(pb_grpc.AgentsServicer):
 
     async def SuspendAgent(
         self,
-        request: pb.AgentRef,  # noqa: N802
+        request: pb.AgentRef,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         return await self._set_status(request, context, "suspended")
 
     async def ResumeAgent(
         self,
-        request: pb.AgentRef,  # noqa: N802
+        request: pb.AgentRef,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         return await self._set_status(request, context, "active")
 
     async def DeregisterAgent(
         self,
-        request: pb.AgentRef,  # noqa: N802
+        request: pb.AgentRef,
         context: grpc.aio.ServicerContext,
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
@@ -251,7 +251,7 @@ class AgentsService(pb_grpc.AgentsServicer):
                     detail=detail,
                 )
             )
-        except Exception:  # noqa: BLE001 - a trail that raises is a trail that refused
+        except Exception:
             log.exception("audit event %s for %s failed", event, agent.id)
             return False
 

@@ -108,7 +108,7 @@ class GrantsService(pb_grpc.GrantsServicer):
 
     async def IssueGrant(
         self,
-        request: pb.IssueGrantRequest,  # noqa: N802 - gRPC name
+        request: pb.IssueGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
         caller = await self._auth.caller(context, GRANT_SCOPES)
@@ -149,7 +149,7 @@ class GrantsService(pb_grpc.GrantsServicer):
 
     async def RevokeGrant(
         self,
-        request: pb.RevokeGrantRequest,  # noqa: N802
+        request: pb.RevokeGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
         caller = await self._auth.caller(context, GRANT_SCOPES)
@@ -189,7 +189,7 @@ class GrantsService(pb_grpc.GrantsServicer):
 
     async def GetGrant(
         self,
-        request: pb.GetGrantRequest,  # noqa: N802
+        request: pb.GetGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
         await self._auth.caller(context, GRANT_SCOPES)
@@ -200,7 +200,7 @@ class GrantsService(pb_grpc.GrantsServicer):
 
     async def ListGrants(
         self,
-        request: pb.ListGrantsRequest,  # noqa: N802
+        request: pb.ListGrantsRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListGrantsResponse:
         await self._auth.caller(context, GRANT_SCOPES)

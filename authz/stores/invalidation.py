@@ -18,6 +18,7 @@ Rules (each one is what keeps a cache from becoming standing privilege):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -125,32 +126,7 @@ class Invalidation:
                 pubsub = _pubsub(self.store.redis)
                 await pubsub.subscribe(CHANNEL)
                 pubsub.connection.register_connect_callback(self._on_reconnect)
-                pinged = time.monotonic()
-                while True:
-                    now = time.monotonic()
-                    if now - pinged >= PING_SECONDS:
-                        await pubsub.ping()
-                        pinged = now
-                    if self._subscribed and now - self.last_seen >= DEAD_AFTER:
-                        raise ConnectionError(f"no reply from the subscription in {DEAD_AFTER} s")
-                    message = await pubsub.get_message(timeout=PING_SECONDS / 2)
-                    if message is None:
-                        continue
-                    heard = time.monotonic()
-                    if heard - self.last_seen >= DEAD_AFTER:
-                        self.drop_all()  # silent for a while: what was cached may be stale
-                    self.last_seen = heard
-                    if message["type"] == "subscribe":
-                        self.drop_all()  # anything cached before this point may be stale
-                        self._subscribed = True
-                        log.info("cache invalidation subscribed; local caches on")
-                    elif message["type"] == "message":
-                        data = message["data"]
-                        self._handle_safely(
-                            data.decode("utf-8", "replace")
-                            if isinstance(data, bytes)
-                            else str(data)
-                        )
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as err:
@@ -159,11 +135,38 @@ class Invalidation:
             finally:
                 self._down()
                 if pubsub is not None:
-                    try:
+                    with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
-                    except (RedisError, OSError):
-                        pass
             await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Read messages, pinging every PING_SECONDS; raise once the channel is silent."""
+        pinged = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - pinged >= PING_SECONDS:
+                await pubsub.ping()
+                pinged = now
+            if self._subscribed and now - self.last_seen >= DEAD_AFTER:
+                raise ConnectionError(f"no reply from the subscription in {DEAD_AFTER} s")
+            message = await pubsub.get_message(timeout=PING_SECONDS / 2)
+            if message is not None:
+                self._heard(message)
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        heard = time.monotonic()
+        if heard - self.last_seen >= DEAD_AFTER:
+            self.drop_all()  # silent for a while: what was cached may be stale
+        self.last_seen = heard
+        if message["type"] == "subscribe":
+            self.drop_all()  # anything cached before this point may be stale
+            self._subscribed = True
+            log.info("cache invalidation subscribed; local caches on")
+        elif message["type"] == "message":
+            data = message["data"]
+            self._handle_safely(
+                data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+            )
 
     def _handle_safely(self, message: str) -> None:
         """A message we cannot read drops every cache rather than stopping the listener."""

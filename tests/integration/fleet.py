@@ -252,7 +252,12 @@ def running_fleet(
             stack.callback(upstream.close)
         admin_token = issuer.admin_token(ttl=1800)
         replicas: list[Replica] = []
-        stack.callback(lambda: [r.stop() for r in replicas])  # whichever process each runs now
+
+        def stop_all() -> None:  # whichever process each runs now
+            for replica in replicas:
+                replica.stop()
+
+        stack.callback(stop_all)
         for i in range(size):
             home = work / f"replica-{i}"
             home.mkdir()

@@ -12,8 +12,9 @@ import pytest
 
 from authz._proto import grants_pb2 as pb
 from authz._proto import grants_pb2_grpc as pb_grpc
-from authz.cli.admin_client import AdminClient, AdminError
+from authz.cli.admin_client import AdminClient
 from authz.dev.tokens import ADMIN_AUDIENCE, ISSUER, DemoIssuer
+from authz.errors import AdminError
 from tests.integration.conftest import PURPOSE, RECORDS, Stack, assert_deny, run_cli, unique
 
 pytestmark = pytest.mark.integration

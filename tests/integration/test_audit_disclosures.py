@@ -37,11 +37,13 @@ def test_disclosures_of_the_demo_scenario(upstream: DemoUpstream) -> None:
         outcomes = _scenario(stack.base, stack.admin, stack.issuer, jwks)
         assert stack.lasthop.close() == 0
         allowed = [o.body["lasthop"] for o in outcomes if o.status == 200]
+        assert all(isinstance(seen, dict) for seen in allowed)
         assert len(allowed) == 2 and len(outcomes) == 6
 
         rows = disclosures(stack.audit_path, jwks, "--user", "dr-alice")
         assert [r["decision_id"] for r in rows] == [
-            {k.lower(): v for k, v in seen.items()}["x-lasthop-decision-id"] for seen in allowed
+            {k.lower(): v for k, v in seen.items()}["x-lasthop-decision-id"]  # type: ignore[attr-defined]
+            for seen in allowed
         ]
         for row in rows:
             assert (row["recipient"], row["recipient_owner"]) == ("scribe", "dr-alice")

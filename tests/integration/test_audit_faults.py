@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.cli.admin_client import AdminError
 from authz.dev.upstream import DemoUpstream
+from authz.errors import AdminError
 from tests.integration.conftest import (
     RECORDS,
     Response,

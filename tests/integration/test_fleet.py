@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from authz._proto import agents_pb2 as apb
-from authz.cli.admin_client import AdminError
 from authz.dev import stack as devstack
 from authz.dev.upstream import DemoUpstream
+from authz.errors import AdminError
 from tests.integration.conftest import RECORDS, Response, assert_deny, unique, wait_until
 from tests.integration.fleet import (
     BOUND_SECONDS,

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from authz._proto import grants_pb2 as pb
-from authz.cli.admin_client import AdminError
 from authz.dev.tokens import DemoIssuer
+from authz.errors import AdminError
 from tests.integration.conftest import PURPOSE, RECORDS, Stack, assert_deny, running_stack, unique
 
 pytestmark = pytest.mark.integration

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from authz.cli.admin_client import AdminError
 from authz.dev import stack as devstack
 from authz.dev.topology import ClusterTopology, SentinelTopology, command
 from authz.dev.upstream import DemoUpstream
+from authz.errors import AdminError
 from authz.stores.redis_store import PREFIX, pair_tag
 from tests.integration.conftest import RECORDS, assert_deny, unique
 from tests.integration.fleet import BOUND_SECONDS, Fleet, poll_until_denied, running_fleet
