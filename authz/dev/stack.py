@@ -24,9 +24,10 @@ from typing import IO, Any
 
 from authz.audit.signing import SigningKey
 
-REPO = Path(__file__).resolve().parent.parent.parent
-ENVOY_TEMPLATE = REPO / "envoy" / "sidecar.yaml"
-POLICIES = REPO / "policies"
+# The shipped example: links to the checkout's policies/ and envoy/, copied into the wheel.
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+ENVOY_TEMPLATE = (EXAMPLES / "envoy" / "sidecar.yaml").resolve()
+POLICIES = (EXAMPLES / "policies").resolve()
 START_TIMEOUT = 20.0
 
 

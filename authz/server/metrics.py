@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from authz.check.pipeline import PHASES
 from authz.model import Decision
+from authz.reasons import Reason
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
 CHECK_BUCKETS = (
@@ -34,6 +35,8 @@ class Metrics:
             ["decision", "reason"],
             registry=registry,
         )
+        for reason in Reason:  # every series exists from the start, at 0
+            self.decisions.labels("allow" if reason.status == 200 else "deny", reason)
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry
         )

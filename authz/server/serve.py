@@ -13,11 +13,13 @@ import json
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from authz._proto import agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
@@ -58,14 +60,38 @@ def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
     return f"{host}:{port}"
 
 
+@dataclass
+class _Listeners:
+    authz: grpc.aio.Server
+    admin: grpc.aio.Server
+    metrics: ThreadingWSGIServer
+    health: health.aio.HealthServicer
+    addresses: dict[str, str]
+
+
 async def serve(app: App) -> int:
-    settings = app.settings
+    """Run until SIGTERM or SIGINT, then drain and exit 0."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
     app.audit.open()
+    await _first_contact(app)
+    listeners = _listen(app)
+    background = [asyncio.create_task(task()) for task in app.background]
+    await listeners.authz.start()
+    await listeners.admin.start()
+    for service in ("", AUTHZ_SERVICE):
+        await listeners.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    ready = {**listeners.addresses, "policy_version": app.pipeline.bundle.version}
+    print(f"lasthop ready {json.dumps(ready)}", flush=True)
+    await stop.wait()
+    await _shutdown(app, listeners, background)
+    return 0
+
+
+async def _first_contact(app: App) -> None:
+    """Reach the store and seed the registry; a store that is down is not fatal."""
     try:
         if app.redis is not None:
             await app.redis.ping()
@@ -77,47 +103,41 @@ async def serve(app: App) -> int:
             err.detail,
         )
 
+
+def _listen(app: App) -> _Listeners:
+    """Bind ext_authz + health, the admin API and the metrics listener (not yet serving)."""
+    server = app.settings.server
     health_servicer = health.aio.HealthServicer()
     authz_server = grpc.aio.server()
     pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(app.pipeline), authz_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
-    listen = _bind(authz_server, "server.listen", settings.server.listen)
+    listen = _bind(authz_server, "server.listen", server.listen)
 
     admin_server = grpc.aio.server()
     grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
-    admin = _bind(admin_server, "server.admin_listen", settings.server.admin_listen)
+    admin = _bind(admin_server, "server.admin_listen", server.admin_listen)
 
-    metrics_host, metrics_port = split_address(
-        "server.metrics_listen", settings.server.metrics_listen
-    )
-    metrics_server = metrics_http.start(
-        metrics_host, metrics_port, app.metrics.registry, {WELL_KNOWN_JWKS: app.receipts_jwks}
-    )
-    metrics = f"{metrics_host}:{metrics_server.server_port}"
-    background = [asyncio.create_task(task()) for task in app.background]
-
-    await authz_server.start()
-    await admin_server.start()
-    for service in ("", AUTHZ_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    ready = {
+    host, port = split_address("server.metrics_listen", server.metrics_listen)
+    documents = {WELL_KNOWN_JWKS: app.receipts_jwks}
+    metrics = metrics_http.start(host, port, app.metrics.registry, documents)
+    addresses = {
         "listen": listen,
         "admin_listen": admin,
-        "metrics_listen": metrics,
-        "policy_version": app.pipeline.bundle.version,
+        "metrics_listen": f"{host}:{metrics.server_port}",
     }
-    print(f"lasthop ready {json.dumps(ready)}", flush=True)
+    return _Listeners(authz_server, admin_server, metrics, health_servicer, addresses)
 
-    await stop.wait()
+
+async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Task[None]]) -> None:
+    """Not serving, stop accepting, let in-flight checks finish, flush the trail."""
     log.info("shutting down: draining in-flight checks")
-    await health_servicer.enter_graceful_shutdown()
-    grace = settings.server.shutdown_grace_seconds
-    await asyncio.gather(authz_server.stop(grace), admin_server.stop(grace))
+    await listeners.health.enter_graceful_shutdown()
+    grace = app.settings.server.shutdown_grace_seconds
+    await asyncio.gather(listeners.authz.stop(grace), listeners.admin.stop(grace))
     for task in background:
         task.cancel()
     await app.audit.close()
     await app.store.close()
-    metrics_server.shutdown()
+    listeners.metrics.shutdown()
     print("lasthop stopped", file=sys.stderr, flush=True)
-    return 0

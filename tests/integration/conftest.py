@@ -142,7 +142,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         env={**base, **(env or {})},
-        cwd=devstack.REPO,
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 
