@@ -14,6 +14,7 @@ from authz.errors import PolicyLoadError
 from authz.model import DEFAULT_TIERS, Agent, RiskTiers
 from authz.policy import evaluate as policy
 from authz.policy import load as policy_load
+from authz.policy import locate
 from tests.conftest import POLICIES, SCHEMA
 
 # @id -> (file, effect, @reason, line of the statement: its @id, after the leading comment)
@@ -727,7 +728,7 @@ def test_statement_lines_skip_comments_and_strings() -> None:
         ]
     )
     assert len(cedarpy.PolicySet.from_str(text)) == 4  # the text is valid Cedar
-    assert policy_load.statement_lines(text) == [2, 7, 10, 10]
+    assert locate.statement_lines(text) == [2, 7, 10, 10]
 
 
 def test_statement_lines_of_shipped_files() -> None:
@@ -735,7 +736,7 @@ def test_statement_lines_of_shipped_files() -> None:
     paths = sorted(POLICIES.glob("*.cedar"))
     assert {p.name for p in paths} == set(lines)
     for path in paths:
-        assert policy_load.statement_lines(path.read_text()) == [lines[path.name]], path.name
+        assert locate.statement_lines(path.read_text()) == [lines[path.name]], path.name
 
 
 # --- nothing half-loaded ----------------------------------------------------------------------

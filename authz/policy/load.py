@@ -20,6 +20,8 @@ import cedarpy
 from authz.errors import PolicyLoadError
 from authz.model import AGENT_STATUSES, Agent
 from authz.policy import routes
+from authz.policy.locate import locate, statement_lines
+from authz.policy.slices import PolicySlices, from_est
 
 SCHEMA_FILE = "schema.cedarschema"
 ENTITIES_FILE = "entities.json"
@@ -36,51 +38,6 @@ class PolicyInfo:
     effect: str
     reason: str  # the @reason annotation: the deny reason a forbid reports
     mode: str  # "enforce", or "shadow" (`@mode("shadow")`): evaluated, never enforced
-
-
-class PolicySlices:
-    """The enforced policies that can apply to one principal.
-
-    A policy whose scope is `principal == T::"id"` can only match that
-    principal, so a request by anyone else is evaluated without it; every
-    other policy (unconstrained, `in`, `is`) is in every slice. Slices are
-    built on first use and kept: at most one per principal named in a scope.
-    The decision is the same as with the whole set, at a cost that does not
-    grow with the number of per-principal policies.
-    """
-
-    def __init__(self, est: dict[str, Any], whole: cedarpy.PolicySet) -> None:
-        self.whole = whole
-        self._general = {k: v for k, v in est.items() if _pinned(v) is None}
-        self._pinned: dict[tuple[str, str], dict[str, Any]] = {}
-        for cedar_id, body in est.items():
-            key = _pinned(body)
-            if key is not None:
-                self._pinned.setdefault(key, {})[cedar_id] = body
-        self._slices: dict[tuple[str, str], cedarpy.PolicySet] = {}
-        self._unpinned: cedarpy.PolicySet | None = None
-
-    def for_principal(self, entity_type: str, entity_id: str) -> cedarpy.PolicySet:
-        if not self._pinned:
-            return self.whole
-        key = (entity_type, entity_id)
-        own = self._pinned.get(key)
-        if own is None:
-            if self._unpinned is None:
-                self._unpinned = _from_est(self._general)
-            return self._unpinned
-        found = self._slices.get(key)
-        if found is None:
-            found = self._slices[key] = _from_est({**self._general, **own})
-        return found
-
-
-def _pinned(body: dict[str, Any]) -> tuple[str, str] | None:
-    scope = body.get("principal", {})
-    entity = scope.get("entity") if scope.get("op") == "==" else None
-    if isinstance(entity, dict) and "type" in entity and "id" in entity:
-        return str(entity["type"]), str(entity["id"])
-    return None
 
 
 @dataclass(frozen=True)
@@ -157,7 +114,7 @@ def load(directory: Path) -> PolicyBundle:
 def with_enforced_text(bundle: PolicyBundle, text: str) -> PolicyBundle:
     """`bundle` with its enforced policies replaced by `text`, unvalidated (benchmarks, tests)."""
     est = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
-    whole = _from_est(est)
+    whole = from_est(est)
     return replace(bundle, policy_set=whole, slices=PolicySlices(est, whole))
 
 
@@ -174,14 +131,8 @@ def _split_shadow(
         raise PolicyLoadError("policies", "policy ids changed when combining files")
     enforced = {k: v for k, v in est.items() if infos[k].mode == "enforce"}
     shadow = {k: {**v, "effect": "permit"} for k, v in est.items() if infos[k].mode == "shadow"}
-    whole = _from_est(enforced)
-    return whole, (_from_est(shadow) if shadow else None), PolicySlices(enforced, whole)
-
-
-def _from_est(policies: dict[str, Any]) -> cedarpy.PolicySet:
-    return cedarpy.PolicySet.from_json_str(
-        json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []})
-    )
+    whole = from_est(enforced)
+    return whole, (from_est(shadow) if shadow else None), PolicySlices(enforced, whole)
 
 
 def _read(path: Path, digest: Any) -> str:
@@ -204,7 +155,7 @@ def _parse_schema(path: Path, text: str) -> cedarpy.Schema:
         return cedarpy.Schema.from_str(text)
     except ValueError as err:
         message = str(err)
-        line, col = _locate(text, message, lambda t: cedarpy.Schema.from_str(t))
+        line, col = locate(text, message, lambda t: cedarpy.Schema.from_str(t))
         raise PolicyLoadError(str(path), message, line, col) from err
 
 
@@ -224,107 +175,13 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-def _locate(text: str, message: str, parse: Any) -> tuple[int | None, int | None]:
-    """Find the line and column a Cedar error points at, since cedarpy reports none.
-
-    Syntax errors: first the statement that fails on its own, then, inside it,
-    the occurrence of the offending token that Cedar stopped at (see
-    `_locate_in`); an unterminated string is found by its quotes. Other errors: the first place
-    the name the message quotes stands. With nothing found it says nothing
-    rather than guess.
-    """
-    if _is_syntax(message):
-        start, end = _failing_statement(text, parse)
-        found = _locate_in(text[start:end], message, parse)
-        offset = found if found is not None else _first_char(text[start:end])
-        return _position(text, start + offset)
-    if message == "unexpected end of input":
-        lines = text.rstrip().split("\n")
-        return len(lines), len(lines[-1]) + 1
-    for quoted, bare in reversed(re.findall(r"`([^`]+)`|: (\w+)$", message)):
-        name = quoted or bare
-        match = re.search(rf"(?<![\w\"]){re.escape(name)}(?![\w\"])", text) if name else None
-        if match is not None:
-            return _position(text, match.start())
-    return None, None
-
-
-def _is_syntax(message: str) -> bool:
-    return "unexpected token" in message or "invalid token" in message
-
-
-def _failing_statement(text: str, parse: Any) -> tuple[int, int]:
-    """The span of the first top-level statement that has a syntax error of its own."""
-    for start, end in statement_spans(text):
-        try:
-            parse(text[start:end])
-        except ValueError as err:
-            if _is_syntax(str(err)):
-                return start, end
-    return 0, len(text)
-
-
-def _locate_in(segment: str, message: str, parse: Any) -> int | None:
-    """Offset of the error inside one statement."""
-    try:
-        parse(segment)
-        own = message
-    except ValueError as err:
-        own = str(err)
-    if "invalid token" in own:
-        return _unterminated_string(segment)
-    token = re.search(r"unexpected token `([^`]+)`", own)
-    if token is None:
-        return None
-    word = token.group(1)
-    pattern = rf"(?<!\w){re.escape(word)}(?!\w)" if word[0].isalnum() else re.escape(word)
-    # Cedar reports the first error. Removing a token before the culprit moves
-    # that error earlier; removing the culprit moves or clears it; removing one
-    # after it leaves it where it is. So the culprit is the last occurrence
-    # whose removal changes the message.
-    culprit = None
-    for match in re.finditer(pattern, _blank_comments(segment)):
-        start, end = match.span()
-        try:
-            parse(segment[:start] + " " * (end - start) + segment[end:])
-            culprit = start
-        except ValueError as err:
-            if str(err) != own:
-                culprit = start
-    return culprit
-
-
-def _unterminated_string(segment: str) -> int | None:
-    offset = 0
-    for line in segment.split("\n"):
-        code = line.split("//", 1)[0]
-        if len(re.findall(r'(?<!\\)"', code)) % 2:
-            return offset + code.index('"')
-        offset += len(line) + 1
-    return None
-
-
-def _first_char(segment: str) -> int:
-    stripped = _blank_comments(segment)
-    return len(stripped) - len(stripped.lstrip())
-
-
-def _blank_comments(text: str) -> str:
-    return re.sub(r"//[^\n]*", lambda m: " " * len(m.group(0)), text)
-
-
-def _position(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
-
-
 def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> list[PolicyInfo]:
     """Parse and validate one file; returns its policies, numbered after `offset`."""
     where = str(path)
     try:
         cedarpy.PolicySet.from_str(text)
     except ValueError as err:
-        line, col = _locate(text, str(err), cedarpy.PolicySet.from_str)
+        line, col = locate(text, str(err), cedarpy.PolicySet.from_str)
         raise PolicyLoadError(where, str(err), line, col) from err
     est = json.loads(cedarpy.policies_to_json_str(text))
     if est.get("templates"):
@@ -360,7 +217,7 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
         first = result.errors[0]
         index = int(first.policy_id.removeprefix("policy") or 0) if first.policy_id else 0
         line = starts[index] if index < len(starts) else None
-        _, col = _locate(text, first.error, cedarpy.PolicySet.from_str)
+        _, col = locate(text, first.error, cedarpy.PolicySet.from_str)
         name = re.search(r"attribute `([^`]+)`", first.error)
         if name and line is not None:
             for number, text_line in enumerate(text.split("\n")[line - 1 :], line):
@@ -370,45 +227,6 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
         problem = first.error.replace(f"`{first.policy_id}`", f"`{infos[index].id}`")
         raise PolicyLoadError(where, problem, line, col)
     return infos
-
-
-def statement_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) offsets of each top-level `;`-terminated statement, comments skipped.
-
-    A trailing fragment with no `;` is a statement too (it is where EOF errors are).
-    """
-    spans: list[tuple[int, int]] = []
-    i, start, depth = 0, None, 0
-    while i < len(text):
-        c = text[i]
-        if text.startswith("//", i):
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-            continue
-        if c == '"':
-            if start is None:
-                start = i
-            i += 1
-            while i < len(text) and text[i] not in '"\n':
-                i += 2 if text[i] == "\\" else 1
-        elif c in "{[(":
-            depth += 1
-        elif c in "}])":
-            depth = max(0, depth - 1)
-        if c == ";" and depth == 0 and start is not None:
-            spans.append((start, i + 1))
-            start = None
-        elif not c.isspace() and start is None:
-            start = i
-        i += 1
-    if start is not None:
-        spans.append((start, len(text)))
-    return spans
-
-
-def statement_lines(text: str) -> list[int]:
-    """The line on which each top-level statement starts."""
-    return [text.count("\n", 0, start) + 1 for start, _ in statement_spans(text)]
 
 
 def _load_entities(

@@ -30,7 +30,17 @@ def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProc
 def test_a_built_wheel_runs_the_demo_in_a_fresh_venv(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
         tmp_path,
         INSTALL_TIMEOUT,
     )
@@ -41,7 +51,9 @@ def test_a_built_wheel_runs_the_demo_in_a_fresh_venv(tmp_path: Path) -> None:
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     installed = _run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[demo]"], tmp_path, INSTALL_TIMEOUT
+        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[demo]"],
+        tmp_path,
+        INSTALL_TIMEOUT,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
 
