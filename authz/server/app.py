@@ -237,7 +237,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
             "DRY RUN: policy and grant denials are logged and NOT enforced "
             "(policies.mode = dry-run)"
         )
-    _, _, admin_rules = identity_rules(ident, settings.admin.audience)
+    grants_service, agents_service = _admin_services(settings, keys, store, pipeline, audit.log)
     app = App(
         settings=settings,
         pipeline=pipeline,
@@ -245,27 +245,38 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         stores=store,
         audit=audit.log,
         metrics=metrics,
-        grants_service=GrantsService(
-            auth=AdminAuth(keys, admin_rules, clock),
-            store=store.grants,
-            registry=store.registry,
-            actions=lambda: pipeline.bundle.actions,
-            max_ttl=settings.grants.max_ttl,
-            clock=clock,
-            audit=audit.log,
-        ),
-        agents_service=AgentsService(
-            auth=AdminAuth(keys, admin_rules, clock),
-            agents=store.agents,
-            grant_store=store.grants,
-            tiers=tiers,
-            clock=clock,
-            audit=audit.log,
-        ),
+        grants_service=grants_service,
+        agents_service=agents_service,
         receipts_jwks=audit.jwks,
     )
     app.background.extend(_background(app))
     return app
+
+
+def _admin_services(
+    settings: Settings, keys: jwks.KeySource, store: Stores, pipeline: Pipeline, audit: AuditLog
+) -> tuple[GrantsService, AgentsService]:
+    """The admin API: grants (admins and approvers) and the agent registry (admins)."""
+    _, _, admin_rules = identity_rules(settings.identity, settings.admin.audience)
+    clock = time.time
+    grants = GrantsService(
+        auth=AdminAuth(keys, admin_rules, clock),
+        store=store.grants,
+        registry=store.registry,
+        actions=lambda: pipeline.bundle.actions,
+        max_ttl=settings.grants.max_ttl,
+        clock=clock,
+        audit=audit,
+    )
+    agents = AgentsService(
+        auth=AdminAuth(keys, admin_rules, clock),
+        agents=store.agents,
+        grant_store=store.grants,
+        tiers=tiers_of(settings),
+        clock=clock,
+        audit=audit,
+    )
+    return grants, agents
 
 
 def _background(app: App) -> list[Task]:
