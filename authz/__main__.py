@@ -1,3 +1,5 @@
+"""`python -m authz`: the `lasthop` command."""
+
 import sys
 
 from authz.cli.main import main

@@ -176,7 +176,7 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = (
         "store_unavailable",
         503,
-        "grants",
+        "any",
         "the store is down, slow or answered junk",
     )
     AUDIT_UNAVAILABLE = (

@@ -62,7 +62,7 @@ KINDS = ("revoke", "suspend", "resume")
 
 
 def check_request(token: str) -> ext.CheckRequest:
-    """What Envoy would send for GET PATH with the token (see authz.ext_authz.to_input)."""
+    """What Envoy would send for GET PATH with the token (see authz.server.ext_authz.to_input)."""
     http = attrs.AttributeContext.HttpRequest(
         id=uuid.uuid4().hex,
         method="GET",

@@ -1,4 +1,4 @@
-"""authz.audit_chain: canonical encoding, sealing into the chain, signed checkpoints."""
+"""authz.audit.chain: canonical encoding, sealing into the chain, signed checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""authz.audit_verify: every kind of tampering is detected, named and located.
+"""authz.audit.verify: every kind of tampering is detected, named and located.
 
 The trail here is written by the real writer (tests.audit_helpers.write_trail);
 tests/integration/test_audit_tamper.py does the same to a trail written by a

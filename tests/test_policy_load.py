@@ -1,4 +1,4 @@
-"""authz.policy_load: the shipped bundle, and every broken copy names its file and line."""
+"""authz.policy.load: the shipped bundle, and every broken copy names its file and line."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """What goes into the audit trail, and the sink the request path hands it to.
 
-Three kinds of record share one hash chain (`authz.audit_chain`), told apart
+Three kinds of record share one hash chain (`authz.audit.chain`), told apart
 by `type`:
 
     decision    one per Check, allow or deny (`AuditRecord`)
-    event       a lifecycle change: a grant issued or revoked, the trail
-                opened; later, agents registered or suspended (`EventRecord`)
-    checkpoint  a signed statement of the chain's head (`authz.audit_chain`)
+    event       a lifecycle change: the trail opened, a grant issued, used or
+                revoked, an agent registered or suspended (`EventRecord`)
+    checkpoint  a signed statement of the chain's head (`authz.audit.chain`)
 
 The chain hashes every field a record holds, so adding a field (a future
 `shadow` decision, say) needs no change to hashing or verification. Records

@@ -1,6 +1,6 @@
 """Integration fixtures: real Redis, real `lasthop serve`, real Envoy, the demo EHR upstream.
 
-Everything binds 127.0.0.1 on free ports (authz.devstack) and is stopped when the
+Everything binds 127.0.0.1 on free ports (authz.dev.stack) and is stopped when the
 fixture ends. The shared stack is session-scoped: tests on it use their own
 user ids, so grants issued by one test never cover another test's requests.
 """
