@@ -1,4 +1,4 @@
-"""authz.audit.writer and audit.trail: writing, reopening, repair, locking, rotation, fsync policy."""
+"""authz.audit.writer and trail: writing, reopening, repair, locking, rotation, fsync policy."""
 
 from __future__ import annotations
 

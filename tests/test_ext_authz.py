@@ -1,4 +1,4 @@
-"""authz.server.ext_authz: CheckRequest -> CheckInput, Decision -> CheckResponse; and the servicer."""
+"""authz.server.ext_authz: CheckRequest -> CheckInput, Decision -> CheckResponse; the servicer."""
 
 from __future__ import annotations
 
