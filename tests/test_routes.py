@@ -311,8 +311,8 @@ def test_load_non_utf8(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "no `[[route]]` entries"),
-        ("route = 1\n", "no `[[route]]` entries"),
+        ("", "no `[[route]]` or `[[mcp]]` entries"),
+        ("route = 1\n", "`route` and `mcp` must be arrays of tables"),
         (GOOD.replace('method = "GET"\n', ""), "route 1: missing key 'method'"),
         (GOOD.replace('action = "read"\n', ""), "route 1: missing key 'action'"),
         (

@@ -5,8 +5,10 @@
 - An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
   the signed `x-lasthop-receipt` when receipts are on, after removing every
   `x-lasthop-*` header the client sent.
-- When Envoy sends the whole request body (`with_request_body`, and
-  `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
+- When Envoy sends the request body (`with_request_body`), it goes to the
+  pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
+  partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
+  a whole body is bound into the receipt. No such header: Envoy sent no body.
 - A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
@@ -44,6 +46,7 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
         for key, value in http.headers.items():
             headers[key.lower()] = [value]
     path, _ = split_target(http.path)
+    body, partial = _body(http, headers)
     return CheckInput(
         method=http.method.upper(),
         path=path,
@@ -51,18 +54,21 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
         headers=headers,
         peer_principal=request.attributes.source.principal,
         request_id=http.id,
-        body_sha256=_body_digest(http, headers),
+        body_sha256=hashlib.sha256(body).hexdigest() if body is not None and not partial else "",
+        body=body,
+        body_partial=partial,
     )
 
 
-def _body_digest(
+def _body(
     http: attributes.AttributeContext.HttpRequest, headers: dict[str, list[str]]
-) -> str:
-    """SHA-256 of the body, only when Envoy says it sent all of it."""
-    if headers.get(PARTIAL_BODY_HEADER) != ["false"]:
-        return ""
+) -> tuple[bytes | None, bool]:
+    """(the body Envoy sent, whether only part of it); (None, False) when it sends none."""
+    said = headers.get(PARTIAL_BODY_HEADER)
+    if said is None:
+        return None, False
     body = http.raw_body if http.raw_body else http.body.encode("utf-8")
-    return hashlib.sha256(body).hexdigest()
+    return body, said != ["false"]
 
 
 def identity_headers(decision: Decision) -> dict[str, str]:
