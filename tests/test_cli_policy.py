@@ -98,7 +98,7 @@ def test_validate_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip() == (
         f"ok: {len(bundle.policies)} policies (0 shadow), "
         f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
-        f"version {bundle.version}"
+        f"4 MCP tools, version {bundle.version}"
     )
     assert err == ""
 
@@ -383,6 +383,7 @@ def test_check_allow_explains_everything(
         "resource": 'Records::"p-1001"',
         "parents": ['Patient::"p-1001"'],
         "phi": True,
+        "tool": "",
     }
     grants = report["grants"]
     assert [g["id"] for g in grants] == ["g-check-0", "g-check-1"]

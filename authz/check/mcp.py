@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any
 
@@ -147,3 +148,14 @@ def _header_value(value: str) -> str:
 
 def _invalid(detail: str) -> RouteError:
     return RouteError(Reason.MCP_INVALID_MESSAGE, detail)
+
+
+def call_body(tool: str, arguments: dict[str, Any], request_id: int = 1) -> bytes:
+    """The JSON-RPC body of a `tools/call`, as an MCP client sends it (CLI, scenarios, tests)."""
+    message = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": TOOLS_CALL,
+        "params": {"name": tool, "arguments": arguments},
+    }
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")

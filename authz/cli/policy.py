@@ -16,7 +16,7 @@ from typing import Any
 import cedarpy
 
 from authz import config
-from authz.check import delegation, grants
+from authz.check import delegation, grants, mcp
 from authz.check import keys as jwks
 from authz.check.identity import bearer_token
 from authz.errors import LasthopError, ScenarioError, UsageError
@@ -55,8 +55,14 @@ def add_commands(sub: Any) -> None:
     who = check.add_mutually_exclusive_group(required=True)
     who.add_argument("--token", help="a bearer token, verified against identity.jwks")
     who.add_argument("--claims", help="token claims as JSON (signature not checked)")
-    check.add_argument("--method", required=True)
-    check.add_argument("--path", required=True)
+    check.add_argument("--method", help="default: POST with --tool or --body")
+    check.add_argument("--path", required=True, help="e.g. /patients/p-1001/records, or /mcp")
+    body = check.add_mutually_exclusive_group()
+    body.add_argument("--tool", help="an MCP tool call: its name (POST to --path as JSON-RPC)")
+    body.add_argument("--body", help="the request body as Envoy would send it; @FILE reads a file")
+    check.add_argument(
+        "--arguments", default="{}", help='the tool\'s arguments as JSON: {"patient_id": "p-1001"}'
+    )
     check.add_argument("--header", action="append", default=[], help="NAME:VALUE, repeatable")
     check.add_argument(
         "--grant",
@@ -76,6 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"ok: {len(bundle.policies)} policies "
         f"({sum(p.mode == 'shadow' for p in bundle.policies.values())} shadow), "
         f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
+        f"{sum(len(e.tools) for e in bundle.routes.mcp.values())} MCP tools, "
         f"version {bundle.version}"
     )
     if not args.format:
@@ -184,9 +191,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not sep:
             raise UsageError(f"--header `{item}` is not NAME:VALUE")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
-    request = CheckInput(
-        method=args.method.upper(), path=args.path, host="lasthop-check", headers=headers
-    )
+    body = _body_of(args)
+    method = args.method or ("POST" if body is not None else "")
+    if not method:
+        raise UsageError("--method is required unless --tool or --body is given")
+    request = offline.request_of(method.upper(), args.path, "lasthop-check", headers, body)
     decision = offline.run_check(env, request, held)
     report = _explain(decision, request, held, source, bundle, now)
     if args.output == "json":
@@ -194,6 +203,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0 if decision.allowed else 1
+
+
+def _body_of(args: argparse.Namespace) -> bytes | None:
+    """The body `--tool`/`--arguments` or `--body` describe; None when neither is given."""
+    if args.tool:
+        try:
+            arguments = json.loads(args.arguments)
+        except ValueError as err:
+            raise UsageError(f"--arguments is not JSON: {err}") from err
+        if not isinstance(arguments, dict):
+            raise UsageError("--arguments must be a JSON object")
+        return mcp.call_body(args.tool, arguments)
+    if args.arguments != "{}":
+        raise UsageError("--arguments needs --tool")
+    if args.body is None:
+        return None
+    if args.body.startswith("@"):
+        try:
+            return Path(args.body[1:]).read_bytes()
+        except OSError as err:
+            raise UsageError(f"--body `{args.body}`: {err.strerror}") from err
+    return str(args.body).encode("utf-8")
 
 
 def _chain_of(env: offline.Offline, token: str) -> tuple[str, str]:
@@ -279,6 +310,7 @@ def _explain(
                 "resource": str(route.resource),
                 "parents": [str(p) for p in route.parents],
                 "phi": route.phi,
+                "tool": route.mcp.tool if route.mcp else "",
             }
             if route
             else None
