@@ -38,7 +38,7 @@ class JsonError(ValueError):
         self.kind = kind  # encoding | syntax | depth | duplicate
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def strict_json(data: bytes, max_depth: int) -> Any:

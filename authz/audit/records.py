@@ -10,10 +10,12 @@ by `type`:
 
 The chain hashes every field a record holds, so adding a field (a future
 `shadow` decision, say) needs no change to hashing or verification. Records
-never hold a token, only its SHA-256; `json.dumps` escapes every control
-and non-ASCII character, so each record stays one ASCII line whatever the
-claims contain. Floats are not allowed in the chained part except
-`latency_ms`, which always holds at most three decimals.
+never hold a token, only its SHA-256, nor an MCP tool call's arguments (they
+may be PHI), only the tool and the SHA-256 of the arguments' canonical JSON.
+`json.dumps` escapes every control and non-ASCII character, so each record
+stays one ASCII line whatever the claims contain. Floats are not allowed in
+the chained part except `latency_ms`, which always holds at most three
+decimals.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class AuditRecord:
     owner: str = ""  # the current actor's accountable owner, from the registry
     phi: bool = False  # the route is marked `phi = true`: an allow is a disclosure
     parents: list[str] = field(default_factory=list)  # the resource's ancestors
+    mcp_method: str = ""  # an MCP request's JSON-RPC method (`batch` for a batch)
+    tool: str = ""  # an MCP tools/call: the tool
+    arguments_sha256: str = ""  # and the SHA-256 of its arguments; never the arguments
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, shallow: a record is never changed once made."""
@@ -96,6 +101,9 @@ class AuditRecord:
             owner=d.owner,
             phi=route.phi if route else False,
             parents=[str(p) for p in route.parents] if route else [],
+            mcp_method=route.mcp.method if route and route.mcp else "",
+            tool=route.mcp.tool if route and route.mcp else "",
+            arguments_sha256=route.mcp.arguments_sha256 if route and route.mcp else "",
         )
 
 
