@@ -48,6 +48,7 @@ EDGE_ONLY = {  # third-party modules only the edge may import
     "envoy": {"server", "cli", "dev"},
     "authz._proto": {"server", "cli", "dev"},
     "redis": {"stores", "dev"},
+    "mcp": {"dev"},  # the MCP SDK: the demo's server and agent; Lasthop parses MCP itself
 }
 PEERS = {("policy", "audit"), ("audit", "policy")}  # same rank, and must stay apart
 
