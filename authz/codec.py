@@ -58,7 +58,7 @@ def strict_json(data: bytes, max_depth: int) -> Any:
     if text.startswith("\ufeff"):
         raise JsonError("encoding", "starts with a byte order mark")
     try:
-        value = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        value = _DECODER.decode(text)
     except RecursionError as err:
         raise JsonError("depth", f"nested deeper than {max_depth} levels") from err
     except JsonError:
@@ -81,6 +81,9 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise JsonError("syntax", f"not JSON: `{name}`")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
 
 
 def _walk(value: Any, max_depth: int) -> None:

@@ -30,3 +30,20 @@ def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
         assert target["max_throughput_rps"] > 0
     assert "| lasthop |" in (out / "report.md").read_text()
     assert (out / "latency.png").stat().st_size > 1000
+
+
+def test_the_tool_call_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/mcp_check.py, tiny: both requests are allowed, every figure is there."""
+    out = tmp_path / "mcp.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mcp_check.py"), "--checks", "20",
+         "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for regime in ("warm", "cold"):
+        assert report[regime]["get_p50_us"] > 0 and report[regime]["mcp_p50_us"] > 0
+    assert report["parse_p50_us"] > 0 and "ratio median" in result.stdout
