@@ -39,6 +39,7 @@ class JsonError(ValueError):
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_WHITESPACE = " \t\n\r"  # JSON's own: no other space around a document
 
 
 def strict_json(data: bytes, max_depth: int) -> Any:
@@ -58,7 +59,9 @@ def strict_json(data: bytes, max_depth: int) -> Any:
     if text.startswith("\ufeff"):
         raise JsonError("encoding", "starts with a byte order mark")
     try:
-        value = _DECODER.decode(text)
+        value, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_WHITESPACE)))
+        if text[end:].strip(_WHITESPACE):
+            raise JsonError("syntax", f"not JSON: more after the document at offset {end}")
     except RecursionError as err:
         raise JsonError("depth", f"nested deeper than {max_depth} levels") from err
     except JsonError:
@@ -71,11 +74,13 @@ def strict_json(data: bytes, max_depth: int) -> Any:
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise JsonError("duplicate", f"member `{printable(name)}` appears twice")
-        result[name] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise JsonError("duplicate", f"member `{printable(name)}` appears twice")
+            seen.add(name)
     return result
 
 

@@ -12,8 +12,8 @@ for the same chart two ways:
 
 Two regimes, each as the server runs it: `warm` (token, entity and Cedar
 memos on; the body is parsed on every call all the same) and `cold` (every
-memo cleared before each check). The two kinds alternate within each round,
-so machine drift lands on both; the ratio is per round, and the report gives
+memo cleared before each check). The two kinds alternate check by check,
+so machine drift lands on both alike; the ratio is per round, and the report gives
 its median and range over the rounds. `parse` is the body's own cost (read,
 check and resolve the JSON-RPC), measured alone.
 Target: p50(mcp) <= 1.2 x p50(get), in both regimes.
@@ -91,19 +91,22 @@ class Requests:
         )
 
 
-def samples(p: Pipeline, make: Any, checks: int, cold: bool) -> list[float]:
-    async def go() -> list[float]:
-        out = []
+def samples(p: Pipeline, requests: Requests, checks: int, cold: bool) -> dict[str, list[float]]:
+    """`checks` of each kind, GET and tool call alternating, so noise lands on both alike."""
+
+    async def go() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"get": [], "mcp": []}
         for _ in range(checks):
-            request = make()
-            if cold:
-                p.bundle = p.bundle  # a new policy engine: its memos start empty
-                p.verifier.forget()
-            started = time.perf_counter()
-            decision = await p.check(request)
-            out.append(time.perf_counter() - started)
-            if not decision.allowed:
-                raise RuntimeError(f"benchmark request denied: {decision.reason}")
+            for kind in ("get", "mcp"):
+                request = requests.get() if kind == "get" else requests.mcp()
+                if cold:
+                    p.bundle = p.bundle  # a new policy engine: its memos start empty
+                    p.verifier.forget()
+                started = time.perf_counter()
+                decision = await p.check(request)
+                out[kind].append(time.perf_counter() - started)
+                if not decision.allowed:
+                    raise RuntimeError(f"benchmark request denied: {decision.reason}")
         return out
 
     gc.collect()
@@ -126,14 +129,14 @@ def run(checks: int, rounds: int) -> dict[str, Any]:
     token = issuer.access_token("dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE, ttl=3600)
     pipeline = build(issuer)
     requests = Requests(token)
-    samples(pipeline, requests.mcp, 200, cold=False)  # warm up both paths
-    samples(pipeline, requests.get, 200, cold=False)
+    samples(pipeline, requests, 200, cold=False)  # warm up both paths
     report: dict[str, Any] = {"checks": checks, "rounds": rounds, "target": TARGET}
     for regime, cold in (("warm", False), ("cold", True)):
         per_round = []
         for _ in range(rounds):
-            get = statistics.median(samples(pipeline, requests.get, checks, cold)) * 1e6
-            tool = statistics.median(samples(pipeline, requests.mcp, checks, cold)) * 1e6
+            both = samples(pipeline, requests, checks, cold)
+            get = statistics.median(both["get"]) * 1e6
+            tool = statistics.median(both["mcp"]) * 1e6
             per_round.append({"get_p50_us": get, "mcp_p50_us": tool, "ratio": tool / get})
         ratios = [r["ratio"] for r in per_round]
         report[regime] = {

@@ -105,9 +105,9 @@ def _message(item: Any, index: int | None) -> RpcMessage:
 
 def _call(params: dict[str, Any], where: str, is_notification: bool) -> RpcMessage:
     name, arguments = params.get("name"), params.get("arguments", {})
-    unknown = sorted(params.keys() - _CALL_KEYS)
-    if unknown:
-        raise _invalid(f"{where}: `tools/call` takes no `{printable(unknown[0])}` in `params`")
+    if not params.keys() <= _CALL_KEYS:
+        unknown = sorted(params.keys() - _CALL_KEYS)[0]
+        raise _invalid(f"{where}: `tools/call` takes no `{printable(unknown)}` in `params`")
     if is_notification:
         raise _invalid(f"{where}: a `tools/call` needs an `id`")
     if not isinstance(name, str) or not isinstance(arguments, dict):
@@ -121,13 +121,14 @@ def _is_id(value: Any) -> bool:
 
 def _check_headers(headers: dict[str, list[str]], messages: list[RpcMessage]) -> None:
     """What a proxy or the server may route on must be what Lasthop decided on."""
-    for header, said in (
-        (METHOD_HEADER, {m.method for m in messages}),
-        (NAME_HEADER, {m.tool for m in messages if m.method == TOOLS_CALL}),
-    ):
+    for header in (METHOD_HEADER, NAME_HEADER):
         values = headers.get(header)
         if values is None:
             continue
+        if header == METHOD_HEADER:
+            said = {m.method for m in messages}
+        else:
+            said = {m.tool for m in messages if m.method == TOOLS_CALL}
         if len(values) != 1 or said != {_header_value(values[0])}:
             raise RouteError(
                 Reason.MCP_HEADER_MISMATCH,

@@ -46,6 +46,7 @@ _METHOD = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*(?:/\*)?")
 _ENDPOINT_KEYS = {"path", "max_body_bytes", "max_depth", "tool", "method"}
 _TOOL_KEYS = {"name", "action", "resource", "parents", "phi", "arguments"}
 _METHOD_KEYS = {"methods", "action", "resource", "parents", "phi"}
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # ensure_ascii: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +166,7 @@ class McpEndpoint:
 
 def arguments_digest(arguments: dict[str, Any]) -> str:
     """SHA-256 of the arguments' canonical JSON: sorted keys, no spaces, ASCII."""
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(arguments).encode("ascii")).hexdigest()
 
 
 def _target(match: RouteMatch) -> tuple[object, ...]:
