@@ -167,13 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         token, source = args.token.removeprefix("Bearer "), "verified against identity.jwks"
     else:
         signer = offline.ClaimsSigner(settings.identity)
-        try:
-            claims = json.loads(args.claims)
-        except ValueError as err:
-            raise UsageError(f"--claims is not JSON: {err}") from err
-        if not isinstance(claims, dict):
-            raise UsageError("--claims must be a JSON object")
-        keys, token = signer.keys, signer.token(claims, now)
+        keys, token = signer.keys, signer.token(_json_object(args.claims, "--claims"), now)
         source = "claims given on the command line (signature not checked)"
     env = offline.build(
         bundle,
@@ -208,13 +202,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _body_of(args: argparse.Namespace) -> bytes | None:
     """The body `--tool`/`--arguments` or `--body` describe; None when neither is given."""
     if args.tool:
-        try:
-            arguments = json.loads(args.arguments)
-        except ValueError as err:
-            raise UsageError(f"--arguments is not JSON: {err}") from err
-        if not isinstance(arguments, dict):
-            raise UsageError("--arguments must be a JSON object")
-        return mcp.call_body(args.tool, arguments)
+        return mcp.call_body(args.tool, _json_object(args.arguments, "--arguments"))
     if args.arguments != "{}":
         raise UsageError("--arguments needs --tool")
     if args.body is None:
@@ -225,6 +213,16 @@ def _body_of(args: argparse.Namespace) -> bytes | None:
         except OSError as err:
             raise UsageError(f"--body `{args.body}`: {err.strerror}") from err
     return str(args.body).encode("utf-8")
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"{option} is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object")
+    return value
 
 
 def _chain_of(env: offline.Offline, token: str) -> tuple[str, str]:

@@ -92,30 +92,12 @@ def run(work: Path, lasthop_port: int, admin: AdminClient, issuer: DemoIssuer, j
 
 
 def scenario(url: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> list[ToolOutcome]:
-    grant = admin.issue(
-        pb.IssueGrantRequest(
-            agent="scribe",
-            user="dr-alice",
-            actions=["read"],
-            resources=['Patient::"p-1001"'],
-            purpose=PURPOSE,
-            ttl_seconds=900,
-        )
-    )
+    grant = _read_grant(admin, "scribe", PURPOSE)
     print(f"\n+ dr-alice approves grant {grant.id}: scribe may read p-1001, 15 minutes")
+    _read_grant(admin, "med-reconciler", "medication-reconciliation")
     scribe = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     billing = issuer.access_token("bob", ["billing-bot"], purpose="billing")
     meds = issuer.access_token("dr-alice", ["med-reconciler"], purpose="medication-reconciliation")
-    admin.issue(
-        pb.IssueGrantRequest(
-            agent="med-reconciler",
-            user="dr-alice",
-            actions=["read"],
-            resources=['Patient::"p-1001"'],
-            purpose="medication-reconciliation",
-            ttl_seconds=900,
-        )
-    )
     steps: list[tuple[str, str, str, dict[str, Any]]] = [
         ("scribe calls get_patient_record for p-1001, with the grant", scribe,
          "get_patient_record", {"patient_id": "p-1001"}),
@@ -133,6 +115,15 @@ def scenario(url: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> li
         _show(title, tool, arguments, outcome, jwks)
         outcomes.append(outcome)
     return outcomes
+
+
+def _read_grant(admin: AdminClient, agent: str, purpose: str) -> pb.Grant:
+    """dr-alice's grant to `agent`: read p-1001's chart for `purpose`, 15 minutes."""
+    request = pb.IssueGrantRequest(
+        agent=agent, user="dr-alice", actions=["read"], resources=['Patient::"p-1001"'],
+        purpose=purpose, ttl_seconds=900,
+    )  # fmt: skip
+    return admin.issue(request)
 
 
 def _show(
