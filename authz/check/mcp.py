@@ -30,11 +30,11 @@ from typing import Any
 from authz.codec import JsonError, printable, strict_json
 from authz.errors import RouteError, Unavailable
 from authz.model import CheckInput, RpcMessage
+from authz.policy.mcp import TOOLS_CALL
 from authz.reasons import Reason
 
 METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
-TOOLS_CALL = "tools/call"
 _JSON_REASONS = {
     "encoding": Reason.MCP_INVALID_ENCODING,
     "syntax": Reason.MCP_NOT_JSON,

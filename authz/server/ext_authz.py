@@ -9,7 +9,8 @@
   pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
   partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
   a whole body is bound into the receipt. No such header: Envoy sent no body.
-- A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
+- A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
+  or 413 for an MCP body) and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
 """
@@ -32,7 +33,12 @@ from authz.reasons import Reason
 HEADER_PREFIX = "x-lasthop-"
 RECEIPT_HEADER = "x-lasthop-receipt"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
-_GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+_GRPC_CODE = {
+    400: code_pb2.INVALID_ARGUMENT,  # an MCP body Lasthop cannot read
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    413: code_pb2.INVALID_ARGUMENT,  # an MCP body too large or cut
+}
 
 
 def to_input(request: pb.CheckRequest) -> CheckInput:
