@@ -136,6 +136,39 @@ class AuditSettings:
         return int(match.group(1)) / 1000
 
 
+RESPONSES = ("record", "alert", "approve", "suspend", "revoke")  # each does all before it
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    enabled: bool = True  # run the detectors on every check; false: context.risk is all zeros
+    cooldown: int = 600  # a detector fires at most once per agent and kind in this time
+    breadth_entity: str = "Patient"  # breadth counts the resource or its ancestor of this type
+    breadth_window: int = 600  # sliding window of the breadth counts
+    breadth_patients: int = 25  # distinct entities one agent asks for in the window; 0: off
+    breadth_user_patients: int = 0  # ... one agent for one user; 0: off
+    breadth_response: str = "alert"  # record, alert, approve, suspend or revoke
+    rate_window: int = 60  # requests per agent are counted per window of this length
+    rate_baseline: int = 3600  # the horizon of the agent's own moving average
+    rate_factor: int = 10  # fire above this many times the agent's baseline...
+    rate_min: int = 300  # ...and above this many requests in one window; 0: off
+    rate_response: str = "alert"  # record, alert, approve, suspend or revoke
+    probing_window: int = 60  # sliding window of the denial counts
+    probing_denials: int = 20  # denials of one agent in the window; 0: off
+    probing_token_denials: int = 10  # denials of one token in the window; 0: off
+    probing_response: str = "alert"  # record, alert, approve, suspend or revoke
+    novelty_learning: int = 86400  # an agent's first period teaches its habits; 0: novelty off
+    novelty_response: str = "record"  # record, alert, approve, suspend or revoke
+    hours_response: str = "alert"  # record, alert, approve, suspend or revoke
+    hygiene_token_lifetime: int = 1800  # flag tokens living longer (exp - iat); 0: off
+    hygiene_require_jti: bool = True  # flag tokens without `jti`
+    hygiene_response: str = "alert"  # record, alert, approve, suspend or revoke
+    approval_ttl: int = 86400  # how long an `approve` response holds for an agent
+    webhook_url: str = ""  # POST every alert here, signed (HMAC-SHA256); empty: no webhook
+    webhook_secret_file: str = ""  # the shared secret the signature is made with
+    webhook_timeout_ms: int = 2000  # per delivery attempt
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings
@@ -147,6 +180,7 @@ class Settings:
     admin: AdminSettings
     audit: AuditSettings
     base_dir: Path  # relative paths in the file resolve against its directory
+    detect: DetectSettings = DetectSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -162,12 +196,24 @@ _SECTIONS: dict[str, type[Any]] = {
     "grants": GrantsSettings,
     "admin": AdminSettings,
     "audit": AuditSettings,
+    "detect": DetectSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
     "audit.on_failure": "is gone: Lasthop never allows a request it cannot record; remove the key",
 }
-_DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
+_DURATION_KEYS = {
+    "identity.max_token_lifetime",
+    "grants.max_ttl",
+    "detect.cooldown",
+    "detect.breadth_window",
+    "detect.rate_window",
+    "detect.rate_baseline",
+    "detect.probing_window",
+    "detect.novelty_learning",
+    "detect.hygiene_token_lifetime",
+    "detect.approval_ttl",
+}
 
 
 def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -278,6 +324,7 @@ def _validate(s: Settings) -> None:
     if not s.admin.audience:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
+    _validate_detect(s.detect)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -363,6 +410,33 @@ def _validate_audit(a: AuditSettings) -> None:
             "audit.rotate_bytes", f"must be 0 (never) or at least 1024, got `{a.rotate_bytes}`"
         )
     _range("audit.receipt_ttl_seconds", a.receipt_ttl_seconds, 1, 3600)
+
+
+def _validate_detect(d: DetectSettings) -> None:
+    for name in ("breadth", "rate", "probing", "novelty", "hours", "hygiene"):
+        response = getattr(d, f"{name}_response")
+        if response not in RESPONSES:
+            raise ConfigError(f"detect.{name}_response", f"`{response}` is not one of {RESPONSES}")
+    for key in ("cooldown", "breadth_window", "rate_window", "probing_window", "approval_ttl"):
+        _range(f"detect.{key}", getattr(d, key), 1, 7 * 86400)
+    if d.rate_baseline < 2 * d.rate_window:
+        raise ConfigError("detect.rate_baseline", "must be at least twice detect.rate_window")
+    _range("detect.rate_factor", d.rate_factor, 2, 1000)
+    for key in ("breadth_patients", "breadth_user_patients", "rate_min"):
+        _range(f"detect.{key}", getattr(d, key), 0, 1_000_000)
+    for key in ("probing_denials", "probing_token_denials"):
+        _range(f"detect.{key}", getattr(d, key), 0, 1_000_000)
+    _range("detect.novelty_learning", d.novelty_learning, 0, 365 * 86400)
+    _range("detect.hygiene_token_lifetime", d.hygiene_token_lifetime, 0, 365 * 86400)
+    if not re.fullmatch(r"[A-Z][A-Za-z0-9_]*", d.breadth_entity):
+        raise ConfigError("detect.breadth_entity", f"`{d.breadth_entity}` is not an entity type")
+    _range("detect.webhook_timeout_ms", d.webhook_timeout_ms, 1, 60_000)
+    if d.webhook_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", d.webhook_url):
+        raise ConfigError("detect.webhook_url", f"`{d.webhook_url}` is not an http(s) URL")
+    if d.webhook_url and not d.webhook_secret_file:
+        raise ConfigError(
+            "detect.webhook_secret_file", "detect.webhook_url needs a secret to sign with"
+        )
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

@@ -6,7 +6,9 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
 
@@ -50,6 +52,8 @@ class TokenClaims:
     purpose: str
     txn: str
     expires_at: int
+    issued_at: int = 0
+    jti: str = ""  # empty: the token has no `jti`
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +158,7 @@ class Agent:
     allowed_purposes: tuple[str, ...] = ()  # purposes it may act for
     created_at: int = 0
     registered_by: str = ""
+    hours: str = ""  # declared working hours (`WorkingHours`); empty: any time
 
     @property
     def active(self) -> bool:
@@ -184,6 +189,11 @@ class Agent:
             raise ValueError(
                 f"agent `{self.id}`: `description` must be at most {MAX_DESCRIPTION} characters"
             )
+        if self.hours:
+            try:
+                WorkingHours.parse(self.hours)
+            except ValueError as err:
+                raise ValueError(f"agent `{self.id}`: `hours`: {err}") from None
         return self
 
     def to_json(self) -> str:
@@ -205,10 +215,79 @@ class Agent:
                 allowed_purposes=tuple(_str(p) for p in data.get("allowed_purposes", [])),
                 created_at=_int(data.get("created_at", 0)),
                 registered_by=_str(data.get("registered_by", "")),
+                hours=_str(data.get("hours", "")),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed agent: {err}") from err
         return agent.check(STORED_STATUSES)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SPAN = re.compile(r"^(?:([A-Za-z]{3})(?:-([A-Za-z]{3}))? )?(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingHours:
+    """When an agent declares it works: `Mon-Fri 07:00-19:00, Sat 08:00-12:00 Europe/London`.
+
+    Spans are separated by commas; each has optional days (`Mon`, `Mon-Fri`,
+    `Fri-Mon`) and a time range, which may pass midnight (`22:00-06:00`: from
+    22:00 on those days to 06:00 the next). The optional last word is an IANA
+    time zone (default UTC).
+    """
+
+    spans: tuple[tuple[frozenset[int], int, int], ...]  # (weekdays, from minute, to minute)
+    zone: str = "UTC"
+
+    @classmethod
+    def parse(cls, text: str) -> WorkingHours:
+        """Raises ValueError saying what is wrong."""
+        body, zone = text.strip(), "UTC"
+        head, _, last = body.rpartition(" ")
+        if head and ("/" in last or last == "UTC"):
+            body, zone = head, last
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone `{zone}`") from None
+        spans = tuple(_span(part.strip()) for part in body.split(","))
+        return cls(spans, zone)
+
+    def contains(self, when: float) -> bool:
+        """True if the time `when` (seconds since the epoch) is inside a declared span."""
+        local = datetime.fromtimestamp(when, UTC).astimezone(ZoneInfo(self.zone))
+        minute, day = local.hour * 60 + local.minute, local.weekday()
+        for days, start, end in self.spans:
+            if start <= end and day in days and start <= minute < end:
+                return True
+            if start > end and (
+                (day in days and minute >= start) or ((day - 1) % 7 in days and minute < end)
+            ):
+                return True
+        return False
+
+
+def _span(text: str) -> tuple[frozenset[int], int, int]:
+    match = _SPAN.match(text)
+    if not match:
+        raise ValueError(f"`{text}` is not a span like `Mon-Fri 07:00-19:00` or `22:00-06:00`")
+    first, last, h1, m1, h2, m2 = match.groups()
+    start, end = int(h1) * 60 + int(m1), int(h2) * 60 + int(m2)
+    if int(h1) > 23 or int(h2) > 24 or int(m1) > 59 or int(m2) > 59 or end > 24 * 60:
+        raise ValueError(f"`{text}`: times run from 00:00 to 24:00")
+    if start == end:
+        raise ValueError(f"`{text}`: the range is empty")
+    return _days(first, last, text), start, end
+
+
+def _days(first: str | None, last: str | None, text: str) -> frozenset[int]:
+    if first is None:
+        return frozenset(range(7))
+    names = [first.lower(), (last or first).lower()]
+    if not all(name in _DAYS for name in names):
+        raise ValueError(f"`{text}`: days are Mon, Tue, Wed, Thu, Fri, Sat, Sun")
+    a, b = _DAYS.index(names[0]), _DAYS.index(names[1])
+    return frozenset((a + i) % 7 for i in range((b - a) % 7 + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +379,38 @@ class Decision:
     dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
     policy_version: str = ""  # the policy set that decided
     receipt: str = ""  # on allow: the signed receipt for the upstream
+    risk: Risk | None = None  # what the detectors knew when Cedar decided, once known
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """The detectors' current values for one check: `context.risk` in Cedar.
+
+    Counts are fleet-wide (shared through the store) as of the last window
+    update this replica saw; the token and hours facts are this request's own.
+    """
+
+    patients: int = 0  # distinct patients the agent asked for in `detect.breadth_window`
+    user_patients: int = 0  # ... for this user
+    requests: int = 0  # the agent's requests in the current `detect.rate_window`
+    baseline: int = 0  # its usual requests per rate window (moving average); 0: none yet
+    denials: int = 0  # the agent's denials in `detect.probing_window`
+    token_denials: int = 0  # this token's denials in `detect.probing_window`
+    off_hours: bool = False  # outside the agent's declared working hours
+    approval_required: bool = False  # a detector asked for a person's approval of new access
+    token_lifetime: int = 0  # exp - iat of the bearer token, seconds
+    token_jti: bool = True  # the bearer token carries a `jti`
+
+    def as_context(self) -> dict[str, Any]:
+        return {
+            "patients": self.patients,
+            "user_patients": self.user_patients,
+            "requests": self.requests,
+            "baseline": self.baseline,
+            "denials": self.denials,
+            "token_denials": self.token_denials,
+            "off_hours": self.off_hours,
+            "approval_required": self.approval_required,
+            "token_lifetime": self.token_lifetime,
+            "token_jti": self.token_jti,
+        }

@@ -43,6 +43,8 @@ from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 from authz import config  # noqa: E402
 from authz.check.pipeline import PHASES  # noqa: E402
 from authz.cli.main import parser as cli_parser  # noqa: E402
+from authz.detect.detectors import KINDS  # noqa: E402
+from authz.detect.respond import ACTIONS  # noqa: E402
 from authz.policy import load as policy_load  # noqa: E402
 from authz.reasons import POLICY_REASON_STATUS, Reason  # noqa: E402
 from authz.server.metrics import CHECK_BUCKETS, Metrics  # noqa: E402
@@ -316,10 +318,18 @@ METRIC_LABELS: dict[tuple[str, str], str] = {
     ("lasthop_cache_requests_total", "result"): "`hit` or `miss`",
     ("lasthop_phase_duration_seconds", "phase"): ", ".join(f"`{p}`" for p in PHASES),
     ("lasthop_store_duration_seconds", "op"): "`grants` (a pair's grants), `consume` (a use of a "
-    "use-limited grant), `agent` (one agent), `write` (every write)",
+    "use-limited grant), `agent` (one agent), `write` (every write), `detect` (a batch of checks "
+    "counted in the detection windows)",
     ("lasthop_store_errors_total", "op"): "as for `lasthop_store_duration_seconds`",
     ("lasthop_policy_version_info", "version"): "the policy set's version: 1 for the set in "
     "force, 0 for one it replaced",
+    ("lasthop_detections_total", "detector"): ", ".join(f"`{d}`" for d in KINDS),
+    ("lasthop_detections_total", "kind"): "; ".join(
+        f"{d}: " + ", ".join(f"`{k}`" for k in kinds) for d, kinds in KINDS.items()
+    ),
+    ("lasthop_detections_total", "response"): ", ".join(f"`{r}`" for r in config.RESPONSES),
+    ("lasthop_detect_actions_total", "action"): ", ".join(f"`{a}`" for a in ACTIONS),
+    ("lasthop_detect_actions_total", "result"): "`ok`, or `failed` (containment is retried)",
 }
 
 

@@ -10,7 +10,7 @@ import cedarpy
 import pytest
 
 from authz.errors import PolicyDenied, PolicyError
-from authz.model import DEFAULT_TIERS, Agent, EntityRef, RiskTiers
+from authz.model import DEFAULT_TIERS, Agent, EntityRef, Risk, RiskTiers
 from authz.policy import evaluate as policy
 from authz.policy import load as policy_load
 from authz.policy.load import PolicyBundle
@@ -55,6 +55,7 @@ def context(
         "txn": "txn-1",
         "request": {"method": method, "path": path, "host": "ehr.local"},
         "time": 1_800_000_000,
+        "risk": Risk().as_context(),
     }
     if grant_purpose is not None:
         ctx["grant"] = {

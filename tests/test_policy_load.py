@@ -42,6 +42,18 @@ SHIPPED_IDS = {
         3,
     ),
     "med-reconciler-read-medications": ("med-reconciler-read-medications.cedar", "permit", "", 2),
+    "off-hours-agents-never-write": (
+        "off-hours-agents-never-write.cedar",
+        "forbid",
+        "risk_off_hours",
+        3,
+    ),
+    "probing-agents-never-write": (
+        "probing-agents-never-write.cedar",
+        "forbid",
+        "risk_probing",
+        4,
+    ),  # three comment lines
     "scribe-read-records": ("scribe-read-records.cedar", "permit", "", 2),
     "scribe-write-notes": ("scribe-write-notes.cedar", "permit", "", 2),
 }

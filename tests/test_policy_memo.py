@@ -9,7 +9,7 @@ import cedarpy
 import pytest
 
 from authz.errors import PolicyError
-from authz.model import EntityRef
+from authz.model import EntityRef, Risk
 from authz.policy import evaluate as policy
 from authz.policy.load import PolicyBundle
 
@@ -32,6 +32,7 @@ def context(**changes: Any) -> dict[str, Any]:
         },
         "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
         "time": 1_800_000_000,
+        "risk": Risk().as_context(),
     }
     ctx.update(changes)
     return {k: v for k, v in ctx.items() if v is not None}

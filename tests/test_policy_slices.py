@@ -7,7 +7,7 @@ import itertools
 import cedarpy
 import pytest
 
-from authz.model import Agent, EntityRef
+from authz.model import Agent, EntityRef, Risk
 from authz.policy import evaluate as policy
 from authz.policy import load as policy_load
 from authz.policy.load import PolicyBundle
@@ -38,6 +38,7 @@ def context(agent: str, grant: bool) -> dict[str, object]:
         "txn": "t",
         "request": {"method": "GET", "path": "/patients/p-1001/records", "host": "h"},
         "time": 0,
+        "risk": Risk().as_context(),
     }
     if grant:
         ctx["grant"] = {

@@ -252,4 +252,6 @@ class AccessTokenVerifier:
             purpose=_optional_str(claims, "purp"),
             txn=_optional_str(claims, "txn"),
             expires_at=claims["exp"],
+            issued_at=claims["iat"],
+            jti=jti if isinstance(jti := claims.get("jti"), str) else "",  # hygiene only
         )

@@ -6,6 +6,8 @@
     chain     -> read `act` into user -> agents -> actor; refuse cycles, depth and
                  anyone presenting the token but the current actor
     registry  -> every agent in the chain registered and active
+    risk      -> the detectors' current values for the agent and token (`context.risk`);
+                 an agent a detector has just contained here is refused
     intent    -> purpose and txn, from a verified txn-token or the token's own claims
     route     -> method + path -> Cedar action + resource; a POST to an MCP endpoint:
                  its JSON-RPC body -> the tool's action + resource (`check.mcp`)
@@ -18,6 +20,10 @@
 Combining rule: the first phase that refuses decides, with its reason. A
 decision is allowed only on the path that reaches the end; every exception,
 whatever its type, becomes a deny. The phase names are the metric labels.
+
+Detection: the `risk` phase reads the detectors' last values (no I/O); once
+recorded, every decision is handed to them (`observe`, which never waits) to
+count in the fleet's windows and judge (`authz.detect`).
 
 Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
 says what its key holds) and served again with a new decision id. Never
@@ -61,6 +67,7 @@ from authz.model import (
     EntityRef,
     Grant,
     Intent,
+    Risk,
     RiskTiers,
     RouteMatch,
     TokenClaims,
@@ -74,8 +81,8 @@ from authz.stores.protocols import AgentRegistry, GrantStore
 log = logging.getLogger(__name__)
 
 PHASES = (
-    "identity", "chain", "registry", "intent", "route", "grants", "cedar", "uses", "receipt",
-    "audit",
+    "identity", "chain", "registry", "risk", "intent", "route", "grants", "cedar", "uses",
+    "receipt", "audit",
 )  # fmt: skip
 EXPIRED_SEEN_ENTRIES = 10_000
 
@@ -89,6 +96,15 @@ class CheckObserver(Protocol):
     def phase(self, name: str, seconds: float) -> None: ...
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None: ...
     def ended(self) -> None: ...
+
+
+class Detector(Protocol):
+    """The detectors (`authz.detect.monitor.Monitor`): values before Cedar, decisions after."""
+
+    def signals(
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+    ) -> Risk: ...
+    def observe(self, decision: Decision) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class _Facts:
     client_id: str = ""
     chain: Chain | None = None
     owner: str = ""  # the current actor's accountable owner
+    risk: Risk | None = None
     intent: Intent | None = None
     route: RouteMatch | None = None
     grant: Grant | None = None
@@ -140,6 +157,7 @@ class _Facts:
             owner=self.owner,
             dry_run=dry_run,
             policy_version=self.policy_version,
+            risk=self.risk,
         )
 
 
@@ -158,6 +176,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         decisions: DecisionCache | None = None,
         receipts: ReceiptSigner | None = None,
+        detect: Detector | None = None,
     ) -> None:
         self.verifier = verifier
         self.intent = intent
@@ -170,6 +189,7 @@ class Pipeline:
         self.clock = clock
         self.decisions = decisions
         self.receipts = receipts
+        self.detect = detect
         self._expired_seen: BoundedCache[str, bool] = BoundedCache(EXPIRED_SEEN_ENTRIES)
 
     @property
@@ -192,6 +212,8 @@ class Pipeline:
             if decision.allowed and self.receipts is not None:
                 decision = self._receipt(decision, req)
             decision = await self._record(decision, req, started)
+            if self.detect is not None:
+                self.detect.observe(decision)
             if observer:
                 observer.decided(decision, time.perf_counter() - started, cached)
             return decision
@@ -245,13 +267,15 @@ class Pipeline:
         timer("chain")
         agents = await self._registry(chain, facts)
         timer("registry")
+        risk = facts.risk = self._risk(chain, agents, claims, facts.token_digest)
+        timer("risk")
         intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
         timer("intent")
         route = facts.route = self._route(req, policy)
         timer("route")
         grant = facts.grant = await self._grants(chain, route, intent)
         timer("grants")
-        self._cedar(req, policy, facts, chain, agents, intent, route, grant)
+        self._cedar(req, policy, facts, chain, agents, intent, route, grant, risk)
         timer("cedar")
         if grant is not None and grant.max_uses:
             facts.spends_use = True
@@ -287,6 +311,14 @@ class Pipeline:
         facts.owner = agents[-1].owner if agents else ""
         return tuple(agents)
 
+    def _risk(
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+    ) -> Risk:
+        """The detectors' current values; with no detectors, the token's own facts only."""
+        if self.detect is not None:
+            return self.detect.signals(chain, agents, claims, token)
+        return Risk(token_lifetime=claims.expires_at - claims.issued_at, token_jti=bool(claims.jti))
+
     def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
         """The route table's action and resource; an MCP endpoint's come from the body."""
         routes = policy.bundle.routes
@@ -318,6 +350,7 @@ class Pipeline:
         intent: Intent,
         route: RouteMatch,
         grant: Grant | None,
+        risk: Risk,
     ) -> None:
         """Cedar says Allow with no errors, or the request is denied."""
         principal = (
@@ -327,7 +360,7 @@ class Pipeline:
             principal=principal,
             action=route.action,
             resource=route.resource,
-            context=self._context(req, chain, intent, grant, route),
+            context=self._context(req, chain, intent, grant, route, risk),
         )
         facts.outcome = policy.evaluate(
             request, policy.delta(route.resource, route.parents, agents)
@@ -430,7 +463,13 @@ class Pipeline:
         return agent
 
     def _context(
-        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None, route: RouteMatch
+        self,
+        req: CheckInput,
+        chain: Chain,
+        intent: Intent,
+        grant: Grant | None,
+        route: RouteMatch,
+        risk: Risk,
     ) -> dict[str, object]:
         context: dict[str, object] = {
             "user": {"__entity": {"type": "User", "id": chain.user}},
@@ -441,6 +480,7 @@ class Pipeline:
             "txn": intent.txn,
             "request": {"method": req.method, "path": req.path, "host": req.host},
             "time": int(self.clock()),
+            "risk": risk.as_context(),
         }
         if grant is not None:
             context["grant"] = {

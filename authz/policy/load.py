@@ -306,7 +306,10 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
         )
     if not isinstance(description, str):
         raise PolicyLoadError(where, f"agent `{agent_id}`: `description` must be a string", line)
-    unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description"}
+    hours = attrs.get("hours", "")
+    if not isinstance(hours, str):
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `hours` must be a string", line)
+    unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description", "hours"}
     if unknown:
         raise PolicyLoadError(
             where, f"agent `{agent_id}`: unknown attributes {sorted(unknown)}", line
@@ -319,6 +322,7 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
         description=description,
         allowed_purposes=tuple(purposes),
         registered_by="entities.json",
+        hours=hours,
     )
     try:
         return agent.check()

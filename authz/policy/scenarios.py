@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.errors import ScenarioError
-from authz.model import Decision, Grant
+from authz.model import Decision, Grant, Risk
 
 SCENARIO_FILE = "scenarios.toml"
 _KEYS = {
@@ -31,6 +31,7 @@ _KEYS = {
     "arguments",
     "body",
     "grants",
+    "risk",
     "expect",
     "reason",
 }
@@ -80,6 +81,7 @@ def load(path: Path) -> list[dict[str, Any]]:
             unknown = set(grant) - _GRANT_KEYS
             if unknown:
                 raise ScenarioError(f"{where}: unknown grant keys {sorted(unknown)}")
+        risk_of(scenario, where)
     return list(scenarios)
 
 
@@ -95,6 +97,24 @@ def _check_mcp(scenario: dict[str, Any], where: str) -> None:
         raise ScenarioError(f"{where}: `body` must be a string")
     if "tool" in scenario or "body" in scenario:
         scenario.setdefault("method", "POST")
+
+
+def risk_of(scenario: dict[str, Any], where: str = "") -> Risk | None:
+    """The scenario's `risk` table as the detectors' values, or None when it sets none."""
+    table = scenario.get("risk")
+    if table is None:
+        return None
+    fields = {f: type(v) for f, v in Risk().as_context().items()}
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: `risk` must be a table like {{ denials = 12 }}")
+    for key, value in table.items():
+        if key not in fields:
+            raise ScenarioError(
+                f"{where}: unknown risk key `{key}`; expected one of {sorted(fields)}"
+            )
+        if type(value) is not fields[key]:
+            raise ScenarioError(f"{where}: risk `{key}` must be {fields[key].__name__}")
+    return Risk(**table)
 
 
 def claims_of(scenario: dict[str, Any], act: dict[str, Any] | None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def agent_message(agent: Agent, tiers: RiskTiers) -> pb.Agent:
         status=agent.status,
         created_at=agent.created_at,
         registered_by=agent.registered_by,
+        hours=agent.hours,
     )
 
 
@@ -90,6 +91,7 @@ class AgentsService(pb_grpc.AgentsServicer):
                 allowed_purposes=tuple(request.allowed_purposes),
                 created_at=int(self._clock()),
                 registered_by=caller,
+                hours=request.hours,
             ),
         )
         if not await store_call(context, self._agents.add_agent(agent)):
@@ -147,7 +149,7 @@ class AgentsService(pb_grpc.AgentsServicer):
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
         changes: dict[str, Any] = {}
-        for name in ("owner", "description", "risk"):
+        for name in ("owner", "description", "risk", "hours"):
             if request.HasField(name):
                 changes[name] = getattr(request, name)
         if request.set_allowed_purposes:

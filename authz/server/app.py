@@ -31,8 +31,11 @@ from authz.check.identity import (
     IdentityRules,
 )
 from authz.check.intent import IntentReader
-from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
+from authz.check.pipeline import CheckObserver, Detector, Pipeline, PipelineOptions
 from authz.config import IdentitySettings, Settings
+from authz.detect.monitor import Monitor
+from authz.detect.respond import Responder
+from authz.detect.webhook import Webhook, read_secret
 from authz.errors import StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
@@ -45,7 +48,9 @@ from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Genera
 from authz.stores.invalidation import Invalidation
 from authz.stores.protocols import AgentRegistry, AgentStore, GrantStore
 from authz.stores.redis_store import RedisStore
+from authz.stores.redis_windows import RedisWindows
 from authz.stores.registry import StoreRegistry, seed
+from authz.stores.windows import EmbeddedWindows, Windows
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ class App:
     agents_service: AgentsService
     receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
     background: list[Task] = field(default_factory=list)  # run by `serve` until shutdown
+    monitor: Monitor | None = None  # the detectors (`detect.enabled`)
 
     @property
     def store(self) -> GrantStore:
@@ -145,6 +151,7 @@ def assemble(
     tiers: RiskTiers = DEFAULT_TIERS,
     decisions: DecisionCache | None = None,
     receipts: ReceiptSigner | None = None,
+    detect: Detector | None = None,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -166,6 +173,7 @@ def assemble(
         clock=clock,
         decisions=decisions,
         receipts=receipts,
+        detect=detect,
     )
 
 
@@ -218,6 +226,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     metrics.audit_queue.set_function(lambda: audit_log.depth)
     metrics.policy_version.labels(bundle.version).set(1)
     tiers = tiers_of(settings)
+    monitor = detection(settings, store, audit.log, metrics, clock)
     pipeline = assemble(
         ident=ident,
         keys=keys,
@@ -229,8 +238,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         clock=clock,
         dry_run=settings.policies.mode == "dry-run",
         tiers=tiers,
-        decisions=DecisionCache(store.freshness) if settings.store.cache_ttl_ms > 0 else None,
+        decisions=DecisionCache(_freshness(store, monitor))
+        if settings.store.cache_ttl_ms > 0
+        else None,
         receipts=audit.receipts,
+        detect=monitor,
     )
     if settings.policies.mode == "dry-run":
         log.warning(
@@ -248,9 +260,54 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         grants_service=grants_service,
         agents_service=agents_service,
         receipts_jwks=audit.jwks,
+        monitor=monitor,
     )
     app.background.extend(_background(app))
     return app
+
+
+def detection(
+    settings: Settings,
+    store: Stores,
+    audit: AuditSink,
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> Monitor | None:
+    """The detectors over the store's windows (`[detect]`); None when they are off."""
+    d = settings.detect
+    if not d.enabled:
+        return None
+    windows: Windows = RedisWindows(store.redis, clock) if store.redis else EmbeddedWindows(clock)
+    webhook = None
+    if d.webhook_url:
+        secret = read_secret(settings.path(d.webhook_secret_file))
+        webhook = Webhook(d.webhook_url, secret, d.webhook_timeout_ms / 1000, metrics, clock)
+    inval = store.invalidation
+    responder = Responder(
+        settings=d,
+        windows=windows,
+        agents=store.agents,
+        grants=store.grants,
+        audit=audit,
+        webhook=webhook,
+        observer=metrics,
+        clock=clock,
+        refresh=(lambda agent: inval.handle(f"agent\x00{agent}")) if inval else lambda agent: None,
+    )
+    return Monitor(d, windows, responder, store.registry, metrics, clock)
+
+
+def _freshness(store: Stores, monitor: Monitor | None) -> Callable[[], int | None]:
+    """The decision cache's generation: the store's, moved on by every local containment."""
+    if monitor is None:
+        return store.freshness
+    base = store.freshness
+
+    def freshness() -> int | None:
+        generation = base()
+        return None if generation is None else generation + monitor.generation
+
+    return freshness
 
 
 def _admin_services(

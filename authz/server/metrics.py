@@ -10,6 +10,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from authz.check.pipeline import PHASES
+from authz.config import RESPONSES
+from authz.detect.detectors import KINDS
+from authz.detect.respond import ACTIONS
 from authz.model import Decision
 from authz.reasons import Reason
 
@@ -17,6 +20,10 @@ from authz.reasons import Reason
 CHECK_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+# 1 ms to 30 s: from the check that crossed a threshold to the suspension in the store.
+CONTAINMENT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
 
@@ -87,6 +94,40 @@ class Metrics:
             ["version"],
             registry=registry,
         )
+        self._detect_metrics(registry)
+
+    def _detect_metrics(self, registry: CollectorRegistry) -> None:
+        self.detections = Counter(
+            "lasthop_detections_total",
+            "Detections that fired (claimed fleet-wide), by detector, kind and response.",
+            ["detector", "kind", "response"],
+            registry=registry,
+        )
+        for detector, kinds in KINDS.items():
+            for kind in kinds:
+                for response in RESPONSES:
+                    self.detections.labels(detector, kind, response)
+        self.detect_actions = Counter(
+            "lasthop_detect_actions_total",
+            "Automatic responses carried out (ok) or refused by the store, trail or webhook "
+            "(failed; containment is retried until it succeeds).",
+            ["action", "result"],
+            registry=registry,
+        )
+        for action in ACTIONS:
+            for result in ("ok", "failed"):
+                self.detect_actions.labels(action, result)
+        self.containment = Histogram(
+            "lasthop_detect_containment_seconds",
+            "From the check that crossed a threshold to the agent's suspension in the store.",
+            buckets=CONTAINMENT_BUCKETS,
+            registry=registry,
+        )
+        self.window_failures = Counter(
+            "lasthop_detect_window_failures_total",
+            "Batches of checks the detection windows could not count (store down or queue full).",
+            registry=registry,
+        )
 
     # the pipeline (check.pipeline.CheckObserver)
 
@@ -123,3 +164,17 @@ class Metrics:
         if result == "success":
             self.policy_version.labels(old_version).set(0)
             self.policy_version.labels(new_version).set(1)
+
+    # detection (detect.detectors.DetectObserver)
+
+    def detected(self, detector: str, kind: str, response: str) -> None:
+        self.detections.labels(detector, kind, response).inc()
+
+    def acted(self, action: str, ok: bool) -> None:
+        self.detect_actions.labels(action, "ok" if ok else "failed").inc()
+
+    def contained(self, seconds: float) -> None:
+        self.containment.observe(seconds)
+
+    def windows_failed(self) -> None:
+        self.window_failures.inc()

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,18 @@ from authz.check import mcp
 from authz.check.delegation import act_claim
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
-from authz.model import DEFAULT_TIERS, CheckInput, Decision, Grant, RiskTiers, split_target
+from authz.model import (
+    DEFAULT_TIERS,
+    Agent,
+    Chain,
+    CheckInput,
+    Decision,
+    Grant,
+    Risk,
+    RiskTiers,
+    TokenClaims,
+    split_target,
+)
 from authz.policy import scenarios
 from authz.policy.load import PolicyBundle
 from authz.server.app import assemble
@@ -58,6 +69,25 @@ class ClaimsSigner:
         return jwt.encode(full, self._private, algorithm="ES256", headers=headers)
 
 
+class FixedRisk:
+    """The detectors' values a scenario sets (`risk = {...}`), with the token's own facts."""
+
+    def __init__(self, risk: Risk) -> None:
+        self.risk = risk
+
+    def signals(
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+    ) -> Risk:
+        return replace(
+            self.risk,
+            token_lifetime=claims.expires_at - claims.issued_at,
+            token_jti=bool(claims.jti),
+        )
+
+    def observe(self, decision: Decision) -> None:
+        return None
+
+
 @dataclass
 class Offline:
     pipeline: Pipeline
@@ -72,6 +102,7 @@ def build(
     clock: Callable[[], float] = time.time,
     dry_run: bool = False,
     tiers: RiskTiers = DEFAULT_TIERS,
+    risk: Risk | None = None,
 ) -> Offline:
     store = EmbeddedGrantStore(clock)
     audit = MemoryAudit()
@@ -85,6 +116,7 @@ def build(
         clock=clock,
         dry_run=dry_run,
         tiers=tiers,
+        detect=FixedRisk(risk) if risk is not None else None,
     )
     return Offline(pipeline=pipeline, store=store, audit=audit)
 
@@ -128,7 +160,7 @@ def _run_scenario(
     bundle: PolicyBundle, ident: IdentitySettings, signer: ClaimsSigner, scenario: dict[str, Any]
 ) -> scenarios.ScenarioResult:
     now = time.time()
-    env = build(bundle, ident, signer.keys, clock=lambda: now)
+    env = build(bundle, ident, signer.keys, clock=lambda: now, risk=scenarios.risk_of(scenario))
     headers: dict[str, list[str]] = {k.lower(): [v] for k, v in scenario.get("headers", {}).items()}
     authorization = scenario.get("authorization")
     if authorization is None:

@@ -137,6 +137,8 @@ async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Ta
     await asyncio.gather(listeners.authz.stop(grace), listeners.admin.stop(grace))
     for task in background:
         task.cancel()
+    if app.monitor is not None:
+        await app.monitor.close()  # responses under way reach the store and the trail
     await app.audit.close()
     await app.store.close()
     listeners.metrics.shutdown()

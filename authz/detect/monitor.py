@@ -1,0 +1,237 @@
+"""The detectors on the check path: `signals` before Cedar, `observe` after each decision.
+
+    signals   (the pipeline's `risk` phase) the agent's latest window values, its
+              token's facts and its working hours -> `Risk`, which Cedar reads as
+              `context.risk`. No I/O: the values are those of the last window update
+              this replica saw for the agent (fleet-wide counts with Redis), at most
+              SNAPSHOT_SECONDS old. An agent a detector has just contained here is
+              refused (`agent_suspended`) even before the store has the suspension.
+    observe   queue the decision and return at once. A background flush counts every
+              queued decision in the windows (one pipelined round trip per batch),
+              runs the detectors on the tallies, and hands each detection to the
+              responder, at most once per agent and kind per claim (`detect.cooldown`,
+              fleet-wide).
+
+Redis down: a batch that cannot be counted is dropped and counted in
+`lasthop_detect_window_failures_total` (checks that need the store are 503
+meanwhile, so nothing is allowed unseen). A containment already decided is
+enforced on this replica at once and written to the store until it takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from authz.config import DetectSettings
+from authz.detect.detectors import DetectObserver, Seen, judge
+from authz.detect.respond import Responder
+from authz.errors import RegistryError, StoreUnavailable
+from authz.model import Agent, Chain, Decision, Risk, TokenClaims, WorkingHours
+from authz.reasons import Reason
+from authz.stores.cache import BoundedCache
+from authz.stores.protocols import AgentRegistry
+from authz.stores.windows import Observation, Tally, Windows, WindowSpec
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SECONDS = 60.0  # a window value this replica has not refreshed for this long is dropped
+SNAPSHOT_ENTRIES = 100_000
+MAX_BATCH = 256  # observations per round trip
+MAX_PENDING = 50_000  # past this, new observations are dropped (and counted) until flushed
+CLOSE_SECONDS = 5.0
+NOT_COUNTED = frozenset({Reason.AGENT_SUSPENDED, Reason.AGENT_UNREGISTERED})
+
+
+@dataclass(frozen=True, slots=True)
+class _Values:
+    """An agent's last tally, as `context.risk` reads it."""
+
+    patients: int
+    requests: int
+    baseline: int
+    denials: int
+    approval_required: bool
+
+
+def window_spec(s: DetectSettings) -> WindowSpec:
+    return WindowSpec(
+        breadth=s.breadth_window,
+        rate=s.rate_window,
+        rate_horizon=s.rate_baseline,
+        probing=s.probing_window,
+        learning=s.novelty_learning,
+    )
+
+
+class Monitor:
+    def __init__(
+        self,
+        settings: DetectSettings,
+        windows: Windows,
+        responder: Responder,
+        registry: AgentRegistry,
+        observer: DetectObserver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.spec = window_spec(settings)
+        self.windows = windows
+        self.responder = responder
+        self.registry = registry
+        self.observer = observer
+        self.clock = clock
+        # the last window values this replica saw: by agent, by (agent, user), by token
+        self._values: BoundedCache[str, _Values] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
+        self._pairs: BoundedCache[tuple[str, str], int] = BoundedCache(
+            SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS
+        )
+        self._tokens: BoundedCache[str, int] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
+        self._hours: BoundedCache[str, WorkingHours] = BoundedCache(SNAPSHOT_ENTRIES)
+        self._pending: list[Seen] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def generation(self) -> int:
+        """Moves on with every local containment and release: the decision cache keys on it."""
+        return self.responder.generation
+
+    # --- the risk phase -----------------------------------------------------------------------
+
+    def signals(
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+    ) -> Risk:
+        """`context.risk` for this check; a locally contained agent is refused."""
+        for agent_id in chain.agents:
+            detector = self.responder.contained(agent_id)
+            if detector is not None:
+                raise RegistryError(
+                    Reason.AGENT_SUSPENDED,
+                    f"agent `{agent_id}` is suspended by detector `{detector}`",
+                )
+        actor = chain.actor
+        values = self._values.get(actor) if chain.agents else None
+        return Risk(
+            patients=values.patients if values else 0,
+            user_patients=self._pairs.get((actor, chain.user)) or 0,
+            requests=values.requests if values else 0,
+            baseline=values.baseline if values else 0,
+            denials=values.denials if values else 0,
+            token_denials=self._tokens.get(token) or 0,
+            off_hours=bool(agents) and self._off_hours(agents[-1]),
+            approval_required=values.approval_required if values else False,
+            token_lifetime=claims.expires_at - claims.issued_at,
+            token_jti=bool(claims.jti),
+        )
+
+    def _off_hours(self, agent: Agent) -> bool:
+        if not agent.hours:
+            return False
+        hours = self._hours.get(agent.hours)
+        if hours is None:
+            hours = WorkingHours.parse(agent.hours)  # validated when the agent was stored
+            self._hours.put(agent.hours, hours)
+        return not hours.contains(self.clock())
+
+    # --- after the decision -------------------------------------------------------------------
+
+    def observe(self, decision: Decision) -> None:
+        """Queue the decision for the windows; never waits, never raises."""
+        obs = self._observation(decision)
+        if obs is None:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            if self.observer:
+                self.observer.windows_failed()
+            return
+        self._pending.append(Seen(obs, decision))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self.flush())
+
+    def _observation(self, d: Decision) -> Observation | None:
+        chain = d.chain
+        if chain is None or not chain.agents or d.status == 503:
+            return None  # a person acting alone, or Lasthop could not decide
+        route, intent, allowed = d.route, d.intent, d.allowed
+        return Observation(
+            agent=chain.actor,
+            user=chain.user,
+            at=self.clock(),
+            entity=self._entity(d) if route else "",
+            denial=not allowed and d.reason not in NOT_COUNTED,
+            token=d.token_digest,
+            habit=f"{route.action} {route.resource.type}" if allowed and route else "",
+            chain=" ".join(chain.agents) if allowed and self.spec.learning else "",
+            txn=intent.txn if intent else "",
+            txn_owner=f"{chain.user} {chain.agents[0]}",
+            event=d.decision_id,
+        )
+
+    def _entity(self, d: Decision) -> str:
+        assert d.route is not None
+        wanted = self.settings.breadth_entity
+        for ref in (d.route.resource, *d.route.parents):
+            if ref.type == wanted:
+                return str(ref)
+        return ""
+
+    async def flush(self) -> None:
+        """Count everything queued, judge it and respond; until nothing is queued."""
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                await self._judge(batch)
+            except StoreUnavailable as err:
+                log.warning("detection windows: %s; %d checks not counted", err.detail, len(batch))
+                if self.observer:
+                    self.observer.windows_failed()
+            except Exception:
+                log.exception("detection failed for %d checks", len(batch))
+
+    async def _judge(self, batch: list[Seen]) -> None:
+        batch = await self._resolve(batch)
+        tallies = await self.windows.record([seen.obs for seen in batch], self.spec)
+        for seen, tally in zip(batch, tallies, strict=True):
+            self._remember(seen.obs, tally)
+            for detection in judge(seen, tally, self.settings):
+                self.responder.spawn(detection)
+
+    async def _resolve(self, batch: list[Seen]) -> list[Seen]:
+        """Name the unregistered agents of each `agent_unregistered` denial (cached reads)."""
+        resolved = []
+        for seen in batch:
+            chain = seen.decision.chain
+            if seen.decision.reason == Reason.AGENT_UNREGISTERED and chain is not None:
+                found = [(a, await self.registry.get(a)) for a in chain.agents]
+                missing = tuple(a for a, agent in found if agent is None or not agent.registered)
+                seen = Seen(seen.obs, seen.decision, missing)
+            resolved.append(seen)
+        return resolved
+
+    def _remember(self, obs: Observation, tally: Tally) -> None:
+        self._values.put(
+            obs.agent,
+            _Values(
+                tally.patients,
+                tally.requests,
+                int(tally.baseline),
+                tally.denials,
+                tally.approval_required,
+            ),
+        )
+        self._pairs.put((obs.agent, obs.user), tally.user_patients)
+        if obs.token:
+            self._tokens.put(obs.token, tally.token_denials)
+
+    async def close(self, grace: float = CLOSE_SECONDS) -> None:
+        """Flush what is queued and let the responses under way finish, for up to `grace`."""
+        try:
+            async with asyncio.timeout(grace):
+                if self._pending:
+                    await self.flush()
+                await self.responder.drain()
+        except TimeoutError:
+            log.error("detection: responses still under way at shutdown were abandoned")

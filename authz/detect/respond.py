@@ -1,0 +1,250 @@
+"""Automatic responses to a detection, graduated; each does what the ones before it do.
+
+    record    count it (`lasthop_detections_total`); the values stay in `context.risk`
+    alert     + a `threat_detected` audit event and the signed webhook
+    approve   + the agent's new access needs a person's approval for
+                `detect.approval_ttl` (a flag in the store, `context.risk.approval_required`,
+                and an `approval_required` event)
+    suspend   + the agent is suspended fleet-wide (`agent_suspended` event, actor `lasthop`)
+    revoke    + every grant it holds is revoked (a `grant_revoked` event each)
+
+A detection fires at most once per agent and kind (and per user, token or txn
+where the kind is) for `detect.cooldown`, fleet-wide: the first replica to
+claim it responds. Every event carries the detector, the kind, the decision
+that crossed the line and the evidence (window, count, threshold).
+
+Containment (suspend, revoke) never waits for a claim it cannot get and is
+never lost: this replica refuses the agent at once (the `risk` phase asks
+`contained`), then the suspension is written through the same store as every
+admin change, retried until the store takes it, and only then is the local
+refusal lifted. It starts the agent's windows afresh, so an agent an admin
+resumes (`lasthop agents resume`, audited) is judged anew. A narrowing change
+stands even when the trail cannot record it; the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from authz.audit.records import AuditSink, EventRecord
+from authz.codec import rfc3339
+from authz.config import RESPONSES, DetectSettings
+from authz.detect.detectors import Detection, DetectObserver
+from authz.detect.webhook import Webhook
+from authz.errors import StoreUnavailable
+from authz.model import Agent, Grant
+from authz.stores.cache import BoundedCache
+from authz.stores.protocols import AgentStore, GrantStore
+from authz.stores.windows import Windows
+
+log = logging.getLogger(__name__)
+
+ACTOR = "lasthop"
+ALERT, APPROVE, SUSPEND, REVOKE = (
+    RESPONSES.index(r) for r in ("alert", "approve", "suspend", "revoke")
+)
+ACTIONS = ("alert", "webhook", "approve", "suspend", "revoke", "audit")  # metric labels
+CONTAIN_CLAIM_SECONDS = 5  # a containment's claim only stops replicas repeating it at once
+BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # retrying a containment the store refused
+SWAP_ATTEMPTS = 50
+CONTAINED_ENTRIES = 100_000
+
+T = TypeVar("T")
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        settings: DetectSettings,
+        windows: Windows,
+        agents: AgentStore,
+        grants: GrantStore,
+        audit: AuditSink,
+        webhook: Webhook | None = None,
+        observer: DetectObserver | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh: Callable[[str], None] = lambda agent: None,
+    ) -> None:
+        """`refresh(agent)` drops this replica's cached copy of the agent (Redis caches)."""
+        self.settings = settings
+        self.windows = windows
+        self.agents = agents
+        self.grants = grants
+        self.audit = audit
+        self.webhook = webhook
+        self.observer = observer
+        self.clock = clock
+        self.refresh = refresh
+        self.generation = 0  # moves on with every local containment: a cache generation
+        self._contained: BoundedCache[str, str] = BoundedCache(CONTAINED_ENTRIES)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def contained(self, agent: str) -> str | None:
+        """The detector that contained `agent` on this replica, until the store has it."""
+        return self._contained.get(agent)
+
+    def spawn(self, detection: Detection) -> None:
+        """Respond in the background; the flush goes on counting."""
+        self._keep(self.respond(detection))
+
+    def _keep(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("detection response failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def respond(self, d: Detection) -> str:
+        """Carry out the detector's response; the response, or "" when another replica has it.
+
+        The store changes come first (containment is the point); then the trail, in the
+        order a reader needs: the detection, then what was done about it."""
+        response: str = getattr(self.settings, f"{d.detector}_response")
+        level = RESPONSES.index(response)
+        containing = level >= SUSPEND and d.kind != "unregistered_agent"
+        if not await self._claim(d, CONTAIN_CLAIM_SECONDS if containing else None):
+            return ""
+        if self.observer:
+            self.observer.detected(d.detector, d.kind, response)
+        suspended = await self._suspend(d) if containing else None
+        revoked = await self._revoke(d) if containing and level >= REVOKE else []
+        if level >= APPROVE:
+            await self._retry(
+                "approve", lambda: self.windows.flag(d.agent, self.settings.approval_ttl)
+            )
+        if level < ALERT:
+            return response
+        detail = d.as_detail(response)
+        await self._event("threat_detected", d.agent, detail, "alert")
+        if self.webhook is not None:
+            self._keep(self.webhook.send({"event": "threat_detected", **detail}))
+        if suspended is not None:
+            await self._event(
+                "agent_suspended", d.agent, {**_agent_detail(suspended), **detail}, "suspend"
+            )
+        for grant in revoked:
+            await self._event(
+                "grant_revoked", grant.id, {**_grant_detail(grant), **detail}, "revoke"
+            )
+        if level >= APPROVE:
+            until = rfc3339(self.clock() + self.settings.approval_ttl)
+            await self._event("approval_required", d.agent, {**detail, "until": until}, "approve")
+        return response
+
+    async def _claim(self, d: Detection, seconds: int | None) -> bool:
+        kind = f"{d.kind}:{d.scope}" if d.scope else d.kind
+        try:
+            return await self.windows.claim(d.agent, kind, seconds or self.settings.cooldown)
+        except StoreUnavailable as err:
+            log.warning("cannot claim %s for %s (%s); responding anyway", kind, d.agent, err.detail)
+            return True  # a repeated response is the safe side of a lost one
+
+    # --- containment --------------------------------------------------------------------------
+
+    async def _suspend(self, d: Detection) -> Agent | None:
+        """Refuse here at once, then suspend in the store; the agent, or None if not active."""
+        self._contained.put(d.agent, d.detector)
+        self.generation += 1
+        try:
+            suspended = await self._retry("suspend", lambda: self._swap(d.agent))
+            self.refresh(d.agent)
+            await self._retry("suspend", lambda: self.windows.reset(d.agent))
+        finally:
+            self._contained.pop(d.agent)  # the store refuses it now (or it is not an agent)
+            self.generation += 1
+        if suspended is not None and self.observer:
+            self.observer.contained(self.clock() - d.at)
+        return suspended
+
+    async def _swap(self, agent_id: str) -> Agent | None:
+        """Suspend by compare-and-set; None if it is not an active registered agent."""
+        for _ in range(SWAP_ATTEMPTS):
+            current = await self.agents.get_agent(agent_id)
+            if current is None or not current.registered or not current.active:
+                return None
+            new = dataclasses.replace(current, status="suspended")
+            if await self.agents.replace_agent(current, new):
+                return new
+        raise StoreUnavailable(f"agent `{agent_id}` kept changing underneath")
+
+    async def _revoke(self, d: Detection) -> list[Grant]:
+        """Revoke every grant the agent holds; the grants revoked."""
+        held = await self._retry("revoke", lambda: self.grants.list(agent=d.agent))
+        revoked = []
+        for grant in held:
+            if await self._retry("revoke", _revoking(self.grants, grant.id)) is not None:
+                revoked.append(grant)
+        return revoked
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _retry(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Until the store takes it: a containment is never dropped."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as err:
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                log.error("detection: %s failed (%s); retrying in %s s", action, err.detail, delay)
+                if self.observer:
+                    self.observer.acted(action, False)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _event(self, event: str, target: str, detail: dict[str, Any], action: str) -> None:
+        """Record what was done; `action` is the metric label it is counted under."""
+        record = EventRecord(
+            event=event, actor=ACTOR, target=target, time=rfc3339(self.clock()), detail=detail
+        )
+        try:
+            ok = await self.audit.commit(record)
+        except Exception:
+            log.exception("audit sink failed for %s", event)
+            ok = False
+        if not ok:
+            log.error("the trail cannot record %s for %s; the response stands", event, target)
+        if self.observer:
+            self.observer.acted(action, True)
+            if not ok:
+                self.observer.acted("audit", False)
+
+
+def _revoking(grants: GrantStore, grant_id: str) -> Callable[[], Awaitable[Grant | None]]:
+    return lambda: grants.revoke(grant_id)
+
+
+def _agent_detail(agent: Agent) -> dict[str, Any]:
+    return {
+        "owner": agent.owner,
+        "risk": agent.risk,
+        "allowed_purposes": list(agent.allowed_purposes),
+        "status": agent.status,
+    }
+
+
+def _grant_detail(grant: Grant) -> dict[str, Any]:
+    return {
+        "agent": grant.agent,
+        "user": grant.user,
+        "actions": list(grant.actions),
+        "resources": list(grant.resources),
+        "purpose": grant.purpose,
+        "issued_by": grant.issued_by,
+        "issued_at": grant.issued_at,
+        "expires_at": grant.expires_at,
+        "max_uses": grant.max_uses,
+    }
