@@ -16,6 +16,7 @@ from authz.audit import shadow_report
 from authz.cli import agents as cli_agents
 from authz.cli import audit as cli_audit
 from authz.cli import policy as cli_policy
+from authz.cli import posture as cli_posture
 from authz.cli.admin import admin_client, admin_options, message_dict
 from authz.cli.admin_client import AdminClient
 from authz.errors import AdminError, ConfigError, PolicyLoadError, UsageError
@@ -130,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
     cli_policy.add_commands(sub)
     cli_agents.add_commands(sub)
+    cli_posture.add_command(sub)
 
     audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
         dest="audit_command", required=True

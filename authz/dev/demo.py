@@ -5,7 +5,7 @@ Everything runs on loopback in a temporary directory with freshly generated
 demo keys (the token issuer's, and Lasthop's audit and receipt signing key),
 and stops at the end (or on Ctrl-C with --keep-running). Then it verifies
 the audit trail the scenario wrote and prints dr-alice's accounting of
-disclosures.
+disclosures. Then the detection scenario (`demo_detect`) runs on a fleet of two.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.signing import read_jwks
 from authz.cli.admin_client import AdminClient
-from authz.dev import demo_mcp
+from authz.dev import demo_detect, demo_mcp
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
@@ -106,6 +106,7 @@ def run_demo(keep_running: bool = False) -> int:
                 lasthop.close()
             upstream.close()
         _show_audit(settings)
+    demo_detect.run()
     return 0
 
 

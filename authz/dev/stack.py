@@ -30,6 +30,14 @@ ENVOY_TEMPLATE = (EXAMPLES / "envoy" / "sidecar.yaml").resolve()
 MCP_ENVOY_TEMPLATE = (EXAMPLES / "envoy" / "mcp.yaml").resolve()
 POLICIES = (EXAMPLES / "policies").resolve()
 START_TIMEOUT = 20.0
+# The shipped example's [detect]: the breadth detector suspends an agent that asks for more
+# than 25 distinct patients in 10 minutes (a scribe documenting a clinic day stays far below).
+EXAMPLE_DETECT = """\
+[detect]
+breadth_patients = 25
+breadth_window = "10m"
+breadth_response = "suspend"
+"""
 
 
 def free_port() -> int:
@@ -230,10 +238,12 @@ def write_config(
     redis_url: str = "",
     policies: Path = POLICIES,
     extra: str = "",
+    detect: str = EXAMPLE_DETECT,
 ) -> Path:
     """A Lasthop config for a local stack: every listener on a free loopback port.
 
-    `extra` is appended after the `[audit]` table: bare keys land in it.
+    `extra` is appended after the `[audit]` table: bare keys land in it. `detect` is
+    the `[detect]` table (the shipped example's by default), after it.
     """
     config = workdir / "lasthop.toml"
     config.write_text(f"""\
@@ -256,7 +266,8 @@ redis_url = {json.dumps(redis_url)}
 [audit]
 path = {json.dumps(str(workdir / "audit" / "decisions.jsonl"))}
 signing_key = {json.dumps(str(demo_signing_key(workdir)))}
-{extra}""")
+{extra}
+{detect}""")
     return config
 
 

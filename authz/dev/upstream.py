@@ -48,9 +48,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
-        if m := re.fullmatch(r"/patients/([^/]+)/records", path):
-            record = RECORDS.get(m.group(1))
-            self._reply(200 if record else 404, {"patient": m.group(1), "record": record})
+        if m := re.fullmatch(r"/patients/([^/]+)/records", path):  # a chart for any patient
+            record = RECORDS.get(m.group(1), {"name": f"patient {m.group(1)}", "problems": []})
+            self._reply(200, {"patient": m.group(1), "record": record})
         elif m := re.fullmatch(r"/patients/([^/]+)/medications", path):
             self._reply(200, {"patient": m.group(1), "medications": MEDICATIONS.get(m.group(1))})
         elif m := re.fullmatch(r"/claims/([^/]+)", path):

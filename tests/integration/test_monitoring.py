@@ -1,4 +1,8 @@
-"""The shipped alert rules and dashboard parse, and name only metrics a running server exports."""
+"""The shipped alert rules and dashboard parse, and name only metrics Lasthop exports.
+
+Every metric comes from a running server's /metrics, except the posture gauges
+(`lasthop_posture_*`), which `lasthop posture --metrics-file` writes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import PURPOSE, Stack, unique
+from tests.integration.conftest import PURPOSE, Stack, run_cli, unique
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +62,25 @@ def test_the_alert_rules_cover_what_an_sre_pages_on() -> None:
     } <= alerts
 
 
-def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack) -> None:
+def test_the_rules_cover_detections_containment_and_posture() -> None:
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    assert {
+        "LasthopAgentContained",
+        "LasthopThreatDetected",
+        "LasthopContainmentFailing",
+        "LasthopPostureCritical",
+    } <= alerts
+    dashboard = " ".join(_dashboard_exprs())
+    for name in ("lasthop_detections_total", "lasthop_detect_containment_seconds_bucket",
+                 "lasthop_posture_findings"):  # fmt: skip
+        assert name in dashboard, name
+
+
+def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack, tmp_path: Path) -> None:
     user = unique("u-monitoring")
     stack.grant(user)
     assert (
@@ -69,6 +91,10 @@ def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack) -> None:
     with urllib.request.urlopen(url, timeout=5) as resp:
         exposition = resp.read().decode()
     exported = set(re.findall(r"^# TYPE (lasthop_[a-z_]+) ", exposition, flags=re.M))
+    gauges = tmp_path / "posture.prom"
+    posture = run_cli("posture", "--config", str(stack.config), "--metrics-file", str(gauges))
+    assert posture.returncode == 0, posture.stderr
+    exported |= set(re.findall(r"^# TYPE (lasthop_[a-z_]+) ", gauges.read_text(), flags=re.M))
     named = _named(_alert_exprs()) | _named(_dashboard_exprs())
     assert named, "the rules and the dashboard name no metric"
     assert named <= exported, f"named but not exported: {sorted(named - exported)}"
