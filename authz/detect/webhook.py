@@ -77,19 +77,21 @@ class Webhook:
         timeout: float,
         observer: Acted | None = None,
         clock: Callable[[], float] = time.time,
+        pauses: tuple[float, ...] = PAUSES,
     ) -> None:
         self.url = url
         self._secret = secret
         self._timeout = timeout
         self._observer = observer
         self._clock = clock
+        self._pauses = pauses
 
     async def send(self, payload: dict[str, Any]) -> bool:
         """Deliver `payload`, retrying; True once the receiver answered 2xx."""
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         for attempt in range(ATTEMPTS):
             if attempt:
-                await asyncio.sleep(PAUSES[min(attempt - 1, len(PAUSES) - 1)])
+                await asyncio.sleep(self._pauses[min(attempt - 1, len(self._pauses) - 1)])
             problem = await asyncio.to_thread(self._post, body)
             if not problem:
                 self._report(True)
