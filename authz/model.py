@@ -388,12 +388,13 @@ class Risk:
 
     Counts are fleet-wide (shared through the store) as of the last window
     update this replica saw; the token and hours facts are this request's own.
+    Each value changes only when something happens (a new patient, a denial, a
+    doubling of the rate), so identical requests keep hitting Cedar's memo.
     """
 
     patients: int = 0  # distinct patients the agent asked for in `detect.breadth_window`
     user_patients: int = 0  # ... for this user
-    requests: int = 0  # the agent's requests in the current `detect.rate_window`
-    baseline: int = 0  # its usual requests per rate window (moving average); 0: none yet
+    rate: int = 0  # requests in the current rate window, in whole baselines; 0: no baseline yet
     denials: int = 0  # the agent's denials in `detect.probing_window`
     token_denials: int = 0  # this token's denials in `detect.probing_window`
     off_hours: bool = False  # outside the agent's declared working hours
@@ -405,8 +406,7 @@ class Risk:
         return {
             "patients": self.patients,
             "user_patients": self.user_patients,
-            "requests": self.requests,
-            "baseline": self.baseline,
+            "rate": self.rate,
             "denials": self.denials,
             "token_denials": self.token_denials,
             "off_hours": self.off_hours,

@@ -51,8 +51,7 @@ class _Values:
     """An agent's last tally, as `context.risk` reads it."""
 
     patients: int
-    requests: int
-    baseline: int
+    rate: int
     denials: int
     approval_required: bool
 
@@ -92,7 +91,8 @@ class Monitor:
         self._tokens: BoundedCache[str, int] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
         self._hours: BoundedCache[str, WorkingHours] = BoundedCache(SNAPSHOT_ENTRIES)
         self._pending: list[Seen] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None  # started with the first observation
+        self._wake: asyncio.Event | None = None
 
     @property
     def generation(self) -> int:
@@ -117,8 +117,7 @@ class Monitor:
         return Risk(
             patients=values.patients if values else 0,
             user_patients=self._pairs.get((actor, chain.user)) or 0,
-            requests=values.requests if values else 0,
-            baseline=values.baseline if values else 0,
+            rate=values.rate if values else 0,
             denials=values.denials if values else 0,
             token_denials=self._tokens.get(token) or 0,
             off_hours=bool(agents) and self._off_hours(agents[-1]),
@@ -148,8 +147,11 @@ class Monitor:
                 self.observer.windows_failed()
             return
         self._pending.append(Seen(obs, decision))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self.flush())
+        if self._wake is not None and self._flusher is not None and not self._flusher.done():
+            self._wake.set()
+        else:  # the first observation, or the loop the flusher ran on is gone (tests)
+            self._wake = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever(self._wake))
 
     def _observation(self, d: Decision) -> Observation | None:
         chain = d.chain
@@ -177,6 +179,13 @@ class Monitor:
             if ref.type == wanted:
                 return str(ref)
         return ""
+
+    async def _flush_forever(self, wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()
+            await self.flush()
+            if not self._pending:
+                await wake.wait()
 
     async def flush(self) -> None:
         """Count everything queued, judge it and respond; until nothing is queued."""
@@ -216,8 +225,7 @@ class Monitor:
             obs.agent,
             _Values(
                 tally.patients,
-                tally.requests,
-                int(tally.baseline),
+                int(tally.requests / tally.baseline) if tally.baseline >= 1 else 0,
                 tally.denials,
                 tally.approval_required,
             ),
@@ -235,3 +243,5 @@ class Monitor:
                 await self.responder.drain()
         except TimeoutError:
             log.error("detection: responses still under way at shutdown were abandoned")
+        if self._flusher is not None:
+            self._flusher.cancel()
