@@ -8,18 +8,21 @@
     suspend   + the agent is suspended fleet-wide (`agent_suspended` event, actor `lasthop`)
     revoke    + every grant it holds is revoked (a `grant_revoked` event each)
 
-A detection fires at most once per agent and kind (and per user, token or txn
-where the kind is) for `detect.cooldown`, fleet-wide: the first replica to
-claim it responds. Every event carries the detector, the kind, the decision
-that crossed the line and the evidence (window, count, threshold).
+Below suspend, a detection fires at most once per agent and kind (and per
+user, token or txn where the kind is) for `detect.cooldown`, fleet-wide: the
+first replica to claim it in the store responds. Every event carries the
+detector, the kind, the decision that crossed the line and the evidence
+(window, count, threshold).
 
-Containment (suspend, revoke) never waits for a claim it cannot get and is
-never lost: this replica refuses the agent at once (the `risk` phase asks
-`contained`), then the suspension is written through the same store as every
+Containment (suspend, revoke) waits for no claim and is never lost: this
+replica refuses the agent at once (the `risk` phase asks `contained`), then
+the suspension is written by compare-and-set through the same store as every
 admin change, retried until the store takes it, and only then is the local
-refusal lifted. It starts the agent's windows afresh, so an agent an admin
-resumes (`lasthop agents resume`, audited) is judged anew. A narrowing change
-stands even when the trail cannot record it; the failure is logged and counted.
+refusal lifted. The replica whose compare-and-set suspends the agent records
+it (the others find it suspended and stop). It starts the agent's windows
+afresh, so an agent an admin resumes (`lasthop agents resume`, audited) is
+judged anew. A narrowing change stands even when the trail cannot record it;
+the failure is logged and counted.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ ALERT, APPROVE, SUSPEND, REVOKE = (
     RESPONSES.index(r) for r in ("alert", "approve", "suspend", "revoke")
 )
 ACTIONS = ("alert", "webhook", "approve", "suspend", "revoke", "audit")  # metric labels
-CONTAIN_CLAIM_SECONDS = 5  # a containment's claim only stops replicas repeating it at once
+CONTAIN_DEDUP_SECONDS = 1  # a containment under way is not started again from this replica
 BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # retrying a containment the store refused
 SWAP_ATTEMPTS = 50
 CONTAINED_ENTRIES = 100_000
@@ -83,6 +86,9 @@ class Responder:
         self.refresh = refresh
         self.generation = 0  # moves on with every local containment: a cache generation
         self._contained: BoundedCache[str, str] = BoundedCache(CONTAINED_ENTRIES)
+        # claims this replica made or lost, until they expire: a detection that stays above
+        # its line on every later check is not sent to the store again and again
+        self._claimed: BoundedCache[tuple[str, str], bool] = BoundedCache(CONTAINED_ENTRIES)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def contained(self, agent: str) -> str | None:
@@ -90,8 +96,21 @@ class Responder:
         return self._contained.get(agent)
 
     def spawn(self, detection: Detection) -> None:
-        """Respond in the background; the flush goes on counting."""
+        """Respond in the background, unless this detection's claim is known to be taken."""
+        key = (detection.agent, _claim_kind(detection))
+        if key in self._claimed:
+            return
+        self._claimed.put(key, True, time.monotonic() + self._claim_seconds(detection))
         self._keep(self.respond(detection))
+
+    def _level(self, d: Detection) -> tuple[str, int, bool]:
+        """(the detector's response, its rank, whether it contains the agent)."""
+        response: str = getattr(self.settings, f"{d.detector}_response")
+        level = RESPONSES.index(response)
+        return response, level, level >= SUSPEND and d.kind != "unregistered_agent"
+
+    def _claim_seconds(self, d: Detection) -> int:
+        return CONTAIN_DEDUP_SECONDS if self._level(d)[2] else self.settings.cooldown
 
     def _keep(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -112,14 +131,16 @@ class Responder:
 
         The store changes come first (containment is the point); then the trail, in the
         order a reader needs: the detection, then what was done about it."""
-        response: str = getattr(self.settings, f"{d.detector}_response")
-        level = RESPONSES.index(response)
-        containing = level >= SUSPEND and d.kind != "unregistered_agent"
-        if not await self._claim(d, CONTAIN_CLAIM_SECONDS if containing else None):
+        response, level, containing = self._level(d)
+        suspended = None
+        if containing:  # the compare-and-set decides which replica (if any) suspends
+            suspended = await self._suspend(d)
+            if suspended is None:
+                return ""  # suspended already, by another replica or a person
+        elif not await self._claim(d):
             return ""
         if self.observer:
             self.observer.detected(d.detector, d.kind, response)
-        suspended = await self._suspend(d) if containing else None
         revoked = await self._revoke(d) if containing and level >= REVOKE else []
         if level >= APPROVE:
             await self._retry(
@@ -144,10 +165,10 @@ class Responder:
             await self._event("approval_required", d.agent, {**detail, "until": until}, "approve")
         return response
 
-    async def _claim(self, d: Detection, seconds: int | None) -> bool:
-        kind = f"{d.kind}:{d.scope}" if d.scope else d.kind
+    async def _claim(self, d: Detection) -> bool:
+        kind = _claim_kind(d)
         try:
-            return await self.windows.claim(d.agent, kind, seconds or self.settings.cooldown)
+            return await self.windows.claim(d.agent, kind, self._claim_seconds(d))
         except StoreUnavailable as err:
             log.warning("cannot claim %s for %s (%s); responding anyway", kind, d.agent, err.detail)
             return True  # a repeated response is the safe side of a lost one
@@ -221,6 +242,10 @@ class Responder:
             self.observer.acted(action, True)
             if not ok:
                 self.observer.acted("audit", False)
+
+
+def _claim_kind(d: Detection) -> str:
+    return f"{d.kind}:{d.scope}" if d.scope else d.kind
 
 
 def _revoking(grants: GrantStore, grant_id: str) -> Callable[[], Awaitable[Grant | None]]:

@@ -114,20 +114,76 @@ def next_baseline(count: int, mean: float, has: bool, skipped: int, weight: floa
 class _Sliding:
     """Members with their last time, oldest first; at most MAX_MEMBERS."""
 
+    __slots__ = ("members",)
+
     def __init__(self) -> None:
         self.members: OrderedDict[str, float] = OrderedDict()
 
-    def add(self, member: str, at: float) -> None:
-        self.members[member] = at
-        self.members.move_to_end(member)
-        while len(self.members) > MAX_MEMBERS:
-            self.members.popitem(last=False)
-
-    def count(self, since: float) -> int:
+    def count(self, member: str, at: float, seconds: int) -> int:
+        """Add `member` (unless empty) at `at`; how many are younger than `seconds`."""
         members = self.members
+        if member:
+            members[member] = at
+            members.move_to_end(member)
+            if len(members) > MAX_MEMBERS:
+                members.popitem(last=False)
+        since = at - seconds
         while members and next(iter(members.values())) <= since:
             members.popitem(last=False)
         return len(members)
+
+
+class _Keyed:
+    """Sliding windows by key (a user, a token), at most MAX_MEMBERS keys, emptiest go."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self) -> None:
+        self.windows: dict[str, _Sliding] = {}
+
+    def count(self, key: str, member: str, at: float, seconds: int) -> int:
+        window = self.windows.get(key)
+        if window is None:
+            if not member:
+                return 0
+            if len(self.windows) >= MAX_MEMBERS:
+                del self.windows[next(iter(self.windows))]
+            window = self.windows[key] = _Sliding()
+        return window.count(member, at, seconds)
+
+
+class _Agent:
+    """One agent's windows; `reset` keeps what it learnt (first seen, habits)."""
+
+    __slots__ = ("entities", "users", "denials", "tokens", "bucket", "count", "mean", "has_mean",
+                 "first", "known")  # fmt: skip
+
+    def __init__(self, first: float, known: set[str] | None = None) -> None:
+        self.entities, self.denials = _Sliding(), _Sliding()
+        self.users, self.tokens = _Keyed(), _Keyed()
+        self.bucket, self.count, self.mean, self.has_mean = -1, 0, 0.0, False
+        self.first = first
+        self.known = known if known is not None else set()
+
+    def rate(self, at: float, spec: WindowSpec) -> tuple[int, float]:
+        bucket = math.floor(at / spec.rate)
+        if self.bucket < 0:
+            self.bucket = bucket
+        elif bucket > self.bucket:
+            skipped = bucket - self.bucket - 1
+            self.mean = next_baseline(
+                self.count, self.mean, self.has_mean, skipped, spec.rate_weight
+            )
+            self.bucket, self.count, self.has_mean = bucket, 0, True
+        self.count += 1
+        return self.count, math.floor(self.mean * 1000) / 1000 if self.has_mean else 0.0
+
+    def learn(self, habit: str) -> bool:
+        """Add `habit` (a prefixed habit or chain; the bare prefix is nothing); True if new."""
+        if len(habit) <= 2 or habit in self.known:
+            return False
+        self.known.add(habit)
+        return True
 
 
 class EmbeddedWindows:
@@ -135,15 +191,7 @@ class EmbeddedWindows:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._epoch: BoundedCache[str, int] = BoundedCache(MAX_AGENTS, clock=clock)
-        self._sliding: BoundedCache[tuple[str, ...], _Sliding] = BoundedCache(
-            MAX_AGENTS, clock=clock
-        )
-        self._rate: BoundedCache[tuple[str, int], list[float]] = BoundedCache(
-            MAX_AGENTS, clock=clock
-        )
-        self._known: BoundedCache[str, set[str]] = BoundedCache(MAX_AGENTS, clock=clock)
-        self._first: BoundedCache[str, float] = BoundedCache(MAX_AGENTS, clock=clock)
+        self._agents: BoundedCache[str, _Agent] = BoundedCache(MAX_AGENTS, clock=clock)
         self._txns: BoundedCache[str, str] = BoundedCache(MAX_AGENTS, clock=clock)
         self._claims: BoundedCache[tuple[str, str], bool] = BoundedCache(MAX_AGENTS, clock=clock)
         self._flags: BoundedCache[str, bool] = BoundedCache(MAX_AGENTS, clock=clock)
@@ -152,73 +200,30 @@ class EmbeddedWindows:
         return [self._one(obs, spec) for obs in batch]
 
     def _one(self, obs: Observation, spec: WindowSpec) -> Tally:
-        epoch = self._epoch.get(obs.agent) or 0
         at = obs.at
-        patients = self._window(("ent", obs.agent, str(epoch)), obs.entity, at, spec.breadth)
-        users = self._window(("ent", obs.agent, str(epoch), obs.user), obs.entity, at, spec.breadth)
+        state = self._agents.get(obs.agent)
+        if state is None:
+            state = _Agent(at)
+        self._agents.put(obs.agent, state, expires_at=at + HABIT_MEMORY)
         denied = obs.event if obs.denial else ""
-        denials = self._window(("den", obs.agent, str(epoch)), denied, at, spec.probing)
-        token_key = ("tok", obs.agent, str(epoch), obs.token)
-        token_denials = self._window(token_key, denied, at, spec.probing) if obs.token else 0
-        requests, baseline = self._count_rate(obs.agent, epoch, at, spec)
-        first = self._first.get(obs.agent)
-        if first is None:
-            first = at
-        self._first.put(obs.agent, first, expires_at=at + HABIT_MEMORY)
-        known = self._known.get(obs.agent)
-        if known is None:
-            known = set()
-        if obs.habit or obs.chain:
-            self._known.put(obs.agent, known, expires_at=at + HABIT_MEMORY)
+        requests, baseline = state.rate(at, spec)
         return Tally(
-            patients=patients,
-            user_patients=users,
+            patients=state.entities.count(obs.entity, at, spec.breadth),
+            user_patients=state.users.count(obs.user, obs.entity, at, spec.breadth),
             requests=requests,
             baseline=baseline,
-            denials=denials,
-            token_denials=token_denials,
-            new_habit=self._learn(known, "h " + obs.habit),
-            new_chain=self._learn(known, "c " + obs.chain),
-            learned=spec.learning > 0 and at - first >= spec.learning,
-            txn_owner=self._txn(obs, at),
-            approval_required=obs.agent in self._flags,
+            denials=state.denials.count(denied, at, spec.probing),
+            token_denials=state.tokens.count(obs.token, denied, at, spec.probing)
+            if obs.token
+            else 0,
+            new_habit=state.learn("h " + obs.habit),
+            new_chain=state.learn("c " + obs.chain),
+            learned=spec.learning > 0 and at - state.first >= spec.learning,
+            txn_owner=self._txn(obs, at) if obs.txn else "",
+            approval_required=bool(self._flags) and obs.agent in self._flags,
         )
 
-    def _window(self, key: tuple[str, ...], member: str, at: float, seconds: int) -> int:
-        window = self._sliding.get(key)
-        if window is None:
-            if not member:
-                return 0
-            window = _Sliding()
-        if member:
-            window.add(member, at)
-        self._sliding.put(key, window, expires_at=at + seconds)
-        return window.count(at - seconds)
-
-    def _count_rate(self, agent: str, epoch: int, at: float, spec: WindowSpec) -> tuple[int, float]:
-        bucket = math.floor(at / spec.rate)
-        state = self._rate.get((agent, epoch))
-        if state is None:
-            state = [bucket, 0, 0.0, 0]  # bucket, count, mean, has a mean
-        if bucket > state[0]:
-            skipped = bucket - int(state[0]) - 1
-            mean = next_baseline(int(state[1]), state[2], bool(state[3]), skipped, spec.rate_weight)
-            state = [bucket, 0, mean, 1]
-        state[1] += 1
-        self._rate.put((agent, epoch), state, expires_at=at + 2 * spec.rate_horizon)
-        return int(state[1]), math.floor(state[2] * 1000) / 1000 if state[3] else 0.0
-
-    @staticmethod
-    def _learn(known: set[str], habit: str) -> bool:
-        """Add `habit` (a prefixed habit or chain; the bare prefix is nothing); True if new."""
-        if len(habit) <= 2 or habit in known:
-            return False
-        known.add(habit)
-        return True
-
     def _txn(self, obs: Observation, at: float) -> str:
-        if not obs.txn:
-            return ""
         first = self._txns.get(obs.txn)
         if first is None:
             self._txns.put(obs.txn, obs.txn_owner, expires_at=at + TXN_MEMORY)
@@ -232,7 +237,10 @@ class EmbeddedWindows:
         return True
 
     async def reset(self, agent: str) -> None:
-        self._epoch.put(agent, (self._epoch.get(agent) or 0) + 1)
+        state = self._agents.get(agent)
+        if state is not None:
+            fresh = _Agent(state.first, state.known)
+            self._agents.put(agent, fresh, expires_at=self._clock() + HABIT_MEMORY)
 
     async def flag(self, agent: str, seconds: int) -> None:
         self._flags.put(agent, True, expires_at=self._clock() + seconds)

@@ -144,3 +144,50 @@ def test_audit_enqueue(benchmark: Any, tmp_path: Path) -> None:
         assert benchmark(log._offer, record, None)
     finally:
         asyncio.run(log.close())
+
+
+def test_detect_signals(benchmark: Any, es: DemoIssuer) -> None:
+    """The risk phase: context.risk from the detectors' last values (no I/O)."""
+    from authz.config import DetectSettings
+    from authz.detect.monitor import Monitor
+    from authz.detect.respond import Responder
+    from authz.stores.embedded import EmbeddedAgentStore
+    from authz.stores.registry import StoreRegistry
+    from authz.stores.windows import EmbeddedWindows
+
+    bundle = policy_load.load(POLICIES)
+    agents = EmbeddedAgentStore()
+    windows = EmbeddedWindows()
+    settings = DetectSettings()
+    responder = Responder(
+        settings=settings, windows=windows, agents=agents, grants=EmbeddedGrantStore(time.time),
+        audit=Null(),
+    )  # fmt: skip
+    monitor = Monitor(settings, windows, responder, StoreRegistry(agents))
+    verifier = identity.AccessTokenVerifier(keys_for(es), rules(), time.time)
+    claims = verifier.verify(es.access_token("dr-alice", ["orchestrator", "scribe"]))
+    chain = delegation.read_chain(claims, 4)
+    chain_agents = (bundle.agents["orchestrator"], bundle.agents["scribe"])
+    risk = benchmark(monitor.signals, chain, chain_agents, claims, "0" * 64)
+    assert risk.patients == 0 and risk.token_jti
+
+
+def test_detect_window_record(benchmark: Any) -> None:
+    """One decided check counted in the embedded windows (the background flush's work)."""
+    from authz.stores.windows import EmbeddedWindows, Observation, WindowSpec
+
+    windows = EmbeddedWindows()
+    spec = WindowSpec(breadth=600, rate=60, rate_horizon=3600, probing=60, learning=86400)
+    observation = Observation(
+        agent="scribe", user="dr-alice", at=time.time(), entity='Patient::"p-1001"',
+        token="0" * 64, habit="read Records", chain="orchestrator scribe", txn="t",
+        txn_owner="dr-alice orchestrator", event="d",
+    )  # fmt: skip
+
+    # the work of `record` for one observation, without an event loop around it
+    assert benchmark(windows._one, observation, spec).patients == 1
+
+
+class Null:
+    async def commit(self, record: object) -> bool:
+        return True

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,31 @@ def test_the_tool_call_benchmark_runs(tmp_path: Path) -> None:
     for regime in ("warm", "cold"):
         assert report[regime]["get_p50_us"] > 0 and report[regime]["mcp_p50_us"] > 0
     assert report["parse_p50_us"] > 0 and "ratio median" in result.stdout
+
+
+def _smoke(script: str, tmp_path: Path) -> dict[str, Any]:
+    out = tmp_path / f"{script}.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed: dict[str, Any] = json.loads(out.read_text())
+    return parsed
+
+
+def test_the_detection_overhead_harness_runs(tmp_path: Path) -> None:
+    results = _smoke("detect_overhead", tmp_path)
+    assert set(results["in_process"]) == {"decided", "cached"}
+    envoy = results["envoy"]
+    for name in ("on", "off"):
+        assert set(envoy["statuses"][name]) == {"200"}, envoy["statuses"]
+
+
+def test_the_containment_harness_runs(tmp_path: Path) -> None:
+    results = _smoke("containment", tmp_path)
+    for kind in ("detection", "baseline"):
+        rows = results[kind]
+        assert rows["n"] == 2 and rows["lost"] == 0, rows
