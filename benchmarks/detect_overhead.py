@@ -1,6 +1,6 @@
 """What detection adds to a Check, against the same run without the detectors.
 
-    .venv/bin/python benchmarks/detect_overhead.py [--checks 3000] [--rounds 5]
+    .venv/bin/python benchmarks/detect_overhead.py [--checks 1000] [--rounds 15]
         [--seconds 5] [--rate 400] [--part in-process|envoy|both] [--json PATH] [--smoke]
 
 In process: the server's pipeline on the hospital example (dr-alice ->
@@ -9,7 +9,8 @@ built three times from the same parts: without detectors, with them on the
 embedded windows, and with them on Redis windows (a real redis-server), the
 shipped example's `[detect]` in both. Two modes: `decided` (no decision
 cache: every check runs every phase) and `cached` (the decision cache on, as
-a server runs). Rounds interleave the variants. Per round: the p50 and p99 of
+a server runs). Rounds interleave the variants, in alternating order, so that
+machine drift falls on all of them alike. Per round: the p50 and p99 of
 `Pipeline.check` (what Envoy waits for), and the wall time per check with
 the background flush running between checks (what detection costs the event
 loop). Reported: the median and range across rounds, and each variant minus
@@ -170,13 +171,17 @@ def in_process(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         try:
             for v in variants:  # warm: tokens verified, Cedar memos, scripts loaded
                 loop.run_until_complete(v.round(200))
-            for _ in range(args.rounds):
-                for v in variants:
+            for n in range(args.rounds):
+                # alternate the order, so drift and whoever ran first do not favour one variant
+                for v in variants if n % 2 == 0 else reversed(variants):
                     gc.collect()
                     latencies, wall = loop.run_until_complete(v.round(args.checks))
                     rows[v.name]["p50"].append(pct(latencies, 0.5) * 1e6)
                     rows[v.name]["p99"].append(pct(latencies, 0.99) * 1e6)
                     rows[v.name]["wall"].append(wall * 1e6)
+            for v in variants:
+                if v.monitor is not None:
+                    loop.run_until_complete(v.monitor.close())
             loop.run_until_complete(store.close())
         finally:
             loop.close()
@@ -315,8 +320,8 @@ def report(results: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checks", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--checks", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=400.0)
     ap.add_argument("--fsync", default="50ms")
