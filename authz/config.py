@@ -141,7 +141,7 @@ RESPONSES = ("record", "alert", "approve", "suspend", "revoke")  # each does all
 
 @dataclass(frozen=True)
 class DetectSettings:
-    enabled: bool = True  # run the detectors on every check; false: context.risk has only token facts
+    enabled: bool = True  # run the detectors on every check; false: risk holds token facts only
     cooldown: int = 600  # a detector fires at most once per agent and kind in this time
     breadth_entity: str = "Patient"  # breadth counts the resource or its ancestor of this type
     breadth_window: int = 600  # sliding window of the breadth counts
