@@ -363,18 +363,41 @@ def test_an_unregistered_agent_in_a_chain_is_named(
     assert event.detail["evidence"] == {"chain": ["orchestrator", "ghost"]}
 
 
-def test_windows_that_fail_lose_counts_never_decisions(
+def test_checks_the_windows_cannot_count_are_counted_late_not_lost(
     bundle: PolicyBundle, issuer: DemoIssuer
 ) -> None:
-    class Down(EmbeddedWindows):
+    """A sweep while the store refuses the windows (its grants still cached): counted when
+    the store is back, at the checks' own times, and the line it crossed is judged then."""
+
+    class Flaky(EmbeddedWindows):
+        down = True
+
         async def record(self, batch: Any, spec: WindowSpec) -> list[Tally]:
-            raise StoreUnavailable("redis detection windows failed: ConnectionError")
+            if self.down:
+                raise StoreUnavailable("redis detection windows failed: ConnectionError")
+            return await super().record(batch, spec)
 
     rig = make_rig(bundle, issuer)
-    rig.monitor.windows = Down()
-    run(lambda: rig.grant("p-1001"))
-    assert all(run(lambda: rig.check()).allowed for _ in range(3))
-    assert rig.observer.window_failures == 3
+    windows = Flaky()
+    rig.monitor.windows = rig.monitor.responder.windows = windows
+    patients = [f"p-{i}" for i in range(30)]
+
+    async def go() -> tuple[list[Decision], bool, Decision]:
+        await rig.grant(*patients)
+        swept = [await rig.check(f"/patients/{p}/records") for p in patients]
+        not_yet = (await rig.agents.get_agent("scribe") or scribe).status
+        windows.down = False
+        assert await rig.monitor.flush()
+        await rig.monitor.responder.drain()
+        return swept, not_yet == "active", await rig.check("/patients/p-0/records")
+
+    scribe = bundle.agents["scribe"]
+    swept, unjudged, after = run(go)
+    assert all(d.allowed for d in swept) and unjudged  # every decision made, nothing judged
+    assert rig.observer.window_failures >= 30
+    assert after.reason == "agent_suspended"
+    (detected,) = rig.events("threat_detected")
+    assert detected.detail["decision_id"] == swept[25].decision_id  # the 26th, as it happened
 
 
 # --- the detectors, judged alone --------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from authz.model import CheckInput, Decision
+from authz.model import CheckInput, Decision, Grant
 
 DECISION = "decision"
 EVENT = "event"
@@ -119,6 +119,21 @@ class EventRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": EVENT, **{name: getattr(self, name) for name in _EVENT_FIELDS}}
+
+
+def grant_detail(grant: Grant) -> dict[str, Any]:
+    """A grant event's detail (issued, revoked): every field but the id, which is the target."""
+    return {
+        "agent": grant.agent,
+        "user": grant.user,
+        "actions": list(grant.actions),
+        "resources": list(grant.resources),
+        "purpose": grant.purpose,
+        "issued_by": grant.issued_by,
+        "issued_at": grant.issued_at,
+        "expires_at": grant.expires_at,
+        "max_uses": grant.max_uses,
+    }
 
 
 _DECISION_FIELDS = tuple(f.name for f in fields(AuditRecord))

@@ -12,10 +12,14 @@
               responder, at most once per agent and kind per claim (`detect.cooldown`,
               fleet-wide).
 
-Redis down: a batch that cannot be counted is dropped and counted in
-`lasthop_detect_window_failures_total` (checks that need the store are 503
-meanwhile, so nothing is allowed unseen). A containment already decided is
-enforced on this replica at once and written to the store until it takes it.
+Redis down: a batch the store refuses goes back to the head of the queue and
+is counted, at its own times, once the store is back (up to MAX_PENDING checks;
+each refusal is counted in `lasthop_detect_window_failures_total`). Checks
+that need the store are 503 meanwhile, but local caches may allow for up to
+the invalidation channel's dead interval: those are counted late, not lost,
+and a line they crossed is judged when the store returns. A containment
+already decided is enforced on this replica at once and written to the store
+until it takes it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ SNAPSHOT_SECONDS = 60.0  # a window value this replica has not refreshed for thi
 SNAPSHOT_ENTRIES = 100_000
 MAX_BATCH = 256  # observations per round trip
 MAX_PENDING = 50_000  # past this, new observations are dropped (and counted) until flushed
+MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0  # seconds between attempts while the store refuses
 CLOSE_SECONDS = 5.0
 NOT_COUNTED = frozenset({Reason.AGENT_SUSPENDED, Reason.AGENT_UNREGISTERED})
 
@@ -91,6 +96,7 @@ class Monitor:
         self._tokens: BoundedCache[str, int] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
         self._hours: BoundedCache[str, WorkingHours] = BoundedCache(SNAPSHOT_ENTRIES)
         self._pending: list[Seen] = []
+        self._backoff = MIN_BACKOFF
         self._flusher: asyncio.Task[None] | None = None  # started with the first observation
         self._wake: asyncio.Event | None = None
 
@@ -183,22 +189,31 @@ class Monitor:
     async def _flush_forever(self, wake: asyncio.Event) -> None:
         while True:
             wake.clear()
-            await self.flush()
-            if not self._pending:
+            if not await self.flush():
+                await asyncio.sleep(self._backoff)  # the store refused: try again later
+            elif not self._pending:
                 await wake.wait()
 
-    async def flush(self) -> None:
-        """Count everything queued, judge it and respond; until nothing is queued."""
+    async def flush(self) -> bool:
+        """Count everything queued, judge it and respond; until nothing is queued.
+
+        False when the store refused a batch: it goes back to the head of the queue, to
+        be counted (at its own times) once the store is back."""
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 await self._judge(batch)
             except StoreUnavailable as err:
-                log.warning("detection windows: %s; %d checks not counted", err.detail, len(batch))
+                self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                log.warning("detection windows: %s; %d checks wait", err.detail, len(self._pending))
                 if self.observer:
                     self.observer.windows_failed()
+                return False
             except Exception:
                 log.exception("detection failed for %d checks", len(batch))
+            self._backoff = MIN_BACKOFF
+        return True
 
     async def _judge(self, batch: list[Seen]) -> None:
         batch = await self._resolve(batch)

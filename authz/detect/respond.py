@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from authz.audit.records import AuditSink, EventRecord
+from authz.audit.records import AuditSink, EventRecord, grant_detail
 from authz.codec import rfc3339
 from authz.config import RESPONSES, DetectSettings
 from authz.detect.detectors import Detection, DetectObserver
@@ -158,7 +158,7 @@ class Responder:
             )
         for grant in revoked:
             await self._event(
-                "grant_revoked", grant.id, {**_grant_detail(grant), **detail}, "revoke"
+                "grant_revoked", grant.id, {**grant_detail(grant), **detail}, "revoke"
             )
         if level >= APPROVE:
             until = rfc3339(self.clock() + self.settings.approval_ttl)
@@ -258,18 +258,4 @@ def _agent_detail(agent: Agent) -> dict[str, Any]:
         "risk": agent.risk,
         "allowed_purposes": list(agent.allowed_purposes),
         "status": agent.status,
-    }
-
-
-def _grant_detail(grant: Grant) -> dict[str, Any]:
-    return {
-        "agent": grant.agent,
-        "user": grant.user,
-        "actions": list(grant.actions),
-        "resources": list(grant.resources),
-        "purpose": grant.purpose,
-        "issued_by": grant.issued_by,
-        "issued_at": grant.issued_at,
-        "expires_at": grant.expires_at,
-        "max_uses": grant.max_uses,
     }

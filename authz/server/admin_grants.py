@@ -22,7 +22,7 @@ import grpc
 from authz._proto import grants_pb2 as pb
 from authz._proto import grants_pb2_grpc as pb_grpc
 from authz.access.issue import GrantRequest, new_grant
-from authz.audit.records import AuditSink, EventRecord
+from authz.audit.records import AuditSink, EventRecord, grant_detail
 from authz.check import identity
 from authz.check.keys import KeySource
 from authz.codec import rfc3339
@@ -166,24 +166,13 @@ class GrantsService(pb_grpc.GrantsServicer):
         return grant_message(grant, 0)
 
     async def _record(self, event: str, caller: str, grant: Grant) -> bool:
-        detail = {
-            "agent": grant.agent,
-            "user": grant.user,
-            "actions": list(grant.actions),
-            "resources": list(grant.resources),
-            "purpose": grant.purpose,
-            "issued_by": grant.issued_by,
-            "issued_at": grant.issued_at,
-            "expires_at": grant.expires_at,
-            "max_uses": grant.max_uses,
-        }
         return await self._audit.commit(
             EventRecord(
                 event=event,
                 actor=caller,
                 target=grant.id,
                 time=rfc3339(self._clock()),
-                detail=detail,
+                detail=grant_detail(grant),
             )
         )
 
