@@ -57,7 +57,7 @@ SHIPPED_IDS = {
     "scribe-read-records": ("scribe-read-records.cedar", "permit", "", 2),
     "scribe-write-notes": ("scribe-write-notes.cedar", "permit", "", 2),
 }
-SHIPPED_COUNT = 10
+SHIPPED_COUNT = 12
 SEED = "entities.json"  # registered_by of every agent seeded from the policy directory
 
 
