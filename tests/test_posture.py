@@ -18,8 +18,9 @@ import pytest
 from authz.audit.records import AuditRecord, EventRecord
 from authz.codec import rfc3339
 from authz.detect import inventory
+from authz.detect.findings import RULES, SEVERITIES, at_or_above
 from authz.detect.inventory import GrantHistory, Inventory, Sighting
-from authz.detect.posture import RULES, SEVERITIES, Limits, assess, at_or_above
+from authz.detect.posture import Limits, assess
 from authz.model import DEFAULT_TIERS, Agent, Grant
 from authz.policy import load as policy_load
 from tests.conftest import POLICIES, PURPOSE

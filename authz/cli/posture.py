@@ -24,7 +24,8 @@ from authz.audit import setup as audit_setup
 from authz.audit.disclosures import parse_day
 from authz.audit.files import trail_files
 from authz.detect import inventory
-from authz.detect.posture import RULES, SEVERITIES, Finding, assess, at_or_above
+from authz.detect.findings import RULES, SEVERITIES, Finding, at_or_above
+from authz.detect.posture import assess
 from authz.errors import StoreUnavailable, UsageError
 from authz.model import Agent, Grant, RiskTiers
 from authz.policy import load as policy_load

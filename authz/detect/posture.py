@@ -17,124 +17,22 @@ Non-Human Identities Top 10 (2025) category. The kinds:
     long-shadow-policy        a policy left in shadow mode for long
 
 A grant's action "writes" when a route reaches it with a method other than
-GET or HEAD. `phi-permit-without-grant` asks Cedar itself: every PHI route,
-for every registered agent (for each purpose it may act for) and for a person
-acting directly, with no grant in the context.
+GET or HEAD. The two kinds about policies are judged in `policy_gaps`; what
+a finding holds, in `findings`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from authz.detect.findings import SEVERITIES, Finding, span
 from authz.detect.inventory import GrantHistory, Inventory
-from authz.errors import LasthopError
-from authz.model import Agent, EntityRef, Risk, RiskTiers
-from authz.policy.evaluate import CedarRequest, PolicyEngine
+from authz.detect.policy_gaps import long_shadow, phi_permits
+from authz.model import Agent, RiskTiers
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-NHI1 = "NHI1:2025 Improper Offboarding"
-NHI5 = "NHI5:2025 Overprivileged NHI"
-NHI7 = "NHI7:2025 Long-Lived Secrets"
 READ_METHODS = frozenset({"GET", "HEAD"})
-PROBE = "posture-probe"
-
-
-@dataclass(frozen=True)
-class Rule:
-    kind: str
-    severity: str
-    owasp: str
-    title: str
-    fix: str
-
-
-RULES: dict[str, Rule] = {
-    r.kind: r
-    for r in (
-        Rule(
-            "standing-grant",
-            "medium",
-            NHI5,
-            "a grant lives far longer than its use",
-            "issue grants for the task's length (`--ttl`), or with `--max-uses`; revoke it "
-            "when the task ends",
-        ),
-        Rule(
-            "renewed-grant",
-            "medium",
-            NHI5,
-            "grants renewed back to back for the same agent, user and resources",
-            "this is standing access by another name: find the task that needs it and grant "
-            "per task, or make the access a policy decision",
-        ),
-        Rule(
-            "unused-grant",
-            "low",
-            NHI5,
-            "a grant was never used",
-            "revoke it (`lasthop grants revoke ID`) and issue grants when the task starts",
-        ),
-        Rule(
-            "broad-grant",
-            "medium",
-            NHI5,
-            "a live grant covers many resources",
-            "revoke it and issue one grant per patient the task needs",
-        ),
-        Rule(
-            "ownerless-agent",
-            "high",
-            NHI1,
-            "an active agent's owner is no person Lasthop knows",
-            "give it an accountable owner (`lasthop agents update ID --owner USER`) or suspend it",
-        ),
-        Rule(
-            "high-risk-write",
-            "high",
-            NHI5,
-            "a high-risk agent holds a live grant that writes",
-            "revoke the write access; grant it reads only, or lower its risk after a review",
-        ),
-        Rule(
-            "unseen-agent",
-            "low",
-            NHI1,
-            "a registered agent never acted",
-            "deregister it if it is no longer used (`lasthop agents deregister ID`)",
-        ),
-        Rule(
-            "unregistered-agent",
-            "high",
-            NHI1,
-            "an agent presented valid tokens but is not registered",
-            "stop the identity provider issuing tokens for it, or register it with an owner",
-        ),
-        Rule(
-            "long-lived-token",
-            "medium",
-            NHI7,
-            "tokens living longer than detect.hygiene_token_lifetime were used",
-            "shorten the access token lifetime at the identity provider for this client",
-        ),
-        Rule(
-            "phi-permit-without-grant",
-            "critical",
-            NHI5,
-            "a policy permits a PHI action when no grant is held",
-            "add `when { context has grant }` to the permit (see the shipped permits)",
-        ),
-        Rule(
-            "long-shadow-policy",
-            "low",
-            NHI5,
-            "a policy has stayed in shadow mode for long",
-            "read `lasthop audit shadow-report`, then enforce it or delete it",
-        ),
-    )  # fmt: skip
-}
 
 
 @dataclass(frozen=True)
@@ -146,39 +44,6 @@ class Limits:
     unused_after_seconds: int = 3600  # a live grant this old and never used
     broad_resources: int = 10
     shadow_days: int = 14
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    subject: str
-    summary: str
-    evidence: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return f"{self.kind}:{self.subject}"
-
-    @property
-    def rule(self) -> Rule:
-        return RULES[self.kind]
-
-    def as_dict(self) -> dict[str, object]:
-        rule = self.rule
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "severity": rule.severity,
-            "owasp": rule.owasp,
-            "title": rule.title,
-            "summary": self.summary,
-            "evidence": self.evidence,
-            "fix": rule.fix,
-        }
-
-
-def at_or_above(severity: str) -> frozenset[str]:
-    return frozenset(SEVERITIES[SEVERITIES.index(severity) :])
 
 
 def assess(inv: Inventory, tiers: RiskTiers, limits: Limits = Limits()) -> list[Finding]:
@@ -193,8 +58,8 @@ def assess(inv: Inventory, tiers: RiskTiers, limits: Limits = Limits()) -> list[
         *_unseen(inv),
         *_unregistered(inv),
         *_long_tokens(inv),
-        *_phi_permits(inv, tiers),
-        *_long_shadow(inv, limits),
+        *phi_permits(inv, tiers),
+        *long_shadow(inv, limits.shadow_days),
     ]
     return sorted(found, key=lambda f: (-SEVERITIES.index(f.rule.severity), f.id))
 
@@ -218,8 +83,8 @@ def _standing(inv: Inventory, limits: Limits) -> Iterator[Finding]:
             yield Finding(
                 "standing-grant",
                 g.id,
-                f"grant `{g.id}` for {g.agent} ({g.user}) lives {_span(lifetime)}, "
-                f"used over {_span(used)}",
+                f"grant `{g.id}` for {g.agent} ({g.user}) lives {span(lifetime)}, "
+                f"used over {span(used)}",
                 _grant_evidence(h, lifetime_seconds=int(lifetime), used_seconds=int(used)),
             )
 
@@ -238,8 +103,7 @@ def _renewed(inv: Inventory, limits: Limits) -> Iterator[Finding]:
         yield Finding(
             "renewed-grant",
             f"{agent}:{user}:{digest}",
-            f"{len(run)} grants in a row gave {agent} ({user}) the same access for "
-            f"{_span(covered)}",
+            f"{len(run)} grants in a row gave {agent} ({user}) the same access for {span(covered)}",
             {
                 "agent": agent,
                 "user": user,
@@ -369,108 +233,10 @@ def _long_tokens(inv: Inventory) -> Iterator[Finding]:
         yield Finding(
             "long-lived-token",
             agent_id,
-            f"{agent_id} presented tokens living up to {_span(inv.longest_token.get(agent_id, 0))}",
+            f"{agent_id} presented tokens living up to {span(inv.longest_token.get(agent_id, 0))}",
             {
                 "detections": sighting.count,
                 "longest_seconds": inv.longest_token.get(agent_id, 0),
                 "decisions": sighting.decisions,
             },
         )
-
-
-# --- policies ---------------------------------------------------------------------------------
-
-
-def _phi_permits(inv: Inventory, tiers: RiskTiers) -> Iterator[Finding]:
-    engine = PolicyEngine(inv.bundle, tiers)
-    holes: dict[str, dict[str, object]] = {}
-    for method, path, template in _phi_probes(inv):
-        route = inv.bundle.routes.resolve(method, path)
-        for principal, agents, purpose in _principals(inv):
-            request = CedarRequest(
-                principal, route.action, route.resource, _context(inv, agents, purpose, method)
-            )
-            try:
-                outcome = engine.evaluate(
-                    request, engine.delta(route.resource, route.parents, agents)
-                )
-            except LasthopError:
-                continue  # an erroring policy is never an allow
-            for policy in outcome.policies if outcome.allowed else ():
-                holes.setdefault(
-                    policy,
-                    {
-                        "principal": str(principal),
-                        "action": route.action,
-                        "resource_type": route.resource.type,
-                        "route": f"{method} {template}",
-                        "purpose": purpose,
-                    },
-                )
-    for policy, evidence in sorted(holes.items()):
-        yield Finding(
-            "phi-permit-without-grant",
-            policy,
-            f"`{policy}` permits {evidence['principal']} to {evidence['action']} "
-            f"{evidence['resource_type']} with no grant",
-            evidence,
-        )
-
-
-def _phi_probes(inv: Inventory) -> Iterator[tuple[str, str, str]]:
-    for route in inv.bundle.routes.routes:
-        if route.phi:
-            yield route.method, re.sub(r"\{[^}]+\}", PROBE, route.template), route.template
-
-
-def _principals(inv: Inventory) -> Iterator[tuple[EntityRef, tuple[Agent, ...], str]]:
-    registered = [a for a in inv.agents.values() if a.registered]
-    purposes = sorted({p for a in registered for p in a.allowed_purposes}) or [""]
-    for agent in sorted(registered, key=lambda a: a.id):
-        for purpose in agent.allowed_purposes or ("",):
-            yield EntityRef("Agent", agent.id), (agent,), purpose
-    for purpose in purposes:
-        yield EntityRef("User", PROBE), (), purpose
-
-
-def _context(
-    inv: Inventory, agents: tuple[Agent, ...], purpose: str, method: str
-) -> dict[str, object]:
-    return {
-        "user": {"__entity": {"type": "User", "id": PROBE}},
-        "chain_depth": len(agents),
-        "agents": [{"__entity": {"type": "Agent", "id": a.id}} for a in agents],
-        "delegator": PROBE,
-        "purpose": purpose,
-        "txn": PROBE,
-        "request": {"method": method, "path": "/", "host": PROBE},
-        "time": int(inv.now),
-        "risk": Risk().as_context(),
-    }
-
-
-def _long_shadow(inv: Inventory, limits: Limits) -> Iterator[Finding]:
-    for info in inv.bundle.policies.values():
-        if info.mode != "shadow":
-            continue
-        mtime = (inv.policy_dir / info.file).stat().st_mtime
-        since = min(mtime, inv.shadow_hits.get(info.id, mtime))
-        days = (inv.now - since) / 86400
-        if days > limits.shadow_days:
-            yield Finding(
-                "long-shadow-policy",
-                info.id,
-                f"`{info.id}` has been in shadow mode for {days:.0f} days",
-                {"file": info.file, "days": int(days), "threshold_days": limits.shadow_days},
-            )
-
-
-def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 2 * 86400:
-        return f"{seconds // 86400} d"
-    if seconds >= 2 * 3600:
-        return f"{seconds // 3600} h"
-    if seconds >= 120:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"

@@ -19,7 +19,7 @@ import pytest
 
 from authz._proto import agents_pb2 as apb
 from authz._proto import grants_pb2 as pb
-from authz.detect.posture import RULES
+from authz.detect.findings import RULES
 from authz.dev import stack as devstack
 from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import PURPOSE, RECORDS, run_cli, unique, wait_until
