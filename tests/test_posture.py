@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 
 from authz.audit.records import AuditRecord, EventRecord
+from authz.cli import main as cli
 from authz.codec import rfc3339
 from authz.detect import inventory
 from authz.detect.findings import RULES, SEVERITIES, at_or_above
 from authz.detect.inventory import GrantHistory, Inventory, Sighting
 from authz.detect.posture import Limits, assess
+from authz.dev import stack as devstack
+from authz.dev.tokens import DemoIssuer
 from authz.model import DEFAULT_TIERS, Agent, Grant
 from authz.policy import load as policy_load
 from tests.conftest import POLICIES, PURPOSE
@@ -333,3 +336,64 @@ def test_every_severity_names_itself_and_those_above(severity: str) -> None:
     above = at_or_above(severity)
     assert severity in above
     assert all(SEVERITIES.index(s) >= SEVERITIES.index(severity) for s in above)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path) -> Path:
+    jwks = DemoIssuer("ES256", kid="posture").write_jwks(tmp_path / "keys" / "jwks.json")
+    return devstack.write_config(tmp_path, jwks)
+
+
+def test_the_command_on_the_embedded_store_reads_the_trail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    now = time.time()
+    records: list[AuditRecord | EventRecord] = [
+        _decision(f"d-{agent}", agent, now - 60, user=user)
+        for agent, user in (
+            ("scribe", "dr-alice"), ("orchestrator", "dr-alice"), ("med-reconciler", "dr-alice"),
+            ("billing-bot", "bob"), ("dictation-vendor", "dr-alice"),
+        )
+    ]  # fmt: skip
+    records.append(
+        _decision(
+            "d-x", "ghost", now - 30, decision="deny", status=403, reason="agent_unregistered"
+        )
+    )
+    _write_trail(tmp_path / "audit" / "decisions.jsonl", records)
+    assert cli.main(["posture", "--config", str(config), "--output", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [f["id"] for f in report["findings"]] == ["unregistered-agent:ghost"]
+    assert cli.main(["posture", "--config", str(config), "--fail-on", "high"]) == 1
+    assert cli.main(["posture", "--config", str(config), "--fail-on", "critical"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--trail", "nothing.jsonl"], "no audit trail at `nothing.jsonl`"),
+        (["--since", "last tuesday"], "--since: `last tuesday` is not a date"),
+        (["--at", "soon"], "--at: `soon` is not a date"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    config = _config(tmp_path)
+    _write_trail(tmp_path / "audit" / "decisions.jsonl", [])
+    assert cli.main(["posture", "--config", str(config), *args]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_an_unknown_severity_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["posture", "--config", str(_config(tmp_path)), "--fail-on", "severe"])
+    assert info.value.code == 2 and "invalid choice: 'severe'" in capsys.readouterr().err
+
+
+def test_no_trail_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["posture", "--config", str(_config(tmp_path))]) == 2
+    assert "no audit trail at" in capsys.readouterr().err
