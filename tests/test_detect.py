@@ -413,7 +413,9 @@ def _seen(
                          "/patients/{patient}/records", True),
         token_digest="ab" * 32, risk=risk,
     )  # fmt: skip
-    return Seen(Observation(agent="scribe", user="dr-alice", at=1.0, event="d-1", **obs), decision)
+    return Seen.of(
+        Observation(agent="scribe", user="dr-alice", at=1.0, event="d-1", **obs), decision
+    )
 
 
 def kinds(seen: Seen, tally: Tally, s: DetectSettings = DEFAULTS) -> list[str]:

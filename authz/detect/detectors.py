@@ -72,13 +72,21 @@ class Detection:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Seen:
-    """One decided check: what the windows counted, and the decision it came from."""
+    """One decided check, as the detectors need it: what the windows count, and what the
+    decision said (kept small: a queue of these waits out a store outage)."""
 
     obs: Observation
-    decision: Decision
+    reason: str
+    chain: tuple[str, ...]  # the agents, first to current
+    risk: Risk | None  # what the risk phase knew (None: refused before it)
     unregistered: tuple[str, ...] = ()  # chain agents the registry does not know
+
+    @classmethod
+    def of(cls, obs: Observation, decision: Decision) -> Seen:
+        agents = decision.chain.agents if decision.chain else ()
+        return cls(obs, str(decision.reason), agents, decision.risk)
 
 
 class DetectObserver(Protocol):
@@ -139,14 +147,14 @@ def _probing(seen: Seen, tally: Tally, s: DetectSettings) -> Iterator[Detection]
     if s.probing_denials and tally.denials > s.probing_denials:
         yield _detection(
             seen, "probing", "agent_denials", window_seconds=window, count=tally.denials,
-            threshold=s.probing_denials, reason=str(seen.decision.reason),
+            threshold=s.probing_denials, reason=seen.reason,
         )  # fmt: skip
     token = seen.obs.token
     if s.probing_token_denials and tally.token_denials > s.probing_token_denials:
         yield _detection(
             seen, "probing", "token_denials", token[:16], window_seconds=window,
             count=tally.token_denials, threshold=s.probing_token_denials, token_sha256=token,
-            reason=str(seen.decision.reason),
+            reason=seen.reason,
         )  # fmt: skip
 
 
@@ -171,28 +179,25 @@ def _novelty(seen: Seen, tally: Tally, s: DetectSettings) -> Iterator[Detection]
 
 
 def _hours(seen: Seen) -> Iterator[Detection]:
-    risk = seen.decision.risk
+    risk = seen.risk
     if risk is not None and risk.off_hours:
         yield _detection(seen, "hours", "off_hours", time=rfc3339(seen.obs.at))
 
 
 def _hygiene(seen: Seen, s: DetectSettings) -> Iterator[Detection]:
     for agent in seen.unregistered:
-        chain = seen.decision.chain
         yield Detection(
             "hygiene", "unregistered_agent", agent, seen.obs.user, seen.obs.event, seen.obs.at,
-            {"chain": list(chain.agents) if chain else [agent]},
+            {"chain": list(seen.chain)},
         )  # fmt: skip
-    risk: Risk | None = seen.decision.risk
+    risk = seen.risk
     if risk is None:
         return
     limit = s.hygiene_token_lifetime
     if limit and risk.token_lifetime > limit:
         yield _detection(
             seen, "hygiene", "long_lived_token", lifetime_seconds=risk.token_lifetime,
-            threshold=limit, token_sha256=seen.decision.token_digest,
+            threshold=limit, token_sha256=seen.obs.token,
         )  # fmt: skip
     if s.hygiene_require_jti and not risk.token_jti:
-        yield _detection(
-            seen, "hygiene", "token_without_jti", token_sha256=seen.decision.token_digest
-        )
+        yield _detection(seen, "hygiene", "token_without_jti", token_sha256=seen.obs.token)

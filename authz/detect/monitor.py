@@ -25,6 +25,7 @@ until it takes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -152,7 +153,7 @@ class Monitor:
             if self.observer:
                 self.observer.windows_failed()
             return
-        self._pending.append(Seen(obs, decision))
+        self._pending.append(Seen.of(obs, decision))
         if self._wake is not None and self._flusher is not None and not self._flusher.done():
             self._wake.set()
         else:  # the first observation, or the loop the flusher ran on is gone (tests)
@@ -227,11 +228,10 @@ class Monitor:
         """Name the unregistered agents of each `agent_unregistered` denial (cached reads)."""
         resolved = []
         for seen in batch:
-            chain = seen.decision.chain
-            if seen.decision.reason == Reason.AGENT_UNREGISTERED and chain is not None:
-                found = [(a, await self.registry.get(a)) for a in chain.agents]
+            if seen.reason == Reason.AGENT_UNREGISTERED:
+                found = [(a, await self.registry.get(a)) for a in seen.chain]
                 missing = tuple(a for a, agent in found if agent is None or not agent.registered)
-                seen = Seen(seen.obs, seen.decision, missing)
+                seen = dataclasses.replace(seen, unregistered=missing)
             resolved.append(seen)
         return resolved
 
