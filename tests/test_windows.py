@@ -269,3 +269,21 @@ def test_a_flag_holds_for_its_time(make: Factory) -> None:
                 await windows._store.close()
 
     assert asyncio.run(go()) == (False, True, True)
+
+
+@pytest.mark.integration
+def test_redis_windows_survive_a_script_flush(redis_url: str) -> None:
+    """A restarted or failed-over Redis has no scripts: they are loaded again, once."""
+    a = agent()
+    windows = RedisWindows(RedisStore(redis_url, timeout_ms=2000), clock=lambda: T0)
+
+    async def go() -> list[int]:
+        try:
+            first = await windows.record([obs(a, entity='Patient::"p-1"')], SPEC)
+            await windows._store.redis.script_flush()
+            second = await windows.record([obs(a, entity='Patient::"p-2"', txn="t-1")], SPEC)
+            return [first[0].patients, second[0].patients]
+        finally:
+            await windows._store.close()
+
+    assert asyncio.run(go()) == [1, 2]

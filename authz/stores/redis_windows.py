@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from authz.errors import StoreUnavailable
 from authz.stores.redis_store import RedisStore
@@ -132,28 +132,36 @@ class RedisWindows:
     async def record(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Tally]:
         try:
             with self._store._timed("detect"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for obs in batch:
-                        self._call(
-                            pipe, self._record, [f"{agent_prefix(obs.agent)}meta"], _args(obs, spec)
-                        )
-                        if obs.txn:
-                            key = f"{PREFIX}txn:{{{_digest(obs.txn)}}}"
-                            self._call(pipe, self._txn, [key], [obs.txn_owner, TXN_MEMORY * 1000])
-                    replies = await pipe.execute()
+                try:
+                    replies = await self._send(batch, spec)
+                except NoScriptError:  # Redis restarted or failed over: load, then once more
+                    for script in (self._record, self._txn):
+                        script.sha = await self._redis.script_load(script.script)
+                    replies = await self._send(batch, spec)
         except (RedisError, OSError) as err:
             raise StoreUnavailable(
                 f"redis detection windows failed: {type(err).__name__}: {err}"
             ) from err
         return _tallies(batch, iter(replies))
 
+    async def _send(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Any]:
+        """The batch in one pipeline: one round trip (no SCRIPT EXISTS before it)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for obs in batch:
+                keys = [f"{agent_prefix(obs.agent)}meta"]
+                self._call(pipe, self._record, keys, _args(obs, spec))
+                if obs.txn:
+                    key = f"{PREFIX}txn:{{{_digest(obs.txn)}}}"
+                    self._call(pipe, self._txn, [key], [obs.txn_owner, TXN_MEMORY * 1000])
+            replies: list[Any] = await pipe.execute()
+            return replies
+
     def _call(self, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
-        """Queue a script call: by hash (the pipeline loads the script first if Redis lacks
-        it), or, in a cluster pipeline, which cannot load scripts, with its source."""
+        """Queue a script call: by hash, or, in a cluster pipeline (whose nodes may each
+        lack the script), with its source."""
         if self._cluster:
             pipe.eval(script.script, len(keys), *keys, *args)
         else:
-            pipe.scripts.add(script)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
 
     async def claim(self, agent: str, kind: str, seconds: int) -> bool:
