@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -287,3 +288,27 @@ def test_redis_windows_survive_a_script_flush(redis_url: str) -> None:
             await windows._store.close()
 
     assert asyncio.run(go()) == [1, 2]
+
+
+@pytest.mark.integration
+def test_a_cluster_counts_as_one_server_does() -> None:
+    """Redis Cluster: a call per check (one slot each), the txn apart; the same tallies."""
+    from authz.dev.topology import ClusterTopology
+
+    agents = [agent() for _ in range(5)]
+    batch = [
+        obs(agents[i % 5], at=T0 + i, entity=f'Patient::"p-{i % 7}"', denial=i % 3 == 0,
+            token=f"{i % 2}" * 64, habit="read Records", txn=f"t-{i % 4}",
+            txn_owner=f"dr-alice {agents[i % 5]}")
+        for i in range(40)
+    ]  # fmt: skip
+    expected = asyncio.run(EmbeddedWindows(clock=lambda: T0).record(batch, SPEC))
+    with devstack.workdir("lasthop-windows-cluster-") as work:
+        cluster = ClusterTopology(Path(work))
+        try:
+            with warnings.catch_warnings():  # redis-py 6 deprecates an option the store sets
+                warnings.simplefilter("ignore", DeprecationWarning)
+                store = RedisStore(cluster.url, 2000, cluster=True)
+            assert record(RedisWindows(store, clock=lambda: T0), *batch) == expected
+        finally:
+            cluster.close()

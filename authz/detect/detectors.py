@@ -72,7 +72,7 @@ class Detection:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built for every check: a frozen dataclass costs several times more
 class Seen:
     """One decided check, as the detectors need it: what the windows count, and what the
     decision said (kept small: a queue of these waits out a store outage)."""

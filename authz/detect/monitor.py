@@ -6,8 +6,9 @@
               this replica saw for the agent (fleet-wide counts with Redis), at most
               SNAPSHOT_SECONDS old. An agent a detector has just contained here is
               refused (`agent_suspended`) even before the store has the suspension.
-    observe   queue the decision and return at once. A background flush counts every
-              queued decision in the windows (one pipelined round trip per batch),
+    observe   queue the decision and return at once. A background flush counts the
+              queue in batches (one pipelined round trip each, after a LINGER that lets
+              a batch gather while checks keep coming) in the windows,
               runs the detectors on the tallies, and hands each detection to the
               responder, at most once per agent and kind per claim (`detect.cooldown`,
               fleet-wide).
@@ -48,11 +49,12 @@ SNAPSHOT_ENTRIES = 100_000
 MAX_BATCH = 256  # observations per round trip
 MAX_PENDING = 50_000  # past this, new observations are dropped (and counted) until flushed
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0  # seconds between attempts while the store refuses
+LINGER = 0.002  # a batch waits this long for company: fewer wake-ups and round trips
 CLOSE_SECONDS = 5.0
 NOT_COUNTED = frozenset({Reason.AGENT_SUSPENDED, Reason.AGENT_UNREGISTERED})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built for every check: a frozen dataclass costs several times more
 class _Values:
     """An agent's last tally, as `context.risk` reads it."""
 
@@ -188,12 +190,15 @@ class Monitor:
         return ""
 
     async def _flush_forever(self, wake: asyncio.Event) -> None:
+        """One batch at a time, each after LINGER: while checks keep coming, a batch holds
+        what came during the last round trip and the linger, not one check each."""
         while True:
             wake.clear()
-            if not await self.flush():
-                await asyncio.sleep(self._backoff)  # the store refused: try again later
-            elif not self._pending:
+            if not self._pending:
                 await wake.wait()
+            await asyncio.sleep(LINGER)
+            if not await self._flush_batch():
+                await asyncio.sleep(self._backoff)  # the store refused: try again later
 
     async def flush(self) -> bool:
         """Count everything queued, judge it and respond; until nothing is queued.
@@ -201,19 +206,24 @@ class Monitor:
         False when the store refused a batch: it goes back to the head of the queue, to
         be counted (at its own times) once the store is back."""
         while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                await self._judge(batch)
-            except StoreUnavailable as err:
-                self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
-                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-                log.warning("detection windows: %s; %d checks wait", err.detail, len(self._pending))
-                if self.observer:
-                    self.observer.windows_failed()
+            if not await self._flush_batch():
                 return False
-            except Exception:
-                log.exception("detection failed for %d checks", len(batch))
-            self._backoff = MIN_BACKOFF
+        return True
+
+    async def _flush_batch(self) -> bool:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        try:
+            await self._judge(batch)
+        except StoreUnavailable as err:
+            self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            log.warning("detection windows: %s; %d checks wait", err.detail, len(self._pending))
+            if self.observer:
+                self.observer.windows_failed()
+            return False
+        except Exception:
+            log.exception("detection failed for %d checks", len(batch))
+        self._backoff = MIN_BACKOFF
         return True
 
     async def _judge(self, batch: list[Seen]) -> None:

@@ -1,8 +1,10 @@
 """The detection windows in Redis, shared by every replica (see windows.py for what they hold).
 
-One script call per observation counts it in every window of its agent and
-returns the tally; a batch of observations goes in one pipeline, so one
-round trip counts many checks. Keys share the agent's hash tag (Cluster-safe):
+One script call counts a whole batch of checks in every window of their
+agents and returns their tallies: one round trip, whatever the batch holds.
+In a Cluster, where one call may touch only one slot, each check is a call of
+its own (and its txn another), all in one pipeline. Keys share the agent's
+hash tag:
 
   lasthop:detect:{<agent>}:meta           first seen, the window epoch, the approval flag
   lasthop:detect:{<agent>}:<epoch>:...    the sliding windows and the rate state; a reset
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from authz.errors import StoreUnavailable
 from authz.stores.redis_store import RedisStore
@@ -38,21 +40,24 @@ from authz.stores.windows import (
 
 PREFIX = "lasthop:detect:"
 
-# KEYS[1]: the agent's meta hash. ARGV: the agent's key prefix, now, entity, user hash,
-# denial member, token hash, habit, chain, then the spec: breadth, rate, rate weight,
-# rate horizon, probing, learning, habit memory, max members. Mirrors EmbeddedWindows.
+# A batch in one call. KEYS: two per observation, its agent's meta hash and its txn's key
+# (the meta hash again when there is no txn to check). ARGV: the spec (breadth, rate, rate
+# weight, rate horizon, probing, learning, habit memory, max members, txn memory in ms),
+# then nine per observation: the agent's key prefix, now, entity, user hash, denial
+# member, token hash, habit, chain, txn owner ('' for no txn). Returns eleven values per
+# observation, the ten counts and flags of a Tally and the txn's first owner when it is
+# another's. Mirrors EmbeddedWindows; a window with nothing to add is only counted.
 _RECORD = """
-local p, now = ARGV[1], tonumber(ARGV[2])
-local breadth, rate, weight = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local horizon, probing, learning = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local memory, cap = tonumber(ARGV[15]), tonumber(ARGV[16])
-local meta = KEYS[1]
-local w = p .. (redis.call('HGET', meta, 'epoch') or '0') .. ':'
-local function slide(key, member, seconds)
-  if member ~= '' then
-    redis.call('ZADD', key, now, member)
-    redis.call('PEXPIRE', key, math.ceil(seconds * 1000))
+local breadth, rate, weight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local horizon, probing, learning = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local memory, cap, txn_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local out = {}
+local function slide(key, member, seconds, now)
+  if member == '' then
+    return redis.call('ZCOUNT', key, '(' .. string.format('%.17g', now - seconds), '+inf')
   end
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, math.ceil(seconds * 1000))
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - seconds)
   local n = redis.call('ZCARD', key)
   if n > cap then
@@ -61,41 +66,60 @@ local function slide(key, member, seconds)
   end
   return n
 end
-local patients = slide(w .. 'ent', ARGV[3], breadth)
-local users = slide(w .. 'ent:' .. ARGV[4], ARGV[3], breadth)
-local denials = slide(w .. 'den', ARGV[5], probing)
-local tokens = 0
-if ARGV[6] ~= '' then tokens = slide(w .. 'tok:' .. ARGV[6], ARGV[5], probing) end
-local rk = w .. 'rate'
-local bucket = math.floor(now / rate)
-local st = redis.call('HMGET', rk, 'b', 'n', 'm', 'h')
-local b, n = tonumber(st[1]) or bucket, tonumber(st[2]) or 0
-local m, h = tonumber(st[3]) or 0, tonumber(st[4]) or 0
-if bucket > b then
-  if h == 1 then m = m * (1 - weight) + weight * n else m = n end
-  if bucket - b - 1 > 0 then m = m * (1 - weight) ^ (bucket - b - 1) end
-  b, n, h = bucket, 0, 1
+for i = 0, #KEYS / 2 - 1 do
+  local v = 9 + i * 9
+  local p, now = ARGV[v + 1], tonumber(ARGV[v + 2])
+  local entity, denial, token = ARGV[v + 3], ARGV[v + 5], ARGV[v + 6]
+  local meta = KEYS[i * 2 + 1]
+  local st = redis.call('HMGET', meta, 'epoch', 'first', 'flag')
+  local w = p .. (st[1] or '0') .. ':'
+  local patients = slide(w .. 'ent', entity, breadth, now)
+  local users = slide(w .. 'ent:' .. ARGV[v + 4], entity, breadth, now)
+  local denials = slide(w .. 'den', denial, probing, now)
+  local tokens = 0
+  if token ~= '' then tokens = slide(w .. 'tok:' .. token, denial, probing, now) end
+  local rk = w .. 'rate'
+  local bucket = math.floor(now / rate)
+  local r = redis.call('HMGET', rk, 'b', 'n', 'm', 'h')
+  local b, n = tonumber(r[1]) or bucket, tonumber(r[2]) or 0
+  local m, h = tonumber(r[3]) or 0, tonumber(r[4]) or 0
+  if bucket > b then
+    if h == 1 then m = m * (1 - weight) + weight * n else m = n end
+    if bucket - b - 1 > 0 then m = m * (1 - weight) ^ (bucket - b - 1) end
+    b, n, h = bucket, 0, 1
+  end
+  n = n + 1
+  redis.call('HSET', rk, 'b', b, 'n', n, 'm', string.format('%.17g', m), 'h', h)
+  redis.call('PEXPIRE', rk, 2 * horizon * 1000)
+  local baseline = 0
+  if h == 1 then baseline = math.floor(m * 1000) end
+  local first = tonumber(st[2] or '')
+  if not first then
+    first = now
+    redis.call('HSET', meta, 'first', ARGV[v + 2])
+  end
+  redis.call('PEXPIRE', meta, memory * 1000)
+  local known, habit, chain = p .. 'known', 0, 0
+  if ARGV[v + 7] ~= '' then habit = redis.call('SADD', known, 'h ' .. ARGV[v + 7]) end
+  if ARGV[v + 8] ~= '' then chain = redis.call('SADD', known, 'c ' .. ARGV[v + 8]) end
+  if ARGV[v + 7] ~= '' or ARGV[v + 8] ~= '' then redis.call('PEXPIRE', known, memory * 1000) end
+  local learned, flagged, owner, seen = 0, 0, ARGV[v + 9], ''
+  if learning > 0 and now - first >= learning then learned = 1 end
+  if (tonumber(st[3] or '0') or 0) > now then flagged = 1 end
+  if owner ~= '' then
+    seen = redis.call('GET', KEYS[i * 2 + 2])
+    if not seen then
+      redis.call('SET', KEYS[i * 2 + 2], owner, 'PX', txn_ms)
+      seen = ''
+    elseif seen == owner then
+      seen = ''
+    end
+  end
+  for _, x in ipairs({patients, users, n, baseline, denials, tokens, habit, chain, learned,
+                      flagged}) do out[#out + 1] = x end
+  out[#out + 1] = seen
 end
-n = n + 1
-redis.call('HSET', rk, 'b', b, 'n', n, 'm', string.format('%.17g', m), 'h', h)
-redis.call('PEXPIRE', rk, 2 * horizon * 1000)
-local baseline = 0
-if h == 1 then baseline = math.floor(m * 1000) end
-local first = tonumber(redis.call('HGET', meta, 'first') or '')
-if not first then
-  first = now
-  redis.call('HSET', meta, 'first', ARGV[2])
-end
-redis.call('PEXPIRE', meta, memory * 1000)
-local known, habit, chain = p .. 'known', 0, 0
-if ARGV[7] ~= '' then habit = redis.call('SADD', known, 'h ' .. ARGV[7]) end
-if ARGV[8] ~= '' then chain = redis.call('SADD', known, 'c ' .. ARGV[8]) end
-if ARGV[7] ~= '' or ARGV[8] ~= '' then redis.call('PEXPIRE', known, memory * 1000) end
-local learned = 0
-if learning > 0 and now - first >= learning then learned = 1 end
-local flagged = 0
-if (tonumber(redis.call('HGET', meta, 'flag') or '0') or 0) > now then flagged = 1 end
-return {patients, users, n, baseline, denials, tokens, habit, chain, learned, flagged}
+return out
 """
 
 # KEYS[1]: the txn's key. ARGV: its owner as this request shows it, memory in ms.
@@ -127,42 +151,39 @@ class RedisWindows:
         self._redis: Any = store.redis
         self._cluster = isinstance(store.redis, RedisCluster)
         self._record = self._redis.register_script(_RECORD)
-        self._txn = self._redis.register_script(_TXN)
 
     async def record(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Tally]:
         try:
             with self._store._timed("detect"):
-                try:
-                    replies = await self._send(batch, spec)
-                except NoScriptError:  # Redis restarted or failed over: load, then once more
-                    for script in (self._record, self._txn):
-                        script.sha = await self._redis.script_load(script.script)
-                    replies = await self._send(batch, spec)
+                replies = await self._send(batch, spec)
         except (RedisError, OSError) as err:
             raise StoreUnavailable(
                 f"redis detection windows failed: {type(err).__name__}: {err}"
             ) from err
-        return _tallies(batch, iter(replies))
+        return _tallies(batch, replies)
 
     async def _send(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Any]:
-        """The batch in one pipeline: one round trip (no SCRIPT EXISTS before it)."""
+        """One round trip: the whole batch in one call, or, in a cluster (where one call
+        touches one slot), a call per observation and its txn apart, in one pipeline."""
+        if not self._cluster:
+            keys, args = _batch(batch, spec, with_txn=True)
+            replies: list[Any] = await self._record(keys=keys, args=args)
+            return replies
         async with self._redis.pipeline(transaction=False) as pipe:
             for obs in batch:
-                keys = [f"{agent_prefix(obs.agent)}meta"]
-                self._call(pipe, self._record, keys, _args(obs, spec))
+                keys, args = _batch([obs], spec, with_txn=False)
+                pipe.eval(_RECORD, len(keys), *keys, *args)
                 if obs.txn:
-                    key = f"{PREFIX}txn:{{{_digest(obs.txn)}}}"
-                    self._call(pipe, self._txn, [key], [obs.txn_owner, TXN_MEMORY * 1000])
-            replies: list[Any] = await pipe.execute()
-            return replies
-
-    def _call(self, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
-        """Queue a script call: by hash, or, in a cluster pipeline (whose nodes may each
-        lack the script), with its source."""
-        if self._cluster:
-            pipe.eval(script.script, len(keys), *keys, *args)
-        else:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    txn = [f"{PREFIX}txn:{{{_digest(obs.txn)}}}"]
+                    pipe.eval(_TXN, 1, *txn, obs.txn_owner, TXN_MEMORY * 1000)
+            found = await pipe.execute()
+        replies = []
+        for obs in batch:  # each observation's eleven values, its txn's answer last
+            row = list(found.pop(0))
+            if obs.txn:
+                row[-1] = found.pop(0)
+            replies.extend(row)
+        return replies
 
     async def claim(self, agent: str, kind: str, seconds: int) -> bool:
         key = f"{agent_prefix(agent)}claim:{kind}"
@@ -194,34 +215,33 @@ class RedisWindows:
             raise StoreUnavailable(f"redis detection write failed: {err}") from err
 
 
-def _args(obs: Observation, spec: WindowSpec) -> list[Any]:
-    return [
-        agent_prefix(obs.agent),
-        repr(obs.at),
-        obs.entity,
-        _digest(obs.user),
-        obs.event if obs.denial else "",
-        obs.token[:16],
-        obs.habit,
-        obs.chain,
-        spec.breadth,
-        spec.rate,
-        repr(spec.rate_weight),
-        spec.rate_horizon,
-        spec.probing,
-        spec.learning,
-        HABIT_MEMORY,
-        MAX_MEMBERS,
-    ]
-
-
-def _tallies(batch: Sequence[Observation], replies: Any) -> list[Tally]:
-    tallies = []
+def _batch(
+    batch: Sequence[Observation], spec: WindowSpec, with_txn: bool
+) -> tuple[list[str], list[Any]]:
+    """The record script's KEYS and ARGV for `batch` (see _RECORD)."""
+    keys: list[str] = []
+    args: list[Any] = [
+        spec.breadth, spec.rate, repr(spec.rate_weight), spec.rate_horizon, spec.probing,
+        spec.learning, HABIT_MEMORY, MAX_MEMBERS, TXN_MEMORY * 1000,
+    ]  # fmt: skip
     for obs in batch:
-        row = next(replies)
-        if not isinstance(row, list) or len(row) != 10:
-            raise StoreUnavailable(f"redis detection windows answered {row!r}")
-        owner = next(replies) if obs.txn else b""
+        prefix = agent_prefix(obs.agent)
+        txn = with_txn and bool(obs.txn)
+        keys += [f"{prefix}meta", f"{PREFIX}txn:{{{_digest(obs.txn)}}}" if txn else f"{prefix}meta"]
+        args += [
+            prefix, repr(obs.at), obs.entity, _digest(obs.user), obs.event if obs.denial else "",
+            obs.token[:16], obs.habit, obs.chain, obs.txn_owner if txn else "",
+        ]  # fmt: skip
+    return keys, args
+
+
+def _tallies(batch: Sequence[Observation], replies: list[Any]) -> list[Tally]:
+    if len(replies) != 11 * len(batch):
+        raise StoreUnavailable(f"redis detection windows answered {len(replies)} values")
+    tallies = []
+    for i in range(len(batch)):
+        row = replies[i * 11 : i * 11 + 11]
+        owner = row[10]
         tallies.append(
             Tally(
                 patients=int(row[0]),

@@ -52,7 +52,7 @@ class WindowSpec:
         return self.rate / self.rate_horizon
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built for every check: a frozen dataclass costs several times more
 class Observation:
     """One decided check, as the windows see it. Empty fields are not counted."""
 
@@ -69,7 +69,7 @@ class Observation:
     event: str = ""  # unique per observation (the decision id): a denial's member
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built for every check: a frozen dataclass costs several times more
 class Tally:
     """The windows of the observation's agent, right after it was counted."""
 
