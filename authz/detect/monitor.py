@@ -114,7 +114,7 @@ class Monitor:
         self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
     ) -> Risk:
         """`context.risk` for this check; a locally contained agent is refused."""
-        for agent_id in chain.agents:
+        for agent_id in chain.agents if self.responder.containing else ():
             detector = self.responder.contained(agent_id)
             if detector is not None:
                 raise RegistryError(
@@ -182,11 +182,12 @@ class Monitor:
         )
 
     def _entity(self, d: Decision) -> str:
+        """The id of the breadth entity the request asked for (all of one type), or ""."""
         assert d.route is not None
         wanted = self.settings.breadth_entity
         for ref in (d.route.resource, *d.route.parents):
             if ref.type == wanted:
-                return str(ref)
+                return ref.id
         return ""
 
     async def _flush_forever(self, wake: asyncio.Event) -> None:

@@ -91,6 +91,11 @@ class Responder:
         self._claimed: BoundedCache[tuple[str, str], bool] = BoundedCache(CONTAINED_ENTRIES)
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @property
+    def containing(self) -> bool:
+        """Some agent is contained here (or was, its entry not yet swept)."""
+        return len(self._contained) > 0
+
     def contained(self, agent: str) -> str | None:
         """The detector that contained `agent` on this replica, until the store has it."""
         return self._contained.get(agent)

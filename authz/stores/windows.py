@@ -59,7 +59,7 @@ class Observation:
     agent: str
     user: str
     at: float  # seconds since the epoch
-    entity: str = ""  # the breadth entity asked for, e.g. Patient::"p-1001"
+    entity: str = ""  # the id of the breadth entity asked for, e.g. p-1001
     denial: bool = False  # a denial that counts as probing
     token: str = ""  # the token's digest, counted with `denial`
     habit: str = ""  # an allowed request's `action ResourceType`
