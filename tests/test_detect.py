@@ -165,20 +165,22 @@ def test_a_sweep_is_suspended_past_the_line_and_the_trail_says_why(
 
 
 def test_a_resumed_agent_is_judged_afresh(bundle: PolicyBundle, issuer: DemoIssuer) -> None:
+    """After a resume its windows start from nothing, and a second sweep, even at once, is
+    contained by its own 26th patient."""
     rig = make_rig(bundle, issuer)
-    patients = [f"p-{i}" for i in range(30)]
+    patients = [f"p-{i}" for i in range(60)]
 
-    async def go() -> tuple[str, str]:
+    async def go() -> list[str]:
         await rig.grant(*patients)
         for p in patients[:27]:
             await rig.check(f"/patients/{p}/records")
         agent = await rig.agents.get_agent("scribe")
         assert agent is not None and agent.status == "suspended"
         await rig.agents.put_agent(dataclasses.replace(agent, status="active"))  # resumed
-        after = await rig.check(f"/patients/{patients[27]}/records")
-        return after.reason, (await rig.agents.get_agent("scribe") or agent).status
+        return [(await rig.check(f"/patients/{p}/records")).reason for p in patients[27:54]]
 
-    assert run(go) == ("allowed", "active")
+    assert run(go) == ["allowed"] * 26 + ["agent_suspended"]
+    assert [e.event for e in rig.events("agent_suspended")] == ["agent_suspended"] * 2
 
 
 class RefusingAgents(EmbeddedAgentStore):

@@ -49,7 +49,7 @@ SNAPSHOT_ENTRIES = 100_000
 MAX_BATCH = 256  # observations per round trip
 MAX_PENDING = 50_000  # past this, new observations are dropped (and counted) until flushed
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0  # seconds between attempts while the store refuses
-LINGER = 0.002  # a batch waits this long for company: fewer wake-ups and round trips
+LINGER = 0.01  # a batch waits this long for company: fewer wake-ups and round trips
 CLOSE_SECONDS = 5.0
 NOT_COUNTED = frozenset({Reason.AGENT_SUSPENDED, Reason.AGENT_UNREGISTERED})
 

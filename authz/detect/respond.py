@@ -52,7 +52,7 @@ ALERT, APPROVE, SUSPEND, REVOKE = (
     RESPONSES.index(r) for r in ("alert", "approve", "suspend", "revoke")
 )
 ACTIONS = ("alert", "webhook", "approve", "suspend", "revoke", "audit")  # metric labels
-CONTAIN_DEDUP_SECONDS = 1  # a containment under way is not started again from this replica
+CONTAIN_DEDUP_SECONDS = 5  # a containment under way is not started again from this replica
 BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # retrying a containment the store refused
 SWAP_ATTEMPTS = 50
 CONTAINED_ENTRIES = 100_000
@@ -139,7 +139,10 @@ class Responder:
         response, level, containing = self._level(d)
         suspended = None
         if containing:  # the compare-and-set decides which replica (if any) suspends
-            suspended = await self._suspend(d)
+            try:
+                suspended = await self._suspend(d)
+            finally:  # done: the next crossing (after a resume) is contained again at once
+                self._claimed.pop((d.agent, _claim_kind(d)))
             if suspended is None:
                 return ""  # suspended already, by another replica or a person
         elif not await self._claim(d):
