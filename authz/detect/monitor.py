@@ -7,8 +7,9 @@
               SNAPSHOT_SECONDS old. An agent a detector has just contained here is
               refused (`agent_suspended`) even before the store has the suspension.
     observe   queue the decision and return at once. A background flush counts the
-              queue in batches (one pipelined round trip each, after a LINGER that lets
-              a batch gather while checks keep coming) in the windows,
+              queue in batches (one round trip each, at most one per LINGER, so a
+              check after a quiet spell is counted at once and a busy replica sends a
+              batch, not a check, per round trip) in the windows,
               runs the detectors on the tallies, and hands each detection to the
               responder, at most once per agent and kind per claim (`detect.cooldown`,
               fleet-wide).
@@ -49,7 +50,7 @@ SNAPSHOT_ENTRIES = 100_000
 MAX_BATCH = 256  # observations per round trip
 MAX_PENDING = 50_000  # past this, new observations are dropped (and counted) until flushed
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0  # seconds between attempts while the store refuses
-LINGER = 0.01  # a batch waits this long for company: fewer wake-ups and round trips
+LINGER = 0.01  # at most one batch this often: fewer wake-ups and round trips under load
 CLOSE_SECONDS = 5.0
 NOT_COUNTED = frozenset({Reason.AGENT_SUSPENDED, Reason.AGENT_UNREGISTERED})
 
@@ -191,13 +192,19 @@ class Monitor:
         return ""
 
     async def _flush_forever(self, wake: asyncio.Event) -> None:
-        """One batch at a time, each after LINGER: while checks keep coming, a batch holds
-        what came during the last round trip and the linger, not one check each."""
+        """One batch at a time, at most one per LINGER: a check that comes after a quiet
+        spell is counted at once; while checks keep coming, a batch holds what came since
+        the last one, not one check each."""
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             wake.clear()
             if not self._pending:
                 await wake.wait()
-            await asyncio.sleep(LINGER)
+            pause = last + LINGER - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last = loop.time()
             if not await self._flush_batch():
                 await asyncio.sleep(self._backoff)  # the store refused: try again later
 

@@ -161,18 +161,20 @@ def _first_deny(answers: list[tuple[float, clinic.Answer]], after: float = 0.0) 
 def _report(sweep: Sweep, detection: dict[str, Any]) -> dict[str, Any]:
     allowed = sum(a.outcome == "allowed" for _, a in sweep.answers)
     crossing = detection.get("decision_id")
-    crossed = next((t for t, a in sweep.answers if a.decision_id == crossing), None)
+    index = next((i for i, (_, a) in enumerate(sweep.answers) if a.decision_id == crossing), -1)
     ms: dict[str, float | None] = {"replica_a_ms": None, "replica_b_ms": None}
-    if crossed is not None:
+    if index >= 0:
+        crossed = sweep.answers[index][0]
         for key, answers in (("replica_a_ms", sweep.answers), ("replica_b_ms", sweep.watched)):
             denied = _first_deny(answers, crossed)
             ms[key] = None if denied is None else round((denied - crossed) * 1000, 1)
     count = (detection.get("evidence") or {}).get("count", "?")
     print(
-        f"  {allowed} of {len(sweep.answers)} charts read before Lasthop cut the scribe off: "
-        f"with the patients of its clinic day, they made {count} in 10 minutes (the line is "
-        f"{THRESHOLD}).\n"
-        f"  From the answer to that request to the first refusal: replica A "
+        f"  Chart {index + 1} of the sweep made {count} patients in 10 minutes, the clinic "
+        f"day's included (the line is {THRESHOLD}): Lasthop contained the scribe. The thief "
+        f"read {allowed} of {len(sweep.answers)} charts ({allowed - index - 1} answered "
+        f"while the containment was on its way).\n"
+        f"  From the answer that crossed the line to the first refusal: replica A "
         f"{ms['replica_a_ms']} ms; replica B, which saw none of the sweep, "
         f"{ms['replica_b_ms']} ms."
     )

@@ -66,7 +66,7 @@ def test_demo_contains_the_sweep_on_both_replicas_within_a_second(
         r"A clinic day through both replicas: (\d+) requests .*; detections: (\d+)", out
     )
     assert day is not None and int(day.group(1)) > 40 and day.group(2) == "0", out
-    read = re.search(r"(\d+) of 40 charts read before Lasthop cut the scribe off", out)
+    read = re.search(r"The thief read (\d+) of 40 charts", out)
     assert read is not None and 0 < int(read.group(1)) < 40, out
     timing = re.search(
         r"replica A ([\d.]+) ms; replica B, which saw none of the sweep, ([\d.]+) ms", out
