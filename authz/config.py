@@ -6,6 +6,7 @@ raises `ConfigError` naming the key, and the server does not start.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -35,6 +36,9 @@ REDIS_SCHEMES = (
     "rediss+cluster://",
 )
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 
@@ -52,7 +56,11 @@ class ServerSettings:
     listen: str = DEFAULT_LISTEN
     admin_listen: str = DEFAULT_ADMIN_LISTEN
     metrics_listen: str = DEFAULT_METRICS_LISTEN
+    health_listen: str = ""  # grpc.health.v1 alone, for probes; empty: only beside `listen`
     shutdown_grace_seconds: float = 5.0
+    log_format: str = "text"  # or "json": one object per line with a stable `event` name
+    log_level: str = "info"  # debug (a line per decision), info, warning or error
+    latency_budget_ms: int = 10  # the p99 check latency the shipped alert holds Lasthop to
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,14 @@ class RegistrySettings:
 @dataclass(frozen=True)
 class GrantsSettings:
     max_ttl: int = 8 * 3600
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = False  # OpenTelemetry: a span per check (needs the `otel` extra)
+    endpoint: str = ""  # OTLP/gRPC collector; empty: OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317
+    service_name: str = "lasthop"
+    sample_ratio: float = 1.0  # for checks that arrive without a sampled-or-not parent
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,7 @@ class Settings:
     grants: GrantsSettings
     admin: AdminSettings
     audit: AuditSettings
+    tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
 
     def path(self, value: str) -> Path:
@@ -162,12 +179,22 @@ _SECTIONS: dict[str, type[Any]] = {
     "grants": GrantsSettings,
     "admin": AdminSettings,
     "audit": AuditSettings,
+    "tracing": TracingSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
     "audit.on_failure": "is gone: Lasthop never allows a request it cannot record; remove the key",
 }
 _DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
+# `LASTHOP_*` variables that are not settings: the CLI's, and the scripts'. Any other
+# `LASTHOP_*` variable that names no setting stops start-up: a typo must not pass silently.
+CLIENT_VARIABLES = {
+    "LASTHOP_ADMIN_URL": "the admin API address the CLI calls",
+    "LASTHOP_ADMIN_TOKEN": "the admin bearer token the CLI sends",
+    "LASTHOP_ADMIN_TOKEN_FILE": "a file holding the admin bearer token the CLI sends",
+    "LASTHOP_TOKEN_FILE": "a file holding the bearer token `lasthop check` evaluates",
+    "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
+}
 
 
 def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,12 +214,35 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
     for name in raw:
         if name not in _SECTIONS:
             raise ConfigError(name, f"unknown section; expected one of {sorted(_SECTIONS)}")
+    _refuse_unknown_variables(env)
     sections = {
         name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()
     }
     settings = Settings(**sections, base_dir=base_dir)
     _validate(settings)
     return settings
+
+
+def setting_variables() -> dict[str, str]:
+    """Every `LASTHOP_<SECTION>_<KEY>` a setting reads -> its dotted key."""
+    return {
+        f"LASTHOP_{name.upper()}_{f.name.upper()}": f"{name}.{f.name}"
+        for name, cls in _SECTIONS.items()
+        for f in fields(cls)
+    }
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """A `LASTHOP_*` variable that is neither a setting nor the CLI's is a typo: stop."""
+    known = setting_variables()
+    for name in sorted(env):
+        if not name.startswith("LASTHOP_") or name in known or name in CLIENT_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, [*known, *CLIENT_VARIABLES], n=1, cutoff=0.85)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise ConfigError(
+            name, f"unknown environment variable: no setting reads it (unset it){hint}"
+        )
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
@@ -278,6 +328,7 @@ def _validate(s: Settings) -> None:
     if not s.admin.audience:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
+    _validate_tracing(s.tracing)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -287,6 +338,26 @@ def _validate_server(s: ServerSettings) -> None:
         ("server.metrics_listen", s.metrics_listen),
     ):
         split_address(key, addr)
+    if s.health_listen:
+        split_address("server.health_listen", s.health_listen)
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            "server.log_format", f"`{s.log_format}` is not one of {list(LOG_FORMATS)}"
+        )
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError("server.log_level", f"`{s.log_level}` is not one of {list(LOG_LEVELS)}")
+    _range("server.latency_budget_ms", s.latency_budget_ms, 1, 10_000)
+
+
+def _validate_tracing(t: TracingSettings) -> None:
+    if t.endpoint and not t.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("tracing.endpoint", f"`{t.endpoint}` must be an http:// or https:// URL")
+    if not t.service_name:
+        raise ConfigError("tracing.service_name", "must not be empty")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        raise ConfigError(
+            "tracing.sample_ratio", f"must be between 0 and 1, got `{t.sample_ratio}`"
+        )
 
 
 def _validate_identity(i: IdentitySettings) -> None:

@@ -25,8 +25,9 @@ class CheckInput:
     host: str
     headers: dict[str, list[str]]  # lowercase name -> every value sent
     peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
-    request_id: str = ""
+    request_id: str = ""  # Envoy's x-request-id
     body_sha256: str = ""  # when Envoy sent the whole body (with_request_body); for receipts
+    traceparent: str = ""  # the W3C trace context the check continues (see codec.traceparent)
 
 
 @dataclass(frozen=True, slots=True)

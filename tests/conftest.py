@@ -92,6 +92,7 @@ def make_pipeline(
         bind_peer: bool = False,
         max_chain_depth: int = 4,
         audit: Any = None,
+        observer: Any = None,
     ) -> Pipeline:
         return assemble(
             ident=IdentitySettings(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
@@ -100,6 +101,7 @@ def make_pipeline(
             registry=SeededRegistry(bundle.agents),
             store=store if store is not None else EmbeddedGrantStore(clock),
             audit=audit if audit is not None else MemoryAudit(),
+            observer=observer,
             clock=clock,
         )
 

@@ -48,6 +48,7 @@ EDGE_ONLY = {  # third-party modules only the edge may import
     "envoy": {"server", "cli", "dev"},
     "authz._proto": {"server", "cli", "dev"},
     "redis": {"stores", "dev"},
+    "opentelemetry": {"server", "dev"},
 }
 PEERS = {("policy", "audit"), ("audit", "policy")}  # same rank, and must stay apart
 

@@ -244,8 +244,27 @@ def test_env_values_are_validated_like_file_values() -> None:
 
 
 def test_unrelated_environment_is_ignored() -> None:
-    s = config.load(None, environ={"LASTHOP_NOPE_X": "1", "HOME": "/root"})
+    env = {"HOME": "/root", "LASTHOP_ADMIN_URL": "127.0.0.1:1", "LASTHOP_ADMIN_TOKEN": "t"}
+    s = config.load(None, environ=env)
     assert s.server.listen == "127.0.0.1:9191"
+
+
+def test_a_misspelled_override_stops_start_up_naming_it() -> None:
+    """Issue 18: `LASTHOP_STORE_REDIS_ULR` was ignored, and the server started on the
+    embedded store; every replica of a fleet would have held private grants."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, environ={"LASTHOP_STORE_REDIS_ULR": "redis://10.0.0.1:6379/0"})
+    assert caught.value.key == "LASTHOP_STORE_REDIS_ULR"
+    assert "did you mean `LASTHOP_STORE_REDIS_URL`" in str(caught.value)
+    with pytest.raises(ConfigError, match="`LASTHOP_NOPE_X`: unknown environment variable"):
+        config.load(None, environ={"LASTHOP_NOPE_X": "1"})
+
+
+def test_every_setting_has_its_variable_and_none_collides_with_the_clients() -> None:
+    variables = config.setting_variables()
+    assert variables["LASTHOP_STORE_REDIS_URL"] == "store.redis_url"
+    assert variables["LASTHOP_SERVER_LOG_FORMAT"] == "server.log_format"
+    assert not set(variables) & set(config.CLIENT_VARIABLES)
 
 
 @pytest.mark.parametrize(

@@ -292,9 +292,23 @@ def test_deny_body_escapes_detail() -> None:
 # --- the servicer never turns an exception into a gRPC error ---------------------------------
 
 
-def servicer_check(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
+class CallContext:
+    """The one thing Check reads from its gRPC context: the call's metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def servicer_check(
+    service: AuthorizationService,
+    request: pb.CheckRequest,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> pb.CheckResponse:
     async def main() -> pb.CheckResponse:
-        return await service.Check(request, context=None)
+        return await service.Check(request, context=CallContext(metadata))
 
     return asyncio.run(main())
 
@@ -364,3 +378,18 @@ def test_exception_escaping_check_is_still_a_deny(
     assert resp.denied_response.status.code == 503
     expected = "audit_unavailable" if where == "audit" else "internal_error"
     assert json.loads(resp.denied_response.body)["reason"] == expected
+
+
+# --- trace context ----------------------------------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ENVOY_SPAN = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+
+
+def test_the_trace_context_envoy_puts_on_the_call_comes_first() -> None:
+    request = check_request(headers={"traceparent": TRACEPARENT})
+    assert ext_authz.to_input(request).traceparent == TRACEPARENT
+    assert ext_authz.to_input(request, ENVOY_SPAN).traceparent == ENVOY_SPAN
+    assert ext_authz.to_input(request, "not-a-traceparent").traceparent == TRACEPARENT
+    bad = check_request(headers={"traceparent": "00-zz-00-01"})
+    assert ext_authz.to_input(bad).traceparent == ""

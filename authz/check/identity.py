@@ -232,6 +232,10 @@ class AccessTokenVerifier:
         """Drop every verified token (benchmarks of the uncached path)."""
         self._verified.clear()
 
+    def __len__(self) -> int:
+        """Verified tokens held (`lasthop_cache_entries{cache="tokens"}`)."""
+        return len(self._verified)
+
     def verify(self, token: str) -> TokenClaims:
         key = (token, self._keys.generation)
         claims = self._verified.get(key)

@@ -97,7 +97,10 @@ def _parse_key(entry: Any, allowed: tuple[str, ...], where: str) -> VerifyKey | 
         raise ConfigError("identity.jwks", f"{where} (`{kid}`) is unusable: {err}") from err
     if jwk.algorithm_name not in allowed:
         log.warning(
-            "jwks key `%s` uses `%s`, not in identity.algorithms; ignored", kid, jwk.algorithm_name
+            "jwks key `%s` uses `%s`, not in identity.algorithms; ignored",
+            kid,
+            jwk.algorithm_name,
+            extra={"event": "jwks.key_ignored"},
         )
         return None
     return VerifyKey(kid=kid, algorithm=jwk.algorithm_name, jwk=jwk)
@@ -144,7 +147,10 @@ class RemoteKeys(StaticKeys):
                 self.replace(parse_jwks(body, self._allowed, self._url))
             except (OSError, ValueError, ConfigError) as err:
                 log.error(
-                    "jwks refresh from `%s` failed, keeping the last good keys: %s", self._url, err
+                    "jwks refresh from `%s` failed, keeping the last good keys: %s",
+                    self._url,
+                    err,
+                    extra={"event": "jwks.refresh_failed"},
                 )
 
 

@@ -42,7 +42,7 @@ from authz.check import delegation, grants, identity
 from authz.check.decisions import DecisionCache
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
-from authz.codec import rfc3339
+from authz.codec import rfc3339, trace_id_of
 from authz.errors import (
     AuditUnavailable,
     DelegationError,
@@ -82,9 +82,12 @@ EXPIRED_SEEN_ENTRIES = 10_000
 class CheckObserver(Protocol):
     """What the pipeline reports as it goes (metrics, tracing); it never decides anything.
 
-    `started` and `ended` pair up even when Envoy cancels the check."""
+    `started` and `ended` pair up even when Envoy cancels the check; they run in
+    the check's own task, so an observer may keep per-check state in a context
+    variable. `started` returns the trace id the check is traced under ("" when
+    the observer does not trace), which goes into the audit record."""
 
-    def started(self) -> None: ...
+    def started(self, req: CheckInput) -> str: ...
     def phase(self, name: str, seconds: float) -> None: ...
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None: ...
     def ended(self) -> None: ...
@@ -184,15 +187,18 @@ class Pipeline:
         """Decide, sign, record: the one entry point. Never raises."""
         started = time.perf_counter()
         observer = self.observer
+        trace_id = trace_id_of(req.traceparent)
         if observer:
-            observer.started()
+            trace_id = observer.started(req) or trace_id
         try:
             decision, cached = await self._decision(req, uuid.uuid4().hex)
             if decision.allowed and self.receipts is not None:
                 decision = self._receipt(decision, req)
-            decision = await self._record(decision, req, started)
+            decision = await self._record(decision, req, started, trace_id)
             if observer:
                 observer.decided(decision, time.perf_counter() - started, cached)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_decision(decision, req, trace_id, cached)
             return decision
         finally:
             if observer:
@@ -231,7 +237,11 @@ class Pipeline:
             facts.policies = err.policies or facts.policies
             return facts.decision(decision_id, err.reason, err.detail, err.status)
         except Exception:
-            log.exception("check %s failed", decision_id)
+            log.exception(
+                "check %s failed",
+                decision_id,
+                extra=_fields("check.failed", decision_id, req),
+            )
             internal = InternalError()
             return facts.decision(decision_id, internal.reason, internal.detail, internal.status)
 
@@ -346,16 +356,22 @@ class Pipeline:
         try:
             receipt = self.receipts.mint(decision, req)
         except Exception:
-            log.exception("receipt for %s failed", decision.decision_id)
+            log.exception(
+                "receipt for %s failed",
+                decision.decision_id,
+                extra=_fields("check.receipt_failed", decision.decision_id, req),
+            )
             return _refused(decision, InternalError("cannot sign the receipt"))
         timer("receipt")
         return replace(decision, receipt=receipt)
 
-    async def _record(self, decision: Decision, req: CheckInput, started: float) -> Decision:
+    async def _record(
+        self, decision: Decision, req: CheckInput, started: float, trace_id: str
+    ) -> Decision:
         """No record, no allow: a sink that refuses or raises fails the check closed."""
         timer = self._timer()
         elapsed = time.perf_counter() - started
-        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed)
+        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed, trace_id)
         if not await self._audit(record):
             decision = _refused(decision, AuditUnavailable())
         timer("audit")
@@ -405,6 +421,7 @@ class Pipeline:
             log.exception(
                 "audit sink failed for %s",
                 getattr(record, "decision_id", "") or getattr(record, "event", ""),
+                extra={"event": "audit.sink_failed"},
             )
             return False
 
@@ -444,6 +461,39 @@ class Pipeline:
 
 def _no_timer(name: str) -> None:
     return None
+
+
+def _fields(event: str, decision_id: str, req: CheckInput) -> dict[str, str]:
+    """What a log line about one check carries to find it elsewhere (never a token)."""
+    return {
+        "event": event,
+        "decision_id": decision_id,
+        "request_id": req.request_id,
+        "trace_id": trace_id_of(req.traceparent),
+    }
+
+
+def _log_decision(decision: Decision, req: CheckInput, trace_id: str, cached: bool) -> None:
+    """The debug line for one decision: what it was, and the ids that find it elsewhere."""
+    verdict = "allow" if decision.allowed else "deny"
+    log.debug(
+        "%s %s %s",
+        verdict,
+        decision.status,
+        decision.reason,
+        extra={
+            "event": "check.decided",
+            "decision_id": decision.decision_id,
+            "request_id": req.request_id,
+            "trace_id": trace_id,
+            "decision": verdict,
+            "status": decision.status,
+            "reason": str(decision.reason),
+            "agent": decision.chain.actor if decision.chain else "",
+            "route": decision.route.template if decision.route else "",
+            "cached": cached,
+        },
+    )
 
 
 def _refused(decision: Decision, err: LasthopError) -> Decision:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -99,11 +98,12 @@ def cmd_grants_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.server import logs
     from authz.server.app import build
     from authz.server.serve import serve
 
     settings = config.load(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.server)
     return asyncio.run(serve(build(settings)))
 
 

@@ -107,7 +107,9 @@ class AgentsService(pb_grpc.AgentsServicer):
                 context, self._agents.put_agent(dataclasses.replace(agent, status="deregistered"))
             )
             await self._unrecorded(context)
-        log.info("agent %s registered by %s", agent.id, caller)
+        log.info(
+            "agent %s registered by %s", agent.id, caller, extra={"event": "admin.agent_registered"}
+        )
         return agent_message(agent, self._tiers)
 
     async def GetAgent(
@@ -160,7 +162,13 @@ class AgentsService(pb_grpc.AgentsServicer):
         if not await self._record("agent_updated", caller, agent, changed=sorted(changes)):
             await store_call(context, self._agents.replace_agent(agent, current))
             await self._unrecorded(context)
-        log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
+        log.info(
+            "agent %s updated by %s: %s",
+            agent.id,
+            caller,
+            sorted(changes),
+            extra={"event": "admin.agent_updated"},
+        )
         return agent_message(agent, self._tiers)
 
     async def SuspendAgent(
@@ -195,9 +203,17 @@ class AgentsService(pb_grpc.AgentsServicer):
         )
         if not await self._record("agent_deregistered", caller, agent):
             log.error(
-                "agent %s deregistered by %s, but the trail could not record it", agent.id, caller
+                "agent %s deregistered by %s, but the trail could not record it",
+                agent.id,
+                caller,
+                extra={"event": "admin.agent_deregister_unrecorded"},
             )
-        log.info("agent %s deregistered by %s", agent.id, caller)
+        log.info(
+            "agent %s deregistered by %s",
+            agent.id,
+            caller,
+            extra={"event": "admin.agent_deregistered"},
+        )
         return agent_message(agent, self._tiers)
 
     async def _set_status(
@@ -213,9 +229,18 @@ class AgentsService(pb_grpc.AgentsServicer):
                 await store_call(context, self._agents.replace_agent(agent, current))
                 await self._unrecorded(context)
             log.error(
-                "agent %s suspended by %s, but the trail could not record it", agent.id, caller
+                "agent %s suspended by %s, but the trail could not record it",
+                agent.id,
+                caller,
+                extra={"event": "admin.agent_status_unrecorded"},
             )
-        log.info("agent %s %s by %s", agent.id, status, caller)
+        log.info(
+            "agent %s %s by %s",
+            agent.id,
+            status,
+            caller,
+            extra={"event": "admin.agent_status_changed"},
+        )
         return agent_message(agent, self._tiers)
 
     async def _swap(
@@ -252,7 +277,12 @@ class AgentsService(pb_grpc.AgentsServicer):
                 )
             )
         except Exception:
-            log.exception("audit event %s for %s failed", event, agent.id)
+            log.exception(
+                "audit event %s for %s failed",
+                event,
+                agent.id,
+                extra={"event": "admin.audit_event_failed"},
+            )
             return False
 
     async def _unrecorded(self, context: grpc.aio.ServicerContext) -> None:

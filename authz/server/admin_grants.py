@@ -144,7 +144,14 @@ class GrantsService(pb_grpc.GrantsServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "the audit trail cannot record the grant, so it was not issued",
             )
-        log.info("grant %s issued by %s to %s for %s", grant.id, caller, grant.agent, grant.user)
+        log.info(
+            "grant %s issued by %s to %s for %s",
+            grant.id,
+            caller,
+            grant.agent,
+            grant.user,
+            extra={"event": "admin.grant_issued"},
+        )
         return grant_message(grant, 0)
 
     async def RevokeGrant(
@@ -161,8 +168,11 @@ class GrantsService(pb_grpc.GrantsServicer):
                 "grant %s revoked by %s, but the audit trail could not record it",
                 request.id,
                 caller,
+                extra={"event": "admin.grant_revoke_unrecorded"},
             )
-        log.info("grant %s revoked by %s", request.id, caller)
+        log.info(
+            "grant %s revoked by %s", request.id, caller, extra={"event": "admin.grant_revoked"}
+        )
         return grant_message(grant, 0)
 
     async def _record(self, event: str, caller: str, grant: Grant) -> bool:

@@ -33,23 +33,24 @@ from authz.check.identity import (
 from authz.check.intent import IntentReader
 from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
 from authz.config import IdentitySettings, Settings
-from authz.errors import StoreUnavailable
+from authz.errors import ConfigError, StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
 from authz.policy.reload import PolicyWatcher
 from authz.server.admin_agents import AgentsService
 from authz.server.admin_grants import AdminAuth, GrantsService
-from authz.server.metrics import Metrics
+from authz.server.metrics import CacheSizes, Metrics
 from authz.stores.caching import CachingGrantStore, CachingRegistry
 from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
 from authz.stores.invalidation import Invalidation
 from authz.stores.protocols import AgentRegistry, AgentStore, GrantStore
-from authz.stores.redis_store import RedisStore
+from authz.stores.redis_store import RedisStore, redis_topology
 from authz.stores.registry import StoreRegistry, seed
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[], Coroutine[Any, Any, None]]
+EMBEDDED_STORE = "embedded (single process only: grants and agents live in this process)"
 
 
 @dataclass
@@ -74,6 +75,18 @@ class App:
     agents_service: AgentsService
     receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
     background: list[Task] = field(default_factory=list)  # run by `serve` until shutdown
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)  # after the trail
+
+    def summary(self) -> dict[str, str]:
+        """What this server runs with, for the ready line and the first log lines."""
+        audit = self.settings.audit
+        return {
+            "store": store_topology(self.settings),
+            "policy_version": self.pipeline.bundle.version,
+            "audit_path": str(audit_setup.trail_path(self.settings)),
+            "audit_fsync": audit.fsync,
+            "tracing": tracing_summary(self.settings),
+        }
 
     @property
     def store(self) -> GrantStore:
@@ -94,14 +107,22 @@ class App:
     async def seed_registry(self, bundle: policy_load.PolicyBundle) -> None:
         added = await seed(self.agents, bundle.agents, int(time.time()))
         if added:
-            log.info("registry: seeded %s from entities.json", ", ".join(added))
+            log.info(
+                "registry: seeded %s from entities.json",
+                ", ".join(added),
+                extra={"event": "registry.seeded"},
+            )
 
     async def install(self, bundle: policy_load.PolicyBundle) -> None:
         """Put a new policy bundle into force: new seed agents first, then the whole set."""
         try:
             await self.seed_registry(bundle)
         except StoreUnavailable as err:
-            log.error("registry seed after reload failed: %s; policies still reloaded", err)
+            log.error(
+                "registry seed after reload failed: %s; policies still reloaded",
+                err,
+                extra={"event": "registry.seed_failed"},
+            )
         self.pipeline.bundle = bundle
 
 
@@ -173,6 +194,37 @@ def tiers_of(settings: Settings) -> RiskTiers:
     return RiskTiers(settings.registry.medium_risk_from, settings.registry.high_risk_from)
 
 
+def store_topology(settings: Settings) -> str:
+    """The store in words, never with a password: what the ready line names."""
+    st = settings.store
+    if not st.redis_url:
+        return EMBEDDED_STORE
+    return redis_topology(st.redis_url, st.redis_cluster)
+
+
+def tracing_summary(settings: Settings) -> str:
+    t = settings.tracing
+    if not t.enabled:
+        return "off"
+    return f"otlp {t.endpoint or 'from OTEL_EXPORTER_OTLP_ENDPOINT'}, sample ratio {t.sample_ratio}"
+
+
+def observer(
+    settings: Settings, metrics: Metrics
+) -> tuple[CheckObserver, list[Callable[[], None]]]:
+    """The metrics, with tracing in front when `tracing.enabled`; and what to flush at exit."""
+    if not settings.tracing.enabled:
+        return metrics, []
+    try:
+        from authz.server import tracing
+    except ImportError as err:
+        raise ConfigError(
+            "tracing.enabled", f"needs OpenTelemetry: pip install 'lasthop[otel]' ({err})"
+        ) from err
+    provider = tracing.provider(settings.tracing)
+    return tracing.TracingObserver(metrics, provider.get_tracer("lasthop")), [provider.shutdown]
+
+
 def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> Stores:
     """The embedded store (one process), or Redis with local caches kept by invalidation."""
     st = settings.store
@@ -217,6 +269,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     audit_log = audit.log
     metrics.audit_queue.set_function(lambda: audit_log.depth)
     metrics.policy_version.labels(bundle.version).set(1)
+    metrics.latency_budget.set(settings.server.latency_budget_ms / 1000)
+    check_observer, flush = observer(settings, metrics)
     tiers = tiers_of(settings)
     pipeline = assemble(
         ident=ident,
@@ -225,7 +279,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         registry=store.registry,
         store=store.grants,
         audit=audit.log,
-        observer=metrics,
+        observer=check_observer,
         clock=clock,
         dry_run=settings.policies.mode == "dry-run",
         tiers=tiers,
@@ -235,7 +289,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     if settings.policies.mode == "dry-run":
         log.warning(
             "DRY RUN: policy and grant denials are logged and NOT enforced "
-            "(policies.mode = dry-run)"
+            "(policies.mode = dry-run)",
+            extra={"event": "policy.dry_run"},
         )
     grants_service, agents_service = _admin_services(settings, keys, store, pipeline, audit.log)
     app = App(
@@ -248,8 +303,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         grants_service=grants_service,
         agents_service=agents_service,
         receipts_jwks=audit.jwks,
+        on_shutdown=flush,
     )
     app.background.extend(_background(app))
+    metrics.registry.register(CacheSizes(cache_sizes(app)))
     return app
 
 
@@ -277,6 +334,21 @@ def _admin_services(
         audit=audit,
     )
     return grants, agents
+
+
+def cache_sizes(app: App) -> dict[str, Callable[[], int]]:
+    """Each bounded cache's size, for `lasthop_cache_entries{cache}`."""
+    pipeline = app.pipeline
+    decisions = pipeline.decisions
+    sizes: dict[str, Callable[[], int]] = {
+        "decisions": (lambda: len(decisions)) if decisions is not None else (lambda: 0),
+        "tokens": lambda: len(pipeline.verifier),
+        "cedar_outcomes": lambda: len(pipeline.policy.outcomes),
+    }
+    inval = app.stores.invalidation
+    sizes["grants"] = (lambda: len(inval.pairs)) if inval is not None else (lambda: 0)
+    sizes["agents"] = (lambda: len(inval.agents)) if inval is not None else (lambda: 0)
+    return sizes
 
 
 def _background(app: App) -> list[Task]:

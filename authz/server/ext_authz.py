@@ -7,6 +7,9 @@
   `x-lasthop-*` header the client sent.
 - When Envoy sends the whole request body (`with_request_body`, and
   `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
+- The W3C `traceparent` the check continues: the one Envoy puts on the gRPC call
+  (its ext_authz span, when Envoy traces), else the request's own (when the
+  sidecar config forwards `traceparent`); an invalid one is ignored.
 - A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
@@ -24,6 +27,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from authz import codec
 from authz.model import CheckInput, Decision, split_target
 from authz.reasons import Reason
 
@@ -33,7 +37,8 @@ PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
-def to_input(request: pb.CheckRequest) -> CheckInput:
+def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput:
+    """`call_traceparent`: the `traceparent` metadata of the gRPC call, if any."""
     http = request.attributes.request.http
     headers: dict[str, list[str]] = {}
     if http.header_map.headers:
@@ -52,6 +57,8 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
         peer_principal=request.attributes.source.principal,
         request_id=http.id,
         body_sha256=_body_digest(http, headers),
+        traceparent=codec.traceparent(call_traceparent)
+        or codec.traceparent(headers.get("traceparent", [""])[0]),
     )
 
 

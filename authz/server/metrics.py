@@ -7,10 +7,24 @@ test can use a fresh one.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from authz.check.pipeline import PHASES
-from authz.model import Decision
+from authz.model import CheckInput, Decision
 from authz.reasons import Reason
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
@@ -20,9 +34,51 @@ CHECK_BUCKETS = (
 )  # fmt: skip
 
 
+# Every label value each labelled counter can take: its series start at 0, so a rate or an
+# `increase()` sees the first event after a restart (a series born at 1 shows no increase).
+RELOAD_RESULTS = ("success", "failure")
+CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
+STORE_OPS = ("grants", "consume", "agent", "write")  # lasthop_store_*{op}
+
+
+def version() -> str:
+    try:
+        return metadata.version("lasthop")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class CacheSizes(Collector):
+    """`lasthop_cache_entries{cache}`: each bounded cache's size, read at scrape time."""
+
+    def __init__(self, sizes: Mapping[str, Callable[[], int]]) -> None:
+        self._sizes = dict(sizes)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "lasthop_cache_entries", "Entries held by each bounded cache.", labels=["cache"]
+        )
+        for name, size in self._sizes.items():
+            family.add_metric([name], size())
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        _standard_collectors(registry)
+        self.build_info = Gauge(
+            "lasthop_build_info",
+            "The running build: always 1.",
+            ["version", "python"],
+            registry=registry,
+        )
+        self.build_info.labels(version(), platform.python_version()).set(1)
+        self.latency_budget = Gauge(
+            "lasthop_check_latency_budget_seconds",
+            "The p99 check latency budget (server.latency_budget_ms) the alerts compare with.",
+            registry=registry,
+        )
         self.check_duration = Histogram(
             "lasthop_check_duration_seconds",
             "Time to decide one ext_authz Check.",
@@ -51,12 +107,17 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        for result in RELOAD_RESULTS:
+            self.policy_reloads.labels(result)
         self.cache_requests = Counter(
             "lasthop_cache_requests_total",
             "Local cache lookups by cache and result.",
             ["cache", "result"],
             registry=registry,
         )
+        for cache in CACHES:
+            for result in ("hit", "miss"):
+                self.cache_requests.labels(cache, result)
         self.phase_duration = Histogram(
             "lasthop_phase_duration_seconds",
             "Time spent in one phase of a decided check.",
@@ -78,6 +139,9 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        for op in STORE_OPS:
+            self.store_duration.labels(op)
+            self.store_errors.labels(op)
         self.audit_queue = Gauge(
             "lasthop_audit_queue_depth", "Records waiting for the audit writer.", registry=registry
         )
@@ -90,8 +154,9 @@ class Metrics:
 
     # the pipeline (check.pipeline.CheckObserver)
 
-    def started(self) -> None:
+    def started(self, req: CheckInput) -> str:
         self.in_flight.inc()
+        return ""
 
     def phase(self, name: str, seconds: float) -> None:
         self.phases[name].observe(seconds)
@@ -123,3 +188,11 @@ class Metrics:
         if result == "success":
             self.policy_version.labels(old_version).set(0)
             self.policy_version.labels(new_version).set(1)
+
+
+def _standard_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, open files), python_info and python_gc_*, as the default
+    registry has them; Lasthop's own registry needs them added."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
