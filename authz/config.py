@@ -192,7 +192,6 @@ CLIENT_VARIABLES = {
     "LASTHOP_ADMIN_URL": "the admin API address the CLI calls",
     "LASTHOP_ADMIN_TOKEN": "the admin bearer token the CLI sends",
     "LASTHOP_ADMIN_TOKEN_FILE": "a file holding the admin bearer token the CLI sends",
-    "LASTHOP_TOKEN_FILE": "a file holding the bearer token `lasthop check` evaluates",
     "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
 }
 

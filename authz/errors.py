@@ -24,7 +24,8 @@
     └── AgentRequestError
 
     UsageError                    bad command-line input or an unreadable input file (exit 2)
-    └── ScenarioError             a policy scenario file is wrong
+    ├── ScenarioError             a policy scenario file is wrong
+    └── FixtureError              an ALLOW/DENY fixture file is wrong
     AdminError                    the admin API refused a CLI call (`code`: the gRPC status)
 
     ReceiptError                  a receipt did not verify (`reason`: a stable code)
@@ -159,6 +160,10 @@ class UsageError(Exception):
 
 class ScenarioError(UsageError):
     """The scenario file itself is wrong; the message names the scenario and key."""
+
+
+class FixtureError(UsageError):
+    """An ALLOW/DENY fixture cannot be read or lacks a key; the message names the file."""
 
 
 class AdminError(Exception):

@@ -29,6 +29,7 @@ RANK = {
     "reasons": 0,
     "codec": 0,
     "config": 0,
+    "version": 0,  # authz.version(), defined in authz/__init__.py
     "stores": 1,
     "policy": 2,
     "audit": 2,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import tomllib
@@ -16,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import cedarpy
 import pytest
 
 from authz.audit import chain as audit_chain
@@ -85,7 +87,8 @@ def scenarios(directory: Path) -> list[dict[str, Any]]:
 
 
 def last_line(text: str) -> str:
-    return text.rstrip("\n").rsplit("\n", 1)[-1]
+    """The `N passed, M failed` line (the coverage line follows it)."""
+    return next(line for line in text.splitlines() if re.fullmatch(r"\d+ passed, \d+ failed", line))
 
 
 # --- policy validate --------------------------------------------------------------------------
@@ -111,29 +114,41 @@ def test_validate_counts_shadow_policies(capsys: pytest.CaptureFixture[str], cop
     assert out.startswith(f"ok: {total} policies (1 shadow), ")
 
 
-def test_validate_format_shipped_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "policy", "validate", "--format", str(POLICIES))
-    assert code == 0, (out, err)
-    assert "not in Cedar format" not in out
+def test_fmt_check_passes_the_shipped_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "policy", "fmt", "--check", str(POLICIES))
+    assert (code, out, err) == (0, "", "")
 
 
-def test_validate_format_names_an_unformatted_file(
+UNFORMATTED = (
+    '@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
+    'action == Action::"read",  resource is Records)  when { context has grant };\n'
+)
+
+
+def test_fmt_check_names_a_file_and_changes_nothing_then_fmt_rewrites_it(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
     path = copy / "scribe-read-records.cedar"
-    path.write_text(
-        '@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
-        'action == Action::"read",  resource is Records)  when { context has grant };'
-        "\n",
-        encoding="utf-8",
-    )
-    code, out, _ = run(capsys, "policy", "validate", "--format", str(copy))
+    path.write_text(UNFORMATTED, encoding="utf-8")
+    code, out, _ = run(capsys, "policy", "fmt", "--check", str(copy))
     assert code == 1
-    assert out.startswith("ok: ")  # it is valid, only not formatted
-    flagged = [line for line in out.splitlines() if "not in Cedar format" in line]
-    assert flagged == [f"{path}: not in Cedar format (see cedarpy.format_policies)"]
-    # without --format the same directory passes
+    assert out.splitlines() == [f"{path}: would reformat"]
+    assert path.read_text(encoding="utf-8") == UNFORMATTED
+    code, out, _ = run(capsys, "policy", "fmt", str(copy), "--output", "json")
+    assert code == 0 and json.loads(out) == {"changed": [str(path)], "check": False}
+    assert path.read_text(encoding="utf-8") == cedarpy.format_policies(UNFORMATTED)
+    assert run(capsys, "policy", "fmt", "--check", str(copy))[0] == 0
     assert run(capsys, "policy", "validate", str(copy))[0] == 0
+
+
+def test_fmt_refuses_a_policy_it_cannot_parse(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
+    path = copy / "scribe-read-records.cedar"
+    path.write_text("permit (", encoding="utf-8")
+    code, _, err = run(capsys, "policy", "fmt", str(copy))
+    assert code == 2 and f"{path}: cannot format" in err
+    assert path.read_text(encoding="utf-8") == "permit ("
 
 
 def test_validate_broken_copy_names_file_and_line(
@@ -465,7 +480,7 @@ def test_check_text_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert code == 0
     assert "chain      dr-alice -> scribe (current actor: scribe)" in out
     assert "policies   scribe-read-records (permit)" in out
-    assert last_line(out) == "decision   ALLOW allowed: allowed"
+    assert out.rstrip("\n").rsplit("\n", 1)[-1] == "decision   ALLOW allowed: allowed"
 
 
 def test_check_verifies_a_real_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -752,11 +767,11 @@ def test_shadow_report_bad_since_is_bad_input(
     assert "last tuesday" in err
 
 
-def test_shadow_report_missing_trail_is_bad_input(
+def test_shadow_report_missing_trail_is_not_found(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, _, err = run(capsys, "audit", "shadow-report", "--trail", str(tmp_path / "nope.jsonl"))
-    assert code == 2
+    assert code == 3
     assert "nope.jsonl" in err
 
 

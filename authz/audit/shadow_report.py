@@ -96,7 +96,7 @@ def add_command(audit: Any) -> None:
     source.add_argument("--trail", nargs="+", type=Path, help="audit files to read")
     report.add_argument("--since", help="from this date or time (inclusive)")
     report.add_argument("--until", help="until this date or time (exclusive)")
-    report.add_argument("--output", choices=("table", "json"), default="table")
+    report.add_argument("--output", choices=("text", "json"), default="text")
     report.set_defaults(func=cmd_shadow_report)
 
 

@@ -1,4 +1,5 @@
-"""What every admin-API command shares: where the API is, the token, and JSON output."""
+"""What every admin-API command shares: where the API is, the token (from a file or the
+environment, never argv), and `--output`."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from google.protobuf.json_format import MessageToDict
 
 from authz import config
 from authz.cli.admin_client import AdminClient
+from authz.cli.conventions import add_output, read_secret
 from authz.errors import UsageError
 
 
 def admin_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--admin-url", help="admin API host:port (else LASTHOP_ADMIN_URL)")
-    common.add_argument("--admin-token", help="admin bearer token (else LASTHOP_ADMIN_TOKEN)")
+    common.add_argument(
+        "--admin-token-file",
+        help="a file holding the admin bearer token, - for stdin (else "
+        "LASTHOP_ADMIN_TOKEN_FILE, else LASTHOP_ADMIN_TOKEN)",
+    )
     common.add_argument("--config", help="read server.admin_listen from this config")
-    common.add_argument("--output", choices=("table", "json"), default="table")
+    add_output(common)
     return common
 
 
@@ -33,9 +39,14 @@ def admin_address(args: argparse.Namespace) -> str:
 
 
 def admin_client(args: argparse.Namespace) -> AdminClient:
-    token = args.admin_token or os.environ.get("LASTHOP_ADMIN_TOKEN", "")
+    token = read_secret(
+        args.admin_token_file, "LASTHOP_ADMIN_TOKEN_FILE", "LASTHOP_ADMIN_TOKEN", "admin token"
+    )
     if not token:
-        raise UsageError("no admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN")
+        raise UsageError(
+            "no admin token: pass --admin-token-file FILE, or set LASTHOP_ADMIN_TOKEN_FILE "
+            "or LASTHOP_ADMIN_TOKEN"
+        )
     address = admin_address(args).removeprefix("grpc://").removeprefix("http://")
     return AdminClient(address, token)
 

@@ -1,4 +1,5 @@
-"""The `lasthop` command line. Bad input: exit 2 with the reason on stderr; nothing written."""
+"""The `lasthop` command line. Errors go to stderr, and the exit code says which kind
+(`authz.cli.conventions`): 2 bad usage, 3 not found, 4 refused token, 5 unavailable."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from authz import config
+from authz import config, version
 from authz._proto import grants_pb2 as pb
 from authz.audit import shadow_report
 from authz.cli import agents as cli_agents
@@ -17,9 +18,8 @@ from authz.cli import audit as cli_audit
 from authz.cli import policy as cli_policy
 from authz.cli.admin import admin_client, admin_options, message_dict
 from authz.cli.admin_client import AdminClient
-from authz.errors import AdminError, ConfigError, PolicyLoadError, UsageError
-
-EXIT_USAGE = 2
+from authz.cli.conventions import HANDLED, Exit, epilog, exit_code
+from authz.errors import PolicyLoadError, UsageError
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
@@ -117,7 +117,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lasthop",
         description="Point-of-use authorization for AI agents: an Envoy ext_authz sidecar.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"lasthop {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_authz, admin and metrics listeners")
@@ -178,16 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (
-        UsageError,
-        ConfigError,
-        PolicyLoadError,
-        AdminError,
-        ValueError,
-        OSError,
-    ) as err:
+    except PolicyLoadError as err:
         print(f"lasthop: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
+    except HANDLED as err:
+        print(f"lasthop: {err}", file=sys.stderr)
+        return exit_code(err)
 
 
 if __name__ == "__main__":

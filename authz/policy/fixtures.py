@@ -9,10 +9,11 @@ bundle's seed, as on the server; the resource is added under its parents.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from authz.errors import LasthopError
+from authz.errors import FixtureError, LasthopError
 from authz.model import EntityRef
 from authz.policy import evaluate as policy
 from authz.policy.load import PolicyBundle
@@ -34,29 +35,63 @@ class FixtureResult:
         )
 
 
-def run_one(bundle: PolicyBundle, path: Path, expected: str) -> FixtureResult:
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    principal = EntityRef.parse(doc["principal"])
-    resource = EntityRef.parse(doc["resource"])
-    parents = tuple(EntityRef.parse(p) for p in doc.get("parents", []))
-    context = doc["context"]
-    named = {e["__entity"]["id"] for e in context.get("agents", [])}
-    if principal.type == "Agent":
-        named.add(principal.id)
-    agents = [bundle.agents[a] for a in sorted(named) if a in bundle.agents]
+@dataclass(frozen=True)
+class Fixture:
+    request: policy.CedarRequest
+    parents: tuple[EntityRef, ...]
+    agents: tuple[str, ...]  # every agent the request names
+    reason: str  # a DENY's pinned reason, or ""
+
+
+def read(path: Path) -> Fixture:
+    """Parse one fixture file; anything malformed raises FixtureError naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        principal = EntityRef.parse(doc["principal"])
+        resource = EntityRef.parse(doc["resource"])
+        parents = tuple(EntityRef.parse(p) for p in doc.get("parents", []))
+        context = doc["context"]
+        if not isinstance(context, dict) or not isinstance(doc["action"], str):
+            raise TypeError("`context` must be an object and `action` a string")
+        named = {e["__entity"]["id"] for e in context.get("agents", [])}
+        if principal.type == "Agent":
+            named.add(principal.id)
+        reason = doc.get("reason", "")
+    except json.JSONDecodeError as err:
+        raise FixtureError(f"{path}: not JSON: {err}") from None
+    except KeyError as err:
+        raise FixtureError(f"{path}: missing key {err}") from None
+    except (ValueError, TypeError, AttributeError, OSError) as err:
+        raise FixtureError(f"{path}: {err}") from None
     request = policy.CedarRequest(principal, doc["action"], resource, context)
-    want = expected if expected == "ALLOW" or "reason" not in doc else f"DENY {doc['reason']}"
+    return Fixture(request, parents, tuple(sorted(named)), str(reason))
+
+
+def run_one(bundle: PolicyBundle, path: Path, expected: str) -> FixtureResult:
+    fixture = read(path)
+    agents = tuple(bundle.agents[a] for a in fixture.agents if a in bundle.agents)
+    want = expected if expected == "ALLOW" or not fixture.reason else f"DENY {fixture.reason}"
+    request = fixture.request
     try:
         engine = policy.PolicyEngine(bundle)
-        outcome = engine.decide(request, engine.delta(resource, parents, tuple(agents)))
+        outcome = engine.decide(request, engine.delta(request.resource, fixture.parents, agents))
     except LasthopError as err:
         return FixtureResult(path, want, f"DENY {err.reason}", err.policies)
-    return FixtureResult(path, want, "ALLOW", outcome.policies)
+    held = tuple(h.policy for h in outcome.shadow)
+    return FixtureResult(path, want, "ALLOW", outcome.policies + held)
 
 
-def run_all(bundle: PolicyBundle, directory: Path) -> list[FixtureResult]:
+def name(path: Path) -> str:
+    """`ALLOW/scribe-reads-records`: how `policy test` names (and `-k` selects) a fixture."""
+    return f"{path.parent.name}/{path.stem}"
+
+
+def run_all(
+    bundle: PolicyBundle, directory: Path, selected: Callable[[str], bool] = lambda _: True
+) -> list[FixtureResult]:
     results = []
     for decision in DECISIONS:
         for path in sorted((directory / decision).glob("*.json")):
-            results.append(run_one(bundle, path, decision))
+            if selected(name(path)):
+                results.append(run_one(bundle, path, decision))
     return results

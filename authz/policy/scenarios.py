@@ -50,6 +50,8 @@ class ScenarioResult:
     expected: str  # "allow allowed", "deny no_grant", ...
     got: str
     detail: str
+    policies: tuple[str, ...] = ()  # the policies that decided (and shadow ones that held)
+    route: str = ""  # `METHOD template` of the route it reached, if any
 
     @property
     def passed(self) -> bool:
@@ -119,4 +121,7 @@ def grants_of(scenario: dict[str, Any], now: int) -> list[tuple[Grant, int]]:
 def result(scenario: dict[str, Any], decision: Decision) -> ScenarioResult:
     got = f"{'allow' if decision.allowed else 'deny'} {decision.reason}"
     expected = f"{scenario['expect']} {scenario['reason']}"
-    return ScenarioResult(scenario["name"], expected, got, decision.detail)
+    policies = decision.policies + tuple(policy for policy, _ in decision.shadow)
+    route = decision.route
+    reached = f"{scenario['method'].upper()} {route.template}" if route else ""
+    return ScenarioResult(scenario["name"], expected, got, decision.detail, policies, reached)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from authz import version
 from authz.check.pipeline import PHASES
 from authz.model import CheckInput, Decision
 from authz.reasons import Reason
@@ -39,13 +39,6 @@ CHECK_BUCKETS = (
 RELOAD_RESULTS = ("success", "failure")
 CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
 STORE_OPS = ("grants", "consume", "agent", "write")  # lasthop_store_*{op}
-
-
-def version() -> str:
-    try:
-        return metadata.version("lasthop")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class CacheSizes(Collector):

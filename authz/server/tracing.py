@@ -33,10 +33,10 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from authz import version
 from authz.check.pipeline import CheckObserver
 from authz.config import TracingSettings
 from authz.model import CheckInput, Decision
-from authz.server.metrics import version
 
 SPAN_NAME = "lasthop.check"
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -163,13 +163,21 @@ def test_cli_without_token_exits_2(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("name", ["expired", "wrong-audience", "delegated", "scope-openid"])
-def test_cli_with_refused_token_exits_2(stack: Stack, name: str) -> None:
+def test_cli_with_refused_token_exits_4(stack: Stack, name: str) -> None:
+    """Issue 18: every error exited 2; a refused token is 4, and it comes from a file."""
     token, code = _refused_tokens(stack)[name]
     user = unique("u-cli-refused")
+    token_file = stack.work / f"token-{user}"
+    token_file.write_text(token + "\n")
     result = run_cli(
-        "grants", *_issue_args(user), "--admin-url", stack.admin_address, "--admin-token", token
+        "grants",
+        *_issue_args(user),
+        "--admin-url",
+        stack.admin_address,
+        "--admin-token-file",
+        str(token_file),
     )
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.returncode == 4, (result.stdout, result.stderr)
     assert code in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert _listed(stack, user) == []

@@ -333,7 +333,8 @@ def _cli(stack: Stack, *args: str, token: str | None = None) -> Any:
 
 
 def _assert_cli_refused(result: Any, code: str, reason: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    refused = code in ("unauthenticated", "permission_denied")
+    assert result.returncode == (4 if refused else 2), (result.returncode, result.stderr)
     assert result.stdout == ""
     assert result.stderr.startswith(f"lasthop: {code}: "), result.stderr
     assert reason in result.stderr, result.stderr
@@ -353,7 +354,8 @@ def test_cli_without_a_token_says_how_to_pass_one(stack: Stack, target: str) -> 
     result = _cli(stack, "deregister", target)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == (
-        "lasthop: no admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN"
+        "lasthop: no admin token: pass --admin-token-file FILE, or set "
+        "LASTHOP_ADMIN_TOKEN_FILE or LASTHOP_ADMIN_TOKEN"
     )
     assert _snapshot(stack) == before
 
