@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from authz import config, version
 from authz._proto import grants_pb2 as pb
@@ -110,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from authz.dev.demo import run_demo
 
-    return run_demo(keep_running=args.keep_running)
+    return run_demo(keep_running=args.keep_running, directory=args.dir)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +130,12 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run Envoy + Lasthop + the demo EHR, and walk a scenario")
     demo.add_argument("--keep-running", action="store_true", help="stay up after the scenario")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        help="write and keep everything here (new or empty; default: a new "
+        "temporary directory, named at the end)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     cli_policy.add_commands(sub)

@@ -1,12 +1,20 @@
-"""`lasthop demo` end to end: Envoy + Lasthop on the embedded store + the demo EHR."""
+"""`lasthop demo` end to end: Envoy + Lasthop on the embedded store + the demo EHR; and every
+command it prints works as printed."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import run_cli
+from tests.integration.conftest import request, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +28,21 @@ EXPECTED = [
 ]
 
 
-def test_demo_runs_the_scenario() -> None:
-    result = run_cli("demo", timeout=120)
+def printed_commands(stdout: str) -> list[list[str]]:
+    """Every `$ lasthop ...` line the demo printed, as argv."""
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("$ lasthop ")]
+
+
+def run_printed(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    assert argv[0] == "lasthop"
+    return run_cli(*argv[1:], env=env)
+
+
+def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    result = run_cli("demo", "--dir", str(work), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = re.findall(r"^\s*-> (\d{3}) (\S+)\s*$", result.stdout, re.MULTILINE)
     assert outcomes == EXPECTED, result.stdout
@@ -40,3 +61,67 @@ def test_demo_runs_the_scenario() -> None:
         re.MULTILINE,
     )
     assert len(receipts) == 2 and disclosed == receipts
+    # Issue 18: it printed `lasthop audit verify decisions.jsonl`, which failed as printed,
+    # and deleted the trail on exit. Now the trail is kept, and each command works.
+    assert f"kept in {work.resolve()}" in result.stdout
+    commands = printed_commands(result.stdout)
+    assert [c[:3] for c in commands] == [
+        ["lasthop", "audit", "verify"],
+        ["lasthop", "audit", "disclosures"],
+    ]
+    for argv in commands:
+        ran = run_printed(argv)
+        assert ran.returncode == 0, (argv, ran.stdout, ran.stderr)
+    assert run_printed(commands[0]).stdout.startswith("ok: ")
+    assert sorted(re.findall(r"\| ([0-9a-f]{32}) \|$", run_printed(commands[1]).stdout, re.M)) == (
+        sorted(receipts)
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str) -> str:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(marker):
+            return "".join(seen)
+    raise AssertionError("".join(seen))
+
+
+def test_keep_running_prints_an_admin_url_a_config_and_a_curl_line_that_work(
+    tmp_path: Path,
+) -> None:
+    """Issue 18: no LASTHOP_ADMIN_URL line, no config path, and a curl line answering 403."""
+    work = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTHOP_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz", "demo", "--keep-running", "--dir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        text = _read_until(proc, "  curl ")
+        exports = dict(re.findall(r"^  export (LASTHOP_[A-Z_]+)=(\S+)$", text, re.M))
+        assert set(exports) == {"LASTHOP_ADMIN_URL", "LASTHOP_ADMIN_TOKEN_FILE"}, text
+        config = re.search(r"^Config: (\S+)$", text, re.M)
+        assert config is not None and Path(config.group(1)).is_file()
+        listed = run_cli("grants", "list", "--output", "json", env=exports)
+        assert listed.returncode == 0, listed.stderr
+        assert '"agent": "scribe"' in listed.stdout
+        curl = shlex.split(text.splitlines()[-1].strip())
+        assert curl[:3] == ["curl", "-i", "-H"]
+        if shutil.which("curl"):
+            ran = subprocess.run(curl, capture_output=True, text=True, timeout=30)
+            assert ran.stdout.startswith("HTTP/1.1 200"), ran.stdout[:300]
+        name, _, value = curl[3].partition(": ")
+        assert request(curl[4].rsplit("/patients", 1)[0], "/patients/p-1001/records",
+                       headers={name: value}).status == 200  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert (work / "audit" / "decisions.jsonl").is_file()
+    verify = printed_commands(out)[0]
+    assert run_printed(verify).returncode == 0
