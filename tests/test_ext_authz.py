@@ -393,3 +393,9 @@ def test_the_trace_context_envoy_puts_on_the_call_comes_first() -> None:
     assert ext_authz.to_input(request, "not-a-traceparent").traceparent == TRACEPARENT
     bad = check_request(headers={"traceparent": "00-zz-00-01"})
     assert ext_authz.to_input(bad).traceparent == ""
+
+
+def test_the_request_id_is_envoys_x_request_id_when_forwarded() -> None:
+    request = check_request(headers={"x-request-id": "6b7d44c6-034c-949c"}, request_id="42")
+    assert ext_authz.to_input(request).request_id == "6b7d44c6-034c-949c"
+    assert ext_authz.to_input(check_request(request_id="42")).request_id == "42"

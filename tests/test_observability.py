@@ -51,17 +51,21 @@ def test_a_library_line_takes_its_loggers_name_as_event() -> None:
 
 def test_configure_sets_the_format_and_the_level() -> None:
     stream = io.StringIO()
-    root = logging.getLogger()
-    before = (list(root.handlers), root.level)
+    root, ours = logging.getLogger(), logging.getLogger("authz")
+    before = (list(root.handlers), root.level, ours.level)
     try:
         logs.configure(config.ServerSettings(log_format="json", log_level="warning"), stream)
         logging.getLogger("authz.x").info("hidden", extra={"event": "x.hidden"})
         logging.getLogger("authz.x").warning("shown", extra={"event": "x.shown"})
+        logs.configure(config.ServerSettings(log_format="json", log_level="debug"), stream)
+        logging.getLogger("authz.x").debug("ours", extra={"event": "x.ours"})
+        logging.getLogger("asyncio").debug("a library's debug line stays out")
     finally:
         root.handlers[:] = before[0]
         root.setLevel(before[1])
+        ours.setLevel(before[2])
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["x.shown"]
+    assert [line["event"] for line in lines] == ["x.shown", "x.ours"]
 
 
 def _log_calls() -> list[tuple[str, ast.Call]]:

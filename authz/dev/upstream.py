@@ -2,7 +2,8 @@
 
 Routes: GET /patients/{id}/records, POST /patients/{id}/notes,
 GET /patients/{id}/medications, GET /claims/{id}. Every response carries the
-`x-lasthop-*` headers it received, so the demo and tests can see them.
+`x-lasthop-*` headers it received, so the demo and tests can see them, and the
+trace context and request id Envoy forwarded (`trace`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         body["lasthop"] = {
             k: v for k, v in self.headers.items() if k.lower().startswith("x-lasthop-")
+        }
+        body["trace"] = {
+            k.lower(): v
+            for k, v in self.headers.items()
+            if k.lower() in ("traceparent", "x-request-id")
         }
         data = json.dumps(body).encode()
         self.send_response(status)

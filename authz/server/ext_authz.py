@@ -7,6 +7,8 @@
   `x-lasthop-*` header the client sent.
 - When Envoy sends the whole request body (`with_request_body`, and
   `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
+- The request id is Envoy's `x-request-id` (the sidecar config forwards it), else
+  the CheckRequest's own `id`.
 - The W3C `traceparent` the check continues: the one Envoy puts on the gRPC call
   (its ext_authz span, when Envoy traces), else the request's own (when the
   sidecar config forwards `traceparent`); an invalid one is ignored.
@@ -55,7 +57,7 @@ def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput
         host=http.host,
         headers=headers,
         peer_principal=request.attributes.source.principal,
-        request_id=http.id,
+        request_id=headers.get("x-request-id", [http.id])[0][:128],
         body_sha256=_body_digest(http, headers),
         traceparent=codec.traceparent(call_traceparent)
         or codec.traceparent(headers.get("traceparent", [""])[0]),

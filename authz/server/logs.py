@@ -71,11 +71,14 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(server: ServerSettings, stream: TextIO | None = None) -> None:
-    """Send every log line to stderr (or `stream`) in the configured format and level."""
+    """Send every log line to stderr (or `stream`) in the configured format and level.
+    `debug` is Lasthop's own debug lines; libraries stay at info and above."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if server.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(LEVELS[server.log_level])
+    level = LEVELS[server.log_level]
+    root.setLevel(max(level, logging.INFO))
+    logging.getLogger("authz").setLevel(level)
