@@ -30,3 +30,15 @@ def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
         assert target["max_throughput_rps"] > 0
     assert "| lasthop |" in (out / "report.md").read_text()
     assert (out / "latency.png").stat().st_size > 1000
+
+
+def test_the_tracing_overhead_harness_runs_and_exports_every_span() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tracing_overhead.py"), "--checks", "20",
+         "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "tracing off" in result.stdout and "40 spans exported" in result.stdout
