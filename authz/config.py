@@ -111,7 +111,7 @@ class GrantsSettings:
 class TracingSettings:
     enabled: bool = False  # OpenTelemetry: a span per check (needs the `otel` extra)
     endpoint: str = ""  # OTLP/gRPC collector; empty: OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317
-    service_name: str = "lasthop"
+    service_name: str = "lasthop"  # the spans' `service.name`
     sample_ratio: float = 1.0  # for checks that arrive without a sampled-or-not parent
 
 
