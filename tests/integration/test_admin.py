@@ -234,7 +234,7 @@ def test_cli_issue_list_revoke(stack: Stack) -> None:
     assert_deny(stack.get(RECORDS, token), 403, "no_grant")
 
     again = _grants(stack, "revoke", grant["id"])
-    assert again.returncode == 2 and "not_found" in again.stderr, again.stderr
+    assert again.returncode == 3 and "not_found" in again.stderr, again.stderr  # not found
 
 
 def test_grpc_call_without_authorization_metadata(stack: Stack) -> None:

@@ -332,9 +332,12 @@ def _cli(stack: Stack, *args: str, token: str | None = None) -> Any:
     return run_cli("agents", *args, env=env)
 
 
+EXIT_CODES = {"unauthenticated": 4, "permission_denied": 4, "not_found": 3}  # else usage, 2
+
+
 def _assert_cli_refused(result: Any, code: str, reason: str) -> None:
-    refused = code in ("unauthenticated", "permission_denied")
-    assert result.returncode == (4 if refused else 2), (result.returncode, result.stderr)
+    expected = EXIT_CODES.get(code, 2)
+    assert result.returncode == expected, (result.returncode, result.stderr)
     assert result.stdout == ""
     assert result.stderr.startswith(f"lasthop: {code}: "), result.stderr
     assert reason in result.stderr, result.stderr
@@ -451,7 +454,7 @@ def test_cli_approver_cannot_touch_agents(stack: Stack, target: str, command: li
         ),
     ],
 )
-def test_cli_bad_input_exits_2_and_changes_nothing(
+def test_cli_bad_input_exits_by_kind_and_changes_nothing(
     stack: Stack, target: str, args: list[str], code: str, reason: str
 ) -> None:
     before = _snapshot(stack)
