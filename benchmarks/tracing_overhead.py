@@ -26,19 +26,16 @@ import asyncio
 import json
 import statistics
 import time
-from concurrent import futures
 from dataclasses import replace
 from typing import Any
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from prometheus_client import CollectorRegistry
 
 from authz.audit.records import MemoryAudit
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings, TracingSettings
+from authz.dev.otlp import Collector
 from authz.dev.stack import POLICIES
 from authz.dev.tokens import DemoIssuer
 from authz.model import CheckInput, Grant
@@ -50,21 +47,6 @@ from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
 
 TRACEPARENT = "00-{:032x}-00f067aa0ba902b7-01"
 PURPOSE = "clinical-documentation"
-
-
-class Collector(otlp_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.spans = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        otlp_grpc.add_TraceServiceServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def Export(self, request: otlp.ExportTraceServiceRequest, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            for scope in resource_spans.scope_spans:
-                self.spans += len(scope.spans)
-        return otlp.ExportTraceServiceResponse()
 
 
 class Drops(MemoryAudit):
@@ -126,7 +108,7 @@ async def measure(checks: int, rounds: int) -> dict[str, Any]:
         )
     )
     collector = Collector()
-    settings = TracingSettings(enabled=True, endpoint=f"http://127.0.0.1:{collector.port}")
+    settings = TracingSettings(enabled=True, endpoint=collector.endpoint)
     provider = tracing.provider(settings)
     off = pipeline(Metrics(CollectorRegistry()), issuer, store)
     on = pipeline(
@@ -143,10 +125,10 @@ async def measure(checks: int, rounds: int) -> dict[str, Any]:
         times["off"].append(await mean_check(off, batch))
         times["on"].append(await mean_check(on, batch))
     provider.shutdown()
-    collector.server.stop(0)
+    collector.close()
     ratios = [b / a for a, b in zip(times["off"], times["on"], strict=True)]
     traced = len(warm) + rounds * checks
-    return {"times": times, "ratios": ratios, "spans": collector.spans, "traced": traced}
+    return {"times": times, "ratios": ratios, "spans": len(collector.spans), "traced": traced}
 
 
 def main() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,17 @@ from authz.cli import main as cli
 from authz.cli.conventions import Exit, exit_code
 from authz.errors import AdminError, UsageError
 from tests.audit_helpers import write_trail
-from tests.test_cli_policy import READ_GRANT, RECORDS, SCRIBE_CLAIMS, Site
+from tests.test_cli_policy import (  # noqa: F401 (_no_lasthop_env: an autouse fixture)
+    READ_GRANT,
+    RECORDS,
+    SCRIBE_CLAIMS,
+    Site,
+    _no_lasthop_env,
+    run,
+)
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 SILENT = {("serve",), ("demo",)}  # run servers; they print a ready line, not a report
-
-
-@pytest.fixture(autouse=True)
-def _no_lasthop_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("LASTHOP_"):
-            monkeypatch.delenv(name)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def verbs(

@@ -169,16 +169,7 @@ def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> 
     print("\nDr. Alice's scribe agent documents a visit for patient p-1001.")
     step("scribe reads the chart, no grant yet", scribe)
 
-    grant = admin.issue(
-        pb.IssueGrantRequest(
-            agent="scribe",
-            user="dr-alice",
-            actions=["read", "write"],
-            resources=['Patient::"p-1001"'],
-            purpose=PURPOSE,
-            ttl_seconds=900,
-        )
-    )
+    grant = _scribe_grant(admin, 900)
     print(
         f"\n+ dr-alice approves grant {grant.id}: scribe may read/write p-1001 for "
         f"{PURPOSE}, 15 minutes"
@@ -209,20 +200,25 @@ def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> 
     return outcomes
 
 
-def _wait_for_ctrl_c(
-    base: str, ready: dict[str, str], issuer: DemoIssuer, admin: AdminClient, cfg: Path
-) -> None:
-    """Stay up with a live grant, and print what a person needs to try it, as commands."""
-    grant = admin.issue(
+def _scribe_grant(admin: AdminClient, ttl: int) -> pb.Grant:
+    """dr-alice's grant to scribe: read and write p-1001 for clinical documentation."""
+    return admin.issue(
         pb.IssueGrantRequest(
             agent="scribe",
             user="dr-alice",
             actions=["read", "write"],
             resources=['Patient::"p-1001"'],
             purpose=PURPOSE,
-            ttl_seconds=3600,
+            ttl_seconds=ttl,
         )
     )
+
+
+def _wait_for_ctrl_c(
+    base: str, ready: dict[str, str], issuer: DemoIssuer, admin: AdminClient, cfg: Path
+) -> None:
+    """Stay up with a live grant, and print what a person needs to try it, as commands."""
+    grant = _scribe_grant(admin, 3600)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE, ttl=3600)
     token_file = cfg.parent / "keys" / "admin-token"
     token_file.write_text(issuer.admin_token(ttl=3600) + "\n", encoding="ascii")

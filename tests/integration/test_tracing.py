@@ -7,16 +7,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
 from authz.dev import stack as devstack
+from authz.dev.otlp import Collector
 from tests.integration.conftest import (
     PURPOSE,
     RECORDS,
@@ -28,28 +24,6 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-class Collector(otlp_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, Any]] = []  # (service.name, span)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        otlp_grpc.add_TraceServiceServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def Export(self, request: otlp.ExportTraceServiceRequest, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    self.spans.append((attrs.get("service.name", ""), span))
-        return otlp.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list[Any]:
-        return [span for _, span in self.spans if span.name == name]
 
 
 def envoy_with_tracing(work: Path, collector_port: int) -> Path:
@@ -94,13 +68,13 @@ def collector() -> Iterator[Collector]:
     try:
         yield server
     finally:
-        server.server.stop(0)
+        server.close()
 
 
 def test_one_trace_id_from_envoy_through_lasthop_to_its_log_and_audit_record(
     collector: Collector, tmp_path: Path
 ) -> None:
-    tracing = f'\n[tracing]\nenabled = true\nendpoint = "http://127.0.0.1:{collector.port}"\n'
+    tracing = f'\n[tracing]\nenabled = true\nendpoint = "{collector.endpoint}"\n'
     env = {
         "LASTHOP_SERVER_LOG_FORMAT": "json",
         "LASTHOP_SERVER_LOG_LEVEL": "debug",
