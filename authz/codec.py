@@ -1,12 +1,14 @@
-"""Encodings every layer shares: base64url without padding (RFC 7515), RFC 3339 times and
-W3C trace context (`traceparent`)."""
+"""Encodings every layer shares: base64url without padding (RFC 7515), RFC 3339 times,
+W3C trace context (`traceparent`), and strict JSON (RFC 8259) for bodies Lasthop decides on."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 
 def b64url(data: bytes) -> str:
@@ -48,3 +50,94 @@ def traceparent(value: str) -> str:
 def trace_id_of(value: str) -> str:
     """The 32-hex trace id of a `traceparent` that `traceparent()` accepted, else ""."""
     return value[3:35] if value else ""
+
+
+class JsonError(ValueError):
+    """Bytes that are not one strict JSON document; `kind` says how (the caller's reason)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # encoding | syntax | depth | duplicate
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_WHITESPACE = " \t\n\r"  # JSON's own: no other space around a document
+
+
+def strict_json(data: bytes, max_depth: int) -> Any:
+    """One JSON document (RFC 8259) from `data`, or JsonError saying what is wrong.
+
+    Stricter than `json.loads` wherever the standard library is lenient: strict
+    UTF-8 only (no BOM, no UTF-16 or -32), no `NaN` or `Infinity`, no member twice
+    in one object (parsers disagree on which one wins), no unpaired surrogate
+    escape (`json` accepts `"\\ud800"`, which no UTF-8 encoder can write back), and
+    at most `max_depth` levels of nesting. Deep nesting makes `json` raise
+    RecursionError, not ValueError; it is caught here and reported as depth.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise JsonError("encoding", f"not UTF-8: invalid byte at offset {err.start}") from err
+    if text.startswith("\ufeff"):
+        raise JsonError("encoding", "starts with a byte order mark")
+    try:
+        value, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_WHITESPACE)))
+        if text[end:].strip(_WHITESPACE):
+            raise JsonError("syntax", f"not JSON: more after the document at offset {end}")
+    except RecursionError as err:
+        raise JsonError("depth", f"nested deeper than {max_depth} levels") from err
+    except JsonError:
+        raise
+    except ValueError as err:
+        raise JsonError("syntax", f"not JSON: {err}") from err
+    if text.count("{") + text.count("[") > max_depth or _SURROGATE_ESCAPE.search(text):
+        _walk(value, max_depth)  # only when the cheap bounds above cannot rule it out
+    return value
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise JsonError("duplicate", f"member `{printable(name)}` appears twice")
+            seen.add(name)
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonError("syntax", f"not JSON: `{name}`")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
+
+
+def _walk(value: Any, max_depth: int) -> None:
+    """Depth and unpaired surrogates, without recursion."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _utf8(item)
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise JsonError("depth", f"nested deeper than {max_depth} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    _utf8(key)
+                stack.append((child, depth + 1))
+
+
+def _utf8(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise JsonError("encoding", "holds an unpaired surrogate escape") from err
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """User input for an error message: escaped to ASCII and cut short."""
+    return text[:limit].encode("unicode_escape").decode("ascii")

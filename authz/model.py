@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
@@ -28,6 +29,14 @@ class CheckInput:
     request_id: str = ""  # Envoy's x-request-id
     body_sha256: str = ""  # when Envoy sent the whole body (with_request_body); for receipts
     traceparent: str = ""  # the W3C trace context the check continues (see codec.traceparent)
+    body: bytes | None = None  # what Envoy sent of the body; None: it sends none (no
+    # `with_request_body`); read only by an MCP endpoint, never logged
+    body_partial: bool = False  # Envoy says it sent only the start of the body
+
+    @classmethod
+    def with_body(cls, body: bytes, **fields: Any) -> CheckInput:
+        """A request whose whole body was sent, as Envoy's `with_request_body` does."""
+        return cls(body=body, body_sha256=hashlib.sha256(body).hexdigest(), **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +105,33 @@ class EntityRef:
 
 
 @dataclass(frozen=True, slots=True)
+class RpcMessage:
+    """One JSON-RPC 2.0 message of an MCP body, as parsed (`check.mcp`)."""
+
+    method: str  # "" for a response the client sends back (it has `result` or `error`)
+    is_notification: bool = False  # no `id`
+    tool: str = ""  # tools/call: `params.name`
+    arguments: dict[str, Any] = field(default_factory=dict)  # tools/call: `params.arguments`
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """What an MCP request was: its JSON-RPC method and, for `tools/call`, the tool."""
+
+    method: str  # tools/call, initialize, tools/list, ... (the first, for a batch)
+    tool: str = ""  # the tool's name, for tools/call
+    arguments: dict[str, Any] | None = None  # as declared and checked; never audited
+    arguments_sha256: str = ""  # SHA-256 of the arguments' canonical JSON: what is audited
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     action: str
     resource: EntityRef
     parents: tuple[EntityRef, ...]  # the resource's ancestors, e.g. its Patient
     template: str  # the route's path template, for audit and explanations
     phi: bool
+    mcp: ToolCall | None = None  # the MCP request, when the route is an MCP endpoint
 
 
 AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")

@@ -147,6 +147,77 @@ class Reason(StrEnum):
     )
     NO_ROUTE = "no_route", 403, "route", "no route maps the method and path"
 
+    # route, MCP: the JSON-RPC body of a POST to an MCP endpoint, parsed by Lasthop
+    MCP_BODY_MISSING = (
+        "mcp_body_missing",
+        503,
+        "route",
+        "Envoy sent no body for an MCP endpoint: set `with_request_body` on its ext_authz",
+    )
+    MCP_BODY_PARTIAL = (
+        "mcp_body_partial",
+        413,
+        "route",
+        "Envoy sent part of the body (`allow_partial_message` is true and it was cut)",
+    )
+    MCP_BODY_TOO_LARGE = (
+        "mcp_body_too_large",
+        413,
+        "route",
+        "the body is longer than the endpoint's `max_body_bytes`",
+    )
+    MCP_INVALID_ENCODING = (
+        "mcp_invalid_encoding",
+        400,
+        "route",
+        "the body is not strict UTF-8 (an invalid byte, a BOM, an unpaired surrogate)",
+    )
+    MCP_NOT_JSON = "mcp_not_json", 400, "route", "the body is not one JSON document"
+    MCP_TOO_DEEP = (
+        "mcp_too_deep",
+        400,
+        "route",
+        "the JSON nests deeper than the endpoint's `max_depth`",
+    )
+    MCP_DUPLICATE_MEMBER = (
+        "mcp_duplicate_member",
+        400,
+        "route",
+        "a JSON member appears twice in one object",
+    )
+    MCP_INVALID_MESSAGE = (
+        "mcp_invalid_message",
+        400,
+        "route",
+        "not a JSON-RPC 2.0 request or notification of the shape MCP defines",
+    )
+    MCP_HEADER_MISMATCH = (
+        "mcp_header_mismatch",
+        400,
+        "route",
+        "an `mcp-method` or `mcp-name` header disagrees with the body",
+    )
+    MCP_BATCH_REFUSED = (
+        "mcp_batch_refused",
+        403,
+        "route",
+        "a JSON-RPC batch that holds a tool call, or whose messages map to different "
+        "actions or resources",
+    )
+    MCP_METHOD_NOT_ALLOWED = (
+        "mcp_method_not_allowed",
+        403,
+        "route",
+        "the route table has no rule for the JSON-RPC method",
+    )
+    MCP_UNKNOWN_TOOL = "mcp_unknown_tool", 403, "route", "the route table declares no such tool"
+    MCP_INVALID_ARGUMENTS = (
+        "mcp_invalid_arguments",
+        403,
+        "route",
+        "the tool's arguments do not match the shape the route table declares",
+    )
+
     # grants
     NO_GRANT = "no_grant", 403, "grants", "no grant of (agent, user) covers the action and resource"
     GRANT_EXPIRED = "grant_expired", 403, "grants", "every covering grant has expired"

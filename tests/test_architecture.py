@@ -50,6 +50,7 @@ EDGE_ONLY = {  # third-party modules only the edge may import
     "authz._proto": {"server", "cli", "dev"},
     "redis": {"stores", "dev"},
     "opentelemetry": {"server", "dev"},
+    "mcp": {"dev"},  # the MCP SDK: the demo's server and agent; Lasthop parses MCP itself
 }
 PEERS = {("policy", "audit"), ("audit", "policy")}  # same rank, and must stay apart
 

@@ -101,7 +101,7 @@ def test_validate_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip() == (
         f"ok: {len(bundle.policies)} policies (0 shadow), "
         f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
-        f"version {bundle.version}"
+        f"4 MCP tools, version {bundle.version}"
     )
     assert err == ""
 
@@ -398,6 +398,7 @@ def test_check_allow_explains_everything(
         "resource": 'Records::"p-1001"',
         "parents": ['Patient::"p-1001"'],
         "phi": True,
+        "tool": "",
     }
     grants = report["grants"]
     assert [g["id"] for g in grants] == ["g-check-0", "g-check-1"]
@@ -840,3 +841,56 @@ def test_shadow_report_over_records_the_pipeline_wrote(
             "examples": [decisions[0].decision_id, decisions[1].decision_id],
         }
     ]
+
+
+def check_tool(
+    capsys: pytest.CaptureFixture[str], site: Site, *args: str
+) -> tuple[int, dict[str, Any], str]:
+    code, out, err = run(
+        capsys, "check", "--config", str(site.config), "--path", "/mcp", "--output", "json", *args
+    )
+    return code, (json.loads(out) if out.strip() else {}), err
+
+
+def test_check_describes_a_tool_call(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    claims = ("--claims", json.dumps(SCRIBE_CLAIMS), "--grant", json.dumps(READ_GRANT))
+    tool = ("--tool", "get_patient_record", "--arguments", '{"patient_id": "p-1001"}')
+    code, report, err = check_tool(capsys, site, *claims, *tool)
+    assert code == 0, err
+    assert report["request"] == {"method": "POST", "path": "/mcp"}
+    assert report["route"]["tool"] == "get_patient_record"
+    assert report["route"]["resource"] == 'Records::"p-1001"'
+    assert report["cedar_request"]["context"]["tool"] == {
+        "name": "get_patient_record",
+        "arguments": {"patient_id": "p-1001"},
+    }
+    other = ("--tool", "get_patient_record", "--arguments", '{"patient_id": "p-2002"}')
+    code, report, _ = check_tool(capsys, site, *claims, *other)
+    assert (code, report["reason"]) == (1, "no_grant")
+    body = tmp_path / "body.json"
+    body.write_text('{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{}}')
+    code, report, _ = check_tool(capsys, site, *claims, "--body", f"@{body}")
+    assert (code, report["reason"]) == (1, "mcp_method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--tool", "get_patient_record", "--arguments", "[1]"), "--arguments must be a JSON"),
+        (("--tool", "get_patient_record", "--arguments", "{"), "--arguments is not JSON"),
+        (("--arguments", '{"patient_id": "p-1"}'), "--arguments needs --tool"),
+        (("--body", "@/nonexistent/body.json"), "--body `@/nonexistent/body.json`"),
+    ],
+)
+def test_check_bad_tool_input_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    site = Site(tmp_path)
+    code, report, err = check_tool(capsys, site, "--claims", json.dumps(SCRIBE_CLAIMS), *args)
+    assert (code, report) == (2, {})
+    assert message in err
+    if "--arguments needs" in message:
+        code, _, err = run(capsys, "check", "--config", str(site.config), "--path", "/mcp",
+                           "--claims", json.dumps(SCRIBE_CLAIMS))  # fmt: skip
+        assert code == 2 and "--method is required" in err

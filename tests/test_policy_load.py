@@ -25,8 +25,9 @@ SHIPPED_IDS = {
         "purpose_not_allowed",
         2,
     ),
+    "agents-connect-to-mcp": ("agents-connect-to-mcp.cedar", "permit", "", 4),
     "billing-bot-read-claims": ("billing-bot-read-claims.cedar", "permit", "", 2),
-    "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical", 2),
+    "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical", 3),
     "grant-purpose-must-match": ("grant-purpose-must-match.cedar", "forbid", "purpose_mismatch", 2),
     "high-risk-agents-never-write": (
         "high-risk-agents-never-write.cedar",
@@ -34,11 +35,17 @@ SHIPPED_IDS = {
         "risk_too_high",
         3,
     ),  # two comment lines
+    "medication-history-at-most-a-year": (
+        "medication-history-at-most-a-year.cedar",
+        "forbid",
+        "history_too_long",
+        3,
+    ),
     "med-reconciler-read-medications": ("med-reconciler-read-medications.cedar", "permit", "", 2),
     "scribe-read-records": ("scribe-read-records.cedar", "permit", "", 2),
     "scribe-write-notes": ("scribe-write-notes.cedar", "permit", "", 2),
 }
-SHIPPED_COUNT = 8
+SHIPPED_COUNT = 10
 SEED = "entities.json"  # registered_by of every agent seeded from the policy directory
 
 
@@ -76,8 +83,9 @@ def test_shipped_bundle_counts(bundle: policy_load.PolicyBundle) -> None:
     assert len(bundle.policy_set) == SHIPPED_COUNT
     assert len(bundle.policies) == SHIPPED_COUNT
     assert bundle.shadow_probe is None  # no shipped policy is in shadow mode
-    assert bundle.actions == frozenset({"read", "write"})
-    assert len(bundle.routes.routes) == 4
+    assert bundle.actions == frozenset({"read", "write", "connect"})
+    assert len(bundle.routes.routes) == 6
+    assert len(bundle.routes.mcp["/mcp"].tools) == 4
     assert len(bundle.version) == 16
     int(bundle.version, 16)
 
@@ -683,7 +691,7 @@ def test_route_loads_when_the_schema_declares_the_action(copy: Path) -> None:
     )
     edit(copy / "routes.toml", 'action = "write"', 'action = "delete"')
     bundle = policy_load.load(copy)
-    assert bundle.actions == frozenset({"read", "write", "delete"})
+    assert bundle.actions == frozenset({"read", "write", "connect", "delete"})
     assert bundle.routes.resolve("POST", "/patients/p/notes").action == "delete"
 
 

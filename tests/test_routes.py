@@ -11,7 +11,7 @@ from authz.model import EntityRef
 from authz.policy import routes
 from tests.conftest import POLICIES
 
-ACTIONS = frozenset({"read", "write"})
+ACTIONS = frozenset({"read", "write", "connect"})
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,20 @@ def test_shipped_routes_resolve(
     assert found.phi is True
 
 
-def test_shipped_table_has_the_four_routes(table: routes.RouteTable) -> None:
+def test_shipped_table_has_the_four_routes_and_the_mcp_endpoint(
+    table: routes.RouteTable,
+) -> None:
     assert sorted((r.method, r.template) for r in table.routes) == [
+        ("DELETE", "/mcp"),
         ("GET", "/claims/{claim}"),
+        ("GET", "/mcp"),
         ("GET", "/patients/{patient}/medications"),
         ("GET", "/patients/{patient}/records"),
         ("POST", "/patients/{patient}/notes"),
     ]
+    assert sorted(table.mcp["/mcp"].tools) == [
+        "get_claims", "get_medications", "get_patient_record", "write_note",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("suffix", ["?a=1", "?x=/../etc&y=%2f", "#frag", "?q=1#frag", "?", "#../x"])
@@ -311,8 +318,8 @@ def test_load_non_utf8(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "no `[[route]]` entries"),
-        ("route = 1\n", "no `[[route]]` entries"),
+        ("", "no `[[route]]` or `[[mcp]]` entries"),
+        ("route = 1\n", "`route` and `mcp` must be arrays of tables"),
         (GOOD.replace('method = "GET"\n', ""), "route 1: missing key 'method'"),
         (GOOD.replace('action = "read"\n', ""), "route 1: missing key 'action'"),
         (

@@ -6,7 +6,8 @@ Each row has the four elements of 164.528(b)(2):
 
     (i)   date          the record's `time`
     (ii)  recipient     the agent that received the data, and its accountable owner
-    (iii) description   the action and the resource (e.g. read Records::"p-1001")
+    (iii) description   the action and the resource (e.g. read Records::"p-1001"), and
+                        the MCP tool when an agent's tool call disclosed it
     (iv)  purpose       the purpose the request stated, and the grant it used
 
 plus what ties it back to the trail: user, chain, transaction id, decision id.
@@ -105,7 +106,7 @@ def _row(r: dict[str, Any]) -> Disclosure:
         date=r["time"],
         recipient=r.get("agent", ""),
         recipient_owner=r.get("owner", ""),
-        description=f"{r.get('action', '')} {r.get('resource', '')}",
+        description=_description(r),
         purpose=r.get("purpose", ""),
         user=r.get("user", ""),
         chain=" -> ".join(chain),
@@ -113,6 +114,12 @@ def _row(r: dict[str, Any]) -> Disclosure:
         txn=r.get("txn", ""),
         decision_id=r.get("decision_id", ""),
     )
+
+
+def _description(r: dict[str, Any]) -> str:
+    what = f"{r.get('action', '')} {r.get('resource', '')}"
+    tool = r.get("tool")
+    return f"{what} (MCP tool {tool})" if tool else what
 
 
 def render(rows: list[Disclosure], fmt: str, title: str) -> str:

@@ -13,6 +13,7 @@ Its claims bind the decision to the request it allowed:
     method, host, path   the request (path without its query)
     policy_version  the hash of the policy set that decided
     body_sha256     only when Envoy sent the whole body (`with_request_body`)
+    tool            only for an MCP tool call: the tool (its arguments are in the body)
 
 `verify` checks the signature against a JWKS and, when asked, the binding to a
 method, path, host and body; an auditor needs nothing but the receipt and the
@@ -92,6 +93,9 @@ class ReceiptSigner:
         }
         if req.body_sha256:
             claims["body_sha256"] = req.body_sha256
+        route = decision.route
+        if route is not None and route.mcp is not None and route.mcp.tool:
+            claims["tool"] = route.mcp.tool
         payload = b64url(json.dumps(claims, separators=(",", ":")).encode("ascii"))
         signing_input = f"{self._header}.{payload}"
         return f"{signing_input}.{b64url(self._key.sign(signing_input.encode('ascii')))}"

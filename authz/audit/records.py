@@ -10,10 +10,12 @@ by `type`:
 
 The chain hashes every field a record holds, so adding a field (a future
 `shadow` decision, say) needs no change to hashing or verification. Records
-never hold a token, only its SHA-256; `json.dumps` escapes every control
-and non-ASCII character, so each record stays one ASCII line whatever the
-claims contain. Floats are not allowed in the chained part except
-`latency_ms`, which always holds at most three decimals.
+never hold a token, only its SHA-256, nor an MCP tool call's arguments (they
+may be PHI), only the tool and the SHA-256 of the arguments' canonical JSON.
+`json.dumps` escapes every control and non-ASCII character, so each record
+stays one ASCII line whatever the claims contain. Floats are not allowed in
+the chained part except `latency_ms`, which always holds at most three
+decimals.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class AuditRecord:
     parents: list[str] = field(default_factory=list)  # the resource's ancestors
     request_id: str = ""  # Envoy's x-request-id
     trace_id: str = ""  # the W3C trace id: Envoy's trace, or Lasthop's own span's
+    mcp_method: str = ""  # an MCP request's JSON-RPC method (`batch` for a batch)
+    tool: str = ""  # an MCP tools/call: the tool
+    arguments_sha256: str = ""  # and the SHA-256 of its arguments; never the arguments
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, shallow: a record is never changed once made."""
@@ -103,6 +108,9 @@ class AuditRecord:
             parents=[str(p) for p in route.parents] if route else [],
             request_id=req.request_id,
             trace_id=trace_id,
+            mcp_method=route.mcp.method if route and route.mcp else "",
+            tool=route.mcp.tool if route and route.mcp else "",
+            arguments_sha256=route.mcp.arguments_sha256 if route and route.mcp else "",
         )
 
 

@@ -1,7 +1,10 @@
 """Whole decisions kept for identical requests, within one second and one state of the world.
 
 A key holds everything a decision depends on: the exact `authorization`
-and `txn-token` header values, method, path, host and peer; the current
+and `txn-token` header values, method, path, host and peer; the body as
+Envoy sent it (its digest, whether it was cut short, whether there was one:
+an MCP endpoint decides by its body) and the `mcp-method` and `mcp-name`
+headers checked against it; the current
 second (the token, grant and Cedar `time` checks all work in whole
 seconds); the policy version and the issuer's key generation; and the
 store generation, which every grant or agent write, every invalidation
@@ -45,6 +48,11 @@ class DecisionCache:
             req.path,
             req.host,
             req.peer_principal,
+            req.body_sha256,
+            req.body_partial,
+            req.body is None,
+            tuple(headers.get("mcp-method", ())),
+            tuple(headers.get("mcp-name", ())),
             int(now),
             version,
             keys,

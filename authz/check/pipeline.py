@@ -7,7 +7,8 @@
                  anyone presenting the token but the current actor
     registry  -> every agent in the chain registered and active
     intent    -> purpose and txn, from a verified txn-token or the token's own claims
-    route     -> method + path -> Cedar action + resource
+    route     -> method + path -> Cedar action + resource; a POST to an MCP endpoint:
+                 its JSON-RPC body -> the tool's action + resource (`check.mcp`)
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
@@ -38,7 +39,7 @@ from typing import Protocol
 
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.records import AuditRecord, AuditSink, EventRecord
-from authz.check import delegation, grants, identity
+from authz.check import delegation, grants, identity, mcp
 from authz.check.decisions import DecisionCache
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
@@ -256,7 +257,7 @@ class Pipeline:
         timer("registry")
         intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
         timer("intent")
-        route = facts.route = policy.bundle.routes.resolve(req.method, req.path)
+        route = facts.route = self._route(req, policy)
         timer("route")
         grant = facts.grant = await self._grants(chain, route, intent)
         timer("grants")
@@ -296,6 +297,15 @@ class Pipeline:
         facts.owner = agents[-1].owner if agents else ""
         return tuple(agents)
 
+    def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
+        """The route table's action and resource; an MCP endpoint's come from the body."""
+        routes = policy.bundle.routes
+        endpoint = routes.mcp_endpoint(req.method, req.path)
+        if endpoint is None:
+            return routes.resolve(req.method, req.path)
+        messages, batch = mcp.read(req, endpoint.max_body_bytes, endpoint.max_depth)
+        return endpoint.resolve(messages, batch)
+
     async def _grants(self, chain: Chain, route: RouteMatch, intent: Intent) -> Grant | None:
         """A PHI route needs a live grant of (actor, user) for this purpose; others need none."""
         if not route.phi:
@@ -327,7 +337,7 @@ class Pipeline:
             principal=principal,
             action=route.action,
             resource=route.resource,
-            context=self._context(req, chain, intent, grant),
+            context=self._context(req, chain, intent, grant, route),
         )
         facts.outcome = policy.evaluate(
             request, policy.delta(route.resource, route.parents, agents)
@@ -437,7 +447,7 @@ class Pipeline:
         return agent
 
     def _context(
-        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None
+        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None, route: RouteMatch
     ) -> dict[str, object]:
         context: dict[str, object] = {
             "user": {"__entity": {"type": "User", "id": chain.user}},
@@ -456,6 +466,9 @@ class Pipeline:
                 "issued_by": grant.issued_by,
                 "expires_at": grant.expires_at,
             }
+        call = route.mcp
+        if call is not None and call.arguments is not None:
+            context["tool"] = {"name": call.tool, "arguments": call.arguments}
         return context
 
 

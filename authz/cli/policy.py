@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import cedarpy
 
 from authz import config
-from authz.check import delegation, grants
+from authz.check import delegation, grants, mcp
 from authz.check import keys as jwks
 from authz.check.identity import bearer_token
 from authz.cli.conventions import Exit, add_output, print_json, read_secret
@@ -70,8 +70,14 @@ def add_commands(sub: Any) -> None:
         "--token-file", help="a file holding the bearer token (- for stdin), kept off argv"
     )
     who.add_argument("--claims", help="token claims as JSON (signature not checked)")
-    check.add_argument("--method", required=True)
-    check.add_argument("--path", required=True)
+    check.add_argument("--method", help="default: POST with --tool or --body")
+    check.add_argument("--path", required=True, help="e.g. /patients/p-1001/records, or /mcp")
+    body = check.add_mutually_exclusive_group()
+    body.add_argument("--tool", help="an MCP tool call: its name (POST to --path as JSON-RPC)")
+    body.add_argument("--body", help="the request body as Envoy would send it; @FILE reads a file")
+    check.add_argument(
+        "--arguments", default="{}", help='the tool\'s arguments as JSON: {"patient_id": "p-1001"}'
+    )
     check.add_argument("--header", action="append", default=[], help="NAME:VALUE, repeatable")
     check.add_argument(
         "--grant",
@@ -91,6 +97,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "shadow": sum(p.mode == "shadow" for p in bundle.policies.values()),
         "agents": len(bundle.agents),
         "routes": len(bundle.routes.routes),
+        "mcp_tools": sum(len(e.tools) for e in bundle.routes.mcp.values()),
         "version": bundle.version,
     }
     if args.output == "json":
@@ -98,7 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     print(
         f"ok: {summary['policies']} policies ({summary['shadow']} shadow), "
-        f"{summary['agents']} agents, {summary['routes']} routes, version {summary['version']}"
+        f"{summary['agents']} agents, {summary['routes']} routes, "
+        f"{summary['mcp_tools']} MCP tools, version {summary['version']}"
     )
     return 0
 
@@ -246,13 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         token, source = raw.removeprefix("Bearer "), "verified against identity.jwks"
     else:
         signer = offline.ClaimsSigner(settings.identity)
-        try:
-            claims = json.loads(args.claims)
-        except ValueError as err:
-            raise UsageError(f"--claims is not JSON: {err}") from err
-        if not isinstance(claims, dict):
-            raise UsageError("--claims must be a JSON object")
-        keys, token = signer.keys, signer.token(claims, now)
+        keys, token = signer.keys, signer.token(_json_object(args.claims, "--claims"), now)
         source = "claims given on the command line (signature not checked)"
     env = offline.build(
         bundle,
@@ -270,9 +272,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not sep:
             raise UsageError(f"--header `{item}` is not NAME:VALUE")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
-    request = CheckInput(
-        method=args.method.upper(), path=args.path, host="lasthop-check", headers=headers
-    )
+    body = _body_of(args)
+    method = args.method or ("POST" if body is not None else "")
+    if not method:
+        raise UsageError("--method is required unless --tool or --body is given")
+    request = offline.request_of(method.upper(), args.path, "lasthop-check", headers, body)
     decision = offline.run_check(env, request, held)
     report = _explain(decision, request, held, source, bundle, now)
     if args.output == "json":
@@ -280,6 +284,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0 if decision.allowed else 1
+
+
+def _body_of(args: argparse.Namespace) -> bytes | None:
+    """The body `--tool`/`--arguments` or `--body` describe; None when neither is given."""
+    if args.tool:
+        return mcp.call_body(args.tool, _json_object(args.arguments, "--arguments"))
+    if args.arguments != "{}":
+        raise UsageError("--arguments needs --tool")
+    if args.body is None:
+        return None
+    if args.body.startswith("@"):
+        try:
+            return Path(args.body[1:]).read_bytes()
+        except OSError as err:
+            raise UsageError(f"--body `{args.body}`: {err.strerror}") from err
+    return str(args.body).encode("utf-8")
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"{option} is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object")
+    return value
 
 
 def _chain_of(env: offline.Offline, token: str) -> tuple[str, str]:
@@ -365,6 +395,7 @@ def _explain(
                 "resource": str(route.resource),
                 "parents": [str(p) for p in route.parents],
                 "phi": route.phi,
+                "tool": route.mcp.tool if route.mcp else "",
             }
             if route
             else None

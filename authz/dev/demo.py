@@ -1,4 +1,5 @@
-"""`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario.
+"""`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario;
+then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`).
 
 Everything runs on loopback with freshly generated demo keys (the token
 issuer's, and Lasthop's audit and receipt signing key), in a directory that is
@@ -29,6 +30,7 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.signing import read_jwks
 from authz.cli.admin_client import AdminClient
+from authz.dev import demo_mcp
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
@@ -110,6 +112,7 @@ def run_demo(keep_running: bool = False, directory: Path | None = None) -> int:
         )
         admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token())
         _scenario(envoy.url, admin, issuer, audit_setup.jwks_path(settings))
+        demo_mcp.run(work, lasthop.port, admin, issuer, audit_setup.jwks_path(settings))
         if keep_running:
             _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer, admin, cfg)
     finally:
@@ -137,7 +140,7 @@ def _show_audit(settings: config.Settings, cfg: Path) -> None:
             chain = " -> ".join([r["user"], *r["chain"]]) if r["user"] else "-"
             print(
                 f"  {r['seq']:>3} decision {r['decision']:<5} {r['reason']:<20} {chain:<34} "
-                f"{r['action'] or '-':<5} {r['resource'] or r['path']}"
+                f"{r['action'] or '-':<7} {r['resource'] or r['path']}{_mcp(r)}"
             )
         elif r["type"] == "event":
             print(f"  {r['seq']:>3} event    {r['event']:<26} by {r['actor']}: {r['target']}")
@@ -155,6 +158,11 @@ def _show_audit(settings: config.Settings, cfg: Path) -> None:
         f"\n$ lasthop audit disclosures --user dr-alice --config {config_arg}\n"
         + disclosures.render(rows, "md", "Accounting of disclosures: user dr-alice")
     )
+
+
+def _mcp(record: dict[str, object]) -> str:
+    what = " ".join(str(record[k]) for k in ("mcp_method", "tool") if record.get(k))
+    return f" (MCP {what})" if what else ""
 
 
 def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> list[Outcome]:

@@ -27,6 +27,7 @@ from authz.audit.signing import SigningKey
 # The shipped example: links to the checkout's policies/ and envoy/, copied into the wheel.
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 ENVOY_TEMPLATE = (EXAMPLES / "envoy" / "sidecar.yaml").resolve()
+MCP_ENVOY_TEMPLATE = (EXAMPLES / "envoy" / "mcp.yaml").resolve()
 POLICIES = (EXAMPLES / "policies").resolve()
 START_TIMEOUT = 20.0
 

@@ -14,7 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_RECORDS = {
+RECORDS = {
     "p-1001": {
         "name": "Jordan Rivera",
         "problems": ["type 2 diabetes", "hypertension"],
@@ -22,7 +22,7 @@ _RECORDS = {
     },
     "p-1002": {"name": "Sam Okafor", "problems": ["asthma"], "allergies": []},
 }
-_MEDICATIONS = {
+MEDICATIONS = {
     "p-1001": ["metformin 500 mg BID", "lisinopril 10 mg daily"],
     "p-1002": ["albuterol inhaler PRN"],
 }
@@ -55,10 +55,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
         if m := re.fullmatch(r"/patients/([^/]+)/records", path):
-            record = _RECORDS.get(m.group(1))
+            record = RECORDS.get(m.group(1))
             self._reply(200 if record else 404, {"patient": m.group(1), "record": record})
         elif m := re.fullmatch(r"/patients/([^/]+)/medications", path):
-            self._reply(200, {"patient": m.group(1), "medications": _MEDICATIONS.get(m.group(1))})
+            self._reply(200, {"patient": m.group(1), "medications": MEDICATIONS.get(m.group(1))})
         elif m := re.fullmatch(r"/claims/([^/]+)", path):
             self._reply(200, {"claim": m.group(1), "status": "submitted", "amount": "182.40"})
         else:

@@ -6,7 +6,8 @@ Rules:
   is refused as `invalid_path`; it is never normalised into another resource;
 - a path parameter matches one segment of unreserved characters (RFC 3986) and
   cannot start with a dot;
-- anything no route matches is `no_route`.
+- anything no route matches is `no_route`;
+- a POST to an MCP endpoint (`[[mcp]]`, see `policy.mcp`) is decided by its body.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from authz.codec import printable
 from authz.errors import PolicyLoadError, RouteError
-from authz.model import EntityRef, RouteMatch
+from authz.model import RouteMatch
+from authz.policy.mcp import McpEndpoint, load_endpoint
+from authz.policy.templates import ID_VALUE, EntityTemplate, entity_template
 from authz.reasons import Reason
 
 _PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
-_PARAM_VALUE = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$")
 _UNSAFE_ENCODED = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    entity_type: str
-    id_template: str
-
-    def fill(self, params: dict[str, str]) -> EntityRef:
-        return EntityRef(self.entity_type, self.id_template.format_map(params))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +37,8 @@ class Route:
     template: str
     segments: tuple[str, ...]
     action: str
-    resource: _Template
-    parents: tuple[_Template, ...]
+    resource: EntityTemplate
+    parents: tuple[EntityTemplate, ...]
     phi: bool
 
     def match(self, segments: list[str]) -> RouteMatch | None:
@@ -54,7 +48,7 @@ class Route:
             if param is None:
                 if pattern != segment:
                     return None
-            elif _PARAM_VALUE.match(segment):
+            elif ID_VALUE.fullmatch(segment):
                 params[param.group(1)] = segment
             else:
                 return None
@@ -68,8 +62,9 @@ class Route:
 
 
 class RouteTable:
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(self, routes: list[Route], mcp: list[McpEndpoint] | None = None) -> None:
         self.routes = tuple(routes)
+        self.mcp = {endpoint.path: endpoint for endpoint in mcp or ()}
         self._index: dict[tuple[str, int], list[Route]] = {}
         for route in routes:
             self._index.setdefault((route.method, len(route.segments)), []).append(route)
@@ -81,7 +76,11 @@ class RouteTable:
             found = route.match(segments)
             if found is not None:
                 return found
-        raise RouteError(Reason.NO_ROUTE, f"no route for `{method} {_printable(path)}`")
+        raise RouteError(Reason.NO_ROUTE, f"no route for `{method} {printable(path, 200)}`")
+
+    def mcp_endpoint(self, method: str, path: str) -> McpEndpoint | None:
+        """The MCP endpoint a POST to `path` (without its query) goes to, if any."""
+        return self.mcp.get(path) if method == "POST" else None
 
 
 def split_path(path: str) -> list[str]:
@@ -100,10 +99,6 @@ def split_path(path: str) -> list[str]:
     return segments
 
 
-def _printable(text: str) -> str:
-    return text[:200].encode("unicode_escape").decode("ascii")
-
-
 def load(path: Path, actions: frozenset[str] | None = None) -> RouteTable:
     """Read `routes.toml`; `actions`, when given, is the set of actions the schema declares."""
     where = str(path)
@@ -116,10 +111,21 @@ def load(path: Path, actions: frozenset[str] | None = None) -> RouteTable:
     except tomllib.TOMLDecodeError as err:
         line = _toml_line(str(err))
         raise PolicyLoadError(where, f"invalid TOML: {err}", line) from err
-    entries = doc.get("route")
-    if not isinstance(entries, list) or not entries:
-        raise PolicyLoadError(where, "no `[[route]]` entries")
-    return RouteTable([_route(entry, i, where, actions) for i, entry in enumerate(entries)])
+    entries = doc.get("route", [])
+    endpoints = doc.get("mcp", [])
+    if not isinstance(entries, list) or not isinstance(endpoints, list):
+        raise PolicyLoadError(where, "`route` and `mcp` must be arrays of tables")
+    if not entries and not endpoints:
+        raise PolicyLoadError(where, "no `[[route]]` or `[[mcp]]` entries")
+    routes = [_route(entry, i, where, actions) for i, entry in enumerate(entries)]
+    mcp = [_mcp(entry, i, where, actions) for i, entry in enumerate(endpoints)]
+    endpoint_paths = [e.path for e in mcp]
+    for endpoint in endpoint_paths:
+        if endpoint_paths.count(endpoint) > 1:
+            raise PolicyLoadError(where, f"MCP endpoint `{endpoint}` is declared twice")
+        if any(r.method == "POST" and r.template == endpoint for r in routes):
+            raise PolicyLoadError(where, f"`POST {endpoint}` is both a route and an MCP endpoint")
+    return RouteTable(routes, mcp)
 
 
 def _toml_line(message: str) -> int | None:
@@ -154,19 +160,19 @@ def _route(entry: Any, index: int, where: str, actions: frozenset[str] | None) -
         template=template,
         segments=segments,
         action=action,
-        resource=_entity_template(resource_text, names, where, ctx),
-        parents=tuple(_entity_template(p, names, where, ctx) for p in parent_texts),
+        resource=entity_template(resource_text, names, where, ctx),
+        parents=tuple(entity_template(p, names, where, ctx) for p in parent_texts),
         phi=phi,
     )
 
 
-def _entity_template(text: str, names: set[str], where: str, ctx: str) -> _Template:
+def _mcp(entry: Any, index: int, where: str, actions: frozenset[str] | None) -> McpEndpoint:
+    ctx = f"mcp endpoint {index + 1}"
+    path = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(path, str) or "{" in path:
+        raise PolicyLoadError(where, f"{ctx}: `path` must be a fixed path like `/mcp`")
     try:
-        ref = EntityRef.parse(text)
-    except ValueError as err:
-        raise PolicyLoadError(where, f"{ctx}: {err}") from err
-    used = set(re.findall(r"\{([a-z_][a-z0-9_]*)\}", ref.id))
-    if used - names:
-        unknown = sorted(used - names)
-        raise PolicyLoadError(where, f"{ctx}: `{text}` uses unknown parameters {unknown}")
-    return _Template(ref.type, ref.id)
+        split_path(path)
+    except RouteError as err:
+        raise PolicyLoadError(where, f"{ctx}: path `{path}`: {err.detail}") from err
+    return load_endpoint(entry, path, f"{ctx} (`{path}`)", where, actions)

@@ -27,6 +27,9 @@ _KEYS = {
     "headers",
     "method",
     "path",
+    "tool",
+    "arguments",
+    "body",
     "grants",
     "expect",
     "reason",
@@ -69,6 +72,7 @@ def load(path: Path) -> list[dict[str, Any]]:
         unknown = set(scenario) - _KEYS
         if unknown:
             raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
+        _check_mcp(scenario, where)
         for key in ("name", "method", "path", "expect", "reason"):
             if not isinstance(scenario.get(key), str):
                 raise ScenarioError(f"{where}: `{key}` is required")
@@ -79,6 +83,20 @@ def load(path: Path) -> list[dict[str, Any]]:
             if unknown:
                 raise ScenarioError(f"{where}: unknown grant keys {sorted(unknown)}")
     return list(scenarios)
+
+
+def _check_mcp(scenario: dict[str, Any], where: str) -> None:
+    """`tool` (with `arguments`) or `body`: a POST to an MCP endpoint; `method` defaults to it."""
+    if "tool" in scenario and "body" in scenario:
+        raise ScenarioError(f"{where}: give `tool` or `body`, not both")
+    if "arguments" in scenario and not isinstance(scenario.get("tool"), str):
+        raise ScenarioError(f"{where}: `arguments` needs `tool`")
+    if not isinstance(scenario.get("arguments", {}), dict):
+        raise ScenarioError(f"{where}: `arguments` must be a table")
+    if not isinstance(scenario.get("body", ""), str):
+        raise ScenarioError(f"{where}: `body` must be a string")
+    if "tool" in scenario or "body" in scenario:
+        scenario.setdefault("method", "POST")
 
 
 def claims_of(scenario: dict[str, Any], act: dict[str, Any] | None) -> dict[str, Any]:

@@ -5,14 +5,17 @@
 - An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
   the signed `x-lasthop-receipt` when receipts are on, after removing every
   `x-lasthop-*` header the client sent.
-- When Envoy sends the whole request body (`with_request_body`, and
-  `x-envoy-auth-partial-body: false`), its SHA-256 is bound into the receipt.
+- When Envoy sends the request body (`with_request_body`), it goes to the
+  pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
+  partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
+  a whole body is bound into the receipt. No such header: Envoy sent no body.
 - The request id is Envoy's `x-request-id` (the sidecar config forwards it), else
   the CheckRequest's own `id`.
 - The W3C `traceparent` the check continues: the one Envoy puts on the gRPC call
   (its ext_authz span, when Envoy traces), else the request's own (when the
   sidecar config forwards `traceparent`); an invalid one is ignored.
-- A deny is `DeniedHttpResponse` with status 401 / 403 / 503 and a JSON body;
+- A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
+  or 413 for an MCP body) and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
 """
@@ -36,7 +39,12 @@ from authz.reasons import Reason
 HEADER_PREFIX = "x-lasthop-"
 RECEIPT_HEADER = "x-lasthop-receipt"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
-_GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+_GRPC_CODE = {
+    400: code_pb2.INVALID_ARGUMENT,  # an MCP body Lasthop cannot read
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    413: code_pb2.INVALID_ARGUMENT,  # an MCP body too large or cut
+}
 
 
 def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput:
@@ -51,6 +59,7 @@ def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput
         for key, value in http.headers.items():
             headers[key.lower()] = [value]
     path, _ = split_target(http.path)
+    body, partial = _body(http, headers)
     return CheckInput(
         method=http.method.upper(),
         path=path,
@@ -58,20 +67,23 @@ def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput
         headers=headers,
         peer_principal=request.attributes.source.principal,
         request_id=headers.get("x-request-id", [http.id])[0][:128],
-        body_sha256=_body_digest(http, headers),
+        body_sha256=hashlib.sha256(body).hexdigest() if body is not None and not partial else "",
+        body=body,
+        body_partial=partial,
         traceparent=codec.traceparent(call_traceparent)
         or codec.traceparent(headers.get("traceparent", [""])[0]),
     )
 
 
-def _body_digest(
+def _body(
     http: attributes.AttributeContext.HttpRequest, headers: dict[str, list[str]]
-) -> str:
-    """SHA-256 of the body, only when Envoy says it sent all of it."""
-    if headers.get(PARTIAL_BODY_HEADER) != ["false"]:
-        return ""
+) -> tuple[bytes | None, bool]:
+    """(the body Envoy sent, whether only part of it); (None, False) when it sends none."""
+    said = headers.get(PARTIAL_BODY_HEADER)
+    if said is None:
+        return None, False
     body = http.raw_body if http.raw_body else http.body.encode("utf-8")
-    return hashlib.sha256(body).hexdigest()
+    return body, said != ["false"]
 
 
 def identity_headers(decision: Decision) -> dict[str, str]:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from authz.audit.records import MemoryAudit
 from authz.check import keys as jwks
+from authz.check import mcp
 from authz.check.delegation import act_claim
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -88,6 +89,22 @@ def build(
     return Offline(pipeline=pipeline, store=store, audit=audit)
 
 
+def request_of(
+    method: str, path: str, host: str, headers: dict[str, list[str]], body: bytes | None
+) -> CheckInput:
+    """A request as Envoy describes it; `body`: the whole body, as `with_request_body` sends it."""
+    if body is None:
+        return CheckInput(method=method, path=path, host=host, headers=headers)
+    return CheckInput.with_body(body, method=method, path=path, host=host, headers=headers)
+
+
+def scenario_body(scenario: dict[str, Any]) -> bytes | None:
+    if "tool" in scenario:
+        return mcp.call_body(scenario["tool"], scenario.get("arguments", {}))
+    body = scenario.get("body")
+    return body.encode("utf-8") if isinstance(body, str) else None
+
+
 def run_check(offline: Offline, request: CheckInput, grants: list[Grant]) -> Decision:
     async def go() -> Decision:
         for grant in grants:
@@ -125,7 +142,7 @@ def _run_scenario(
     elif authorization:
         headers["authorization"] = [authorization]
     path, _ = split_target(scenario["path"])
-    request = CheckInput(method=scenario["method"], path=path, host="ehr.internal", headers=headers)
+    request = request_of(scenario["method"], path, "ehr.internal", headers, scenario_body(scenario))
 
     async def go() -> Decision:
         for grant, used in scenarios.grants_of(scenario, int(now)):

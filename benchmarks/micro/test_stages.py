@@ -1,4 +1,5 @@
-"""Per-stage micro benchmarks: token verify, chain, grant lookup, Cedar decision, audit enqueue.
+"""Per-stage micro benchmarks: token verify, chain, grant lookup, Cedar decision, audit enqueue,
+an MCP body read and resolved to its tool's action and resource.
 
     .venv/bin/python -m pytest benchmarks/micro                      # with timings
     .venv/bin/python -m pytest benchmarks/micro --benchmark-disable  # the CI smoke: runs each once
@@ -20,9 +21,9 @@ from authz.audit.records import AuditRecord
 from authz.audit.signing import SigningKey
 from authz.audit.trail import TrailOptions
 from authz.audit.writer import AuditLog
-from authz.check import delegation, grants, identity
+from authz.check import delegation, grants, identity, mcp
 from authz.dev.tokens import DemoIssuer
-from authz.model import EntityRef, RouteMatch
+from authz.model import CheckInput, EntityRef, RouteMatch
 from authz.policy import evaluate as policy
 from authz.policy import load as policy_load
 from authz.stores.embedded import EmbeddedGrantStore
@@ -96,6 +97,18 @@ def test_cedar_decision(benchmark: Any) -> None:
         return policy.PolicyEngine(bundle).evaluate(request, delta)  # a fresh engine: uncached
 
     assert benchmark(decide).allowed
+
+
+def test_mcp_body(benchmark: Any) -> None:
+    """What a tool call adds to the route phase: read the JSON-RPC body, check, resolve."""
+    endpoint = policy_load.load(POLICIES).routes.mcp["/mcp"]
+    body = mcp.call_body("get_patient_record", {"patient_id": "p-1001"}, 42)
+    request = CheckInput.with_body(body, method="POST", path="/mcp", host="h", headers={})
+
+    def resolve() -> RouteMatch:
+        return endpoint.resolve(*mcp.read(request, endpoint.max_body_bytes, endpoint.max_depth))
+
+    assert benchmark(resolve).resource == EntityRef("Records", "p-1001")
 
 
 def test_audit_enqueue(benchmark: Any, tmp_path: Path) -> None:

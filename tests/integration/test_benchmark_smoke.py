@@ -42,3 +42,20 @@ def test_the_tracing_overhead_harness_runs_and_exports_every_span() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "tracing off" in result.stdout and "40 spans exported" in result.stdout
+
+
+def test_the_tool_call_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/mcp_check.py, tiny: both requests are allowed, every figure is there."""
+    out = tmp_path / "mcp.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mcp_check.py"), "--checks", "20",
+         "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for regime in ("warm", "cold"):
+        assert report[regime]["get_p50_us"] > 0 and report[regime]["mcp_p50_us"] > 0
+    assert report["parse_p50_us"] > 0 and "ratio median" in result.stdout

@@ -25,6 +25,11 @@ EXPECTED = [
     ("403", "billing_not_clinical"),
     ("401", "missing_token"),
     ("403", "no_grant"),
+    # the MCP part: the SDK's client through Envoy to the SDK's server
+    ("200", "allowed"),
+    ("403", "no_grant"),
+    ("403", "billing_not_clinical"),
+    ("403", "history_too_long"),
 ]
 
 
@@ -49,10 +54,12 @@ def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) ->
     # The chained call shows the whole chain, and revocation happens before the last step.
     assert "upstream saw chain=dr-alice,orchestrator,scribe" in result.stdout
     revoked = result.stdout.index("revokes")
-    assert result.stdout.rindex("-> 403 no_grant") > revoked
+    assert result.stdout.index("-> 403 no_grant", revoked) > revoked
+    assert "the MCP server saw chain=dr-alice,scribe" in result.stdout
+    assert "(MCP tools/call get_patient_record)" in result.stdout
     assert "Traceback" not in result.stderr
-    # The trail verifies, and dr-alice's disclosures are exactly the two allowed reads,
-    # the decisions whose receipts the upstream got.
+    # The trail verifies, and dr-alice's disclosures are exactly the three allowed reads
+    # (two HTTP, one tool call), the decisions whose receipts the upstream got.
     assert "ok: every hash, the sequence and every signature verify" in result.stdout
     receipts = re.findall(r"signed receipt for decision ([0-9a-f]{32}), verified", result.stdout)
     disclosed = re.findall(
@@ -60,7 +67,8 @@ def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) ->
         result.stdout,
         re.MULTILINE,
     )
-    assert len(receipts) == 2 and disclosed == receipts
+    assert len(receipts) == 3 and disclosed == receipts
+    assert "naming tool get_patient_record" in result.stdout
     # Issue 18: it printed `lasthop audit verify decisions.jsonl`, which failed as printed,
     # and deleted the trail on exit. Now the trail is kept, and each command works.
     assert f"kept in {work.resolve()}" in result.stdout
