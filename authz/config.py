@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from authz import spiffe
 from authz.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:9191"
@@ -24,6 +25,7 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+DEFAULT_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
 
 REDIS_SCHEMES = (
@@ -39,13 +41,14 @@ REDIS_SCHEMES = (
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_DURATION = re.compile(r"(\d+)(s|m|h)")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> int:
     """`30s`, `15m`, `2h` -> seconds. Raises ValueError otherwise."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"`{text}` is not a duration like 30s, 15m or 2h")
     return int(match.group(1)) * _UNIT[match.group(2)]
@@ -61,6 +64,9 @@ class ServerSettings:
     log_format: str = "text"  # or "json": one object per line with a stable `event` name
     log_level: str = "info"  # debug (a line per decision), info, warning or error
     latency_budget_ms: int = 10  # the p99 check latency the shipped alert holds Lasthop to
+    # headers that ask an upstream to run another method: one naming another method is
+    # denied, and every one is removed on an allow (Envoy must send them: allowed_headers)
+    method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class IdentitySettings:
     max_chain_depth: int = 4
     bind_peer: bool = False
     spiffe_trust_domain: str = ""  # with bind_peer: peers must come from this trust domain
+    # with bind_peer: the SPIFFE ID of an agent with none of its own in the registry, e.g.
+    # "spiffe://{trust_domain}/ns/agents/sa/{agent}"; empty: every agent needs its own
+    spiffe_id_template: str = ""
     txn_token_issuers: tuple[str, ...] = ()  # empty: the access-token issuer
 
 
@@ -120,7 +129,7 @@ class AdminSettings:
     audience: str = "lasthop-admin"
 
 
-_FSYNC_INTERVAL = re.compile(r"^(\d+)ms$")
+_FSYNC_INTERVAL = re.compile(r"(\d+)ms")
 MAX_FSYNC_INTERVAL_MS = 10_000
 
 
@@ -143,7 +152,7 @@ class AuditSettings:
         """0.0 for `always`; raises ValueError on anything but `always` or `<N>ms`."""
         if self.fsync == "always":
             return 0.0
-        match = _FSYNC_INTERVAL.match(self.fsync)
+        match = _FSYNC_INTERVAL.fullmatch(self.fsync)
         if not match or not 1 <= int(match.group(1)) <= MAX_FSYNC_INTERVAL_MS:
             raise ValueError(
                 f"must be `always` or an interval from 1ms to "
@@ -337,6 +346,12 @@ def _validate_server(s: ServerSettings) -> None:
         ("server.metrics_listen", s.metrics_listen),
     ):
         split_address(key, addr)
+    for name in s.method_override_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(
+                "server.method_override_headers",
+                f"`{name}` is not a lowercase header name (letters, digits, `-`)",
+            )
     if s.health_listen:
         split_address("server.health_listen", s.health_listen)
     if s.log_format not in LOG_FORMATS:
@@ -380,6 +395,24 @@ def _validate_identity(i: IdentitySettings) -> None:
     _range("identity.leeway_seconds", i.leeway_seconds, 0, 300)
     _positive("identity.max_token_lifetime", i.max_token_lifetime)
     _range("identity.max_chain_depth", i.max_chain_depth, 1, 16)
+    _validate_spiffe(i)
+
+
+def _validate_spiffe(i: IdentitySettings) -> None:
+    if i.spiffe_trust_domain:
+        try:
+            spiffe.trust_domain(i.spiffe_trust_domain)
+        except ValueError as err:
+            raise ConfigError("identity.spiffe_trust_domain", str(err)) from None
+    try:
+        spiffe_binding(i)
+    except ValueError as err:
+        raise ConfigError("identity.spiffe_id_template", str(err)) from None
+
+
+def spiffe_binding(i: IdentitySettings) -> spiffe.Binding:
+    """Which SPIFFE ID each agent must present; raises ValueError on a bad template."""
+    return spiffe.Binding(trust_domain=i.spiffe_trust_domain, template=i.spiffe_id_template)
 
 
 def _validate_store(s: StoreSettings) -> None:

@@ -1,6 +1,7 @@
 """Every error Lasthop raises on purpose, as one tree.
 
     LasthopError                  a check ends with it: `reason` (a `Reason`) and `detail`
+    ├── MalformedRequest (400)    the CheckRequest itself cannot be decoded
     ├── Unauthenticated (401)     the caller did not prove who it is
     │   └── TokenError            a bearer or transaction token was refused
     ├── Forbidden (403)           we know who it is, and the answer is no
@@ -19,9 +20,11 @@
     ├── ConfigError               names the config key or environment variable
     └── PolicyLoadError           names the policy file and line
 
-    RequestError                  an admin API request is invalid; nothing was written
-    ├── GrantRequestError
-    └── AgentRequestError
+    RequestError                  an admin API request is refused; nothing was written
+    ├── GrantRequestError         invalid (INVALID_ARGUMENT)
+    │   └── AgentNotActive        the grant's agent is suspended (FAILED_PRECONDITION)
+    ├── AgentRequestError         invalid (INVALID_ARGUMENT)
+    └── NotPermitted              the caller may not act for that user (PERMISSION_DENIED)
 
     UsageError                    bad command-line input or an unreadable input file (exit 2)
     ├── ScenarioError             a policy scenario file is wrong
@@ -53,6 +56,11 @@ class LasthopError(Exception):
     def status(self) -> int:
         reason = self.reason
         return reason.status if isinstance(reason, Reason) else POLICY_REASON_STATUS
+
+
+class MalformedRequest(LasthopError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.MALFORMED_REQUEST, detail)
 
 
 class Unauthenticated(LasthopError):
@@ -150,8 +158,16 @@ class GrantRequestError(RequestError):
     pass
 
 
+class AgentNotActive(GrantRequestError):
+    """The agent exists but is suspended: no grant until it is resumed."""
+
+
 class AgentRequestError(RequestError):
     pass
+
+
+class NotPermitted(RequestError):
+    """The caller's role does not let it act for that user (`authz.access.authority`)."""
 
 
 class UsageError(Exception):

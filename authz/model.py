@@ -8,7 +8,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-_ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
+from authz import spiffe
+
+# Every identifier pattern is used with `fullmatch`: `$` would let a trailing newline through.
+_ENTITY = re.compile(r'([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\\x00-\x1f\x7f]*)"')
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -98,7 +101,7 @@ class EntityRef:
     @classmethod
     def parse(cls, text: str) -> EntityRef:
         """`Type::"id"` -> EntityRef. Raises ValueError for anything else."""
-        match = _ENTITY.match(text)
+        match = _ENTITY.fullmatch(text)
         if not match:
             raise ValueError(f'`{text}` is not a Cedar entity reference like Patient::"p-1001"')
         return cls(match.group(1), match.group(2))
@@ -136,6 +139,8 @@ class RouteMatch:
 
 AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 PURPOSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+# A person: a token's `sub`, which OpenID Connect caps at 255 ASCII characters.
+USER_ID = re.compile(r"[!-~]{1,255}")
 MAX_DESCRIPTION = 1000
 AGENT_STATUSES = ("active", "suspended")  # what seeds and the admin API may set
 # what the store may hold: a deregistered agent stays as a tombstone, so a seed in
@@ -155,6 +160,7 @@ class Agent:
     allowed_purposes: tuple[str, ...] = ()  # purposes it may act for
     created_at: int = 0
     registered_by: str = ""
+    spiffe_id: str = ""  # the one workload it runs as; "" binds through identity.spiffe_id_template
 
     @property
     def active(self) -> bool:
@@ -172,8 +178,11 @@ class Agent:
                 f"id `{self.id}` must be 1-63 lowercase letters, digits, `.`, `_` or `-`, "
                 "starting with a letter or digit"
             )
-        if not self.owner.strip():
-            raise ValueError(f"agent `{self.id}`: `owner` must name the accountable human")
+        if not USER_ID.fullmatch(self.owner):
+            raise ValueError(
+                f"agent `{self.id}`: `owner` must name the accountable human "
+                "(1-255 printable ASCII characters, no spaces)"
+            )
         if not 0 <= self.risk <= 100:
             raise ValueError(f"agent `{self.id}`: `risk` must be an integer 0 to 100")
         if self.status not in statuses:
@@ -185,6 +194,11 @@ class Agent:
             raise ValueError(
                 f"agent `{self.id}`: `description` must be at most {MAX_DESCRIPTION} characters"
             )
+        if self.spiffe_id:
+            try:
+                spiffe.parse(self.spiffe_id)
+            except ValueError as err:
+                raise ValueError(f"agent `{self.id}`: `spiffe_id`: {err}") from None
         return self
 
     def to_json(self) -> str:
@@ -206,6 +220,7 @@ class Agent:
                 allowed_purposes=tuple(_str(p) for p in data.get("allowed_purposes", [])),
                 created_at=_int(data.get("created_at", 0)),
                 registered_by=_str(data.get("registered_by", "")),
+                spiffe_id=_str(data.get("spiffe_id", "")),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed agent: {err}") from err

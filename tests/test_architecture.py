@@ -30,6 +30,7 @@ RANK = {
     "codec": 0,
     "config": 0,
     "version": 0,  # authz.version(), defined in authz/__init__.py
+    "spiffe": 0,
     "stores": 1,
     "policy": 2,
     "audit": 2,

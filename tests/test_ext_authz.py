@@ -172,7 +172,12 @@ def test_allow_response() -> None:
         "x-lasthop-txn": "txn-42",
         "x-lasthop-decision-id": "d-1",
     }
-    assert list(resp.ok_response.headers_to_remove) == []
+    # the underscore spelling of each, which CGI/WSGI upstreams read as the same header
+    assert list(resp.ok_response.headers_to_remove) == underscored(resp)
+
+
+def underscored(resp: pb.CheckResponse) -> list[str]:
+    return sorted(name.replace("-", "_") for name in ok_headers(resp))
 
 
 def test_allow_removes_the_clients_other_lasthop_headers() -> None:
@@ -185,7 +190,9 @@ def test_allow_removes_the_clients_other_lasthop_headers() -> None:
         "x-other": ["keep"],
     }
     resp = ext_authz.to_response(allow(), input_with(headers))
-    assert list(resp.ok_response.headers_to_remove) == ["x-lasthop-grant", "x-lasthop-role"]
+    assert list(resp.ok_response.headers_to_remove) == sorted(
+        ["x-lasthop-grant", "x-lasthop-role", *underscored(resp)]
+    )
     # the spoofed user is overwritten, not appended
     assert ok_headers(resp)["x-lasthop-user"] == "dr-alice"
 
@@ -308,7 +315,7 @@ def servicer_check(
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> pb.CheckResponse:
     async def main() -> pb.CheckResponse:
-        return await service.Check(request, context=CallContext(metadata))
+        return await service.Check(request.SerializeToString(), context=CallContext(metadata))
 
     return asyncio.run(main())
 

@@ -5,10 +5,12 @@
     identity  -> verify the bearer JWT                                       (401)
     chain     -> read `act` into user -> agents -> actor; refuse cycles, depth and
                  anyone presenting the token but the current actor
-    registry  -> every agent in the chain registered and active
+    registry  -> every agent in the chain registered and active; with `bind_peer`, the
+                 mTLS peer is exactly the SPIFFE ID the current actor is bound to
     intent    -> purpose and txn, from a verified txn-token or the token's own claims
     route     -> method + path -> Cedar action + resource; a POST to an MCP endpoint:
-                 its JSON-RPC body -> the tool's action + resource (`check.mcp`)
+                 its JSON-RPC body -> the tool's action + resource (`check.mcp`); a
+                 method override header naming another method is refused
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
@@ -33,13 +35,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.records import AuditRecord, AuditSink, EventRecord
-from authz.check import delegation, grants, identity, mcp
+from authz.check import delegation, grants, headers, identity, mcp
 from authz.check.decisions import DecisionCache
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
@@ -65,9 +67,16 @@ from authz.model import (
     RouteMatch,
     TokenClaims,
 )
-from authz.policy.evaluate import CedarOutcome, CedarRequest, PolicyEngine, enforce
+from authz.policy.evaluate import (
+    CedarOutcome,
+    CedarRequest,
+    PolicyEngine,
+    chain_context,
+    enforce,
+)
 from authz.policy.load import PolicyBundle
 from authz.reasons import Reason
+from authz.spiffe import Binding
 from authz.stores.cache import BoundedCache
 from authz.stores.protocols import AgentRegistry, GrantStore
 
@@ -98,7 +107,8 @@ class CheckObserver(Protocol):
 class PipelineOptions:
     max_chain_depth: int
     bind_peer: bool
-    trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
+    binding: Binding = Binding()  # which SPIFFE ID each agent must present (bind_peer)
+    method_overrides: tuple[str, ...] = headers.DEFAULT_METHOD_OVERRIDES
     dry_run: bool = False
     tiers: RiskTiers = DEFAULT_TIERS
 
@@ -186,13 +196,30 @@ class Pipeline:
 
     async def check(self, req: CheckInput) -> Decision:
         """Decide, sign, record: the one entry point. Never raises."""
+        return await self._observed(req, self._decision)
+
+    async def refuse(self, req: CheckInput, err: LasthopError) -> Decision:
+        """Deny and record a request no phase could read (an undecodable CheckRequest)."""
+
+        async def refused(req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
+            facts = _Facts(policy_version=self.policy.bundle.version)
+            return facts.decision(decision_id, err.reason, err.detail, err.status), False
+
+        return await self._observed(req, refused)
+
+    async def _observed(
+        self,
+        req: CheckInput,
+        decide: Callable[[CheckInput, str], Awaitable[tuple[Decision, bool]]],
+    ) -> Decision:
+        """`decide`, then sign and record, reported to the observer. Never raises."""
         started = time.perf_counter()
         observer = self.observer
         trace_id = trace_id_of(req.traceparent)
         if observer:
             trace_id = observer.started(req) or trace_id
         try:
-            decision, cached = await self._decision(req, uuid.uuid4().hex)
+            decision, cached = await decide(req, uuid.uuid4().hex)
             if decision.allowed and self.receipts is not None:
                 decision = self._receipt(decision, req)
             decision = await self._record(decision, req, started, trace_id)
@@ -253,7 +280,7 @@ class Pipeline:
         timer("identity")
         chain = facts.chain = await self._chain(req, claims)
         timer("chain")
-        agents = await self._registry(chain, facts)
+        agents = await self._registry(req, chain, facts)
         timer("registry")
         intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
         timer("intent")
@@ -286,19 +313,26 @@ class Pipeline:
         presenting_agent = (
             bool(client) and not chain.agents and await self.registry.get(client) is not None
         )
-        delegation.check_presenter(
-            claims, chain, {client} if presenting_agent else set(), self._peer_agent(req)
-        )
+        delegation.check_presenter(claims, chain, {client} if presenting_agent else set())
         return chain
 
-    async def _registry(self, chain: Chain, facts: _Facts) -> tuple[Agent, ...]:
-        """Every agent in the chain registered and active."""
+    async def _registry(self, req: CheckInput, chain: Chain, facts: _Facts) -> tuple[Agent, ...]:
+        """Every agent in the chain registered and active; with `bind_peer`, the mTLS peer
+        is the exact SPIFFE ID the current actor is bound to, never just its last segment."""
         agents = await resolve_chain(self.registry, chain)
         facts.owner = agents[-1].owner if agents else ""
+        if self.options.bind_peer:
+            registered = agents[-1].spiffe_id if agents else ""
+            try:
+                self.options.binding.check(req.peer_principal, chain.actor, registered)
+            except ValueError as err:
+                raise DelegationError(Reason.PEER_MISMATCH, str(err)) from None
         return tuple(agents)
 
     def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
-        """The route table's action and resource; an MCP endpoint's come from the body."""
+        """The route table's action and resource; an MCP endpoint's come from the body.
+        A method override header naming another method is refused first."""
+        headers.check_method_override(req.headers, req.method, self.options.method_overrides)
         routes = policy.bundle.routes
         endpoint = routes.mcp_endpoint(req.method, req.path)
         if endpoint is None:
@@ -337,7 +371,7 @@ class Pipeline:
             principal=principal,
             action=route.action,
             resource=route.resource,
-            context=self._context(req, chain, intent, grant, route),
+            context=self._context(req, chain, agents, intent, grant, route),
         )
         facts.outcome = policy.evaluate(
             request, policy.delta(route.resource, route.parents, agents)
@@ -435,24 +469,20 @@ class Pipeline:
             )
             return False
 
-    def _peer_agent(self, req: CheckInput) -> str | None:
-        if not self.options.bind_peer:
-            return None
-        agent = delegation.spiffe_agent(req.peer_principal, self.options.trust_domain)
-        if agent is None:
-            raise DelegationError(
-                Reason.PEER_MISMATCH,
-                "no SPIFFE peer identity from Envoy in the trust domain to bind",
-            )
-        return agent
-
     def _context(
-        self, req: CheckInput, chain: Chain, intent: Intent, grant: Grant | None, route: RouteMatch
+        self,
+        req: CheckInput,
+        chain: Chain,
+        agents: tuple[Agent, ...],
+        intent: Intent,
+        grant: Grant | None,
+        route: RouteMatch,
     ) -> dict[str, object]:
         context: dict[str, object] = {
             "user": {"__entity": {"type": "User", "id": chain.user}},
             "chain_depth": chain.depth,
             "agents": [{"__entity": {"type": "Agent", "id": a}} for a in chain.agents],
+            "chain": chain_context(agents, intent.purpose, self.options.tiers),
             "delegator": chain.delegator,
             "purpose": intent.purpose,
             "txn": intent.txn,

@@ -25,6 +25,9 @@ def add_commands(sub: Any) -> None:
         "--purpose", action="append", default=[], help="a purpose it may act for; repeatable"
     )
     register.add_argument("--description", default="")
+    register.add_argument(
+        "--spiffe-id", default="", help="the workload it runs as, e.g. spiffe://td/ns/x/sa/y"
+    )
     register.set_defaults(func=cmd_register)
 
     lst = agents.add_parser("list", parents=[common], help="list agents")
@@ -37,6 +40,7 @@ def add_commands(sub: Any) -> None:
     update.add_argument("--owner")
     update.add_argument("--risk", type=int)
     update.add_argument("--description")
+    update.add_argument("--spiffe-id", help='its workload\'s SPIFFE ID; "" removes it')
     update.add_argument(
         "--purpose", action="append", help="replaces the allowed purposes; repeatable"
     )
@@ -82,6 +86,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             risk=args.risk,
             allowed_purposes=args.purpose,
             description=args.description,
+            spiffe_id=args.spiffe_id,
         )
     )
     _print([agent], args.output)
@@ -101,6 +106,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         request.risk = args.risk
     if args.description is not None:
         request.description = args.description
+    if args.spiffe_id is not None:
+        request.spiffe_id = args.spiffe_id
     if args.purpose is not None or args.clear_purposes:
         request.allowed_purposes.extend(args.purpose or [])
         request.set_allowed_purposes = True

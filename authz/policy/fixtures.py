@@ -4,14 +4,17 @@ Each file is one Cedar request (principal, action, resource with its parents,
 context) filed under the decision it must get; a DENY file may also pin the
 `reason` (a forbid's `@reason`, else `policy_denied`). Agents come from the
 bundle's seed, as on the server; the resource is added under its parents.
+A fixture without `context.chain` gets it computed from the seed, as the
+server computes it from the registry.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from authz.errors import FixtureError, LasthopError
 from authz.model import EntityRef
@@ -72,6 +75,9 @@ def run_one(bundle: PolicyBundle, path: Path, expected: str) -> FixtureResult:
     agents = tuple(bundle.agents[a] for a in fixture.agents if a in bundle.agents)
     want = expected if expected == "ALLOW" or not fixture.reason else f"DENY {fixture.reason}"
     request = fixture.request
+    if "chain" not in request.context:  # as the server computes it, from the seed
+        chain = _chain(bundle, request.context)
+        request = replace(request, context={**request.context, "chain": chain})
     try:
         engine = policy.PolicyEngine(bundle)
         outcome = engine.decide(request, engine.delta(request.resource, fixture.parents, agents))
@@ -79,6 +85,13 @@ def run_one(bundle: PolicyBundle, path: Path, expected: str) -> FixtureResult:
         return FixtureResult(path, want, f"DENY {err.reason}", err.policies)
     held = tuple(h.policy for h in outcome.shadow)
     return FixtureResult(path, want, "ALLOW", outcome.policies + held)
+
+
+def _chain(bundle: PolicyBundle, context: dict[str, Any]) -> dict[str, Any]:
+    """`context.chain` from the chain's agents as the registry seed has them."""
+    names = [e["__entity"]["id"] for e in context.get("agents", [])]
+    hops = [bundle.agents[n] for n in names if n in bundle.agents]
+    return policy.chain_context(hops, str(context.get("purpose", "")))
 
 
 def name(path: Path) -> str:

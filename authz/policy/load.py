@@ -306,7 +306,12 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
         )
     if not isinstance(description, str):
         raise PolicyLoadError(where, f"agent `{agent_id}`: `description` must be a string", line)
-    unknown = set(attrs) - {"owner", "risk", "status", "allowed_purposes", "description"}
+    spiffe_id = attrs.get("spiffe_id", "")
+    if not isinstance(spiffe_id, str):
+        raise PolicyLoadError(where, f"agent `{agent_id}`: `spiffe_id` must be a string", line)
+    unknown = set(attrs) - {
+        "owner", "risk", "status", "allowed_purposes", "description", "spiffe_id",
+    }  # fmt: skip
     if unknown:
         raise PolicyLoadError(
             where, f"agent `{agent_id}`: unknown attributes {sorted(unknown)}", line
@@ -319,6 +324,7 @@ def _agent(entity: dict[str, Any], where: str, text: str) -> Agent:
         description=description,
         allowed_purposes=tuple(purposes),
         registered_by="entities.json",
+        spiffe_id=spiffe_id,
     )
     try:
         return agent.check()

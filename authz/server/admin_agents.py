@@ -44,6 +44,7 @@ def agent_message(agent: Agent, tiers: RiskTiers) -> pb.Agent:
         status=agent.status,
         created_at=agent.created_at,
         registered_by=agent.registered_by,
+        spiffe_id=agent.spiffe_id,
     )
 
 
@@ -90,6 +91,7 @@ class AgentsService(pb_grpc.AgentsServicer):
                 allowed_purposes=tuple(request.allowed_purposes),
                 created_at=int(self._clock()),
                 registered_by=caller,
+                spiffe_id=request.spiffe_id,
             ),
         )
         if not await store_call(context, self._agents.add_agent(agent)):
@@ -149,7 +151,7 @@ class AgentsService(pb_grpc.AgentsServicer):
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
         changes: dict[str, Any] = {}
-        for name in ("owner", "description", "risk"):
+        for name in ("owner", "description", "risk", "spiffe_id"):
             if request.HasField(name):
                 changes[name] = getattr(request, name)
         if request.set_allowed_purposes:
@@ -264,6 +266,7 @@ class AgentsService(pb_grpc.AgentsServicer):
             "risk_tier": self._tiers.of(agent.risk),
             "allowed_purposes": list(agent.allowed_purposes),
             "status": agent.status,
+            "spiffe_id": agent.spiffe_id,
             **extra,
         }
         try:

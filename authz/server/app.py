@@ -32,7 +32,7 @@ from authz.check.identity import (
 )
 from authz.check.intent import IntentReader
 from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
-from authz.config import IdentitySettings, Settings
+from authz.config import DEFAULT_METHOD_OVERRIDES, IdentitySettings, Settings, spiffe_binding
 from authz.errors import ConfigError, StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
@@ -166,6 +166,7 @@ def assemble(
     tiers: RiskTiers = DEFAULT_TIERS,
     decisions: DecisionCache | None = None,
     receipts: ReceiptSigner | None = None,
+    method_overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -180,7 +181,8 @@ def assemble(
         options=PipelineOptions(
             max_chain_depth=ident.max_chain_depth,
             bind_peer=ident.bind_peer,
-            trust_domain=ident.spiffe_trust_domain,
+            binding=spiffe_binding(ident),
+            method_overrides=method_overrides,
             dry_run=dry_run,
             tiers=tiers,
         ),
@@ -285,6 +287,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         tiers=tiers,
         decisions=DecisionCache(store.freshness) if settings.store.cache_ttl_ms > 0 else None,
         receipts=audit.receipts,
+        method_overrides=settings.server.method_override_headers,
     )
     if settings.policies.mode == "dry-run":
         log.warning(

@@ -4,7 +4,8 @@
   sends it, else from `headers` (Envoy joins repeats with a comma there).
 - An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
   the signed `x-lasthop-receipt` when receipts are on, after removing every
-  `x-lasthop-*` header the client sent.
+  `x-lasthop-*` header the client sent (in any `-`/`_` spelling) and every
+  method override header (`authz.check.headers` says why).
 - When Envoy sends the request body (`with_request_body`), it goes to the
   pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
   partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
@@ -14,8 +15,11 @@
 - The W3C `traceparent` the check continues: the one Envoy puts on the gRPC call
   (its ext_authz span, when Envoy traces), else the request's own (when the
   sidecar config forwards `traceparent`); an invalid one is ignored.
+- A CheckRequest protobuf cannot decode (invalid UTF-8 in a string field, say)
+  is decoded here, not by gRPC, so that it too gets a deny (400
+  `malformed_request`) and an audit record rather than a gRPC error.
 - A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
-  or 413 for an MCP body) and a JSON body;
+  or 413 for an MCP body or an undecodable request) and a JSON body;
   a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
   would reach Envoy's `failure_mode_allow`.
 """
@@ -25,14 +29,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attributes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from authz import codec
+from authz.check import headers as request_headers
+from authz.errors import MalformedRequest
 from authz.model import CheckInput, Decision, split_target
 from authz.reasons import Reason
 
@@ -40,11 +48,21 @@ HEADER_PREFIX = "x-lasthop-"
 RECEIPT_HEADER = "x-lasthop-receipt"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 _GRPC_CODE = {
-    400: code_pb2.INVALID_ARGUMENT,  # an MCP body Lasthop cannot read
+    400: code_pb2.INVALID_ARGUMENT,  # an MCP body, or a CheckRequest, Lasthop cannot read
     401: code_pb2.UNAUTHENTICATED,
     403: code_pb2.PERMISSION_DENIED,
     413: code_pb2.INVALID_ARGUMENT,  # an MCP body too large or cut
 }
+# What an undecodable CheckRequest is recorded as: nothing about it can be trusted.
+UNREADABLE = CheckInput(method="", path="", host="", headers={})
+
+
+def decode(raw: bytes) -> pb.CheckRequest:
+    """The CheckRequest in `raw`; raises MalformedRequest if protobuf cannot decode it."""
+    try:
+        return pb.CheckRequest.FromString(raw)
+    except DecodeError as err:
+        raise MalformedRequest(f"undecodable CheckRequest: {err}") from None
 
 
 def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput:
@@ -103,15 +121,18 @@ def identity_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
-def to_response(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+def to_response(
+    decision: Decision, request: CheckInput, overrides: Iterable[str] = ()
+) -> pb.CheckResponse:
+    """`overrides`: the method override headers an allow removes (from the settings)."""
     if decision.allowed:
-        return _allow(decision, request)
+        return _allow(decision, request, overrides)
     return _deny(decision)
 
 
-def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+def _allow(decision: Decision, request: CheckInput, overrides: Iterable[str]) -> pb.CheckResponse:
     ours = identity_headers(decision)
-    spoofed = sorted(h for h in request.headers if h.startswith(HEADER_PREFIX) and h not in ours)
+    spoofed = request_headers.to_remove(request.headers, ours, overrides)
     return pb.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=pb.OkHttpResponse(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as pb
-from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -31,7 +30,7 @@ from authz._proto import agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
 from authz.check.pipeline import Pipeline
 from authz.config import split_address
-from authz.errors import StoreUnavailable
+from authz.errors import MalformedRequest, StoreUnavailable
 from authz.server import ext_authz, metrics_http
 from authz.server.app import EMBEDDED_STORE, App
 
@@ -40,24 +39,43 @@ log = logging.getLogger(__name__)
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
-class AuthorizationService(pb_grpc.AuthorizationServicer):
+class AuthorizationService:
+    """`envoy.service.auth.v3.Authorization/Check`, taking the request's raw bytes.
+
+    gRPC does not decode the request: a CheckRequest protobuf refuses (invalid
+    UTF-8 in a string field) would otherwise be a gRPC error with no audit
+    record, and a gRPC error is what Envoy's `failure_mode_allow` lets through.
+    """
+
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    async def Check(
-        self,
-        request: pb.CheckRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> pb.CheckResponse:
+    async def Check(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         try:
-            check = ext_authz.to_input(request, _traceparent(context))
+            try:
+                check = ext_authz.to_input(ext_authz.decode(raw), _traceparent(context))
+            except MalformedRequest as err:
+                refused = await self._pipeline.refuse(ext_authz.UNREADABLE, err)
+                return ext_authz.to_response(refused, ext_authz.UNREADABLE)
             decision = await self._pipeline.check(check)
-            return ext_authz.to_response(decision, check)
+            return ext_authz.to_response(decision, check, self._pipeline.options.method_overrides)
         except Exception:
             log.exception(
                 "Check failed outside the pipeline", extra={"event": "check.adapter_failed"}
             )
             return ext_authz.internal_error_response()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            AUTHZ_SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check,
+                    request_deserializer=None,  # raw bytes: decoded in Check
+                    response_serializer=pb.CheckResponse.SerializeToString,
+                )
+            },
+        )
 
 
 def _traceparent(context: grpc.aio.ServicerContext) -> str:
@@ -162,7 +180,7 @@ def _listen(app: App) -> _Listeners:
             health_only, "server.health_listen", server.health_listen
         )
     authz_server = grpc.aio.server()
-    pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(app.pipeline), authz_server)
+    authz_server.add_generic_rpc_handlers((AuthorizationService(app.pipeline).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
     listen = _bind(authz_server, "server.listen", server.listen)
 
