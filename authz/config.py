@@ -64,6 +64,14 @@ class ServerSettings:
     log_format: str = "text"  # or "json": one object per line with a stable `event` name
     log_level: str = "info"  # debug (a line per decision), info, warning or error
     latency_budget_ms: int = 10  # the p99 check latency the shipped alert holds Lasthop to
+    # TLS for `listen` (PEM files, reloaded when they change); empty: plaintext, for
+    # loopback or a Unix socket (`listen = "unix:/run/lasthop/authz.sock"`) only
+    tls_cert: str = ""  # certificate chain, leaf first
+    tls_key: str = ""  # its private key
+    tls_client_ca: str = ""  # clients (Envoy) must present a certificate this CA signed
+    admin_tls_cert: str = ""  # the same for `admin_listen`: the admin bearer token
+    admin_tls_key: str = ""  # crosses the network only inside TLS
+    admin_tls_client_ca: str = ""
     # headers that ask an upstream to run another method: one naming another method is
     # denied, and every one is removed on an allow (Envoy must send them: allowed_headers)
     method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
@@ -74,7 +82,10 @@ class IdentitySettings:
     issuer: str = "https://idp.example.org"
     audiences: tuple[str, ...] = ("ehr-api",)
     jwks: str = "keys/jwks.json"
-    jwks_refresh_seconds: int = 300
+    jwks_refresh_seconds: int = 300  # a URL's refetch interval (jittered); a file: every 2 s
+    # a token naming an unknown kid reloads the keys at once, at most this often (a URL)
+    jwks_refetch_min_seconds: int = 30
+    jwks_ca_file: str = ""  # CAs for an https JWKS URL; empty: the system's
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway_seconds: int = 30
     max_token_lifetime: int = 3600
@@ -201,6 +212,10 @@ CLIENT_VARIABLES = {
     "LASTHOP_ADMIN_URL": "the admin API address the CLI calls",
     "LASTHOP_ADMIN_TOKEN": "the admin bearer token the CLI sends",
     "LASTHOP_ADMIN_TOKEN_FILE": "a file holding the admin bearer token the CLI sends",
+    "LASTHOP_ADMIN_CA": "the CA certificate the CLI verifies a TLS admin listener with",
+    "LASTHOP_ADMIN_CERT": "the client certificate the CLI presents to an mTLS admin listener",
+    "LASTHOP_ADMIN_KEY": "the private key of that client certificate",
+    "LASTHOP_FUZZ_EXAMPLES": "tests/test_fuzz.py: more (and random) examples than the suite's",
     "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
 }
 
@@ -340,12 +355,21 @@ def _validate(s: Settings) -> None:
 
 
 def _validate_server(s: ServerSettings) -> None:
-    for key, addr in (
-        ("server.listen", s.listen),
-        ("server.admin_listen", s.admin_listen),
-        ("server.metrics_listen", s.metrics_listen),
+    for key, addr in (("server.listen", s.listen), ("server.admin_listen", s.admin_listen)):
+        if addr.startswith(UNIX_PREFIX):
+            unix_path(key, addr)
+        else:
+            split_address(key, addr)
+    split_address("server.metrics_listen", s.metrics_listen)
+    for prefix, cert, key, ca in (
+        ("server.tls", s.tls_cert, s.tls_key, s.tls_client_ca),
+        ("server.admin_tls", s.admin_tls_cert, s.admin_tls_key, s.admin_tls_client_ca),
     ):
-        split_address(key, addr)
+        if bool(cert) != bool(key):
+            missing = f"{prefix}_key" if cert else f"{prefix}_cert"
+            raise ConfigError(missing, f"{prefix}_cert and {prefix}_key go together")
+        if ca and not cert:
+            raise ConfigError(f"{prefix}_client_ca", f"needs {prefix}_cert and {prefix}_key")
     for name in s.method_override_headers:
         if not _HEADER_NAME.fullmatch(name):
             raise ConfigError(
@@ -392,6 +416,9 @@ def _validate_identity(i: IdentitySettings) -> None:
     if i.jwks.startswith("http://"):
         raise ConfigError("identity.jwks", "a JWKS URL must use https")
     _positive("identity.jwks_refresh_seconds", i.jwks_refresh_seconds)
+    _range("identity.jwks_refetch_min_seconds", i.jwks_refetch_min_seconds, 1, 3600)
+    if i.jwks_ca_file and not i.jwks.startswith("https://"):
+        raise ConfigError("identity.jwks_ca_file", "is for an https `identity.jwks` URL only")
     _range("identity.leeway_seconds", i.leeway_seconds, 0, 300)
     _positive("identity.max_token_lifetime", i.max_token_lifetime)
     _range("identity.max_chain_depth", i.max_chain_depth, 1, 16)
@@ -466,6 +493,19 @@ def _validate_audit(a: AuditSettings) -> None:
             "audit.rotate_bytes", f"must be 0 (never) or at least 1024, got `{a.rotate_bytes}`"
         )
     _range("audit.receipt_ttl_seconds", a.receipt_ttl_seconds, 1, 3600)
+
+
+UNIX_PREFIX = "unix:"
+
+
+def unix_path(key: str, addr: str) -> str:
+    """`unix:/abs/path` -> `/abs/path`; the socket's directory must exist when serving."""
+    path = addr.removeprefix(UNIX_PREFIX)
+    if not path.startswith("/") or path.startswith("//") or "\x00" in path:
+        raise ConfigError(key, f"`{addr}` is not `unix:/absolute/path`")
+    if len(path.encode()) > 107:
+        raise ConfigError(key, f"`{addr}`: a Unix socket path is at most 107 bytes")
+    return path
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

@@ -30,7 +30,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from authz.check.keys import KeySource
 from authz.codec import b64url_decode
@@ -39,6 +39,7 @@ from authz.model import TokenClaims
 from authz.reasons import Reason
 from authz.stores.cache import BoundedCache
 
+T = TypeVar("T")
 MAX_TOKEN_BYTES = 8 * 1024
 CACHE_ENTRIES = 10_000
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
@@ -62,6 +63,17 @@ def bearer_token(values: list[str]) -> str:
     if not match:
         raise TokenError(Reason.MALFORMED_AUTHORIZATION, "expected exactly `Bearer <jwt>`")
     return match.group(1)
+
+
+async def verified(keys: KeySource, verify: Callable[[], T]) -> T:
+    """`verify()`; when the token names a kid the set lacks, again after a reload (the IdP
+    may have rotated its key). The key source rate-limits those reloads."""
+    try:
+        return verify()
+    except TokenError as err:
+        if err.reason != Reason.UNKNOWN_KEY or not await keys.refresh_unknown():
+            raise
+    return verify()
 
 
 def token_digest(token: str) -> str:
@@ -272,6 +284,10 @@ class AccessTokenVerifier:
     def __len__(self) -> int:
         """Verified tokens held (`lasthop_cache_entries{cache="tokens"}`)."""
         return len(self._verified)
+
+    async def verify_current(self, token: str) -> TokenClaims:
+        """`verify`, against the issuer's current keys (reloaded for an unknown kid)."""
+        return await verified(self._keys, lambda: self.verify(token))
 
     def verify(self, token: str) -> TokenClaims:
         key = (token, self._keys.generation)

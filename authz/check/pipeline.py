@@ -276,13 +276,15 @@ class Pipeline:
     async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
         """The phases in order; each records what it learned, the first refusal raises."""
         timer = self._timer()
-        claims = self._identity(req, facts)
+        claims = await self._identity(req, facts)
         timer("identity")
         chain = facts.chain = await self._chain(req, claims)
         timer("chain")
         agents = await self._registry(req, chain, facts)
         timer("registry")
-        intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        intent = facts.intent = await self.intent.read(
+            claims, req.headers.get(TXN_TOKEN_HEADER, [])
+        )
         timer("intent")
         route = facts.route = self._route(req, policy)
         timer("route")
@@ -297,11 +299,11 @@ class Pipeline:
 
     # --- the phases, in order -----------------------------------------------------------------
 
-    def _identity(self, req: CheckInput, facts: _Facts) -> TokenClaims:
-        """Exactly one `Bearer <jwt>` that verifies against the issuer's keys."""
+    async def _identity(self, req: CheckInput, facts: _Facts) -> TokenClaims:
+        """Exactly one `Bearer <jwt>` that verifies against the issuer's current keys."""
         token = identity.bearer_token(req.headers.get("authorization", []))
         facts.token_digest = identity.token_digest(token)
-        claims = self.verifier.verify(token)
+        claims = await self.verifier.verify_current(token)
         facts.client_id = claims.client_id
         return claims
 

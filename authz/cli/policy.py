@@ -247,9 +247,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.token or args.token_file:
         if not args.config:
             raise UsageError("--token is verified against identity.jwks: pass --config too")
-        keys: jwks.KeySource = jwks.load(
-            settings.identity.jwks, settings.base_dir, settings.identity.algorithms, 3600
-        )
+        keys: jwks.KeySource = jwks.load(settings.identity, settings.base_dir)
         raw = args.token or read_secret(args.token_file, "", "", "token")
         token, source = raw.removeprefix("Bearer "), "verified against identity.jwks"
     else:

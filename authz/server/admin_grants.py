@@ -63,7 +63,9 @@ class AdminAuth:
         values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
         try:
             token = identity.bearer_token([str(v) for v in values])
-            claims = identity.verify(token, self._keys, self._rules, self._clock())
+            claims = await identity.verified(
+                self._keys, lambda: identity.verify(token, self._keys, self._rules, self._clock())
+            )
         except TokenError as err:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"admin token refused: {err.reason}: {err.detail}"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from authz.audit import setup as audit_setup
@@ -37,6 +38,7 @@ from authz.errors import ConfigError, StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
 from authz.policy.reload import PolicyWatcher
+from authz.server import tls
 from authz.server.admin_agents import AgentsService
 from authz.server.admin_grants import AdminAuth, GrantsService
 from authz.server.metrics import CacheSizes, Metrics
@@ -67,7 +69,7 @@ class Stores:
 class App:
     settings: Settings
     pipeline: Pipeline
-    keys: jwks.StaticKeys
+    keys: jwks.ReloadingKeys
     stores: Stores
     audit: AuditLog
     metrics: Metrics
@@ -76,6 +78,8 @@ class App:
     receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
     background: list[Task] = field(default_factory=list)  # run by `serve` until shutdown
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)  # after the trail
+    authz_tls: grpc.ServerCredentials | None = None  # server.tls_*: None is plaintext
+    admin_tls: grpc.ServerCredentials | None = None  # server.admin_tls_*
 
     def summary(self) -> dict[str, str]:
         """What this server runs with, for the ready line and the first log lines."""
@@ -263,9 +267,10 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     ident = settings.identity
     clock = time.time
-    keys = jwks.load(ident.jwks, settings.base_dir, ident.algorithms, ident.jwks_refresh_seconds)
-    bundle = policy_load.load(settings.path(settings.policies.dir))
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    keys = jwks.load(ident, settings.base_dir, metrics)
+    metrics.jwks_age.set_function(lambda: time.time() - keys.loaded_at)
+    bundle = policy_load.load(settings.path(settings.policies.dir))
     store = stores(settings, metrics, clock)
     audit = audit_setup.build(settings, clock)
     audit_log = audit.log
@@ -307,6 +312,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         agents_service=agents_service,
         receipts_jwks=audit.jwks,
         on_shutdown=flush,
+        authz_tls=_tls(settings, admin=False),
+        admin_tls=_tls(settings, admin=True),
     )
     app.background.extend(_background(app))
     metrics.registry.register(CacheSizes(cache_sizes(app)))
@@ -354,13 +361,18 @@ def cache_sizes(app: App) -> dict[str, Callable[[], int]]:
     return sizes
 
 
+def _tls(settings: Settings, admin: bool) -> grpc.ServerCredentials | None:
+    """The listener's TLS credentials, files checked now; None for plaintext."""
+    files = tls.files_for(settings, admin)
+    return tls.credentials(files) if files else None
+
+
 def _background(app: App) -> list[Task]:
-    """What runs beside the listeners: invalidation, key refresh, policy reload."""
+    """What runs beside the listeners: invalidation, key reload, policy reload."""
     tasks: list[Task] = []
     if app.stores.invalidation is not None:
         tasks.append(app.stores.invalidation.run)
-    if isinstance(app.keys, jwks.RemoteKeys):
-        tasks.append(app.keys.refresh_forever)
+    tasks.append(app.keys.refresh_forever)
     policies = app.settings.policies
     if policies.reload_interval_seconds > 0:
         watcher = PolicyWatcher(

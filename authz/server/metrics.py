@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from authz import version
+from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
 from authz.model import CheckInput, Decision
 from authz.reasons import Reason
@@ -138,6 +139,19 @@ class Metrics:
         self.audit_queue = Gauge(
             "lasthop_audit_queue_depth", "Records waiting for the audit writer.", registry=registry
         )
+        self.jwks_reloads = Counter(
+            "lasthop_jwks_reload_total",
+            "Reloads of the issuer's JWKS (scheduled, or for an unknown kid), by result.",
+            ["result"],
+            registry=registry,
+        )
+        for result in KEY_RESULTS:
+            self.jwks_reloads.labels(result)
+        self.jwks_age = Gauge(
+            "lasthop_jwks_age_seconds",
+            "Seconds since the issuer's JWKS was last loaded or confirmed unchanged.",
+            registry=registry,
+        )
         self.policy_version = Gauge(
             "lasthop_policy_version_info",
             "The policy set in force.",
@@ -173,6 +187,11 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache_requests.labels(cache, "hit" if hit else "miss").inc()
+
+    # the issuer's keys (check.keys.KeysObserver)
+
+    def keys_reloaded(self, result: str) -> None:
+        self.jwks_reloads.labels(result).inc()
 
     # the policy watcher (policy.reload.ReloadObserver)
 

@@ -7,6 +7,9 @@ Start-up says what it runs with, twice: in its first log lines and in the
 `lasthop ready {...}` line on stdout (the store and its topology, the policy
 version, the audit trail's path and fsync mode, tracing).
 
+`listen` and `admin_listen` are `host:port` or a Unix socket (`unix:/path`),
+plaintext or TLS (mTLS with a client CA): `authz.server.tls`.
+
 SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
 checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
 flushed, and the process exits 0.
@@ -29,7 +32,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from authz._proto import agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
 from authz.check.pipeline import Pipeline
-from authz.config import split_address
+from authz.config import UNIX_PREFIX, split_address
 from authz.errors import MalformedRequest, StoreUnavailable
 from authz.server import ext_authz, metrics_http
 from authz.server.app import EMBEDDED_STORE, App
@@ -86,12 +89,21 @@ def _traceparent(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
-    host, _ = split_address(key, address)
-    port = server.add_insecure_port(address)
+def _bind(
+    server: grpc.aio.Server, key: str, address: str, creds: grpc.ServerCredentials | None
+) -> str:
+    """Bind `address` (`host:port` or `unix:/path`); the address actually bound."""
+    unix = address.startswith(UNIX_PREFIX)
+    host = "" if unix else split_address(key, address)[0]
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError as err:  # grpc.aio's way of saying the bind failed
+        raise OSError(f"cannot listen on `{address}` ({key}): {err}") from None
     if port == 0:
         raise OSError(f"cannot listen on `{address}` ({key})")
-    return f"{host}:{port}"
+    return address if unix else f"{host}:{port}"
 
 
 @dataclass
@@ -177,17 +189,17 @@ def _listen(app: App) -> _Listeners:
         health_only = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
         addresses["health_listen"] = _bind(
-            health_only, "server.health_listen", server.health_listen
+            health_only, "server.health_listen", server.health_listen, None
         )
     authz_server = grpc.aio.server()
     authz_server.add_generic_rpc_handlers((AuthorizationService(app.pipeline).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
-    listen = _bind(authz_server, "server.listen", server.listen)
+    listen = _bind(authz_server, "server.listen", server.listen, app.authz_tls)
 
     admin_server = grpc.aio.server()
     grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
-    admin = _bind(admin_server, "server.admin_listen", server.admin_listen)
+    admin = _bind(admin_server, "server.admin_listen", server.admin_listen, app.admin_tls)
 
     host, port = split_address("server.metrics_listen", server.metrics_listen)
     documents = {WELL_KNOWN_JWKS: app.receipts_jwks}

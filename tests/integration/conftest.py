@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,14 @@ class Stack:
         return request(self.base, path, token, **kwargs)
 
 
+EnvoyFactory = Callable[[Path, devstack.LasthopServer, DemoUpstream], devstack.Envoy]
+
+
+def sidecar(work: Path, lasthop: devstack.LasthopServer, upstream: DemoUpstream) -> devstack.Envoy:
+    """The shipped sidecar (envoy/sidecar.yaml) in front of `upstream`, asking `lasthop`."""
+    return devstack.Envoy(work, lasthop.port, upstream.port)
+
+
 def _close_lasthop(lasthop: devstack.LasthopServer) -> int | None:
     code = lasthop.close()
     if lasthop.proc.stdout is not None:
@@ -216,11 +224,12 @@ def running_stack(
     audit: str = "",
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    envoy: EnvoyFactory = sidecar,
 ) -> Iterator[Stack]:
     """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped.
 
     `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`;
-    `env`: extra environment for Lasthop.
+    `env`: extra environment for Lasthop; `envoy`: starts the Envoy (another template).
     """
     with devstack.workdir(prefix) as work, contextlib.ExitStack() as stack:
         issuer = DemoIssuer("ES256", kid=f"it-{uuid.uuid4().hex[:6]}")
@@ -237,8 +246,8 @@ def running_stack(
         )
         lasthop = devstack.LasthopServer(config, env=env, command=command)
         stack.callback(_close_lasthop, lasthop)
-        envoy = devstack.Envoy(work, lasthop.port, upstream.port)
-        stack.callback(envoy.close)
+        proxy = envoy(work, lasthop, upstream)
+        stack.callback(proxy.close)
         admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token(ttl=1800))
         stack.callback(admin.close)
         yield Stack(
@@ -246,7 +255,7 @@ def running_stack(
             issuer=issuer,
             config=config,
             lasthop=lasthop,
-            envoy=envoy,
+            envoy=proxy,
             upstream=upstream,
             admin=admin,
             redis=redis,
