@@ -290,7 +290,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         clock=clock,
         dry_run=settings.policies.mode == "dry-run",
         tiers=tiers,
-        decisions=DecisionCache(store.freshness) if settings.store.cache_ttl_ms > 0 else None,
+        decisions=(
+            DecisionCache(store.freshness, overrides=settings.server.method_override_headers)
+            if settings.store.cache_ttl_ms > 0
+            else None
+        ),
         receipts=audit.receipts,
         method_overrides=settings.server.method_override_headers,
     )

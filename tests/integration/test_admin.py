@@ -103,14 +103,15 @@ def test_grpc_refuses_bad_admin_tokens(stack: Stack, name: str) -> None:
 
 
 def test_grpc_approver_scope_can_issue_and_revoke(stack: Stack) -> None:
+    """An approver approves for themselves (authz.access.authority): `user` is its `sub`."""
     user = unique("u-approver")
     client = AdminClient(
         stack.admin_address,
-        stack.issuer.admin_token(sub="nurse-lead", scope="openid lasthop:approver"),
+        stack.issuer.admin_token(sub=user, scope="openid lasthop:approver"),
     )
     try:
         grant = client.issue(_issue_request(user))
-        assert grant.issued_by == "nurse-lead"
+        assert grant.issued_by == user
         assert [g.id for g in client.list(agent="scribe", user=user)] == [grant.id]
         assert stack.get(RECORDS, stack.token(user, ["scribe"])).status == 200
         client.revoke(grant.id)

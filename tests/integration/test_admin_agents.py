@@ -536,9 +536,9 @@ def test_cli_admin_can_do_everything(stack: Stack) -> None:
 
 
 def test_cli_approver_can_issue_list_and_revoke_grants(stack: Stack) -> None:
-    token = stack.issuer.admin_token(sub="nurse-lead", scope="lasthop:approver")
+    user = unique("u-approver-cli")  # an approver approves for themselves
+    token = stack.issuer.admin_token(sub=user, scope="lasthop:approver")
     env = {"LASTHOP_ADMIN_URL": stack.admin_address, "LASTHOP_ADMIN_TOKEN": token}
-    user = unique("u-approver-cli")
     issued = _json(
         run_cli(
             "grants",
@@ -560,7 +560,7 @@ def test_cli_approver_can_issue_list_and_revoke_grants(stack: Stack) -> None:
             env=env,
         )
     )
-    assert issued["issued_by"] == "nurse-lead"
+    assert issued["issued_by"] == user
     listed = _json(run_cli("grants", "list", "--user", user, "--output", "json", env=env))
     assert [g["id"] for g in listed] == [issued["id"]]
     shown = _json(run_cli("grants", "show", issued["id"], "--output", "json", env=env))
@@ -576,7 +576,7 @@ def test_grpc_approver_is_refused_agents_but_not_grants(stack: Stack, target: st
     token = stack.issuer.admin_token(sub="nurse-lead", scope="openid lasthop:approver")
     client = AdminClient(stack.admin_address, token)
     try:
-        assert client.list(agent="scribe", user=unique("u-none")) == []
+        assert client.list(agent="scribe", user="nurse-lead") == []  # its own grants
         with pytest.raises(AdminError, match="^permission_denied: "):
             client.get_agent(target)
     finally:
