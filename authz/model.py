@@ -11,7 +11,9 @@ from typing import Any
 from authz import spiffe
 
 # Every identifier pattern is used with `fullmatch`: `$` would let a trailing newline through.
-_ENTITY = re.compile(r'([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\\x00-\x1f\x7f]*)"')
+_ENTITY = re.compile(
+    r'([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\\x00-\x1f\x7f-\x9f]*)"'
+)
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -93,7 +95,8 @@ class EntityRef:
     id: str
 
     def __str__(self) -> str:
-        return f"{self.type}::{json.dumps(self.id)}"
+        """`Type::"id"`, which `parse` reads back: only what it refuses is escaped."""
+        return f"{self.type}::{json.dumps(self.id, ensure_ascii=False)}"
 
     def as_cedar(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id}
