@@ -64,16 +64,13 @@ class ServerSettings:
     log_format: str = "text"  # or "json": one object per line with a stable `event` name
     log_level: str = "info"  # debug (a line per decision), info, warning or error
     latency_budget_ms: int = 10  # the p99 check latency the shipped alert holds Lasthop to
-    # TLS for `listen` (PEM files, reloaded when they change); empty: plaintext, for
-    # loopback or a Unix socket (`listen = "unix:/run/lasthop/authz.sock"`) only
-    tls_cert: str = ""  # certificate chain, leaf first
-    tls_key: str = ""  # its private key
-    tls_client_ca: str = ""  # clients (Envoy) must present a certificate this CA signed
-    admin_tls_cert: str = ""  # the same for `admin_listen`: the admin bearer token
-    admin_tls_key: str = ""  # crosses the network only inside TLS
-    admin_tls_client_ca: str = ""
-    # headers that ask an upstream to run another method: one naming another method is
-    # denied, and every one is removed on an allow (Envoy must send them: allowed_headers)
+    # TLS: PEM files, reloaded when they change. Empty is plaintext: loopback or unix: only.
+    tls_cert: str = ""  # TLS for `listen`: the certificate chain (PEM), leaf first; empty: none
+    tls_key: str = ""  # the private key (PEM) of `tls_cert`
+    tls_client_ca: str = ""  # mTLS on `listen`: clients need a certificate this CA signed
+    admin_tls_cert: str = ""  # TLS for `admin_listen`, so admin tokens never cross in clear
+    admin_tls_key: str = ""  # the private key (PEM) of `admin_tls_cert`
+    admin_tls_client_ca: str = ""  # mTLS on `admin_listen`: clients need a cert this CA signed
     method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
 
 
@@ -82,18 +79,15 @@ class IdentitySettings:
     issuer: str = "https://idp.example.org"
     audiences: tuple[str, ...] = ("ehr-api",)
     jwks: str = "keys/jwks.json"
-    jwks_refresh_seconds: int = 300  # a URL's refetch interval (jittered); a file: every 2 s
-    # a token naming an unknown kid reloads the keys at once, at most this often (a URL)
-    jwks_refetch_min_seconds: int = 30
-    jwks_ca_file: str = ""  # CAs for an https JWKS URL; empty: the system's
+    jwks_refresh_seconds: int = 300
+    jwks_refetch_min_seconds: int = 30  # unknown-kid reloads of a URL at most this often; 1-3600
+    jwks_ca_file: str = ""  # CAs (PEM) for an https JWKS URL; empty: the system's
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway_seconds: int = 30
     max_token_lifetime: int = 3600
     max_chain_depth: int = 4
     bind_peer: bool = False
     spiffe_trust_domain: str = ""  # with bind_peer: peers must come from this trust domain
-    # with bind_peer: the SPIFFE ID of an agent with none of its own in the registry, e.g.
-    # "spiffe://{trust_domain}/ns/agents/sa/{agent}"; empty: every agent needs its own
     spiffe_id_template: str = ""
     txn_token_issuers: tuple[str, ...] = ()  # empty: the access-token issuer
 

@@ -117,27 +117,35 @@ Envoy returns (200: the request goes to the upstream). The phase is the
 _SCHEMES = ", ".join(f"`{s}`" for s in config.REDIS_SCHEMES)
 
 CONFIG_KEYS: dict[str, str] = {
-    "server.listen": "ext_authz gRPC and `grpc.health.v1`, as host:port",
-    "server.admin_listen": "the admin gRPC API (agents, grants), bearer-token authenticated",
+    "server.listen": "ext_authz gRPC and `grpc.health.v1`: host:port, or a Unix socket "
+    "`unix:/absolute/path`",
+    "server.admin_listen": "the admin gRPC API (agents, grants), bearer-token authenticated: "
+    "host:port or `unix:/absolute/path`",
     "server.metrics_listen": "Prometheus `/metrics`, and the receipts JWKS at "
     "`/.well-known/lasthop-receipts.json`",
     "server.shutdown_grace_seconds": "on SIGTERM or SIGINT, how long in-flight checks may take "
     "to finish",
     "identity.issuer": "the `iss` every access and admin token must carry, exactly",
     "identity.audiences": "`aud` must hold one of these; at least one",
-    "identity.jwks": "the issuer's public keys: a file, or an `https` URL refreshed in the "
-    "background",
-    "identity.jwks_refresh_seconds": "how often a JWKS URL is fetched again (a failed fetch "
-    "keeps the last good set)",
+    "identity.jwks": "the issuer's public keys: a file (re-read when it changes), or an `https` "
+    "URL refreshed in the background; a token naming an unknown `kid` reloads them at once",
+    "identity.jwks_refresh_seconds": "how often a JWKS URL is fetched again, jittered (a failed "
+    "fetch keeps the last good set)",
     "identity.algorithms": "accepted `alg` values; asymmetric only (RS, PS, ES, EdDSA); HMAC "
     "and `none` are refused",
     "identity.leeway_seconds": "clock skew allowed on `exp`, `nbf` and `iat`; 0 to 300",
     "identity.max_token_lifetime": "the most `exp - iat` may be",
     "identity.max_chain_depth": "the most agents in the `act` chain; 1 to 16",
-    "identity.bind_peer": "true: the current actor must be the last path segment of Envoy's mTLS "
-    "SPIFFE peer (`source.principal`)",
+    "identity.bind_peer": "true: Envoy's mTLS SPIFFE peer (`source.principal`) must be exactly "
+    "the current actor's SPIFFE ID: its own `spiffe_id`, else `spiffe_id_template`'s",
     "identity.spiffe_trust_domain": "with `bind_peer`: the trust domain the peer must be in; "
     "empty: any",
+    "identity.spiffe_id_template": "with `bind_peer`: the SPIFFE ID of an agent with no "
+    "`spiffe_id` of its own, e.g. `spiffe://{trust_domain}/ns/agents/sa/{agent}`; empty: "
+    "each agent needs its own",
+    "server.method_override_headers": "headers that ask an upstream for another method: one "
+    "naming a method other than the request's is denied (`method_override`), and all are "
+    "removed on allow; Envoy must send them (`allowed_headers`)",
     "identity.txn_token_issuers": "issuers whose Txn-Tokens are accepted; empty: `identity.issuer`",
     "policies.dir": "the policy directory: `schema.cedarschema`, `*.cedar`, `entities.json`, "
     "`routes.toml`, `tests/`",
@@ -315,6 +323,8 @@ METRIC_LABELS: dict[tuple[str, str], str] = {
     ("lasthop_decisions_total", "reason"): "a [reason code](reasons.md), or a forbid's own "
     "`@reason`",
     ("lasthop_policy_reload_total", "result"): "`success` or `failure`",
+    ("lasthop_jwks_reload_total", "result"): "`updated`, `unchanged` (confirmed), or `failed` "
+    "(the last good key set stays)",
     ("lasthop_cache_requests_total", "cache"): "`decisions` (whole decisions), `grants` and "
     "`agents` (the local caches in front of Redis)",
     ("lasthop_cache_requests_total", "result"): "`hit` or `miss`",
