@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -25,7 +24,7 @@ from google.rpc import code_pb2
 from authz._proto import agents_pb2 as apb
 from authz._proto import grants_pb2 as gpb
 from authz.cli.admin_client import AdminClient
-from authz.dev.tokens import ADMIN_AUDIENCE, ISSUER
+from authz.codec import b64url_decode
 from authz.errors import AdminError
 from tests.integration.conftest import (
     PURPOSE,
@@ -60,18 +59,9 @@ def issue_request(user: str, agent: str = "scribe", **changes: Any) -> gpb.Issue
 
 
 def test_a_deeply_nested_admin_token_is_unauthenticated(stack: Stack) -> None:
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": ADMIN_AUDIENCE,
-        "sub": "ops-admin",
-        "scope": "lasthop:admin",
-        "iat": now,
-        "exp": now + 300,
-        "jti": uuid.uuid4().hex,
-    }
-    header = json.dumps({"alg": "ES256", "typ": "at+jwt", "kid": stack.issuer.kid}).encode()
-    payload = json.dumps(claims)
+    header_part, payload_part, _ = stack.issuer.admin_token().split(".")
+    header = b64url_decode(header_part)
+    payload = b64url_decode(payload_part).decode()
     control = AdminClient(stack.admin_address, raw_token(header, payload.encode(), stack.issuer))
     deep = payload[:-1] + ', "x": ' + "[" * 2500 + "]" * 2500 + "}"
     attack = AdminClient(stack.admin_address, raw_token(header, deep.encode(), stack.issuer))
