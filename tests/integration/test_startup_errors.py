@@ -115,7 +115,7 @@ def _broken_policies(tmp_path: Path, file: str, line: int, old: str, new: str) -
         pytest.param("scribe-read-records.cedar", 3, "permit (", "permitt (", id="syntax-effect"),
         pytest.param(
             "high-risk-agents-never-write.cedar",
-            10,
+            11,
             "principal.risk_tier ",
             "principal.risk_teir ",
             id="unknown-attribute",
