@@ -51,9 +51,12 @@ def test_a_hop_variant_differs_from_the_sidecar_only_in_the_lasthop_cluster(vari
     assert cluster != sidecar_cluster
 
 
-def test_the_sidecar_refuses_underscores_and_shows_lasthop_the_override_headers() -> None:
+@pytest.mark.parametrize("shipped", ["sidecar.yaml", "mcp.yaml"])
+def test_the_sidecar_refuses_underscores_and_shows_lasthop_the_override_headers(
+    shipped: str,
+) -> None:
     """Issue 11, items 5 and 6, as configuration (the behaviour is tested through Envoy)."""
-    config = render("sidecar.yaml")
+    config = render(shipped)
     [listener] = config["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     options = manager["common_http_protocol_options"]

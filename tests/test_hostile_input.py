@@ -34,6 +34,7 @@ from authz.check.pipeline import Pipeline
 from authz.dev.tokens import DemoIssuer
 from authz.model import EntityRef
 from authz.policy import routes
+from authz.policy.templates import EntityTemplate
 from authz.server.serve import AuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import Clock, PipelineFactory, grant
@@ -251,7 +252,7 @@ def test_route_template_and_parameter_are_matched_whole(tmp_path: Any) -> None:
         template="/claims/{claim}",
         segments=("claims", "{claim}"),
         action="read",
-        resource=routes._Template("Claim", "{claim}"),
+        resource=EntityTemplate("Claim", "{claim}"),
         parents=(),
         phi=True,
     )
