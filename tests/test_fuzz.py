@@ -51,6 +51,7 @@ from authz.server import ext_authz
 from authz.server.serve import AuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant, keys_for, rules
+from tests.test_ext_authz import CallContext
 from tests.test_tokens_adversarial import ATTACKER_KEY, b64, raw_token
 
 EXAMPLES = int(os.environ.get("LASTHOP_FUZZ_EXAMPLES", "0"))
@@ -303,7 +304,7 @@ def check_requests(draw: st.DrawFn) -> pb.CheckRequest:
 
 def servicer_check(service: AuthorizationService, raw: bytes) -> pb.CheckResponse:
     async def call() -> pb.CheckResponse:
-        return await service.Check(raw, context=None)
+        return await service.Check(raw, context=CallContext())
 
     return asyncio.run(call())
 
