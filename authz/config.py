@@ -134,6 +134,17 @@ class AdminSettings:
     audience: str = "lasthop-admin"
 
 
+@dataclass(frozen=True)
+class AccessSettings:
+    pending_ttl: int = 300  # a request no one decided expires after this ("5m")
+    break_glass_max_ttl: int = 900  # break-glass grants never last longer ("15m")
+    max_wait_seconds: int = 300  # the longest a caller may wait for a decision
+    webhook_url: str = ""  # POST pending and break-glass requests here; empty: no webhook
+    webhook_secret_file: str = ""  # the HMAC-SHA256 signing secret; required with the URL
+    webhook_timeout_ms: int = 2000  # one delivery attempt
+    webhook_attempts: int = 5  # tries per notification, with backoff doubling from 0.5 s
+
+
 _FSYNC_INTERVAL = re.compile(r"(\d+)ms")
 MAX_FSYNC_INTERVAL_MS = 10_000
 
@@ -178,6 +189,7 @@ class Settings:
     audit: AuditSettings
     tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
+    access: AccessSettings = AccessSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -194,12 +206,18 @@ _SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSettings,
     "audit": AuditSettings,
     "tracing": TracingSettings,
+    "access": AccessSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
     "audit.on_failure": "is gone: Lasthop never allows a request it cannot record; remove the key",
 }
-_DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
+_DURATION_KEYS = {
+    "identity.max_token_lifetime",
+    "grants.max_ttl",
+    "access.pending_ttl",
+    "access.break_glass_max_ttl",
+}
 # `LASTHOP_*` variables that are not settings: the CLI's, and the scripts'. Any other
 # `LASTHOP_*` variable that names no setting stops start-up: a typo must not pass silently.
 CLIENT_VARIABLES = {
@@ -346,6 +364,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
     _validate_tracing(s.tracing)
+    _validate_access(s.access, s.grants.max_ttl)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -500,6 +519,30 @@ def unix_path(key: str, addr: str) -> str:
     if len(path.encode()) > 107:
         raise ConfigError(key, f"`{addr}`: a Unix socket path is at most 107 bytes")
     return path
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _validate_access(a: AccessSettings, max_ttl: int) -> None:
+    _range("access.pending_ttl", a.pending_ttl, 1, 86_400)
+    _range("access.break_glass_max_ttl", a.break_glass_max_ttl, 1, max_ttl)
+    _range("access.max_wait_seconds", a.max_wait_seconds, 0, 3600)
+    _range("access.webhook_timeout_ms", a.webhook_timeout_ms, 1, 60_000)
+    _range("access.webhook_attempts", a.webhook_attempts, 1, 20)
+    url = a.webhook_url
+    if not url:
+        return
+    host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    loopback = host.rpartition(":")[0] in LOOPBACK_HOSTS or host in LOOPBACK_HOSTS
+    if not url.startswith("https://") and not (url.startswith("http://") and loopback):
+        raise ConfigError(
+            "access.webhook_url", f"`{url}` must be https (plain http only to loopback)"
+        )
+    if not a.webhook_secret_file:
+        raise ConfigError(
+            "access.webhook_secret_file", "is required with access.webhook_url: the signing secret"
+        )
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

@@ -348,7 +348,7 @@ class Pipeline:
             return None
         held = await self.store.for_pair(chain.actor, chain.user)
         try:
-            return grants.select(held, route, intent.purpose, self.clock())
+            return grants.select(held, route, intent.purpose, self.clock(), intent.txn)
         except GrantError as err:
             if err.reason == Reason.GRANT_EXPIRED:
                 await self._expired(held, route)
