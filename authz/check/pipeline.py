@@ -113,6 +113,15 @@ class PipelineOptions:
     tiers: RiskTiers = DEFAULT_TIERS
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, for whom and why, as a check establishes it (see `Pipeline.identify`)."""
+
+    chain: Chain
+    agents: tuple[Agent, ...]  # the chain's registered, active agents, first first
+    intent: Intent
+
+
 @dataclass
 class _Facts:
     """What the phases have learned so far; a denial carries whatever was known."""
@@ -231,6 +240,16 @@ class Pipeline:
         finally:
             if observer:
                 observer.ended()
+
+    async def identify(self, req: CheckInput) -> Caller:
+        """The identity, chain, registry and intent phases exactly as a check runs them, for a
+        caller outside Envoy (an agent asking for access); raises the first refusal."""
+        facts = _Facts(policy_version="")
+        claims = self._identity(req, facts)
+        chain = await self._chain(req, claims)
+        agents = await self._registry(chain, facts)
+        intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        return Caller(chain, agents, intent)
 
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
         """The cached decision for this exact request, or a new one; (decision, cached)."""

@@ -101,7 +101,9 @@ def _rule(info: PolicyFacts, where: str) -> Rule:
     if info.effect == "forbid":
         for name in ("decision", "approvers"):
             if name in notes:
-                raise PolicyLoadError(where, f"a forbid refuses: `@{name}` is for permits", info.line)
+                raise PolicyLoadError(
+                    where, f"a forbid refuses: `@{name}` is for permits", info.line
+                )
         reason = notes.get("reason", DEFAULT_REFUSAL)
         if not _CODE.fullmatch(reason):
             raise PolicyLoadError(
@@ -111,7 +113,8 @@ def _rule(info: PolicyFacts, where: str) -> Rule:
     decision = notes.get("decision")
     if decision not in DECISIONS:
         raise PolicyLoadError(
-            where, f'an approval permit needs `@decision("approve")` or `@decision("person")`',
+            where,
+            'an approval permit needs `@decision("approve")` or `@decision("person")`',
             info.line,
         )
     if "limit" in notes or "reason" in notes:
@@ -127,7 +130,8 @@ def _limit(notes: Mapping[str, str], where: str, line: int) -> Limit | None:
     match = _LIMIT.match(text)
     if not match:
         raise PolicyLoadError(
-            where, f'`@limit("{text}")` must read like "ttl_seconds <= 900" or "max_uses <= 50"',
+            where,
+            f'`@limit("{text}")` must read like "ttl_seconds <= 900" or "max_uses <= 50"',
             line,
         )
     return Limit(match.group(1), int(match.group(2)))
@@ -141,7 +145,8 @@ def _approvers(text: str | None, decision: str, where: str, line: int) -> tuple[
     names = tuple(n.strip() for n in (text or "").split(",") if n.strip())
     if not names:
         raise PolicyLoadError(
-            where, '`@decision("person")` needs `@approvers("user")`, "owner" or "role:<name>"',
+            where,
+            '`@decision("person")` needs `@approvers("user")`, "owner" or "role:<name>"',
             line,
         )
     for name in names:
@@ -152,7 +157,9 @@ def _approvers(text: str | None, decision: str, where: str, line: int) -> tuple[
     return names
 
 
-def policies(est: dict[str, Any], infos: Mapping[str, PolicyFacts], directory: str) -> ApprovalPolicies:
+def policies(
+    est: dict[str, Any], infos: Mapping[str, PolicyFacts], directory: str
+) -> ApprovalPolicies:
     """The loaded set: enforced, and enforced plus shadow (what enforcing them would do)."""
     shadow = frozenset(k for k, info in infos.items() if info.annotations.get("mode") == "shadow")
     return ApprovalPolicies(

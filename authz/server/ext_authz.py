@@ -24,8 +24,8 @@
   `grant_expired`, `task_mismatch`, `purpose_mismatch`, `grant_exhausted`)
   adds `needs`: the action, resource and purpose a grant would need, so the
   agent can request exactly that (`lasthop access request`) and nothing wider.
-  The gRPC status is always OK: a gRPC error
-  would reach Envoy's `failure_mode_allow`.
+  The gRPC status is always OK: a gRPC error would reach Envoy's
+  `failure_mode_allow`.
 """
 
 from __future__ import annotations
