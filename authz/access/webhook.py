@@ -44,6 +44,7 @@ from authz.model import AccessRequest
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 0.5
+RESULTS = ("delivered", "retried", "failed")
 SECRET_PREFIX = "whsec_"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
