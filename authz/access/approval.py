@@ -90,17 +90,28 @@ def evaluate(
         return Verdict("refuse", (), reason=NO_POLICY, detail="no approval policies are loaded")
     resource, parents = resource_of(request.resource, bundle)
     cedar = _cedar_request(request, agents, token_purpose, tiers, now, resource)
+    owner = agents[-1].owner if agents else ""
+    entities = request_entities(resource, parents, agents, tiers)
+    return decide(bundle, policies, cedar, entities, request.user, owner)
+
+
+def decide(
+    bundle: PolicyBundle,
+    policies: ApprovalPolicies,
+    cedar: dict[str, Any],
+    delta: str,
+    user: str,
+    owner: str,
+) -> Verdict:
+    """The verdict on one Cedar request (its context as JSON), shadow policies included."""
     try:
-        entities = bundle.entities.with_added_json_str(
-            request_entities(resource, parents, agents, tiers)
-        )
+        entities = bundle.entities.with_added_json_str(delta)
     except ValueError as err:
         raise PolicyError(f"approval request entities rejected: {err}") from err
-    owner = agents[-1].owner if agents else ""
-    verdict, _ = _decide(policies, policies.enforced, cedar, entities, request.user, owner)
+    verdict, _ = _decide(policies, policies.enforced, cedar, entities, user, owner)
     if policies.with_shadow is None:
         return verdict
-    would, held = _decide(policies, policies.with_shadow, cedar, entities, request.user, owner)
+    would, held = _decide(policies, policies.with_shadow, cedar, entities, user, owner)
     shadow = tuple(
         (policies.rules[c].id, "forbid" if policies.rules[c].outcome == "refuse" else "permit")
         for c in held
