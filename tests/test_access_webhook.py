@@ -109,7 +109,7 @@ def secret_bytes(tmp_path: Path, text: str = SECRET) -> bytes:
 def deliver(sender: Webhook) -> None:
     async def go() -> None:
         sender.notify("pending", REQUEST)
-        await asyncio.gather(*list(sender._tasks))  # noqa: SLF001
+        await sender.drain()
 
     asyncio.run(go())
 

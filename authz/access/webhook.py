@@ -152,6 +152,10 @@ class Webhook:
         if self._observer:
             self._observer.webhook(result)
 
+    async def drain(self) -> None:
+        """Wait for every delivery under way to end, delivered or given up."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
