@@ -364,7 +364,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
     _validate_tracing(s.tracing)
-    _validate_access(s.access, s.grants.max_ttl)
+    _validate_access(s.access)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -524,9 +524,9 @@ def unix_path(key: str, addr: str) -> str:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-def _validate_access(a: AccessSettings, max_ttl: int) -> None:
+def _validate_access(a: AccessSettings) -> None:
     _range("access.pending_ttl", a.pending_ttl, 1, 86_400)
-    _range("access.break_glass_max_ttl", a.break_glass_max_ttl, 1, max_ttl)
+    _range("access.break_glass_max_ttl", a.break_glass_max_ttl, 1, 86_400)
     _range("access.max_wait_seconds", a.max_wait_seconds, 0, 3600)
     _range("access.webhook_timeout_ms", a.webhook_timeout_ms, 1, 60_000)
     _range("access.webhook_attempts", a.webhook_attempts, 1, 20)

@@ -46,7 +46,7 @@ def test_durations_and_overrides(tmp_path: Path) -> None:
         ),
         ('webhook_url = "https://inbox.hospital.test/x"', "webhook_secret_file", "required"),
         ('pending_ttl = "soon"', "pending_ttl", "is not a duration"),
-        ('break_glass_max_ttl = "9h"', "break_glass_max_ttl", "between 1 and 28800"),
+        ('break_glass_max_ttl = "25h"', "break_glass_max_ttl", "between 1 and 86400"),
         ("webhook_attempts = 0", "webhook_attempts", "between 1 and 20"),
         ("surprise = 1", "surprise", "unknown key"),
     ],

@@ -231,3 +231,31 @@ def test_a_change_to_the_approval_policies_is_hot_reloaded(copy: Path) -> None:
     path.write_text("not cedar", encoding="utf-8")
     assert not asyncio.run(watcher.poll())  # refused: the last good set stays
     assert len(current) == 2
+
+
+# --- lasthop policy test --------------------------------------------------------------------
+
+
+def test_a_misfiled_approval_fixture_and_a_wrong_scenario_fail(
+    copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from authz.cli import main as cli
+
+    tests = copy / APPROVAL_DIR / "tests"
+    shutil.move(
+        tests / "REFUSE" / "reconciler-asks-for-an-hour.json",
+        tests / "APPROVE" / "reconciler-asks-for-an-hour.json",
+    )
+    scenarios = tests / "scenarios.toml"
+    text = scenarios.read_text(encoding="utf-8")
+    scenarios.write_text(text.replace('approvers = ["user:dr-alice"]', 'approvers = ["owner"]'))
+    assert cli.main(["policy", "test", str(copy)]) == 1
+    out = capsys.readouterr().out
+    failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert failed == [
+        "FAIL  approval  APPROVE/reconciler-asks-for-an-hour",
+        "FAIL  approval-scenarios the scribe's note waits for its clinician",
+    ]
+    assert "expected APPROVE, got REFUSE\n" in out
+    assert "BREAK-GLASS" not in capsys.readouterr().err
+    assert "expected pending owner, got pending user:dr-alice" in out

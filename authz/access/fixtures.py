@@ -40,7 +40,7 @@ def run_one(bundle: PolicyBundle, path: Path, folder: str) -> FixtureResult:
     }
     owner = bundle.agents[principal.id].owner if principal.id in bundle.agents else ""
     user = context.get("user", {}).get("__entity", {}).get("id", "")
-    pin = doc.get("approvers") if folder == "PERSON" else doc.get("reason")
+    pin = {"PERSON": doc.get("approvers"), "REFUSE": doc.get("reason")}.get(folder)
     expected = folder + (f" {_pinned(pin)}" if pin else "")
     assert bundle.approval is not None
     try:
