@@ -379,9 +379,11 @@ def test_break_glass_is_approved_by_policy_short_flagged_and_alerted(desk: Desk)
     grant = run(desk.grants.get(made.grant_id))
     assert grant is not None and grant.break_glass
     assert ("break_glass", made.id) in desk.seen.notified
+    assert desk.events()[:2] == ["access_requested", "break_glass"]
     long = run(desk.ask(["scribe"], dataclasses.replace(ask, ttl_seconds=3600)))
     assert (long.status, long.limit) == ("refused", "ttl_seconds <= 900")
     assert "break_glass_max_ttl" in long.detail
+    assert desk.events()[-3:] == ["access_requested", "break_glass", "access_refused"]
 
 
 def test_break_glass_counts_even_when_refused(desk: Desk) -> None:

@@ -4,6 +4,7 @@ hot-reloaded with the access policies, shadowed, and combined most restrictive f
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -259,3 +260,29 @@ def test_a_misfiled_approval_fixture_and_a_wrong_scenario_fail(
     assert "expected APPROVE, got REFUSE\n" in out
     assert "BREAK-GLASS" not in capsys.readouterr().err
     assert "expected pending owner, got pending user:dr-alice" in out
+
+
+def test_the_shadow_report_counts_shadow_approval_policies(copy: Path, tmp_path: Path) -> None:
+    from authz.access.events import Recorder
+    from authz.audit import shadow_report
+    from authz.audit.records import MemoryAudit
+
+    write(
+        copy,
+        "zz-shadow-reconcile-needs-a-person.cedar",
+        '@id("reconcile-needs-a-person")\n@mode("shadow")\n@decision("person")\n'
+        '@approvers("user")\npermit (principal, action == Action::"request", resource);\n',
+    )
+    verdict = asked(policy_load.load(copy), ("med-reconciler",), MEDS)
+    request = AccessRequest(
+        "r-9", "med-reconciler", "dr-alice", ("med-reconciler",), "read", MEDS.resource,
+        MEDS.purpose, 900, 50, "", "", False, NOW, NOW + 300,
+    )  # fmt: skip
+    event = Recorder(MemoryAudit(), lambda: NOW).request("access_approved", "p", request, verdict)
+    trail = tmp_path / "trail.jsonl"
+    trail.write_text(json.dumps(event.to_dict()) + "\n")
+    total, flips, tallies = shadow_report.tally(shadow_report.read_records([trail]), None, None)
+    assert (total, flips) == (1, 1)
+    assert [(t.policy, t.held, t.disagreements, t.examples) for t in tallies] == [
+        ("reconcile-needs-a-person", 1, 1, ["r-9"])
+    ]

@@ -41,7 +41,7 @@ from authz.access.asks import MAX_REASON, Ask, check_ask
 from authz.access.events import Recorder
 from authz.access.issue import GrantRequest, new_grant
 from authz.access.people import Approver, Viewer
-from authz.audit.records import AuditSink
+from authz.audit.records import AuditSink, EventRecord
 from authz.check.pipeline import Caller
 from authz.config import AccessSettings
 from authz.errors import AccessRequestError, AuditUnavailable, GrantRequestError
@@ -202,7 +202,7 @@ class AccessRequests:
         )
         await self._store.add_request(refused)
         await self._events.commit_or_raise(
-            self._events.request("access_requested", refused.agent, refused),
+            *self._requested(refused),
             self._events.request("access_refused", refused.decided_by, refused, verdict),
         )
         self._count("refused")
@@ -214,7 +214,7 @@ class AccessRequests:
         )
         await self._store.add_request(pending)
         if not await self._events.commit(
-            self._events.request("access_requested", pending.agent, pending),
+            *self._requested(pending),
             self._events.request("access_pending", SERVER, pending, verdict),
         ):
             await self._close(
@@ -243,7 +243,7 @@ class AccessRequests:
         undone = replace(approved, status="cancelled", outcome="not_issued", detail="not issued")
         await self._issue(approved, undone, grant)
         if not await self._events.commit(
-            self._events.request("access_requested", asked.agent, asked),
+            *self._requested(asked),
             self._events.request("access_approved", by, approved, verdict),
             self._events.grant("grant_issued", by, grant),
         ):
@@ -464,6 +464,13 @@ class AccessRequests:
         """An approval the trail could not record: the grant goes, the request becomes `revert`."""
         await self._grants.revoke(grant.id)
         await self._store.replace_request(approved, revert)
+
+    def _requested(self, request: AccessRequest) -> builtins.list[EventRecord]:
+        """The request's first events: `access_requested`, and `break_glass` for one."""
+        kinds = (
+            ("access_requested", "break_glass") if request.break_glass else ("access_requested",)
+        )
+        return [self._events.request(kind, request.agent, request) for kind in kinds]
 
     def _alert(self, request: AccessRequest) -> None:
         if self._observer:
