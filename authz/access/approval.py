@@ -16,6 +16,7 @@ differ, the verdict says what it would have been.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, replace
@@ -71,10 +72,17 @@ def resource_of(text: str, bundle: PolicyBundle) -> tuple[EntityRef, tuple[Entit
 
 
 def _params(template: str, value: str) -> dict[str, str] | None:
-    parts = _PARAM.split(template)  # literal, name, literal, name, ...
-    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
-    match = re.fullmatch(pattern, value)
+    match = _pattern(template).fullmatch(value)
     return match.groupdict() if match else None
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(template: str) -> re.Pattern[str]:
+    """`{patient}` -> a pattern capturing `patient`: the inverse of filling a route's template."""
+    parts = _PARAM.split(template)  # literal, name, literal, name, ...
+    return re.compile(
+        "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
+    )
 
 
 def evaluate(
@@ -104,10 +112,13 @@ def decide(
     owner: str,
 ) -> Verdict:
     """The verdict on one Cedar request (its context as JSON), shadow policies included."""
-    try:
-        entities = bundle.entities.with_added_json_str(delta)
-    except ValueError as err:
-        raise PolicyError(f"approval request entities rejected: {err}") from err
+    entities = policies.entities.get(delta)
+    if entities is None:  # one parse per distinct (agents, resource): most requests repeat one
+        try:
+            entities = bundle.entities.with_added_json_str(delta)
+        except ValueError as err:
+            raise PolicyError(f"approval request entities rejected: {err}") from err
+        policies.entities.put(delta, entities)
     verdict, _ = _decide(policies, policies.enforced, cedar, entities, user, owner)
     if policies.with_shadow is None:
         return verdict

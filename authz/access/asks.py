@@ -30,12 +30,13 @@ class Ask:
     break_glass: bool = False
 
 
-def check_ask(ask: Ask, bundle: PolicyBundle, max_ttl: int) -> None:
+def check_ask(ask: Ask, bundle: PolicyBundle, max_ttl: int) -> str:
+    """The resource asked for, as written canonically; raises naming the first bad field."""
     if ask.action not in bundle.actions:
         raise AccessRequestError(
             f"unknown action `{ask.action}`; expected one of {sorted(bundle.actions)}"
         )
-    approval.resource_of(ask.resource, bundle)
+    resource = str(approval.resource_of(ask.resource, bundle)[0])
     if not PURPOSE.fullmatch(ask.purpose):
         raise AccessRequestError(f"purpose `{ask.purpose}` is not a purpose name")
     if not 0 < ask.ttl_seconds <= max_ttl:
@@ -48,3 +49,4 @@ def check_ask(ask: Ask, bundle: PolicyBundle, max_ttl: int) -> None:
         raise AccessRequestError(f"the reason is longer than {MAX_REASON} characters")
     if ask.break_glass and not ask.reason.strip():
         raise AccessRequestError("break-glass access needs a reason")
+    return resource

@@ -146,14 +146,14 @@ class AccessRequests:
                 "with its own delegated token",
                 "permission_denied",
             )
-        check_ask(ask, bundle, self._max_ttl)
+        resource = check_ask(ask, bundle, self._max_ttl)
         return AccessRequest(
             id=f"r-{secrets.token_hex(8)}",
             agent=chain.actor,
             user=chain.user,
             chain=chain.agents,
             action=ask.action,
-            resource=str(approval.resource_of(ask.resource, bundle)[0]),
+            resource=resource,
             purpose=ask.purpose,
             ttl_seconds=ask.ttl_seconds,
             max_uses=ask.max_uses,

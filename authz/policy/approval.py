@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cedarpy
 
 from authz.errors import PolicyLoadError
 from authz.policy.slices import from_est
+from authz.stores.cache import BoundedCache
 
 APPROVAL_DIR = "approval"
 REQUEST_ACTION = "request"
@@ -82,6 +83,9 @@ class Rule:
     limit: Limit | None = None  # refuse: the limit it enforces
 
 
+ENTITY_ENTRIES = 4096
+
+
 @dataclass(frozen=True)
 class ApprovalPolicies:
     enforced: cedarpy.PolicySet
@@ -89,6 +93,12 @@ class ApprovalPolicies:
     rules: dict[str, Rule]  # by Cedar id, in both sets
     shadow: frozenset[str]  # Cedar ids of the shadow policies
     count: int
+    # the parsed entities of each request delta (its agents, resource and parents): agents
+    # are whole values in the delta, so a changed agent is another key, never a stale entry;
+    # a reload makes new policies, and the memo goes with the old ones
+    entities: BoundedCache[str, cedarpy.Entities] = field(
+        default_factory=lambda: BoundedCache(ENTITY_ENTRIES), compare=False
+    )
 
 
 def rules(infos: Mapping[str, PolicyFacts], directory: str) -> dict[str, Rule]:

@@ -42,6 +42,9 @@ return 1
 """
 
 
+PURGE_SECONDS = 60
+
+
 class EmbeddedAccessStore:
     """In-process requests for one Lasthop process; Redis shares them across replicas."""
 
@@ -51,9 +54,14 @@ class EmbeddedAccessStore:
         self._tasks: dict[str, tuple[set[str], int]] = {}  # txn -> (grant ids, until)
         self._ended: dict[tuple[str, str], int] = {}  # (txn, user) -> until
         self._lock = asyncio.Lock()
+        self._purged = 0.0
 
     def _purge(self) -> None:
+        """Forget what is past its retention; at most once a minute (it reads everything)."""
         now = self._clock()
+        if now - self._purged < PURGE_SECONDS:
+            return
+        self._purged = now
         horizon = now - REQUEST_RETENTION_SECONDS
         for rid in [r.id for r in self._requests.values() if r.created_at < horizon]:
             del self._requests[rid]
