@@ -115,8 +115,10 @@ class RedisAccessStore:
     async def add_request(self, request: AccessRequest) -> None:
         until = request.created_at + REQUEST_RETENTION_SECONDS
         try:
-            await self._redis.set(f"{PREFIX}request:{request.id}", request.to_json(), exat=until)
-            await self._redis.zadd(f"{PREFIX}requests", {request.id: request.created_at})
+            async with self._redis.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.set(f"{PREFIX}request:{request.id}", request.to_json(), exat=until)
+                pipe.zadd(f"{PREFIX}requests", {request.id: request.created_at})
+                await pipe.execute()
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
 
