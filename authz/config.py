@@ -136,13 +136,13 @@ class AdminSettings:
 
 @dataclass(frozen=True)
 class AccessSettings:
-    pending_ttl: int = 300  # a request no one decided expires after this ("5m")
-    break_glass_max_ttl: int = 900  # break-glass grants never last longer ("15m")
-    max_wait_seconds: int = 300  # the longest a caller may wait for a decision
-    webhook_url: str = ""  # POST pending and break-glass requests here; empty: no webhook
-    webhook_secret_file: str = ""  # the HMAC-SHA256 signing secret; required with the URL
-    webhook_timeout_ms: int = 2000  # one delivery attempt
-    webhook_attempts: int = 5  # tries per notification, with backoff doubling from 0.5 s
+    pending_ttl: int = 300  # an access request no one decides expires after this; up to 1 day
+    break_glass_max_ttl: int = 900  # no break-glass grant lasts longer; up to 1 day
+    max_wait_seconds: int = 300  # the longest a caller may wait for a decision; 0 to 3600
+    webhook_url: str = ""  # POST pending and break-glass requests here (https, or http to loopback)
+    webhook_secret_file: str = ""  # the webhook's signing secret; required with the URL
+    webhook_timeout_ms: int = 2000  # one delivery try; 1 to 60000
+    webhook_attempts: int = 5  # tries per notification, 0.5 s apart, doubling; 1 to 20
 
 
 _FSYNC_INTERVAL = re.compile(r"(\d+)ms")
