@@ -19,15 +19,9 @@ from authz.reasons import Reason
 from authz.server import ext_authz
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
+from tests.test_grants import RECORDS
 
 NOW = 1_800_000_000
-RECORDS = RouteMatch(
-    action="read",
-    resource=EntityRef("Records", "p-1001"),
-    parents=(EntityRef("Patient", "p-1001"),),
-    template="/patients/{patient}/records",
-    phi=True,
-)
 
 
 def bound(txn: str, gid: str = "g-task") -> Grant:

@@ -44,7 +44,12 @@ from authz.access.people import Approver, Viewer
 from authz.audit.records import AuditSink, EventRecord
 from authz.check.pipeline import Caller
 from authz.config import AccessSettings
-from authz.errors import AccessRequestError, AuditUnavailable, GrantRequestError
+from authz.errors import (
+    AccessRequestError,
+    AuditUnavailable,
+    GrantRequestError,
+    StoreUnavailable,
+)
 from authz.model import AccessRequest, Grant, RiskTiers
 from authz.policy.load import PolicyBundle
 from authz.stores.protocols import AccessStore, AgentRegistry, GrantStore
@@ -369,11 +374,18 @@ class AccessRequests:
         return count
 
     async def run(self, interval: float = 1.0) -> None:
-        """Expire undecided requests as their time passes (each replica; one wins each)."""
+        """Expire undecided requests as their time passes (each replica; one wins each).
+        A store that cannot answer is logged once, until it answers again."""
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.expire_due()
+                failing = False
+            except StoreUnavailable as err:
+                if not failing:
+                    log.warning("access: cannot expire undecided requests: %s", err.detail)
+                failing = True
             except Exception:
                 log.exception("access: expiring undecided requests failed")
 

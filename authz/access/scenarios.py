@@ -11,7 +11,6 @@ the server's own access requests and pipeline, with fresh embedded stores.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from authz.access.asks import Ask
 from authz.config import parse_duration
 from authz.errors import ScenarioError
 from authz.model import AccessRequest
-from authz.policy.scenarios import ScenarioResult
+from authz.policy.scenarios import ScenarioResult, read
 
 SCENARIO_FILE = "scenarios.toml"
 EXPECTED = ("approved", "pending", "refused")
@@ -31,26 +30,15 @@ _KEYS = {
 
 
 def load(path: Path) -> list[dict[str, Any]]:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path}: invalid TOML: {err}") from err
-    scenarios = doc.get("scenario", [])
-    for index, scenario in enumerate(scenarios, 1):
-        where = f"{path}: scenario {index} ({scenario.get('name', 'unnamed')})"
-        unknown = set(scenario) - _KEYS
-        if unknown:
-            raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
-        for key in ("name", "action", "resource", "ttl", "expect"):
-            if not isinstance(scenario.get(key), str):
-                raise ScenarioError(f"{where}: `{key}` is required")
+    scenarios = read(path, _KEYS, ("name", "action", "resource", "ttl", "expect"))
+    for where, scenario in scenarios:
         if scenario["expect"] not in EXPECTED:
             raise ScenarioError(f"{where}: `expect` must be one of {list(EXPECTED)}")
         try:
             parse_duration(scenario["ttl"])
         except ValueError as err:
             raise ScenarioError(f"{where}: `ttl`: {err}") from None
-    return list(scenarios)
+    return [scenario for _, scenario in scenarios]
 
 
 def claims_of(scenario: dict[str, Any]) -> dict[str, Any]:

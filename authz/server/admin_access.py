@@ -125,9 +125,7 @@ class AccessService(pb_grpc.AccessServicer):
 
     async def _agent(self, context: grpc.aio.ServicerContext) -> Caller:
         """The agent (or user) whose access token the call carries, as a check sees it."""
-        metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
-        headers = {k: [metadata[k]] for k in ("authorization", "txn-token") if k in metadata}
-        req = CheckInput(method="", path="", host="", headers=headers)
+        req = CheckInput(method="", path="", host="", headers=_headers(context))
         try:
             return await self._pipeline.identify(req)
         except LasthopError as err:
@@ -166,13 +164,20 @@ class AccessService(pb_grpc.AccessServicer):
         return _approver_of(await self._auth.claims(context, GRANT_SCOPES))
 
     async def _is_access_token(self, context: grpc.aio.ServicerContext) -> bool:
-        metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
-        headers = {"authorization": [metadata.get("authorization", "")]}
         try:
-            await self._pipeline.identify(CheckInput("", "", "", headers))
+            await self._pipeline.identify(CheckInput("", "", "", _headers(context)))
         except LasthopError:
             return False
         return True
+
+
+def _headers(context: grpc.aio.ServicerContext) -> dict[str, list[str]]:
+    """The call's `authorization` and `txn-token` metadata, every value as sent."""
+    headers: dict[str, list[str]] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in ("authorization", "txn-token"):
+            headers.setdefault(key, []).append(str(value))
+    return headers
 
 
 def _approver_of(claims: dict[str, Any]) -> Approver:
