@@ -19,9 +19,8 @@ Fleet: requests live in the shared store and change only by compare and set,
 so a request made on one replica is decided on any other, and of two people
 deciding at once one wins and the other is told who did.
 
-Containment (`Containment`): a hook the threat detector will set, consulted
-when a request is decided; when it holds for any agent of the chain, what
-the policies would approve at once waits for the user instead.
+What this reports and consults beside the stores (metrics, the webhook,
+containment) is in `access.hooks`.
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from authz.access import approval, people, tasks
 from authz.access.approval import Verdict
 from authz.access.asks import MAX_REASON, Ask, check_ask
 from authz.access.events import Recorder
+from authz.access.hooks import AccessObserver, Containment, NoContainment, Notifier
 from authz.access.issue import GrantRequest, new_grant
 from authz.access.people import Approver, Viewer
 from authz.audit.records import AuditSink, EventRecord
@@ -57,15 +56,6 @@ from authz.stores.registry import live
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = (
-    "approved_by_policy",
-    "pending",
-    "refused",
-    "approved",
-    "denied",
-    "expired",
-    "cancelled",
-)
 WAIT_POLL_SECONDS = 0.1
 SERVER = "lasthop"
 
@@ -75,24 +65,6 @@ class TaskEnded:
     txn: str
     grants: tuple[str, ...]  # revoked
     requests: tuple[str, ...]  # pending requests cancelled
-
-
-class AccessObserver(Protocol):
-    def access_outcome(self, outcome: str) -> None: ...  # one of OUTCOMES
-    def break_glass(self) -> None: ...
-
-
-class Notifier(Protocol):
-    def notify(self, event: str, request: AccessRequest) -> None: ...
-
-
-class Containment(Protocol):
-    async def requires_person(self, agents: tuple[str, ...]) -> bool: ...
-
-
-class NoContainment:
-    async def requires_person(self, agents: tuple[str, ...]) -> bool:
-        return False
 
 
 class AccessRequests:

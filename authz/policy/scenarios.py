@@ -45,6 +45,7 @@ _GRANT_KEYS = {
     "expired",
     "max_uses",
     "used",
+    "txn",
 }
 
 
@@ -148,6 +149,7 @@ def grants_of(scenario: dict[str, Any], now: int) -> list[tuple[Grant, int]]:
             issued_at=now - 60,
             expires_at=expires,
             max_uses=int(spec.get("max_uses", 0)),
+            txn=spec.get("txn", ""),
         )
         result.append((grant, int(spec.get("used", 0))))
     return result

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from authz import version
-from authz.access.requests import OUTCOMES
+from authz.access.hooks import OUTCOMES
 from authz.access.webhook import RESULTS
 from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
