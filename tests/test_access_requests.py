@@ -389,7 +389,7 @@ def test_break_glass_is_approved_by_policy_short_flagged_and_alerted(desk: Desk)
 def test_break_glass_counts_even_when_refused(desk: Desk) -> None:
     ask = Ask("read", 'Records::"p-1001"', DOCUMENT, 3600, break_glass=True, reason="code blue")
     run(desk.ask(["scribe"], ask))
-    assert desk.seen.outcomes == ["break_glass", "refused"]
+    assert desk.seen.outcomes == ["refused", "break_glass"]
     assert [e for e, _ in desk.seen.notified] == ["break_glass"]
 
 

@@ -107,13 +107,15 @@ class AccessRequests:
         if ask.txn and await self._store.task_ended(ask.txn, asked.user):
             raise tasks.ended(ask.txn)
         verdict = await self._verdict(asked, caller, bundle, now)
-        if ask.break_glass:
-            self._alert(asked)
         if verdict.outcome == "refuse":
-            return await self._refuse(asked, verdict, now)
-        if verdict.outcome == "person":
-            return await self._wait_for_person(asked, verdict)
-        return await self._approve_at_once(asked, verdict, now)
+            made = await self._refuse(asked, verdict, now)
+        elif verdict.outcome == "person":
+            made = await self._wait_for_person(asked, verdict)
+        else:
+            made = await self._approve_at_once(asked, verdict, now)
+        if made.break_glass:
+            self._alert(made)  # with what became of it
+        return made
 
     def _new(self, caller: Caller, ask: Ask, bundle: PolicyBundle, now: int) -> AccessRequest:
         chain = caller.chain
