@@ -1,5 +1,6 @@
 """`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario;
-then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`).
+then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`);
+then agents asking for just-in-time access (`demo_access`).
 
 Everything runs on loopback with freshly generated demo keys (the token
 issuer's, and Lasthop's audit and receipt signing key), in a directory that is
