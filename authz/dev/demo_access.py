@@ -1,5 +1,7 @@
 """The demo's just-in-time access scenario, run after the grants scenario of `lasthop demo`.
 
+Both are about patient p-2002, admitted after the earlier parts of the demo.
+
 1. The medication reconciler, working on one admission (its task, `txn`), is
    denied `no_grant`; the denial names the action, resource and purpose a grant
    would need. It asks for exactly that, bound to its task; the approval
@@ -22,8 +24,9 @@ from authz.cli.access_client import AccessClient
 from authz.dev import demo
 from authz.dev.tokens import DemoIssuer
 
-MEDICATIONS = "/patients/p-1001/medications"
-NOTES = "/patients/p-1001/notes"
+PATIENT = "p-2002"  # a patient no earlier part of the demo granted anything on
+MEDICATIONS = f"/patients/{PATIENT}/medications"
+NOTES = f"/patients/{PATIENT}/notes"
 
 
 def _show(title: str, method: str, path: str, outcome: demo.Outcome) -> demo.Outcome:
@@ -44,7 +47,8 @@ def _reconciler(base: str, address: str, issuer: DemoIssuer) -> list[demo.Outcom
     )
     outcomes = [
         _show(
-            f"med-reconciler reconciles p-1001's medications (task {txn}), no grant",
+            f"med-reconciler reconciles {PATIENT}'s medications at admission (task {txn}), "
+            "no grant",
             "GET",
             MEDICATIONS,
             demo.request(base, "GET", MEDICATIONS, token),
