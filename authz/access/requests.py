@@ -342,8 +342,8 @@ class AccessRequests:
     async def expire_due(self) -> int:
         """Expire every pending request past its deadline; how many this call expired."""
         count = 0
-        for request in await self._store.list_requests():
-            if request.pending and request.expires_at <= self._clock():
+        for request in await self._store.pending_requests():
+            if request.expires_at <= self._clock():
                 count += (await self._expire_if_due(request)).status == "expired"
         return count
 
@@ -397,8 +397,8 @@ class AccessRequests:
         await tasks.may_end(self._store, self._grants, txn, who, user)
         requests = [
             r
-            for r in await self._store.list_requests()
-            if r.txn == txn and r.pending and (user is None or r.user == user)
+            for r in await self._store.pending_requests()
+            if r.txn == txn and (user is None or r.user == user)
         ]
         users = {user} if user is not None else await tasks.users(self._store, self._grants, txn)
         users.update(r.user for r in requests if user is None)

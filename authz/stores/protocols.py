@@ -65,6 +65,10 @@ class AccessStore(Protocol):
         """Every request made in the last `REQUEST_RETENTION_SECONDS`, oldest first."""
         ...
 
+    async def pending_requests(self) -> list[AccessRequest]:
+        """The requests still pending, read through an index of them alone."""
+        ...
+
     async def bind_task(self, txn: str, grant_id: str, until: int) -> None:
         """Remember that `grant_id` is bound to task `txn` (until its expiry)."""
         ...

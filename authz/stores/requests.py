@@ -7,6 +7,8 @@ cannot both win. Requests stay listable for `REQUEST_RETENTION_SECONDS`.
 Redis keys (each command touches one key, so every one is Cluster-safe):
   lasthop:request:<id>        the request's JSON, expiring REQUEST_RETENTION after it was made
   lasthop:requests            sorted set of request ids by creation time (listing)
+  lasthop:requests:pending    sorted set of the pending ones by deadline (expiry, end of a
+                              task), kept apart so that neither reads every request
   lasthop:task:<txn>          set of the grant ids bound to the task, expiring with the last
   lasthop:task-ended:<n>:<user>:<txn>  present once the user's task has ended (for grants.max_ttl)
 """
@@ -45,12 +47,16 @@ return 1
 PURGE_SECONDS = 60
 
 
+PENDING = f"{PREFIX}requests:pending"
+
+
 class EmbeddedAccessStore:
     """In-process requests for one Lasthop process; Redis shares them across replicas."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._requests: dict[str, AccessRequest] = {}
+        self._pending: set[str] = set()
         self._tasks: dict[str, tuple[set[str], int]] = {}  # txn -> (grant ids, until)
         self._ended: dict[tuple[str, str], int] = {}  # (txn, user) -> until
         self._lock = asyncio.Lock()
@@ -65,6 +71,7 @@ class EmbeddedAccessStore:
         horizon = now - REQUEST_RETENTION_SECONDS
         for rid in [r.id for r in self._requests.values() if r.created_at < horizon]:
             del self._requests[rid]
+            self._pending.discard(rid)
         for txn in [t for t, (_, until) in self._tasks.items() if until < now]:
             del self._tasks[txn]
         for key in [k for k, until in self._ended.items() if until < now]:
@@ -73,6 +80,8 @@ class EmbeddedAccessStore:
     async def add_request(self, request: AccessRequest) -> None:
         self._purge()
         self._requests[request.id] = request
+        if request.pending:
+            self._pending.add(request.id)
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
         return self._requests.get(request_id)
@@ -82,11 +91,17 @@ class EmbeddedAccessStore:
             if self._requests.get(new.id) != current:
                 return False
             self._requests[new.id] = new
+            if not new.pending:
+                self._pending.discard(new.id)
             return True
 
     async def list_requests(self) -> list[AccessRequest]:
         self._purge()
         return sorted(self._requests.values(), key=lambda r: (r.created_at, r.id))
+
+    async def pending_requests(self) -> list[AccessRequest]:
+        found = [self._requests.get(rid) for rid in sorted(self._pending)]
+        return [r for r in found if r is not None and r.pending]
 
     async def bind_task(self, txn: str, grant_id: str, until: int) -> None:
         ids, last = self._tasks.get(txn, (set(), 0))
@@ -118,6 +133,8 @@ class RedisAccessStore:
             async with self._redis.pipeline(transaction=False) as pipe:  # one round trip
                 pipe.set(f"{PREFIX}request:{request.id}", request.to_json(), exat=until)
                 pipe.zadd(f"{PREFIX}requests", {request.id: request.created_at})
+                if request.pending:
+                    pipe.zadd(PENDING, {request.id: request.expires_at})
                 await pipe.execute()
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
@@ -134,6 +151,8 @@ class RedisAccessStore:
             swapped = await self._replace(
                 keys=[f"{PREFIX}request:{new.id}"], args=[current.to_json(), new.to_json()]
             )
+            if swapped and not new.pending:  # a stale entry is only skipped and tidied later
+                await self._redis.zrem(PENDING, new.id)
         except (RedisError, OSError) as err:
             raise _unavailable("write", err) from err
         return bool(swapped)
@@ -149,6 +168,21 @@ class RedisAccessStore:
                 raw = await self._redis.get(f"{PREFIX}request:{rid.decode()}")
                 if raw is not None:
                     found.append(_request(raw))
+        except (RedisError, OSError) as err:
+            raise _unavailable("read", err) from err
+        return found
+
+    async def pending_requests(self) -> builtins.list[AccessRequest]:
+        try:
+            ids = await self._redis.zrange(PENDING, 0, -1)
+            found = []
+            for rid in ids:
+                raw = await self._redis.get(f"{PREFIX}request:{rid.decode()}")
+                request = None if raw is None else _request(raw)
+                if request is not None and request.pending:
+                    found.append(request)
+                else:  # decided (its removal failed) or gone: tidy the index
+                    await self._redis.zrem(PENDING, rid)
         except (RedisError, OSError) as err:
             raise _unavailable("read", err) from err
         return found
