@@ -19,7 +19,7 @@ from authz.audit.records import EventRecord, MemoryAudit, Record
 from authz.check.pipeline import Caller, Pipeline
 from authz.config import AccessSettings
 from authz.dev.tokens import DemoIssuer
-from authz.errors import AccessRequestError, AuditUnavailable
+from authz.errors import AccessRequestError, AuditUnavailable, StoreUnavailable
 from authz.model import DEFAULT_TIERS, AccessRequest, CheckInput
 from authz.policy.load import PolicyBundle
 from authz.reasons import Reason
@@ -456,3 +456,27 @@ def test_a_request_id_that_does_not_exist(desk: Desk) -> None:
         with pytest.raises(AccessRequestError) as err:
             run(call)
         assert (err.value.code, err.value.detail) == ("not_found", "no access request `r-nope`")
+
+
+def test_a_slow_store_read_while_waiting_does_not_end_the_wait(desk: Desk) -> None:
+    made = run(desk.ask(["scribe"], note()))
+    mine = run(desk.caller(["scribe"], DOCUMENT))
+    real = desk.store.get_request
+    failures = [2]
+
+    async def flaky(request_id: str) -> AccessRequest | None:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreUnavailable("redis read failed: TimeoutError")
+        return await real(request_id)
+
+    desk.store.get_request = flaky  # type: ignore[method-assign]
+
+    async def go() -> AccessRequest:
+        waiting = asyncio.ensure_future(desk.requests.wait(made.id, mine, 30))
+        await asyncio.sleep(0.3)  # both failures are behind it
+        desk.store.get_request = real  # type: ignore[method-assign]
+        await desk.requests.approve(made.id, ALICE)
+        return await waiting
+
+    assert run(go()).status == "approved" and failures == [0]

@@ -329,12 +329,18 @@ class AccessRequests:
         return found
 
     async def wait(self, request_id: str, viewer: Viewer, seconds: float) -> AccessRequest:
-        """The request once decided, or as it is after `seconds` (at most max_wait_seconds)."""
+        """The request once decided, or as it is after `seconds` (at most max_wait_seconds).
+        A read the store cannot answer is tried again until then."""
         deadline = time.monotonic() + min(seconds, self._settings.max_wait_seconds)
         while True:
-            request = await self.get(request_id, viewer)
-            if not request.pending or time.monotonic() >= deadline:
-                return request
+            try:
+                request = await self.get(request_id, viewer)
+            except StoreUnavailable:  # a slow read while waiting: wait on, up to the deadline
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if not request.pending or time.monotonic() >= deadline:
+                    return request
             await asyncio.sleep(WAIT_POLL_SECONDS)
 
     # --- expiry ---------------------------------------------------------------------------

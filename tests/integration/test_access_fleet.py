@@ -39,7 +39,12 @@ def fleet(upstream: DemoUpstream) -> Iterator[Fleet]:
     with devstack.workdir("lasthop-it-access-redis-") as work:
         redis = devstack.RedisServer(work)
         try:
-            with running_fleet("lasthop-it-access-", redis.url, upstream=upstream) as running:
+            # Correctness across replicas, not latency: a busy machine's slow Redis read is
+            # a 503 the polls below ride out, not a failure of what they test.
+            env = {"LASTHOP_STORE_TIMEOUT_MS": "1000"}
+            with running_fleet(
+                "lasthop-it-access-", redis.url, upstream=upstream, env=env
+            ) as running:
                 yield running
         finally:
             redis.close()
@@ -72,6 +77,16 @@ def until(replica: Replica, path: str, token: str, status: int, method: str = "G
         time.sleep(0.05)
 
 
+def answer(replica: Replica, path: str, token: str) -> Response:
+    """The first answer that is not a 503 (Envoy's ext_authz timeout on a busy machine)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        resp = replica.get(path, token)
+        if resp.status != 503 or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.05)
+
+
 def reconcile_args(ttl: str = "15m", *extra: str) -> list[str]:
     resource = 'Medications::"p-1001"'
     return ["request", "--action", "read", "--resource", resource, "--purpose", RECONCILE,
@@ -88,7 +103,7 @@ def test_approved_at_once_on_one_replica_works_on_both_until_the_task_ends(fleet
     a, b = fleet.replicas
     user, txn = unique("u-jit"), f"adm-{uuid.uuid4().hex[:8]}"
     token = fleet.token(user, ["med-reconciler"], purpose=RECONCILE, txn=txn)
-    denied = b.get(MEDICATIONS, token)
+    denied = answer(b, MEDICATIONS, token)
     assert_deny(denied, 403, "no_grant")
     assert denied.body["needs"] == {
         "action": "read",
@@ -105,7 +120,7 @@ def test_approved_at_once_on_one_replica_works_on_both_until_the_task_ends(fleet
     for replica in (b, a):
         assert until(replica, MEDICATIONS, token, 200).status == 200
     other_task = fleet.token(user, ["med-reconciler"], purpose=RECONCILE, txn="another")
-    assert_deny(b.get(MEDICATIONS, other_task), 403, "task_mismatch")
+    assert_deny(answer(b, MEDICATIONS, other_task), 403, "task_mismatch")
 
     ended = access(b, "end-task", txn, token=token)
     assert ended.returncode == 0, ended.stderr
