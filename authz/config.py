@@ -228,6 +228,8 @@ CLIENT_VARIABLES = {
     "LASTHOP_ADMIN_CERT": "the client certificate the CLI presents to an mTLS admin listener",
     "LASTHOP_ADMIN_KEY": "the private key of that client certificate",
     "LASTHOP_FUZZ_EXAMPLES": "tests/test_fuzz.py: more (and random) examples than the suite's",
+    "LASTHOP_TOKEN": "the agent's own delegated token `lasthop access` sends",
+    "LASTHOP_TOKEN_FILE": "a file holding the agent's own delegated token `lasthop access` sends",
     "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
 }
 

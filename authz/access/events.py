@@ -71,4 +71,8 @@ class Recorder:
     async def commit_or_log(self, *events: EventRecord) -> None:
         """Steps that take access away stand even when the trail cannot take them."""
         if not await self.commit(*events):
-            log.error("access: the trail could not record %s", [e.event for e in events])
+            log.error(
+                "access: the trail could not record %s",
+                [e.event for e in events],
+                extra={"event": "access.unrecorded"},
+            )

@@ -364,10 +364,17 @@ class AccessRequests:
                 failing = False
             except StoreUnavailable as err:
                 if not failing:
-                    log.warning("access: cannot expire undecided requests: %s", err.detail)
+                    log.warning(
+                        "access: cannot expire undecided requests: %s",
+                        err.detail,
+                        extra={"event": "access.expiry_unavailable"},
+                    )
                 failing = True
             except Exception:
-                log.exception("access: expiring undecided requests failed")
+                log.exception(
+                    "access: expiring undecided requests failed",
+                    extra={"event": "access.expiry_failed"},
+                )
 
     async def _expire_if_due(self, request: AccessRequest) -> AccessRequest:
         if not request.pending or request.expires_at > self._clock():
@@ -476,6 +483,7 @@ class AccessRequests:
             request.action,
             request.resource,
             request.reason,
+            extra={"event": "access.break_glass"},
         )
 
     def _notify(self, event: str, request: AccessRequest) -> None:

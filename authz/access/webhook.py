@@ -124,7 +124,14 @@ class Webhook:
                 return True
             last = attempt == self._attempts
             self._report("failed" if last else "retried")
-            log.warning("webhook %s try %d of %d: %s", message_id, attempt, self._attempts, problem)
+            log.warning(
+                "webhook %s try %d of %d: %s",
+                message_id,
+                attempt,
+                self._attempts,
+                problem,
+                extra={"event": "access.webhook_failed"},
+            )
             if not last:
                 await asyncio.sleep(pause)
                 pause *= 2

@@ -1,29 +1,30 @@
 """`lasthop access request|list|show|approve|deny|end-task`: just-in-time access over the admin API.
 
 Tokens: `request` (and `show` or `end-task` when given one) use the agent's own
-delegated token, from `--token-file` or LASTHOP_TOKEN; `list`, `show`,
-`approve`, `deny` and `end-task` otherwise use an approver's or admin's, from
-`--admin-token` or LASTHOP_ADMIN_TOKEN. `--output json` prints one object per
-request (`id`, `status`, `grant_id` once approved, and every other field).
+delegated token, from `--token-file`, LASTHOP_TOKEN_FILE or LASTHOP_TOKEN;
+`list`, `show`, `approve`, `deny` and `end-task` otherwise use an approver's
+or admin's, from `--admin-token-file`, LASTHOP_ADMIN_TOKEN_FILE or
+LASTHOP_ADMIN_TOKEN. `--output json` prints one object per request (`id`,
+`status`, `grant_id` once approved, and every other field).
 
-Exit codes: 0 approved, or pending without --wait (and every other verb that
-succeeds); 1 refused, denied, expired, cancelled or still pending after
---wait; 2 bad input or a refusal by the API (printed by cli.main).
+Exit codes (`authz.cli.conventions`): 0 approved, or pending without --wait
+(and every other verb that succeeds); 1 refused, denied, expired, cancelled
+or still pending after --wait; 2 bad input; 3 no such request; 4 a token the
+API refused, or not yours to decide; 5 the API or its store unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from authz import config
 from authz._proto import access_pb2 as pb
 from authz.cli.access_client import AccessClient
 from authz.cli.admin import admin_address, admin_options, message_dict
+from authz.cli.conventions import Exit, print_json, read_secret
 from authz.errors import UsageError
 
 
@@ -32,7 +33,11 @@ def add_commands(sub: Any) -> None:
     verbs = access.add_subparsers(dest="access_command", required=True)
     common = admin_options()
     agent = argparse.ArgumentParser(add_help=False)
-    agent.add_argument("--token-file", type=Path, help="the agent's token (else LASTHOP_TOKEN)")
+    agent.add_argument(
+        "--token-file",
+        help="a file holding the agent's own token, - for stdin (else LASTHOP_TOKEN_FILE, "
+        "else LASTHOP_TOKEN)",
+    )
 
     ask = verbs.add_parser("request", parents=[common, agent], help="ask for a grant")
     ask.add_argument("--action", required=True)
@@ -80,15 +85,13 @@ def _duration(text: str, flag: str) -> int:
 
 
 def _agent_token(args: argparse.Namespace) -> str:
-    if args.token_file is not None:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as err:
-            raise UsageError(f"--token-file `{args.token_file}`: {err.strerror}") from None
-        if not token:
-            raise UsageError(f"--token-file `{args.token_file}` is empty")
-        return token
-    return os.environ.get("LASTHOP_TOKEN", "")
+    return read_secret(args.token_file, "LASTHOP_TOKEN_FILE", "LASTHOP_TOKEN", "agent token")
+
+
+def _admin_token(args: argparse.Namespace) -> str:
+    return read_secret(
+        args.admin_token_file, "LASTHOP_ADMIN_TOKEN_FILE", "LASTHOP_ADMIN_TOKEN", "admin token"
+    )
 
 
 def _client(args: argparse.Namespace, agent: bool) -> AccessClient:
@@ -97,20 +100,23 @@ def _client(args: argparse.Namespace, agent: bool) -> AccessClient:
     if agent:
         token = _agent_token(args)
         if not token:
-            raise UsageError("no agent token: pass --token-file or set LASTHOP_TOKEN")
+            raise UsageError(
+                "no agent token: pass --token-file FILE, or set LASTHOP_TOKEN_FILE or LASTHOP_TOKEN"
+            )
         return AccessClient(address, token)
-    token = args.admin_token or os.environ.get("LASTHOP_ADMIN_TOKEN", "")
+    token = _admin_token(args)
     if not token:
         raise UsageError(
-            "no approver or admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN"
+            "no approver or admin token: pass --admin-token-file FILE, or set "
+            "LASTHOP_ADMIN_TOKEN_FILE or LASTHOP_ADMIN_TOKEN"
         )
     return AccessClient(address, token)
 
 
 def _wants_agent(args: argparse.Namespace) -> bool:
     """show and end-task: the agent's token when one is given, else the admin token."""
-    return args.token_file is not None or (
-        bool(os.environ.get("LASTHOP_TOKEN")) and not args.admin_token
+    return bool(args.token_file or os.environ.get("LASTHOP_TOKEN_FILE")) or (
+        bool(os.environ.get("LASTHOP_TOKEN")) and not _admin_token(args)
     )
 
 
@@ -136,45 +142,45 @@ def cmd_request(args: argparse.Namespace) -> int:
         made = client.get(made.id, wait=args.wait)
     _print([made], args.output, one=True)
     ok = made.status == "approved" or (made.status == "pending" and args.wait == 0)
-    return 0 if ok else 1
+    return Exit.OK if ok else Exit.NO
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     _print(_client(args, agent=False).list(args.status, args.user), args.output)
-    return 0
+    return Exit.OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     _print([_client(args, _wants_agent(args)).get(args.request_id)], args.output, one=True)
-    return 0
+    return Exit.OK
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
     ttl = _duration(args.ttl, "--ttl") if args.ttl else 0
     _print([_client(args, agent=False).approve(args.request_id, ttl)], args.output, one=True)
-    return 0
+    return Exit.OK
 
 
 def cmd_deny(args: argparse.Namespace) -> int:
     _print([_client(args, agent=False).deny(args.request_id, args.reason)], args.output, one=True)
-    return 0
+    return Exit.OK
 
 
 def cmd_end_task(args: argparse.Namespace) -> int:
     ended = _client(args, _wants_agent(args)).end_task(args.txn)
     if args.output == "json":
-        print(json.dumps(message_dict(ended), indent=2))
-        return 0
+        print_json(message_dict(ended))
+        return Exit.OK
     grants = ", ".join(ended.revoked_grants) or "none"
     requests = ", ".join(ended.cancelled_requests) or "none"
     print(f"task {ended.txn} ended: revoked grants {grants}; cancelled requests {requests}")
-    return 0
+    return Exit.OK
 
 
 def _print(requests: list[pb.AccessRequest], output: str, one: bool = False) -> None:
     if output == "json":
         found = [message_dict(r) for r in requests]
-        print(json.dumps(found[0] if one else found, indent=2))
+        print_json(found[0] if one else found)
         return
     for r in requests:
         print(_line(r))

@@ -251,7 +251,7 @@ def _print_tests(rows: list[Row], coverage: dict[str, list[str]], partial: bool)
 
 def _write_junit(path: Path, rows: list[Row]) -> None:
     root = ET.Element("testsuites")
-    for suite_name in ("fixtures", "scenarios"):
+    for suite_name in dict.fromkeys(r.suite for r in rows):
         cases = [r for r in rows if r.suite == suite_name]
         suite = ET.SubElement(
             root,

@@ -1,5 +1,8 @@
 """The demo's just-in-time access scenario, run after the grants scenario of `lasthop demo`.
 
+The commands it shows are what each party would run (`med-reconciler$ lasthop access
+...`); the demo makes the same calls through the API, while Lasthop runs.
+
 Both are about patient p-2002, admitted after the earlier parts of the demo.
 
 1. The medication reconciler, working on one admission (its task, `txn`), is
@@ -70,7 +73,8 @@ def _reconciler(base: str, address: str, issuer: DemoIssuer) -> list[demo.Outcom
     )
     took = (time.perf_counter() - started) * 1000
     print(
-        f"\n$ lasthop access request --action {needs['action']} --resource '{needs['resource']}' "
+        f"\nmed-reconciler$ lasthop access request --action {needs['action']} "
+        f"--resource '{needs['resource']}' "
         f"--purpose {needs['purpose']} --ttl 15m --max-uses 50 --txn {txn}\n"
         f"  {made.id} {made.status} by {made.decided_by} in {took:.1f} ms: grant {made.grant_id}, "
         "bound to the task"
@@ -84,7 +88,10 @@ def _reconciler(base: str, address: str, issuer: DemoIssuer) -> list[demo.Outcom
         )
     )
     ended = agent.end_task(txn)
-    print(f"\n$ lasthop access end-task {txn}\n  revoked {', '.join(ended.revoked_grants)}")
+    print(
+        f"\nmed-reconciler$ lasthop access end-task {txn}\n"
+        f"  revoked {', '.join(ended.revoked_grants)}"
+    )
     outcomes.append(
         _show(
             "med-reconciler after its task ended",
@@ -119,7 +126,7 @@ def _scribe(base: str, address: str, issuer: DemoIssuer) -> list[demo.Outcome]:
         )
     )
     print(
-        f"\n$ lasthop access request --action write --resource '{needs['resource']}' "
+        f"\nscribe$ lasthop access request --action write --resource '{needs['resource']}' "
         f"--purpose {needs['purpose']} --ttl 10m --wait 60\n"
         f"  {made.id} {made.status}: {', '.join(made.approvers)} may approve "
         f"(policy {', '.join(made.policies)}); the scribe waits"
@@ -130,12 +137,13 @@ def _scribe(base: str, address: str, issuer: DemoIssuer) -> list[demo.Outcome]:
     clinician = AccessClient(address, issuer.admin_token("dr-alice", "lasthop:approver"))
     inbox = clinician.list(status="pending")
     print(
-        f"\n$ lasthop access list --status pending      # dr-alice's inbox\n  {len(inbox)} pending:"
+        f"\ndr-alice$ lasthop access list --status pending      # her inbox\n"
+        f"  {len(inbox)} pending:"
     )
     for item in inbox:
         print(f"  {item.id}: {item.agent} asks to {item.action} {item.resource}: {item.reason}")
     approved = clinician.approve(made.id)
-    print(f"\n$ lasthop access approve {made.id}      # as dr-alice\n  grant {approved.grant_id}")
+    print(f"\ndr-alice$ lasthop access approve {made.id}\n  grant {approved.grant_id}")
     waiter.join(65)
     got = waited[0] if waited else made
     print(f"  the scribe's wait ends: {got.status} by {got.decided_by}")

@@ -198,6 +198,11 @@ async def _call(context: grpc.aio.ServicerContext, awaitable: Awaitable[T]) -> T
         await context.abort(_CODES[err.code], err.detail)
         raise
     except LasthopError as err:  # the store, the trail or the approval policies
-        log.warning("access request call failed: %s: %s", err.reason, err.detail)
+        log.warning(
+            "access request call failed: %s: %s",
+            err.reason,
+            err.detail,
+            extra={"event": "access.call_failed"},
+        )
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{err.reason}: {err.detail}")
         raise

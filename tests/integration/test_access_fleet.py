@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from authz.cli.conventions import Exit
 from authz.dev import stack as devstack
 from authz.dev.upstream import DemoUpstream
 from tests.integration.conftest import CLI_TIMEOUT, Response, assert_deny, run_cli, unique
@@ -128,7 +129,7 @@ def test_approved_at_once_on_one_replica_works_on_both_until_the_task_ends(fleet
     for replica in (a, b):
         assert_deny(until(replica, MEDICATIONS, token, 403), 403, "no_grant")
     again = access(a, *reconcile_args("15m", "--txn", txn), token=token)
-    assert again.returncode == 2 and "has ended" in again.stderr
+    assert again.returncode == Exit.USAGE and "has ended" in again.stderr
 
 
 def test_made_on_one_replica_approved_on_the_other_while_the_agent_waits(fleet: Fleet) -> None:
@@ -182,11 +183,11 @@ def test_bad_input_to_each_verb_is_a_clear_error_that_changes_nothing(fleet: Fle
     admin = fleet.admin_token
 
     ghost = access(a, *reconcile_args(), token=fleet.token(user, ["ghost-agent"], RECONCILE))
-    assert ghost.returncode == 2
+    assert ghost.returncode == Exit.UNAUTHENTICATED
     assert "agent_unregistered: agent `ghost-agent` is not registered" in ghost.stderr
 
     over = access(a, *reconcile_args("1h"), token=reconciler)
-    assert over.returncode == 1
+    assert over.returncode == Exit.NO
     refused = json.loads(over.stdout)
     assert (refused["status"], refused["outcome"], refused["limit"]) == (
         "refused",
@@ -196,21 +197,21 @@ def test_bad_input_to_each_verb_is_a_clear_error_that_changes_nothing(fleet: Fle
     assert refused["grant_id"] == ""
 
     malformed = access(b, *_with(reconcile_args(), "Medications:p-1001"), token=reconciler)
-    assert malformed.returncode == 2
+    assert malformed.returncode == Exit.USAGE
     assert "invalid_argument: resource `Medications:p-1001` is not a Cedar entity" in (
         malformed.stderr
     )
 
     missing = access(b, "approve", "r-0000000000000000", admin=admin)
-    assert missing.returncode == 2
+    assert missing.returncode == Exit.NOT_FOUND
     assert "not_found: no access request `r-0000000000000000`" in missing.stderr
 
     pending = as_json(access(a, *note_args(), token=scribe))
     own = access(b, "approve", pending["id"], admin=scribe)
-    assert own.returncode == 2
+    assert own.returncode == Exit.UNAUTHENTICATED
     assert "permission_denied" in own.stderr and "agent's access token" in own.stderr
     unnamed = access(b, "approve", pending["id"], admin=admin)
-    assert unnamed.returncode == 2 and f"user:{user}" in unnamed.stderr
+    assert unnamed.returncode == Exit.UNAUTHENTICATED and f"user:{user}" in unnamed.stderr
 
     listed = as_json(access(b, "list", "--user", user, "--output", "json", admin=admin))
     assert sorted((r["status"], r["id"]) for r in listed) == sorted(
