@@ -4,7 +4,8 @@ Deciding (approve or deny) a pending request, one reason each:
 - the agent that asked, or any agent of its chain             -> refused: not your own
 - an approver (`lasthop:approver`) decides only requests on
   their own behalf (request.user == their `sub`); an admin
-  (`lasthop:admin`) for anyone, as for issuing grants           -> refused
+  (`lasthop:admin`) for anyone: the rule of `access.authority`,
+  the one grants follow                                          -> refused
 - approving needs a name the approval policies gave: `user:<sub>`
   for the person, `role:<r>` for a `roles` claim holding r       -> refused
   (an admin may deny any pending request: a denial grants nothing)
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from authz.access.authority import ADMIN, APPROVER, check_acts_for
+from authz.access.authority import Caller as AdminCaller
 from authz.check.pipeline import Caller
+from authz.errors import NotPermitted
 from authz.model import AccessRequest
 
 
@@ -48,11 +52,11 @@ def refusal(request: AccessRequest, approver: Approver, approving: bool) -> str:
     sub = approver.sub
     if sub == request.agent or sub in request.chain:
         return f"`{sub}` asked for this access and cannot decide its own request"
-    if not approver.admin and request.user != sub:
-        return (
-            f"an approver decides only requests on their own behalf; this one acts for "
-            f"`{request.user}` (an admin decides for anyone)"
-        )
+    role = ADMIN if approver.admin else APPROVER
+    try:
+        check_acts_for(AdminCaller(sub, frozenset({role})), request.user)
+    except NotPermitted as err:
+        return str(err)
     if not approving and approver.admin:
         return ""
     if not approver.names & set(request.approvers):

@@ -45,6 +45,7 @@ from authz.check.pipeline import Caller
 from authz.config import AccessSettings
 from authz.errors import (
     AccessRequestError,
+    AgentNotActive,
     AuditUnavailable,
     GrantRequestError,
     StoreUnavailable,
@@ -52,7 +53,6 @@ from authz.errors import (
 from authz.model import AccessRequest, Grant, RiskTiers
 from authz.policy.load import PolicyBundle
 from authz.stores.protocols import AccessStore, AgentRegistry, GrantStore
-from authz.stores.registry import live
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class AccessRequests:
         self, asked: AccessRequest, verdict: Verdict, now: int
     ) -> AccessRequest:
         by = _policy(verdict)
-        grant = self._grant(asked, by, asked.ttl_seconds, now)
+        grant = await self._grant(asked, by, asked.ttl_seconds, now)
         approved = replace(
             asked,
             status="approved",
@@ -239,15 +239,8 @@ class AccessRequests:
             raise AccessRequestError(
                 f"ttl may only shorten the request: between 1 s and {current.ttl_seconds} s"
             )
-        agent = live(await self._registry.get(current.agent))
-        if agent is None or not agent.active:
-            state = agent.status if agent else "not registered"
-            raise AccessRequestError(
-                f"agent `{current.agent}` is {state} now; its request cannot be approved",
-                "failed_precondition",
-            )
         now = int(self._clock())
-        grant = self._grant(current, approver.sub, ttl or current.ttl_seconds, now)
+        grant = await self._grant(current, approver.sub, ttl or current.ttl_seconds, now)
         approved = replace(
             current,
             status="approved",
@@ -431,7 +424,9 @@ class AccessRequests:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _grant(self, request: AccessRequest, issued_by: str, ttl: int, now: int) -> Grant:
+    async def _grant(self, request: AccessRequest, issued_by: str, ttl: int, now: int) -> Grant:
+        """The grant `request` asks for, checked as `grants issue` checks one: the agent
+        registered and active now (a suspended one: failed_precondition)."""
         asked = GrantRequest(
             agent=request.agent,
             user=request.user,
@@ -441,10 +436,20 @@ class AccessRequests:
             ttl_seconds=ttl,
             max_uses=request.max_uses,
         )
+        agent = await self._registry.get(request.agent)
         try:
             grant = new_grant(
-                asked, issued_by, now, {request.agent}, self._bundle().actions, self._max_ttl
+                asked,
+                issued_by,
+                now,
+                {request.agent: agent} if agent is not None else {},
+                self._bundle().actions,
+                self._max_ttl,
             )
+        except AgentNotActive as err:
+            raise AccessRequestError(
+                f"{err}; its request cannot be approved", "failed_precondition"
+            ) from None
         except GrantRequestError as err:
             raise AccessRequestError(str(err)) from None
         return replace(

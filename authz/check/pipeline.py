@@ -245,10 +245,10 @@ class Pipeline:
         """The identity, chain, registry and intent phases exactly as a check runs them, for a
         caller outside Envoy (an agent asking for access); raises the first refusal."""
         facts = _Facts(policy_version="")
-        claims = self._identity(req, facts)
+        claims = await self._identity(req, facts)
         chain = await self._chain(req, claims)
-        agents = await self._registry(chain, facts)
-        intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        agents = await self._registry(req, chain, facts)
+        intent = await self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
         return Caller(chain, agents, intent)
 
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
