@@ -1,5 +1,5 @@
-"""Encodings every layer shares: base64url without padding (RFC 7515), RFC 3339 times, and
-strict JSON (RFC 8259) for bodies Lasthop decides on."""
+"""Encodings every layer shares: base64url without padding (RFC 7515), RFC 3339 times,
+W3C trace context (`traceparent`), and strict JSON (RFC 8259) for bodies Lasthop decides on."""
 
 from __future__ import annotations
 
@@ -28,6 +28,28 @@ def b64url_decode(text: str) -> bytes:
 def rfc3339(timestamp: float) -> str:
     """The `time` of every audit record: RFC 3339, UTC, milliseconds."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+# W3C Trace Context: version-traceid-parentid-flags, lowercase hex; all-zero ids are invalid.
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def traceparent(value: str) -> str:
+    """A valid `traceparent` header value, normalised; "" for anything that is not one."""
+    match = _TRACEPARENT.match(value.strip().lower())
+    if not match:
+        return ""
+    version, trace_id, parent_id, _, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or set(trace_id) == {"0"}:
+        return ""
+    if set(parent_id) == {"0"}:
+        return ""
+    return match.group(0)[:55]
+
+
+def trace_id_of(value: str) -> str:
+    """The 32-hex trace id of a `traceparent` that `traceparent()` accepted, else ""."""
+    return value[3:35] if value else ""
 
 
 class JsonError(ValueError):

@@ -6,6 +6,7 @@ raises `ConfigError` naming the key, and the server does not start.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -14,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from authz import spiffe
 from authz.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:9191"
@@ -23,6 +25,7 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+DEFAULT_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
 
 REDIS_SCHEMES = (
@@ -35,13 +38,17 @@ REDIS_SCHEMES = (
     "rediss+cluster://",
 )
 
-_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_DURATION = re.compile(r"(\d+)(s|m|h)")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> int:
     """`30s`, `15m`, `2h` -> seconds. Raises ValueError otherwise."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"`{text}` is not a duration like 30s, 15m or 2h")
     return int(match.group(1)) * _UNIT[match.group(2)]
@@ -52,7 +59,19 @@ class ServerSettings:
     listen: str = DEFAULT_LISTEN
     admin_listen: str = DEFAULT_ADMIN_LISTEN
     metrics_listen: str = DEFAULT_METRICS_LISTEN
+    health_listen: str = ""  # grpc.health.v1 alone, for probes; empty: only beside `listen`
     shutdown_grace_seconds: float = 5.0
+    log_format: str = "text"  # or "json": one object per line with a stable `event` name
+    log_level: str = "info"  # debug (a line per decision), info, warning or error
+    latency_budget_ms: int = 10  # the p99 check latency the shipped alert holds Lasthop to
+    # TLS: PEM files, reloaded when they change. Empty is plaintext: loopback or unix: only.
+    tls_cert: str = ""  # TLS for `listen`: the certificate chain (PEM), leaf first; empty: none
+    tls_key: str = ""  # the private key (PEM) of `tls_cert`
+    tls_client_ca: str = ""  # mTLS on `listen`: clients need a certificate this CA signed
+    admin_tls_cert: str = ""  # TLS for `admin_listen`, so admin tokens never cross in clear
+    admin_tls_key: str = ""  # the private key (PEM) of `admin_tls_cert`
+    admin_tls_client_ca: str = ""  # mTLS on `admin_listen`: clients need a cert this CA signed
+    method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
 
 
 @dataclass(frozen=True)
@@ -61,12 +80,15 @@ class IdentitySettings:
     audiences: tuple[str, ...] = ("ehr-api",)
     jwks: str = "keys/jwks.json"
     jwks_refresh_seconds: int = 300
+    jwks_refetch_min_seconds: int = 30  # unknown-kid reloads of a URL at most this often; 1-3600
+    jwks_ca_file: str = ""  # CAs (PEM) for an https JWKS URL; empty: the system's
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway_seconds: int = 30
     max_token_lifetime: int = 3600
     max_chain_depth: int = 4
     bind_peer: bool = False
     spiffe_trust_domain: str = ""  # with bind_peer: peers must come from this trust domain
+    spiffe_id_template: str = ""
     txn_token_issuers: tuple[str, ...] = ()  # empty: the access-token issuer
 
 
@@ -100,11 +122,30 @@ class GrantsSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = False  # OpenTelemetry: a span per check (needs the `otel` extra)
+    endpoint: str = ""  # OTLP/gRPC collector; empty: OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317
+    service_name: str = "lasthop"  # the spans' `service.name`
+    sample_ratio: float = 1.0  # for checks that arrive without a sampled-or-not parent
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     audience: str = "lasthop-admin"
 
 
-_FSYNC_INTERVAL = re.compile(r"^(\d+)ms$")
+@dataclass(frozen=True)
+class AccessSettings:
+    pending_ttl: int = 300  # an access request no one decides expires after this; up to 1 day
+    break_glass_max_ttl: int = 900  # no break-glass grant lasts longer; up to 1 day
+    max_wait_seconds: int = 300  # the longest a caller may wait for a decision; 0 to 3600
+    webhook_url: str = ""  # POST pending and break-glass requests here (https, or http to loopback)
+    webhook_secret_file: str = ""  # the webhook's signing secret; required with the URL
+    webhook_timeout_ms: int = 2000  # one delivery try; 1 to 60000
+    webhook_attempts: int = 5  # tries per notification, 0.5 s apart, doubling; 1 to 20
+
+
+_FSYNC_INTERVAL = re.compile(r"(\d+)ms")
 MAX_FSYNC_INTERVAL_MS = 10_000
 
 
@@ -127,7 +168,7 @@ class AuditSettings:
         """0.0 for `always`; raises ValueError on anything but `always` or `<N>ms`."""
         if self.fsync == "always":
             return 0.0
-        match = _FSYNC_INTERVAL.match(self.fsync)
+        match = _FSYNC_INTERVAL.fullmatch(self.fsync)
         if not match or not 1 <= int(match.group(1)) <= MAX_FSYNC_INTERVAL_MS:
             raise ValueError(
                 f"must be `always` or an interval from 1ms to "
@@ -164,8 +205,8 @@ class DetectSettings:
     hygiene_require_jti: bool = True  # flag tokens without `jti`
     hygiene_response: str = "alert"  # record, alert, approve, suspend or revoke
     approval_ttl: int = 86400  # how long an `approve` response holds for an agent
-    webhook_url: str = ""  # POST every alert here, signed (HMAC-SHA256); empty: no webhook
-    webhook_secret_file: str = ""  # the shared secret the signature is made with
+    webhook_url: str = ""  # POST every alert here, signed (https, or http to loopback)
+    webhook_secret_file: str = ""  # the webhook's signing secret; required with the URL
     webhook_timeout_ms: int = 2000  # per delivery attempt
 
 
@@ -179,7 +220,9 @@ class Settings:
     grants: GrantsSettings
     admin: AdminSettings
     audit: AuditSettings
+    tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
+    access: AccessSettings = AccessSettings()
     detect: DetectSettings = DetectSettings()
 
     def path(self, value: str) -> Path:
@@ -196,6 +239,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "grants": GrantsSettings,
     "admin": AdminSettings,
     "audit": AuditSettings,
+    "tracing": TracingSettings,
+    "access": AccessSettings,
     "detect": DetectSettings,
 }
 # Keys that once existed, and why they are gone.
@@ -213,6 +258,22 @@ _DURATION_KEYS = {
     "detect.novelty_learning",
     "detect.hygiene_token_lifetime",
     "detect.approval_ttl",
+    "access.pending_ttl",
+    "access.break_glass_max_ttl",
+}
+# `LASTHOP_*` variables that are not settings: the CLI's, and the scripts'. Any other
+# `LASTHOP_*` variable that names no setting stops start-up: a typo must not pass silently.
+CLIENT_VARIABLES = {
+    "LASTHOP_ADMIN_URL": "the admin API address the CLI calls",
+    "LASTHOP_ADMIN_TOKEN": "the admin bearer token the CLI sends",
+    "LASTHOP_ADMIN_TOKEN_FILE": "a file holding the admin bearer token the CLI sends",
+    "LASTHOP_ADMIN_CA": "the CA certificate the CLI verifies a TLS admin listener with",
+    "LASTHOP_ADMIN_CERT": "the client certificate the CLI presents to an mTLS admin listener",
+    "LASTHOP_ADMIN_KEY": "the private key of that client certificate",
+    "LASTHOP_FUZZ_EXAMPLES": "tests/test_fuzz.py: more (and random) examples than the suite's",
+    "LASTHOP_TOKEN": "the agent's own delegated token `lasthop access` sends",
+    "LASTHOP_TOKEN_FILE": "a file holding the agent's own delegated token `lasthop access` sends",
+    "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
 }
 
 
@@ -233,12 +294,35 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
     for name in raw:
         if name not in _SECTIONS:
             raise ConfigError(name, f"unknown section; expected one of {sorted(_SECTIONS)}")
+    _refuse_unknown_variables(env)
     sections = {
         name: _section(name, cls, raw.get(name, {}), env) for name, cls in _SECTIONS.items()
     }
     settings = Settings(**sections, base_dir=base_dir)
     _validate(settings)
     return settings
+
+
+def setting_variables() -> dict[str, str]:
+    """Every `LASTHOP_<SECTION>_<KEY>` a setting reads -> its dotted key."""
+    return {
+        f"LASTHOP_{name.upper()}_{f.name.upper()}": f"{name}.{f.name}"
+        for name, cls in _SECTIONS.items()
+        for f in fields(cls)
+    }
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """A `LASTHOP_*` variable that is neither a setting nor the CLI's is a typo: stop."""
+    known = setting_variables()
+    for name in sorted(env):
+        if not name.startswith("LASTHOP_") or name in known or name in CLIENT_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, [*known, *CLIENT_VARIABLES], n=1, cutoff=0.85)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise ConfigError(
+            name, f"unknown environment variable: no setting reads it (unset it){hint}"
+        )
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
@@ -324,16 +408,53 @@ def _validate(s: Settings) -> None:
     if not s.admin.audience:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
+    _validate_tracing(s.tracing)
+    _validate_access(s.access)
     _validate_detect(s.detect)
 
 
 def _validate_server(s: ServerSettings) -> None:
-    for key, addr in (
-        ("server.listen", s.listen),
-        ("server.admin_listen", s.admin_listen),
-        ("server.metrics_listen", s.metrics_listen),
+    for key, addr in (("server.listen", s.listen), ("server.admin_listen", s.admin_listen)):
+        if addr.startswith(UNIX_PREFIX):
+            unix_path(key, addr)
+        else:
+            split_address(key, addr)
+    split_address("server.metrics_listen", s.metrics_listen)
+    for prefix, cert, key, ca in (
+        ("server.tls", s.tls_cert, s.tls_key, s.tls_client_ca),
+        ("server.admin_tls", s.admin_tls_cert, s.admin_tls_key, s.admin_tls_client_ca),
     ):
-        split_address(key, addr)
+        if bool(cert) != bool(key):
+            missing = f"{prefix}_key" if cert else f"{prefix}_cert"
+            raise ConfigError(missing, f"{prefix}_cert and {prefix}_key go together")
+        if ca and not cert:
+            raise ConfigError(f"{prefix}_client_ca", f"needs {prefix}_cert and {prefix}_key")
+    for name in s.method_override_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(
+                "server.method_override_headers",
+                f"`{name}` is not a lowercase header name (letters, digits, `-`)",
+            )
+    if s.health_listen:
+        split_address("server.health_listen", s.health_listen)
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            "server.log_format", f"`{s.log_format}` is not one of {list(LOG_FORMATS)}"
+        )
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError("server.log_level", f"`{s.log_level}` is not one of {list(LOG_LEVELS)}")
+    _range("server.latency_budget_ms", s.latency_budget_ms, 1, 10_000)
+
+
+def _validate_tracing(t: TracingSettings) -> None:
+    if t.endpoint and not t.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("tracing.endpoint", f"`{t.endpoint}` must be an http:// or https:// URL")
+    if not t.service_name:
+        raise ConfigError("tracing.service_name", "must not be empty")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        raise ConfigError(
+            "tracing.sample_ratio", f"must be between 0 and 1, got `{t.sample_ratio}`"
+        )
 
 
 def _validate_identity(i: IdentitySettings) -> None:
@@ -354,9 +475,30 @@ def _validate_identity(i: IdentitySettings) -> None:
     if i.jwks.startswith("http://"):
         raise ConfigError("identity.jwks", "a JWKS URL must use https")
     _positive("identity.jwks_refresh_seconds", i.jwks_refresh_seconds)
+    _range("identity.jwks_refetch_min_seconds", i.jwks_refetch_min_seconds, 1, 3600)
+    if i.jwks_ca_file and not i.jwks.startswith("https://"):
+        raise ConfigError("identity.jwks_ca_file", "is for an https `identity.jwks` URL only")
     _range("identity.leeway_seconds", i.leeway_seconds, 0, 300)
     _positive("identity.max_token_lifetime", i.max_token_lifetime)
     _range("identity.max_chain_depth", i.max_chain_depth, 1, 16)
+    _validate_spiffe(i)
+
+
+def _validate_spiffe(i: IdentitySettings) -> None:
+    if i.spiffe_trust_domain:
+        try:
+            spiffe.trust_domain(i.spiffe_trust_domain)
+        except ValueError as err:
+            raise ConfigError("identity.spiffe_trust_domain", str(err)) from None
+    try:
+        spiffe_binding(i)
+    except ValueError as err:
+        raise ConfigError("identity.spiffe_id_template", str(err)) from None
+
+
+def spiffe_binding(i: IdentitySettings) -> spiffe.Binding:
+    """Which SPIFFE ID each agent must present; raises ValueError on a bad template."""
+    return spiffe.Binding(trust_domain=i.spiffe_trust_domain, template=i.spiffe_id_template)
 
 
 def _validate_store(s: StoreSettings) -> None:
@@ -431,11 +573,48 @@ def _validate_detect(d: DetectSettings) -> None:
     if not re.fullmatch(r"[A-Z][A-Za-z0-9_]*", d.breadth_entity):
         raise ConfigError("detect.breadth_entity", f"`{d.breadth_entity}` is not an entity type")
     _range("detect.webhook_timeout_ms", d.webhook_timeout_ms, 1, 60_000)
-    if d.webhook_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", d.webhook_url):
-        raise ConfigError("detect.webhook_url", f"`{d.webhook_url}` is not an http(s) URL")
-    if d.webhook_url and not d.webhook_secret_file:
+    _check_webhook("detect", d.webhook_url, d.webhook_secret_file)
+
+
+UNIX_PREFIX = "unix:"
+
+
+def unix_path(key: str, addr: str) -> str:
+    """`unix:/abs/path` -> `/abs/path`; the socket's directory must exist when serving."""
+    path = addr.removeprefix(UNIX_PREFIX)
+    if not path.startswith("/") or path.startswith("//") or "\x00" in path:
+        raise ConfigError(key, f"`{addr}` is not `unix:/absolute/path`")
+    if len(path.encode()) > 107:
+        raise ConfigError(key, f"`{addr}`: a Unix socket path is at most 107 bytes")
+    return path
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _validate_access(a: AccessSettings) -> None:
+    _range("access.pending_ttl", a.pending_ttl, 1, 86_400)
+    _range("access.break_glass_max_ttl", a.break_glass_max_ttl, 1, 86_400)
+    _range("access.max_wait_seconds", a.max_wait_seconds, 0, 3600)
+    _range("access.webhook_timeout_ms", a.webhook_timeout_ms, 1, 60_000)
+    _range("access.webhook_attempts", a.webhook_attempts, 1, 20)
+    _check_webhook("access", a.webhook_url, a.webhook_secret_file)
+
+
+def _check_webhook(section: str, url: str, secret_file: str) -> None:
+    """A webhook URL is https, or plain http to loopback; it needs its signing secret."""
+    if not url:
+        return
+    host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    loopback = host.rpartition(":")[0] in LOOPBACK_HOSTS or host in LOOPBACK_HOSTS
+    if not url.startswith("https://") and not (url.startswith("http://") and loopback):
         raise ConfigError(
-            "detect.webhook_secret_file", "detect.webhook_url needs a secret to sign with"
+            f"{section}.webhook_url", f"`{url}` must be https (plain http only to loopback)"
+        )
+    if not secret_file:
+        raise ConfigError(
+            f"{section}.webhook_secret_file",
+            f"is required with {section}.webhook_url: the signing secret",
         )
 
 

@@ -1,6 +1,7 @@
 """Every error Lasthop raises on purpose, as one tree.
 
     LasthopError                  a check ends with it: `reason` (a `Reason`) and `detail`
+    ├── MalformedRequest (400)    the CheckRequest itself cannot be decoded
     ├── Unauthenticated (401)     the caller did not prove who it is
     │   └── TokenError            a bearer or transaction token was refused
     ├── Forbidden (403)           we know who it is, and the answer is no
@@ -19,12 +20,18 @@
     ├── ConfigError               names the config key or environment variable
     └── PolicyLoadError           names the policy file and line
 
-    RequestError                  an admin API request is invalid; nothing was written
-    ├── GrantRequestError
-    └── AgentRequestError
+    RequestError                  an admin API request is refused; nothing was written
+    ├── GrantRequestError         invalid (INVALID_ARGUMENT)
+    │   └── AgentNotActive        the grant's agent is suspended (FAILED_PRECONDITION)
+    ├── AgentRequestError         invalid (INVALID_ARGUMENT)
+    ├── NotPermitted              the caller may not act for that user (PERMISSION_DENIED)
+    └── AccessRequestError        an access request, or a decision on one, is refused
+                                  (`code`: invalid_argument, not_found, permission_denied,
+                                  failed_precondition)
 
     UsageError                    bad command-line input or an unreadable input file (exit 2)
-    └── ScenarioError             a policy scenario file is wrong
+    ├── ScenarioError             a policy scenario file is wrong
+    └── FixtureError              an ALLOW/DENY fixture file is wrong
     AdminError                    the admin API refused a CLI call (`code`: the gRPC status)
 
     ReceiptError                  a receipt did not verify (`reason`: a stable code)
@@ -52,6 +59,11 @@ class LasthopError(Exception):
     def status(self) -> int:
         reason = self.reason
         return reason.status if isinstance(reason, Reason) else POLICY_REASON_STATUS
+
+
+class MalformedRequest(LasthopError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.MALFORMED_REQUEST, detail)
 
 
 class Unauthenticated(LasthopError):
@@ -149,8 +161,28 @@ class GrantRequestError(RequestError):
     pass
 
 
+class AgentNotActive(GrantRequestError):
+    """The agent exists but is suspended: no grant until it is resumed."""
+
+
 class AgentRequestError(RequestError):
     pass
+
+
+class NotPermitted(RequestError):
+    """The caller's role does not let it act for that user (`authz.access.authority`)."""
+
+
+class AccessRequestError(RequestError):
+    """An access request, or a decision on one, is refused; nothing was written."""
+
+    CODES = ("invalid_argument", "not_found", "permission_denied", "failed_precondition")
+
+    def __init__(self, detail: str, code: str = "invalid_argument") -> None:
+        super().__init__(detail)
+        assert code in self.CODES, code
+        self.code = code
+        self.detail = detail
 
 
 class UsageError(Exception):
@@ -159,6 +191,10 @@ class UsageError(Exception):
 
 class ScenarioError(UsageError):
     """The scenario file itself is wrong; the message names the scenario and key."""
+
+
+class FixtureError(UsageError):
+    """An ALLOW/DENY fixture cannot be read or lacks a key; the message names the file."""
 
 
 class AdminError(Exception):

@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-_ENTITY = re.compile(r'^([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\]*)"$')
+from authz import spiffe
+
+# Every identifier pattern is used with `fullmatch`: `$` would let a trailing newline through.
+_ENTITY = re.compile(
+    r'([A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*)::"([^"\\\x00-\x1f\x7f-\x9f]*)"'
+)
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -28,8 +33,9 @@ class CheckInput:
     host: str
     headers: dict[str, list[str]]  # lowercase name -> every value sent
     peer_principal: str = ""  # source.principal, e.g. spiffe://trust/ns/x/sa/scribe
-    request_id: str = ""
+    request_id: str = ""  # Envoy's x-request-id
     body_sha256: str = ""  # when Envoy sent the whole body (with_request_body); for receipts
+    traceparent: str = ""  # the W3C trace context the check continues (see codec.traceparent)
     body: bytes | None = None  # what Envoy sent of the body; None: it sends none (no
     # `with_request_body`); read only by an MCP endpoint, never logged
     body_partial: bool = False  # Envoy says it sent only the start of the body
@@ -93,7 +99,8 @@ class EntityRef:
     id: str
 
     def __str__(self) -> str:
-        return f"{self.type}::{json.dumps(self.id)}"
+        """`Type::"id"`, which `parse` reads back: only what it refuses is escaped."""
+        return f"{self.type}::{json.dumps(self.id, ensure_ascii=False)}"
 
     def as_cedar(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id}
@@ -101,7 +108,7 @@ class EntityRef:
     @classmethod
     def parse(cls, text: str) -> EntityRef:
         """`Type::"id"` -> EntityRef. Raises ValueError for anything else."""
-        match = _ENTITY.match(text)
+        match = _ENTITY.fullmatch(text)
         if not match:
             raise ValueError(f'`{text}` is not a Cedar entity reference like Patient::"p-1001"')
         return cls(match.group(1), match.group(2))
@@ -139,6 +146,8 @@ class RouteMatch:
 
 AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 PURPOSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+# A person: a token's `sub`, which OpenID Connect caps at 255 ASCII characters.
+USER_ID = re.compile(r"[!-~]{1,255}")
 MAX_DESCRIPTION = 1000
 AGENT_STATUSES = ("active", "suspended")  # what seeds and the admin API may set
 # what the store may hold: a deregistered agent stays as a tombstone, so a seed in
@@ -158,6 +167,7 @@ class Agent:
     allowed_purposes: tuple[str, ...] = ()  # purposes it may act for
     created_at: int = 0
     registered_by: str = ""
+    spiffe_id: str = ""  # the one workload it runs as; "" binds through identity.spiffe_id_template
     hours: str = ""  # declared working hours (`WorkingHours`); empty: any time
 
     @property
@@ -176,8 +186,11 @@ class Agent:
                 f"id `{self.id}` must be 1-63 lowercase letters, digits, `.`, `_` or `-`, "
                 "starting with a letter or digit"
             )
-        if not self.owner.strip():
-            raise ValueError(f"agent `{self.id}`: `owner` must name the accountable human")
+        if not USER_ID.fullmatch(self.owner):
+            raise ValueError(
+                f"agent `{self.id}`: `owner` must name the accountable human "
+                "(1-255 printable ASCII characters, no spaces)"
+            )
         if not 0 <= self.risk <= 100:
             raise ValueError(f"agent `{self.id}`: `risk` must be an integer 0 to 100")
         if self.status not in statuses:
@@ -189,6 +202,11 @@ class Agent:
             raise ValueError(
                 f"agent `{self.id}`: `description` must be at most {MAX_DESCRIPTION} characters"
             )
+        if self.spiffe_id:
+            try:
+                spiffe.parse(self.spiffe_id)
+            except ValueError as err:
+                raise ValueError(f"agent `{self.id}`: `spiffe_id`: {err}") from None
         if self.hours:
             try:
                 WorkingHours.parse(self.hours)
@@ -215,6 +233,7 @@ class Agent:
                 allowed_purposes=tuple(_str(p) for p in data.get("allowed_purposes", [])),
                 created_at=_int(data.get("created_at", 0)),
                 registered_by=_str(data.get("registered_by", "")),
+                spiffe_id=_str(data.get("spiffe_id", "")),
                 hours=_str(data.get("hours", "")),
             )
         except (KeyError, TypeError) as err:
@@ -223,7 +242,7 @@ class Agent:
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_SPAN = re.compile(r"^(?:([A-Za-z]{3})(?:-([A-Za-z]{3}))? )?(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+_SPAN = re.compile(r"(?:([A-Za-z]{3})(?:-([A-Za-z]{3}))? )?(\d{2}):(\d{2})-(\d{2}):(\d{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +287,7 @@ class WorkingHours:
 
 
 def _span(text: str) -> tuple[frozenset[int], int, int]:
-    match = _SPAN.match(text)
+    match = _SPAN.fullmatch(text)
     if not match:
         raise ValueError(f"`{text}` is not a span like `Mon-Fri 07:00-19:00` or `22:00-06:00`")
     first, last, h1, m1, h2, m2 = match.groups()
@@ -316,13 +335,17 @@ class Grant:
     issued_at: int
     expires_at: int
     max_uses: int = 0  # 0: unlimited
+    txn: str = ""  # bound to this task: covers only requests carrying this txn; "": any
+    request_id: str = ""  # the access request it was approved on; "": issued directly
+    break_glass: bool = False  # emergency access: flagged in the accounting of disclosures
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Grant:
-        """Raises ValueError on anything that is not a well-formed grant."""
+        """Raises ValueError on anything that is not a well-formed grant. Grants stored
+        before `txn`, `request_id` and `break_glass` existed read with their defaults."""
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("grant is not an object")
@@ -338,6 +361,9 @@ class Grant:
                 issued_at=_int(data["issued_at"]),
                 expires_at=_int(data["expires_at"]),
                 max_uses=_int(data.get("max_uses", 0)),
+                txn=_str(data.get("txn", "")),
+                request_id=_str(data.get("request_id", "")),
+                break_glass=_bool(data.get("break_glass", False)),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed grant: {err}") from err
@@ -354,6 +380,83 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return tuple(_str(v) for v in value)
+
+
+REQUEST_STATUSES = ("pending", "approved", "refused", "denied", "expired", "cancelled")
+_FIELD_TYPES = {"str": _str, "int": _int, "bool": _bool, "tuple[str, ...]": _strs}
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """An agent's request for a grant, and what became of it (see `authz.access.requests`).
+
+    pending -> approved (by policy or a person) | denied (by a person) | expired
+               (undecided in time) | cancelled (its task ended); or refused at once
+    """
+
+    id: str
+    agent: str  # the current actor that asked
+    user: str  # on whose behalf the chain acts
+    chain: tuple[str, ...]  # every agent, first first
+    action: str
+    resource: str  # a Cedar entity reference
+    purpose: str
+    ttl_seconds: int
+    max_uses: int  # 0: unlimited
+    txn: str  # bind the grant to this task; "": not bound
+    reason: str  # the agent's own words
+    break_glass: bool
+    created_at: int
+    expires_at: int  # still pending after this: expired
+    status: str = "pending"
+    approvers: tuple[str, ...] = ()  # whom policy lets approve: user, owner, role:<name>
+    policies: tuple[str, ...] = ()  # the approval policies that decided
+    decided_by: str = ""  # a person's `sub`, `policy:<id>`, or `lasthop`
+    decided_at: int = 0
+    outcome: str = ""  # why it was refused, denied, expired or cancelled: a stable code
+    detail: str = ""  # the same in a sentence
+    limit: str = ""  # refused over a policy limit: which, e.g. `ttl_seconds <= 900`
+    grant_id: str = ""
+    owner: str = ""  # the agent's accountable owner when it asked
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AccessRequest:
+        """Raises ValueError on anything that is not a well-formed access request."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("access request is not an object")
+        values: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                if f.name in data:
+                    values[f.name] = _FIELD_TYPES[str(f.type)](data[f.name])
+                elif f.default is MISSING:
+                    raise KeyError(f.name)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed access request: {err}") from err
+        request = cls(**values)
+        if request.status not in REQUEST_STATUSES:
+            raise ValueError(f"malformed access request: status `{request.status}`")
+        return request
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,14 @@ class Reason(StrEnum):
     ALLOWED = "allowed", 200, "cedar", "every phase passed and Cedar allowed"
     DRY_RUN = "dry_run", 200, "cedar", "dry-run mode: a grant or policy denial was not enforced"
 
+    # request: the CheckRequest itself
+    MALFORMED_REQUEST = (
+        "malformed_request",
+        400,
+        "request",
+        "the CheckRequest is not a protobuf Lasthop can decode (invalid UTF-8 in a string...)",
+    )
+
     # identity: the bearer token (401)
     MISSING_TOKEN = "missing_token", 401, "identity", "no `authorization` header"
     MALFORMED_AUTHORIZATION = (
@@ -119,7 +127,12 @@ class Reason(StrEnum):
         "chain",
         "`client_id`/`azp` is not the current actor, or an agent presents a user's token",
     )
-    PEER_MISMATCH = ("peer_mismatch", 403, "chain", "the mTLS SPIFFE peer is not the current actor")
+    PEER_MISMATCH = (
+        "peer_mismatch",
+        403,
+        "registry",
+        "the mTLS peer is not exactly the SPIFFE ID the current actor is bound to",
+    )
 
     # registry
     AGENT_UNREGISTERED = (
@@ -146,6 +159,12 @@ class Reason(StrEnum):
         "`..`, `.`, `//`, a backslash, an encoded separator or a control character in the path",
     )
     NO_ROUTE = "no_route", 403, "route", "no route maps the method and path"
+    METHOD_OVERRIDE = (
+        "method_override",
+        403,
+        "route",
+        "a method override header (`x-http-method-override`...) names another method",
+    )
 
     # route, MCP: the JSON-RPC body of a POST to an MCP endpoint, parsed by Lasthop
     MCP_BODY_MISSING = (
@@ -221,6 +240,12 @@ class Reason(StrEnum):
     # grants
     NO_GRANT = "no_grant", 403, "grants", "no grant of (agent, user) covers the action and resource"
     GRANT_EXPIRED = "grant_expired", 403, "grants", "every covering grant has expired"
+    TASK_MISMATCH = (
+        "task_mismatch",
+        403,
+        "grants",
+        "covering grants are bound to another task (`txn`) than the request's",
+    )
     PURPOSE_MISMATCH = (
         "purpose_mismatch",
         403,

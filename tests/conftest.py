@@ -23,7 +23,7 @@ from authz.model import CheckInput, Grant, split_target
 from authz.policy import load as policy_load
 from authz.server.app import assemble
 from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
-from authz.stores.protocols import GrantStore
+from authz.stores.protocols import AgentRegistry, GrantStore
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 SCHEMA = cedarpy.Schema.from_str((POLICIES / "schema.cedarschema").read_text(encoding="utf-8"))
@@ -92,14 +92,22 @@ def make_pipeline(
         bind_peer: bool = False,
         max_chain_depth: int = 4,
         audit: Any = None,
+        observer: Any = None,
+        spiffe_id_template: str = "",
+        registry: AgentRegistry | None = None,
     ) -> Pipeline:
         return assemble(
-            ident=IdentitySettings(max_chain_depth=max_chain_depth, bind_peer=bind_peer),
+            ident=IdentitySettings(
+                max_chain_depth=max_chain_depth,
+                bind_peer=bind_peer,
+                spiffe_id_template=spiffe_id_template,
+            ),
             keys=keys_for(issuer, rs_issuer),
             bundle=bundle,
-            registry=SeededRegistry(bundle.agents),
+            registry=registry if registry is not None else SeededRegistry(bundle.agents),
             store=store if store is not None else EmbeddedGrantStore(clock),
             audit=audit if audit is not None else MemoryAudit(),
+            observer=observer,
             clock=clock,
         )
 

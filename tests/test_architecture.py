@@ -29,6 +29,8 @@ RANK = {
     "reasons": 0,
     "codec": 0,
     "config": 0,
+    "version": 0,  # authz.version(), defined in authz/__init__.py
+    "spiffe": 0,
     "stores": 1,
     "policy": 2,
     "audit": 2,
@@ -48,6 +50,7 @@ EDGE_ONLY = {  # third-party modules only the edge may import
     "envoy": {"server", "cli", "dev"},
     "authz._proto": {"server", "cli", "dev"},
     "redis": {"stores", "dev"},
+    "opentelemetry": {"server", "dev"},
     "mcp": {"dev"},  # the MCP SDK: the demo's server and agent; Lasthop parses MCP itself
 }
 PEERS = {("policy", "audit"), ("audit", "policy")}  # same rank, and must stay apart

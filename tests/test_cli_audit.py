@@ -161,7 +161,7 @@ def test_disclosures_command_formats(trail: Path, capsys: pytest.CaptureFixture[
         str(trail),
         "--jwks",
         jwks(trail),
-        "--format",
+        "--output",
         "json",
     )
     assert code == 0
@@ -178,6 +178,8 @@ def test_disclosures_command_formats(trail: Path, capsys: pytest.CaptureFixture[
         "grant_id": "g-1",
         "txn": "txn-0",
         "decision_id": "allow-2",
+        "approved_by": "",  # a record from before grants said who approved them
+        "break_glass": False,
     }
 
     code, out, _ = run(
@@ -188,7 +190,7 @@ def test_disclosures_command_formats(trail: Path, capsys: pytest.CaptureFixture[
         "p-1001",
         "--trail",
         str(trail),
-        "--format",
+        "--output",
         "csv",
         "--until",
         "2026-03-03",
@@ -228,7 +230,7 @@ def test_disclosures_read_the_configured_trail(
     cfg = tmp_path / "lasthop.toml"
     cfg.write_text(f"[audit]\npath = {json.dumps(str(trail))}\n")
     code, out, _ = run(
-        capsys, "audit", "disclosures", "--user", "bob", "--config", str(cfg), "--format", "json"
+        capsys, "audit", "disclosures", "--user", "bob", "--config", str(cfg), "--output", "json"
     )
     assert code == 0 and [r["decision_id"] for r in json.loads(out)] == ["bob-1"]
 
@@ -254,7 +256,7 @@ def test_verify_exit_codes(trail: Path, tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = run(
         capsys, "audit", "verify", str(tmp_path / "nope.jsonl"), "--jwks", jwks(trail)
     )
-    assert code == 2 and "no such file" in err
+    assert code == 3 and "no such file" in err  # not found
 
 
 def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import tomllib
@@ -16,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import cedarpy
 import pytest
 
 from authz.audit import chain as audit_chain
@@ -84,8 +86,21 @@ def scenarios(directory: Path) -> list[dict[str, Any]]:
     return result
 
 
+def approval_count(directory: Path) -> int:
+    """The approval policies' fixtures and scenarios."""
+    tests = directory / "approval" / "tests"
+    found = sum(len(list((tests / d).glob("*.json"))) for d in ("APPROVE", "PERSON", "REFUSE"))
+    doc = tomllib.loads((tests / "scenarios.toml").read_text(encoding="utf-8"))
+    return found + len(doc["scenario"])
+
+
+def total_count(directory: Path) -> int:
+    return fixture_count(directory) + len(scenarios(directory)) + approval_count(directory)
+
+
 def last_line(text: str) -> str:
-    return text.rstrip("\n").rsplit("\n", 1)[-1]
+    """The `N passed, M failed` line (the coverage line follows it)."""
+    return next(line for line in text.splitlines() if re.fullmatch(r"\d+ passed, \d+ failed", line))
 
 
 # --- policy validate --------------------------------------------------------------------------
@@ -95,8 +110,10 @@ def test_validate_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     bundle = policy_load.load(POLICIES)
     code, out, err = run(capsys, "policy", "validate", str(POLICIES))
     assert code == 0, err
+    assert bundle.approval is not None
     assert out.strip() == (
         f"ok: {len(bundle.policies)} policies (0 shadow), "
+        f"{bundle.approval.count} approval policies (0 shadow), "
         f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
         f"4 MCP tools, version {bundle.version}"
     )
@@ -111,29 +128,41 @@ def test_validate_counts_shadow_policies(capsys: pytest.CaptureFixture[str], cop
     assert out.startswith(f"ok: {total} policies (1 shadow), ")
 
 
-def test_validate_format_shipped_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "policy", "validate", "--format", str(POLICIES))
-    assert code == 0, (out, err)
-    assert "not in Cedar format" not in out
+def test_fmt_check_passes_the_shipped_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "policy", "fmt", "--check", str(POLICIES))
+    assert (code, out, err) == (0, "", "")
 
 
-def test_validate_format_names_an_unformatted_file(
+UNFORMATTED = (
+    '@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
+    'action == Action::"read",  resource is Records)  when { context has grant };\n'
+)
+
+
+def test_fmt_check_names_a_file_and_changes_nothing_then_fmt_rewrites_it(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
     path = copy / "scribe-read-records.cedar"
-    path.write_text(
-        '@id("scribe-read-records")   permit (principal   ==  Agent::"scribe", '
-        'action == Action::"read",  resource is Records)  when { context has grant };'
-        "\n",
-        encoding="utf-8",
-    )
-    code, out, _ = run(capsys, "policy", "validate", "--format", str(copy))
+    path.write_text(UNFORMATTED, encoding="utf-8")
+    code, out, _ = run(capsys, "policy", "fmt", "--check", str(copy))
     assert code == 1
-    assert out.startswith("ok: ")  # it is valid, only not formatted
-    flagged = [line for line in out.splitlines() if "not in Cedar format" in line]
-    assert flagged == [f"{path}: not in Cedar format (see cedarpy.format_policies)"]
-    # without --format the same directory passes
+    assert out.splitlines() == [f"{path}: would reformat"]
+    assert path.read_text(encoding="utf-8") == UNFORMATTED
+    code, out, _ = run(capsys, "policy", "fmt", str(copy), "--output", "json")
+    assert code == 0 and json.loads(out) == {"changed": [str(path)], "check": False}
+    assert path.read_text(encoding="utf-8") == cedarpy.format_policies(UNFORMATTED)
+    assert run(capsys, "policy", "fmt", "--check", str(copy))[0] == 0
     assert run(capsys, "policy", "validate", str(copy))[0] == 0
+
+
+def test_fmt_refuses_a_policy_it_cannot_parse(
+    capsys: pytest.CaptureFixture[str], copy: Path
+) -> None:
+    path = copy / "scribe-read-records.cedar"
+    path.write_text("permit (", encoding="utf-8")
+    code, _, err = run(capsys, "policy", "fmt", str(copy))
+    assert code == 2 and f"{path}: cannot format" in err
+    assert path.read_text(encoding="utf-8") == "permit ("
 
 
 def test_validate_broken_copy_names_file_and_line(
@@ -160,8 +189,8 @@ def test_validate_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def test_policy_test_shipped(capsys: pytest.CaptureFixture[str]) -> None:
-    total = fixture_count(POLICIES) + len(scenarios(POLICIES))
-    assert total > 20  # the shipped example has both kinds
+    total = total_count(POLICIES)
+    assert total > 20 and approval_count(POLICIES) > 10  # the shipped example has every kind
     code, out, err = run(capsys, "policy", "test", str(POLICIES))
     assert code == 0, out
     assert last_line(out) == f"{total} passed, 0 failed"
@@ -177,7 +206,7 @@ def test_policy_test_shipped(capsys: pytest.CaptureFixture[str]) -> None:
 def test_deny_fixture_filed_under_allow_fails(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
-    total = fixture_count(copy) + len(scenarios(copy))
+    total = total_count(copy)
     shutil.move(
         copy / "tests" / "DENY" / "orchestrator-reads-records.json",
         copy / "tests" / "ALLOW" / "orchestrator-reads-records.json",
@@ -208,7 +237,7 @@ def test_deny_fixture_with_the_wrong_pinned_reason_fails(
 def test_scenario_with_the_wrong_reason_fails(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
-    total = fixture_count(copy) + len(scenarios(copy))
+    total = total_count(copy)
     name = "the same read without a grant"
     edit(
         copy / "tests" / "scenarios.toml",
@@ -256,7 +285,12 @@ def test_junit_report(capsys: pytest.CaptureFixture[str], copy: Path, tmp_path: 
     root = ET.parse(report).getroot()
     assert root.tag == "testsuites"
     suites = {s.get("name"): s for s in root.findall("testsuite")}
-    assert set(suites) == {"lasthop.fixtures", "lasthop.scenarios"}
+    assert set(suites) == {
+        "lasthop.fixtures",
+        "lasthop.scenarios",
+        "lasthop.approval",
+        "lasthop.approval-scenarios",
+    }
     for suite_name, count, bad in (
         ("lasthop.fixtures", fixtures, bad_fixture),
         ("lasthop.scenarios", cases, bad_scenario),
@@ -278,7 +312,7 @@ def test_junit_report_all_passing(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert code == 0
     root = ET.parse(report).getroot()
     total = sum(int(s.get("tests", "-1")) for s in root.findall("testsuite"))
-    assert total == fixture_count(POLICIES) + len(scenarios(POLICIES))
+    assert total == total_count(POLICIES)
     assert all(s.get("failures") == "0" for s in root.findall("testsuite"))
     assert root.find(".//failure") is None
 
@@ -307,6 +341,7 @@ def test_policy_test_with_nothing_to_run_is_bad_input(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
     shutil.rmtree(copy / "tests")
+    shutil.rmtree(copy / "approval" / "tests")
     code, out, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
     assert "no fixtures" in err
@@ -466,7 +501,7 @@ def test_check_text_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert code == 0
     assert "chain      dr-alice -> scribe (current actor: scribe)" in out
     assert "policies   scribe-read-records (permit)" in out
-    assert last_line(out) == "decision   ALLOW allowed: allowed"
+    assert out.rstrip("\n").rsplit("\n", 1)[-1] == "decision   ALLOW allowed: allowed"
 
 
 def test_check_verifies_a_real_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -753,11 +788,11 @@ def test_shadow_report_bad_since_is_bad_input(
     assert "last tuesday" in err
 
 
-def test_shadow_report_missing_trail_is_bad_input(
+def test_shadow_report_missing_trail_is_not_found(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, _, err = run(capsys, "audit", "shadow-report", "--trail", str(tmp_path / "nope.jsonl"))
-    assert code == 2
+    assert code == 3
     assert "nope.jsonl" in err
 
 

@@ -244,8 +244,27 @@ def test_env_values_are_validated_like_file_values() -> None:
 
 
 def test_unrelated_environment_is_ignored() -> None:
-    s = config.load(None, environ={"LASTHOP_NOPE_X": "1", "HOME": "/root"})
+    env = {"HOME": "/root", "LASTHOP_ADMIN_URL": "127.0.0.1:1", "LASTHOP_ADMIN_TOKEN": "t"}
+    s = config.load(None, environ=env)
     assert s.server.listen == "127.0.0.1:9191"
+
+
+def test_a_misspelled_override_stops_start_up_naming_it() -> None:
+    """Issue 18: `LASTHOP_STORE_REDIS_ULR` was ignored, and the server started on the
+    embedded store; every replica of a fleet would have held private grants."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, environ={"LASTHOP_STORE_REDIS_ULR": "redis://10.0.0.1:6379/0"})
+    assert caught.value.key == "LASTHOP_STORE_REDIS_ULR"
+    assert "did you mean `LASTHOP_STORE_REDIS_URL`" in str(caught.value)
+    with pytest.raises(ConfigError, match="`LASTHOP_NOPE_X`: unknown environment variable"):
+        config.load(None, environ={"LASTHOP_NOPE_X": "1"})
+
+
+def test_every_setting_has_its_variable_and_none_collides_with_the_clients() -> None:
+    variables = config.setting_variables()
+    assert variables["LASTHOP_STORE_REDIS_URL"] == "store.redis_url"
+    assert variables["LASTHOP_SERVER_LOG_FORMAT"] == "server.log_format"
+    assert not set(variables) & set(config.CLIENT_VARIABLES)
 
 
 @pytest.mark.parametrize(
@@ -337,6 +356,28 @@ def test_relative_paths_without_a_file_resolve_against_cwd() -> None:
         ('[server]\nadmin_listen = ":9192"', "server.admin_listen"),
         ('[server]\nmetrics_listen = "127.0.0.1:70000"', "server.metrics_listen"),
         ('[store]\nredis_url = "http://x"', "store.redis_url"),
+        # issue 11: listeners, TLS, method overrides, keys, SPIFFE binding
+        ('[server]\nlisten = "unix:relative.sock"', "server.listen"),
+        ('[server]\nadmin_listen = "unix:"', "server.admin_listen"),
+        ('[server]\nmetrics_listen = "unix:/run/m.sock"', "server.metrics_listen"),
+        ('[server]\ntls_cert = "c.pem"', "server.tls_key"),
+        ('[server]\ntls_key = "k.pem"', "server.tls_cert"),
+        ('[server]\ntls_client_ca = "ca.pem"', "server.tls_client_ca"),
+        ('[server]\nadmin_tls_client_ca = "ca.pem"', "server.admin_tls_client_ca"),
+        ('[server]\nmethod_override_headers = ["X-HTTP-Method"]', "server.method_override_headers"),
+        ('[server]\nmethod_override_headers = ["x method"]', "server.method_override_headers"),
+        ("[identity]\njwks_refetch_min_seconds = 0", "identity.jwks_refetch_min_seconds"),
+        ('[identity]\njwks_ca_file = "ca.pem"', "identity.jwks_ca_file"),
+        ('[identity]\nspiffe_trust_domain = "Cluster.local"', "identity.spiffe_trust_domain"),
+        ('[identity]\nspiffe_id_template = "spiffe://td/sa/scribe"', "identity.spiffe_id_template"),
+        (
+            '[identity]\nspiffe_id_template = "spiffe://{trust_domain}/sa/{agent}"',
+            "identity.spiffe_id_template",
+        ),
+        (
+            '[identity]\nspiffe_id_template = "spiffe://td/ns/{namespace}/sa/{agent}"',
+            "identity.spiffe_id_template",
+        ),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -418,3 +459,15 @@ def test_parse_duration_ok(text: str, seconds: int) -> None:
 def test_parse_duration_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         config.parse_duration(text)
+
+
+def test_a_unix_socket_and_a_spiffe_template_are_accepted(tmp_path: Path) -> None:
+    s = load_text(
+        tmp_path,
+        '[server]\nlisten = "unix:/run/lasthop/authz.sock"\n'
+        '[identity]\nspiffe_trust_domain = "cluster.local"\n'
+        'spiffe_id_template = "spiffe://{trust_domain}/ns/agents/sa/{agent}"\n',
+    )
+    assert s.server.listen == "unix:/run/lasthop/authz.sock"
+    binding = config.spiffe_binding(s.identity)
+    assert str(binding.expected("scribe")) == "spiffe://cluster.local/ns/agents/sa/scribe"

@@ -132,3 +132,18 @@ def test_no_generation_means_no_cache(
     for _ in range(3):
         asyncio.run(counting.pipeline.check(check_input(token)))
     assert counting.full == 3
+
+
+def test_a_method_override_is_part_of_the_key(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
+    """Found by issue 11's Envoy test: an allowed GET was served from the cache to the same
+    GET carrying `x-http-method-override: DELETE`, which the pipeline denies."""
+    counting, _, _ = build(make_pipeline, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    plain = asyncio.run(counting.pipeline.check(check_input(token)))
+    override = {"x-http-method-override": ["DELETE"]}
+    overridden = asyncio.run(counting.pipeline.check(check_input(token, headers=override)))
+    assert plain.allowed
+    assert (overridden.allowed, overridden.reason) == (False, "method_override")
+    assert counting.full == 2

@@ -291,6 +291,24 @@ def test_approve_flags_new_access_and_policy_can_read_it(
     assert run(lambda: rig.monitor.windows.flagged("scribe")) is True
 
 
+def test_approve_sends_the_agents_access_requests_to_a_person(
+    bundle: PolicyBundle, issuer: DemoIssuer
+) -> None:
+    """The access requests' containment hook (issue 14): what approval policies would approve
+    at once waits for a person while any agent of the chain is flagged, or the store cannot
+    say."""
+    rig = _breadth(bundle, issuer, "approve")
+    responder = rig.monitor.responder
+    assert run(lambda: responder.requires_person(("orchestrator", "scribe"))) is True
+    assert run(lambda: responder.requires_person(("med-reconciler",))) is False
+
+    async def unreachable(agent: str) -> bool:
+        raise StoreUnavailable("redis read failed: ConnectionError")
+
+    responder.windows.flagged = unreachable  # type: ignore[method-assign]
+    assert run(lambda: responder.requires_person(("med-reconciler",))) is True
+
+
 def test_revoke_suspends_and_revokes_every_grant(bundle: PolicyBundle, issuer: DemoIssuer) -> None:
     rig = _breadth(bundle, issuer, "revoke")
     assert run(lambda: rig.agents.get_agent("scribe")).status == "suspended"
@@ -486,6 +504,7 @@ def test_build_wires_the_example_and_a_cached_allow_never_outlives_a_containment
     path = devstack.write_config(tmp_path, issuer.write_jwks(tmp_path / "keys" / "jwks.json"))
     app = app_module.build(config.load(path, environ={}), CollectorRegistry())
     assert app.monitor is not None and app.settings.detect.breadth_response == "suspend"
+    assert app.access.containment is app.monitor.responder  # access requests ask it
     refusals = [3]
     original = app.agents.replace_agent
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from authz import config
-from authz.detect import webhook
+from authz.access import webhook
+from authz.detect.respond import WEBHOOK_ATTEMPTS, WebhookReport, alert_body
 from authz.errors import ConfigError, PolicyLoadError, ScenarioError
 from authz.model import Agent, WorkingHours
 from authz.policy import load as policy_load
@@ -52,8 +53,9 @@ def test_the_example_section_and_environment_overrides(tmp_path: Path) -> None:
         ("rate_factor = 1", "detect.rate_factor", "between 2 and 1000"),
         ("probing_denials = -1", "detect.probing_denials", "between 0 and"),
         ('breadth_entity = "patient"', "detect.breadth_entity", "is not an entity type"),
-        ('webhook_url = "ftp://x"', "detect.webhook_url", "is not an http(s) URL"),
-        ('webhook_url = "https://x/hook"', "detect.webhook_secret_file", "needs a secret"),
+        ('webhook_url = "ftp://x"', "detect.webhook_url", "must be https"),
+        ('webhook_url = "http://siem.test/x"', "detect.webhook_url", "only to loopback"),
+        ('webhook_url = "https://x/hook"', "detect.webhook_secret_file", "is required"),
         ('cooldown = "10 minutes"', "detect.cooldown", "is not a duration"),
         ("hunting = true", "detect.hunting", "unknown key"),
     ],
@@ -74,14 +76,15 @@ def test_a_bad_environment_override_names_the_variable() -> None:
     assert info.value.key == "LASTHOP_DETECT_BREADTH_PATIENTS"
 
 
-def test_an_unusable_webhook_secret_stops_start_up(tmp_path: Path) -> None:
+def test_an_unusable_webhook_secret_stops_start_up_naming_detects_key(tmp_path: Path) -> None:
+    key = "detect.webhook_secret_file"
     with pytest.raises(ConfigError) as missing:
-        webhook.read_secret(tmp_path / "nope")
-    assert missing.value.key == "detect.webhook_secret_file" and "cannot read" in str(missing.value)
+        webhook.read_secret(tmp_path / "nope", key)
+    assert missing.value.key == key and "cannot read" in str(missing.value)
     short = tmp_path / "short"
     short.write_text("abc\n")
-    with pytest.raises(ConfigError, match="fewer than 16 bytes"):
-        webhook.read_secret(short)
+    with pytest.raises(ConfigError, match="shorter than 16 bytes"):
+        webhook.read_secret(short, key)
 
 
 # --- working hours ----------------------------------------------------------------------------
@@ -180,46 +183,63 @@ def receiver() -> Iterator[tuple[str, list[tuple[int, dict[str, str], bytes]], l
 SECRET = b"0123456789abcdef-secret"
 
 
-def test_a_delivery_is_signed_over_timestamp_and_body(receiver: Any) -> None:
-    url, got, _ = receiver
-    hook = webhook.Webhook(url, SECRET, timeout=2.0)
-    assert asyncio.run(hook.send({"event": "threat_detected", "agent": "scribe"}))
-    ((status, headers, body),) = got
-    assert status == 204 and json.loads(body) == {"agent": "scribe", "event": "threat_detected"}
-    timestamp, signature = headers[webhook.TIMESTAMP_HEADER], headers[webhook.SIGNATURE_HEADER]
-    assert webhook.verify(SECRET, timestamp, body, signature, time.time())
-    assert not webhook.verify(b"another-secret-of-16", timestamp, body, signature, time.time())
-    assert not webhook.verify(SECRET, timestamp, body + b" ", signature, time.time())
-    assert not webhook.verify(SECRET, timestamp, body, signature, time.time() + 301)  # replayed
-    assert not webhook.verify(SECRET, "soon", body, signature, time.time())
-
-
-def test_a_failing_receiver_is_retried_then_given_up(receiver: Any) -> None:
-    url, got, script = receiver
-    acted: list[tuple[str, bool]] = []
-
+def _hook(url: str, acted: list[tuple[str, bool]]) -> webhook.Webhook:
     class Observer:
         def acted(self, action: str, ok: bool) -> None:
             acted.append((action, ok))
 
-    hook = webhook.Webhook(url, SECRET, 2.0, Observer(), pauses=(0.01,))
+        def detected(self, detector: str, kind: str, response: str) -> None:
+            return None
+
+        def contained(self, seconds: float) -> None:
+            return None
+
+        def windows_failed(self) -> None:
+            return None
+
+    report = WebhookReport(Observer())
+    return webhook.Webhook(url, SECRET, attempts=WEBHOOK_ATTEMPTS, timeout=2.0, observer=report)
+
+
+def test_an_alert_is_signed_as_the_access_webhook_signs(receiver: Any) -> None:
+    """Standard Webhooks: a receiver verifies detection's alerts as it does access requests'."""
+    url, got, _ = receiver
+    detail = {"agent": "scribe", "detector": "breadth", "kind": "patients"}
+    body = alert_body(detail, 1767225600.0)
+    assert asyncio.run(_hook(url, []).deliver(body))
+    ((status, headers, sent),) = got
+    doc = json.loads(sent)
+    assert status == 204 and sent == body
+    assert doc == {
+        "type": "detection.threat_detected",
+        "timestamp": doc["timestamp"],
+        "data": detail,
+    }
+    assert doc["timestamp"].startswith("2026-01-01T00:00:00")
+    message_id, timestamp = headers["webhook-id"], int(headers["webhook-timestamp"])
+    assert message_id.startswith("msg_") and abs(timestamp - time.time()) < 60
+    assert headers["webhook-signature"] == webhook.sign(SECRET, message_id, timestamp, sent)
+    assert headers["webhook-signature"] != webhook.sign(
+        b"another-secret-16b", message_id, timestamp, sent
+    )
+
+
+def test_a_failing_receiver_is_retried_then_counted_failed(
+    receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook, "FIRST_BACKOFF", 0.01)
+    url, got, script = receiver
+    acted: list[tuple[str, bool]] = []
+    hook = _hook(url, acted)
     script.extend([500, 503])
-    assert asyncio.run(hook.send({"n": 1}))
+    assert asyncio.run(hook.deliver(b"{}"))
     assert [s for s, _, _ in got] == [500, 503, 204] and acted == [("webhook", True)]
-    script.extend([500] * webhook.ATTEMPTS)
-    assert not asyncio.run(hook.send({"n": 2}))
-    assert acted[-1] == ("webhook", False)
-    dead = webhook.Webhook("http://127.0.0.1:9/hook", SECRET, 0.5, Observer(), pauses=(0.01,))
-    assert not asyncio.run(dead.send({"n": 3}))
-
-
-def test_the_signature_is_the_documented_hmac() -> None:
-    """sha256= HMAC-SHA256(secret, "<timestamp>." + body), in hex: what a receiver recomputes."""
-    import hashlib
-    import hmac
-
-    expected = hmac.new(SECRET, b"1767225600.{}", hashlib.sha256).hexdigest()
-    assert webhook.sign(SECRET, 1767225600, b"{}") == f"sha256={expected}"
+    assert len({h["webhook-id"] for _, h, _ in got}) == 1  # one message, retried
+    script.extend([500] * WEBHOOK_ATTEMPTS)
+    assert not asyncio.run(hook.deliver(b"{}"))
+    assert acted[-1] == ("webhook", False) and len(acted) == 2
+    dead = _hook("http://127.0.0.1:9/hook", acted)
+    assert not asyncio.run(dead.deliver(b"{}")) and acted[-1] == ("webhook", False)
 
 
 # --- scenario risk ----------------------------------------------------------------------------

@@ -172,7 +172,12 @@ def test_allow_response() -> None:
         "x-lasthop-txn": "txn-42",
         "x-lasthop-decision-id": "d-1",
     }
-    assert list(resp.ok_response.headers_to_remove) == []
+    # the underscore spelling of each, which CGI/WSGI upstreams read as the same header
+    assert list(resp.ok_response.headers_to_remove) == underscored(resp)
+
+
+def underscored(resp: pb.CheckResponse) -> list[str]:
+    return sorted(name.replace("-", "_") for name in ok_headers(resp))
 
 
 def test_allow_removes_the_clients_other_lasthop_headers() -> None:
@@ -185,7 +190,9 @@ def test_allow_removes_the_clients_other_lasthop_headers() -> None:
         "x-other": ["keep"],
     }
     resp = ext_authz.to_response(allow(), input_with(headers))
-    assert list(resp.ok_response.headers_to_remove) == ["x-lasthop-grant", "x-lasthop-role"]
+    assert list(resp.ok_response.headers_to_remove) == sorted(
+        ["x-lasthop-grant", "x-lasthop-role", *underscored(resp)]
+    )
     # the spoofed user is overwritten, not appended
     assert ok_headers(resp)["x-lasthop-user"] == "dr-alice"
 
@@ -292,9 +299,23 @@ def test_deny_body_escapes_detail() -> None:
 # --- the servicer never turns an exception into a gRPC error ---------------------------------
 
 
-def servicer_check(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
+class CallContext:
+    """The one thing Check reads from its gRPC context: the call's metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def servicer_check(
+    service: AuthorizationService,
+    request: pb.CheckRequest,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> pb.CheckResponse:
     async def main() -> pb.CheckResponse:
-        return await service.Check(request, context=None)
+        return await service.Check(request.SerializeToString(), context=CallContext(metadata))
 
     return asyncio.run(main())
 
@@ -364,3 +385,24 @@ def test_exception_escaping_check_is_still_a_deny(
     assert resp.denied_response.status.code == 503
     expected = "audit_unavailable" if where == "audit" else "internal_error"
     assert json.loads(resp.denied_response.body)["reason"] == expected
+
+
+# --- trace context ----------------------------------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ENVOY_SPAN = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+
+
+def test_the_trace_context_envoy_puts_on_the_call_comes_first() -> None:
+    request = check_request(headers={"traceparent": TRACEPARENT})
+    assert ext_authz.to_input(request).traceparent == TRACEPARENT
+    assert ext_authz.to_input(request, ENVOY_SPAN).traceparent == ENVOY_SPAN
+    assert ext_authz.to_input(request, "not-a-traceparent").traceparent == TRACEPARENT
+    bad = check_request(headers={"traceparent": "00-zz-00-01"})
+    assert ext_authz.to_input(bad).traceparent == ""
+
+
+def test_the_request_id_is_envoys_x_request_id_when_forwarded() -> None:
+    request = check_request(headers={"x-request-id": "6b7d44c6-034c-949c"}, request_id="42")
+    assert ext_authz.to_input(request).request_id == "6b7d44c6-034c-949c"
+    assert ext_authz.to_input(check_request(request_id="42")).request_id == "42"

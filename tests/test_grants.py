@@ -17,8 +17,8 @@ import redis
 from authz.access.issue import GrantRequest, new_grant
 from authz.check.grants import covers, select
 from authz.dev.stack import RedisServer, free_port
-from authz.errors import GrantError, GrantRequestError, StoreUnavailable
-from authz.model import EntityRef, Grant, RouteMatch
+from authz.errors import AgentNotActive, GrantError, GrantRequestError, StoreUnavailable
+from authz.model import Agent, EntityRef, Grant, RouteMatch
 from authz.stores.embedded import EmbeddedGrantStore
 from authz.stores.protocols import EXPIRED_RETENTION_SECONDS, GrantStore
 from authz.stores.redis_store import RedisStore, pair_tag
@@ -153,7 +153,12 @@ def test_select_picks_the_soonest_expiring_match() -> None:
 
 # --- new_grant -------------------------------------------------------------------------------
 
-AGENTS = {"scribe", "billing-bot"}
+AGENTS = {
+    name: Agent(id=name, owner="dr-alice", risk=20, status="active")
+    for name in ("scribe", "billing-bot")
+}
+SUSPENDED = {"scribe": Agent(id="scribe", owner="dr-alice", risk=20, status="suspended")}
+GONE = {"scribe": Agent(id="scribe", owner="dr-alice", risk=20, status="deregistered")}
 ACTIONS = frozenset({"read", "write"})
 
 
@@ -209,6 +214,13 @@ def test_ttl_may_equal_max_ttl() -> None:
         ({"resources": ("p-1001",)}, "is not a Cedar entity reference"),
         ({"resources": ('Patient::"p-1001"', "Patient::p")}, "is not a Cedar entity reference"),
         ({"purpose": ""}, "`purpose` must not be empty"),
+        # issue 11, item 4: identifiers are matched whole, so a trailing newline is refused
+        ({"user": "dr-alice\n"}, "`user` `dr-alice\\n` must be 1-255 printable ASCII"),
+        ({"user": "dr alice"}, "must be 1-255 printable ASCII characters, no spaces"),
+        ({"purpose": "clinical-documentation\n"}, "is not a purpose name"),
+        ({"resources": ('Patient::"p-1001"\n',)}, "is not a Cedar entity reference"),
+        ({"resources": ('Patient::"p-1\n001"',)}, "is not a Cedar entity reference"),
+        ({"agent": "scribe\n"}, "unknown agent `scribe\\n`"),
         ({"ttl_seconds": 0}, "ttl must be between"),
         ({"ttl_seconds": -60}, "ttl must be between"),
         ({"ttl_seconds": 3601}, "ttl must be between"),
@@ -216,8 +228,17 @@ def test_ttl_may_equal_max_ttl() -> None:
     ],
 )
 def test_new_grant_refusals(changes: dict[str, Any], message: str) -> None:
-    with pytest.raises(GrantRequestError, match=message.replace("(", r"\(")):
+    with pytest.raises(GrantRequestError) as err:
         new_grant(request(**changes), "approver", NOW, AGENTS, ACTIONS, max_ttl=3600)
+    assert message in str(err.value)
+
+
+def test_no_grant_for_a_suspended_agent() -> None:
+    """Issue 11, item 10: refused at issue time, not only unusable later."""
+    with pytest.raises(AgentNotActive, match="agent `scribe` is suspended; resume it first"):
+        new_grant(request(), "approver", NOW, SUSPENDED, ACTIONS, max_ttl=3600)
+    with pytest.raises(GrantRequestError, match="unknown agent `scribe`"):
+        new_grant(request(), "approver", NOW, GONE, ACTIONS, max_ttl=3600)
 
 
 # --- both stores -----------------------------------------------------------------------------

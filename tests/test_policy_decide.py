@@ -50,6 +50,7 @@ def context(
         "user": {"__entity": {"type": "User", "id": "dr-alice"}},
         "chain_depth": len(agents),
         "agents": [{"__entity": {"type": "Agent", "id": a}} for a in agents],
+        "chain": {"max_risk": 0, "risk_tier": "low", "purpose_allowed": True},  # `ask` sets it
         "delegator": "dr-alice",
         "purpose": purpose,
         "txn": "txn-1",
@@ -77,6 +78,8 @@ def ask(
     tiers: RiskTiers = DEFAULT_TIERS,
 ) -> policy.CedarOutcome:
     principal = EntityRef("Agent", agent.id) if agent else EntityRef("User", "dr-alice")
+    hops = [agent] if agent else []
+    ctx = {**ctx, "chain": policy.chain_context(hops, ctx["purpose"], tiers)}  # as the server
     request = policy.CedarRequest(
         principal=principal, action=action, resource=resource, context=ctx
     )

@@ -23,8 +23,8 @@ SHIPPED_IDS = {
         "agent-purpose-must-be-allowed.cedar",
         "forbid",
         "purpose_not_allowed",
-        2,
-    ),
+        4,
+    ),  # three comment lines
     "agents-connect-to-mcp": ("agents-connect-to-mcp.cedar", "permit", "", 4),
     "billing-bot-read-claims": ("billing-bot-read-claims.cedar", "permit", "", 2),
     "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical", 3),
@@ -33,8 +33,8 @@ SHIPPED_IDS = {
         "high-risk-agents-never-write.cedar",
         "forbid",
         "risk_too_high",
-        3,
-    ),  # two comment lines
+        4,
+    ),  # three comment lines
     "medication-history-at-most-a-year": (
         "medication-history-at-most-a-year.cedar",
         "forbid",
@@ -343,7 +343,7 @@ def test_syntax_error_names_file_and_line(copy: Path, old: str, new: str, needle
         ),
         (
             "high-risk-agents-never-write.cedar",
-            'when { principal.risk_tier == "high" }',
+            'when { principal.risk_tier == "high" || context.chain.risk_tier == "high" }',
             'when {\n  principal.risk_tier == "high" &&\n  principal.riskk >= 1\n}',
             "riskk",
         ),

@@ -21,6 +21,7 @@ def context(**changes: Any) -> dict[str, Any]:
         "user": {"__entity": {"type": "User", "id": "dr-alice"}},
         "chain_depth": 1,
         "agents": [{"__entity": {"type": "Agent", "id": "scribe"}}],
+        "chain": {"max_risk": 20, "risk_tier": "low", "purpose_allowed": True},
         "delegator": "dr-alice",
         "purpose": "clinical-documentation",
         "txn": "t",

@@ -33,6 +33,7 @@ def context(agent: str, grant: bool) -> dict[str, object]:
         "user": {"__entity": {"type": "User", "id": "dr-alice"}},
         "chain_depth": 1,
         "agents": [{"__entity": {"type": "Agent", "id": agent}}],
+        "chain": {"max_risk": 20, "risk_tier": "low", "purpose_allowed": True},
         "delegator": "dr-alice",
         "purpose": "clinical-documentation",
         "txn": "t",

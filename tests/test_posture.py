@@ -17,8 +17,9 @@ import pytest
 
 from authz.audit.records import AuditRecord, EventRecord
 from authz.cli import main as cli
+from authz.cli.conventions import Exit
 from authz.codec import rfc3339
-from authz.detect import inventory
+from authz.detect import inventory, policy_gaps
 from authz.detect.findings import RULES, SEVERITIES, at_or_above
 from authz.detect.inventory import GrantHistory, Inventory, Sighting
 from authz.detect.posture import Limits, assess
@@ -26,6 +27,7 @@ from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.model import DEFAULT_TIERS, Agent, Grant
 from authz.policy import load as policy_load
+from authz.policy.evaluate import PolicyEngine
 from tests.conftest import POLICIES, PURPOSE
 
 NOW = 1_800_000_000.0
@@ -201,6 +203,18 @@ def _with_policy(tmp_path: Path, name: str, text: str) -> Path:
     return directory
 
 
+def test_every_probe_is_a_request_cedar_can_decide() -> None:
+    """The probes' context must be the pipeline's: a field the schema requires and the probe
+    lacks makes Cedar error on every probe, and posture would see no permit at all."""
+    inv = clean()
+    engine = PolicyEngine(inv.bundle, DEFAULT_TIERS)
+    found = list(policy_gaps.probes(inv, engine, DEFAULT_TIERS))
+    assert len(found) > 10
+    for probe in found:
+        outcome = engine.evaluate(probe.request, probe.delta)  # raises PolicyError on errors
+        assert not outcome.allowed, (probe.route, probe.request.principal)
+
+
 def test_a_permit_that_needs_no_grant_for_phi_is_critical(tmp_path: Path) -> None:
     directory = _with_policy(
         tmp_path,
@@ -374,7 +388,6 @@ def test_the_command_on_the_embedded_store_reads_the_trail(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--trail", "nothing.jsonl"], "no audit trail at `nothing.jsonl`"),
         (["--since", "last tuesday"], "--since: `last tuesday` is not a date"),
         (["--at", "soon"], "--at: `soon` is not a date"),
     ],
@@ -394,6 +407,20 @@ def test_an_unknown_severity_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert info.value.code == 2 and "invalid choice: 'severe'" in capsys.readouterr().err
 
 
-def test_no_trail_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["posture", "--config", str(_config(tmp_path))]) == 2
+def test_a_missing_trail_is_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(_config(tmp_path))
+    assert cli.main(["posture", "--config", config]) == Exit.NOT_FOUND
     assert "no audit trail at" in capsys.readouterr().err
+    _write_trail(tmp_path / "audit" / "decisions.jsonl", [])
+    assert cli.main(["posture", "--config", config, "--trail", "nothing.jsonl"]) == Exit.NOT_FOUND
+    assert "no audit trail at `nothing.jsonl`" in capsys.readouterr().err
+
+
+def test_an_unreachable_store_is_unavailable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jwks = DemoIssuer("ES256", kid="posture").write_jwks(tmp_path / "keys" / "jwks.json")
+    config = devstack.write_config(tmp_path, jwks, redis_url="redis://127.0.0.1:1/0")
+    _write_trail(tmp_path / "audit" / "decisions.jsonl", [])
+    assert cli.main(["posture", "--config", str(config)]) == Exit.UNAVAILABLE
+    assert "cannot read the store" in capsys.readouterr().err

@@ -54,7 +54,8 @@ from authz.check.pipeline import Pipeline
 from authz.dev.tokens import AUDIENCE, ISSUER, DemoIssuer
 from authz.errors import TokenError
 from authz.model import Decision, Intent
-from authz.stores.embedded import EmbeddedGrantStore
+from authz.policy.load import PolicyBundle
+from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant, keys_for, rules
 
 ES_KID = "test-es256"  # the kids conftest gives its issuers
@@ -1073,14 +1074,13 @@ def test_txn_token_presented_as_the_access_token_is_refused(
     assert summary(decide(granted, bearer(tok))) == (False, 401, "invalid_token_type")
 
 
-# bearer framing (RFC 6750 2.1): exactly one header, exactly `Bearer <jwt>`
+# bearer framing (RFC 6750 2.1): exactly one header, exactly `Bearer <jwt>` (the scheme in
+# any case, RFC 9110 11.1: tests/test_hostile_input.py)
 
 
 @pytest.mark.parametrize(
     "framing",
     [
-        "bearer {t}",
-        "BEARER {t}",
         "Bearer  {t}",
         " Bearer {t}",
         "Bearer {t} ",
@@ -1202,9 +1202,17 @@ def test_cycles_in_the_chain_are_refused(
 
 
 def test_chain_at_the_depth_limit_is_allowed_and_one_more_is_refused(
-    granted: Pipeline, issuer: DemoIssuer, now: int
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, now: int, bundle: PolicyBundle
 ) -> None:
     four = ["billing-bot", "med-reconciler", "orchestrator", "scribe"]  # max_chain_depth 4
+    # every hop must be allowed the purpose (agent-purpose-must-be-allowed), so here they are
+    agents = {
+        name: dataclasses.replace(agent, allowed_purposes=(PURPOSE,)) if name in four[:2] else agent
+        for name, agent in bundle.agents.items()
+    }
+    store = EmbeddedGrantStore(Clock())
+    asyncio.run(store.put(grant(now=now)))
+    granted = make_pipeline(store=store, registry=SeededRegistry(agents))
     decision = decide(granted, bearer(access_token(issuer, now, four)))
     assert summary(decision) == ALLOWED
     assert decision.chain is not None and decision.chain.agents == tuple(four)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lasthop/v1/agents.proto\x12\nlasthop.v1\"\xbc\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04risk\x18\x04 \x01(\x05\x12\x11\n\trisk_tier\x18\x05 \x01(\t\x12\x18\n\x10\x61llowed_purposes\x18\x06 \x03(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x15\n\rregistered_by\x18\t \x01(\t\x12\r\n\x05hours\x18\n \x01(\t\"}\n\x14RegisterAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04risk\x18\x04 \x01(\x05\x12\x18\n\x10\x61llowed_purposes\x18\x05 \x03(\t\x12\r\n\x05hours\x18\x06 \x01(\t\"\x16\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11ListAgentsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.lasthop.v1.Agent\"\xda\x01\n\x12UpdateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05owner\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04risk\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x10\x61llowed_purposes\x18\x05 \x03(\t\x12\x1c\n\x14set_allowed_purposes\x18\x06 \x01(\x08\x12\x12\n\x05hours\x18\x07 \x01(\tH\x03\x88\x01\x01\x42\x08\n\x06_ownerB\x0e\n\x0c_descriptionB\x07\n\x05_riskB\x08\n\x06_hours2\xbf\x03\n\x06\x41gents\x12\x44\n\rRegisterAgent\x12 .lasthop.v1.RegisterAgentRequest\x1a\x11.lasthop.v1.Agent\x12\x33\n\x08GetAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12K\n\nListAgents\x12\x1d.lasthop.v1.ListAgentsRequest\x1a\x1e.lasthop.v1.ListAgentsResponse\x12@\n\x0bUpdateAgent\x12\x1e.lasthop.v1.UpdateAgentRequest\x1a\x11.lasthop.v1.Agent\x12\x37\n\x0cSuspendAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12\x36\n\x0bResumeAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12:\n\x0f\x44\x65registerAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lasthop/v1/agents.proto\x12\nlasthop.v1\"\xcf\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04risk\x18\x04 \x01(\x05\x12\x11\n\trisk_tier\x18\x05 \x01(\t\x12\x18\n\x10\x61llowed_purposes\x18\x06 \x03(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x15\n\rregistered_by\x18\t \x01(\t\x12\x11\n\tspiffe_id\x18\n \x01(\t\x12\r\n\x05hours\x18\x0b \x01(\t\"\x90\x01\n\x14RegisterAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04risk\x18\x04 \x01(\x05\x12\x18\n\x10\x61llowed_purposes\x18\x05 \x03(\t\x12\x11\n\tspiffe_id\x18\x06 \x01(\t\x12\r\n\x05hours\x18\x07 \x01(\t\"\x16\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x11ListAgentsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.lasthop.v1.Agent\"\x80\x02\n\x12UpdateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05owner\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04risk\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x10\x61llowed_purposes\x18\x05 \x03(\t\x12\x1c\n\x14set_allowed_purposes\x18\x06 \x01(\x08\x12\x16\n\tspiffe_id\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x12\n\x05hours\x18\x08 \x01(\tH\x04\x88\x01\x01\x42\x08\n\x06_ownerB\x0e\n\x0c_descriptionB\x07\n\x05_riskB\x0c\n\n_spiffe_idB\x08\n\x06_hours2\xbf\x03\n\x06\x41gents\x12\x44\n\rRegisterAgent\x12 .lasthop.v1.RegisterAgentRequest\x1a\x11.lasthop.v1.Agent\x12\x33\n\x08GetAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12K\n\nListAgents\x12\x1d.lasthop.v1.ListAgentsRequest\x1a\x1e.lasthop.v1.ListAgentsResponse\x12@\n\x0bUpdateAgent\x12\x1e.lasthop.v1.UpdateAgentRequest\x1a\x11.lasthop.v1.Agent\x12\x37\n\x0cSuspendAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12\x36\n\x0bResumeAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agent\x12:\n\x0f\x44\x65registerAgent\x12\x14.lasthop.v1.AgentRef\x1a\x11.lasthop.v1.Agentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lasthop.v1.agents_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENT']._serialized_start=40
-  _globals['_AGENT']._serialized_end=228
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=230
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=355
-  _globals['_AGENTREF']._serialized_start=357
-  _globals['_AGENTREF']._serialized_end=379
-  _globals['_LISTAGENTSREQUEST']._serialized_start=381
-  _globals['_LISTAGENTSREQUEST']._serialized_end=431
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=433
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=488
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=491
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=709
-  _globals['_AGENTS']._serialized_start=712
-  _globals['_AGENTS']._serialized_end=1159
+  _globals['_AGENT']._serialized_end=247
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=250
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=394
+  _globals['_AGENTREF']._serialized_start=396
+  _globals['_AGENTREF']._serialized_end=418
+  _globals['_LISTAGENTSREQUEST']._serialized_start=420
+  _globals['_LISTAGENTSREQUEST']._serialized_end=470
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=472
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=527
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=530
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=786
+  _globals['_AGENTS']._serialized_start=789
+  _globals['_AGENTS']._serialized_end=1236
 # @@protoc_insertion_point(module_scope)

@@ -25,11 +25,11 @@ def rotated_name(live: Path, first_seq: int) -> Path:
 
 def rotated_files(live: Path) -> list[Path]:
     """The files rotated out of `live`, oldest first."""
-    pattern = re.compile(rf"^{re.escape(live.name)}\.(\d{{{SEQ_DIGITS},}})$")
+    pattern = re.compile(rf"{re.escape(live.name)}\.(\d{{{SEQ_DIGITS},}})")
     found: list[tuple[int, Path]] = []
     if live.parent.is_dir():
         for entry in live.parent.iterdir():
-            match = pattern.match(entry.name)
+            match = pattern.fullmatch(entry.name)
             if match and entry.is_file():
                 found.append((int(match.group(1)), entry))
     return [path for _, path in sorted(found)]

@@ -60,17 +60,24 @@ class AuditRecord:
     owner: str = ""  # the current actor's accountable owner, from the registry
     phi: bool = False  # the route is marked `phi = true`: an allow is a disclosure
     parents: list[str] = field(default_factory=list)  # the resource's ancestors
+    request_id: str = ""  # Envoy's x-request-id
+    trace_id: str = ""  # the W3C trace id: Envoy's trace, or Lasthop's own span's
     mcp_method: str = ""  # an MCP request's JSON-RPC method (`batch` for a batch)
     tool: str = ""  # an MCP tools/call: the tool
     arguments_sha256: str = ""  # and the SHA-256 of its arguments; never the arguments
+    approved_by: str = ""  # who issued the grant used: a person's `sub` or `policy:<id>`
+    break_glass: bool = False  # the grant used was emergency (break-glass) access
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, shallow: a record is never changed once made."""
         return {"type": DECISION, **{name: getattr(self, name) for name in _DECISION_FIELDS}}
 
     @classmethod
-    def of(cls, d: Decision, req: CheckInput, time: str, elapsed: float) -> AuditRecord:
-        """The record of decision `d` on request `req`, taken `elapsed` seconds, at `time`."""
+    def of(
+        cls, d: Decision, req: CheckInput, time: str, elapsed: float, trace_id: str = ""
+    ) -> AuditRecord:
+        """The record of decision `d` on request `req`, taken `elapsed` seconds, at `time`,
+        under trace `trace_id`."""
         chain, intent, route = d.chain, d.intent, d.route
         return cls(
             decision_id=d.decision_id,
@@ -101,9 +108,13 @@ class AuditRecord:
             owner=d.owner,
             phi=route.phi if route else False,
             parents=[str(p) for p in route.parents] if route else [],
+            request_id=req.request_id,
+            trace_id=trace_id,
             mcp_method=route.mcp.method if route and route.mcp else "",
             tool=route.mcp.tool if route and route.mcp else "",
             arguments_sha256=route.mcp.arguments_sha256 if route and route.mcp else "",
+            approved_by=d.grant.issued_by if d.grant else "",
+            break_glass=d.grant.break_glass if d.grant else False,
         )
 
 

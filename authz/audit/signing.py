@@ -106,7 +106,12 @@ def load_key(path: Path, setting: str = SIGNING_KEY_SETTING) -> SigningKey:
             "not an Ed25519 key; generate one with `lasthop audit keygen FILE`",
         )
     if path.stat().st_mode & 0o077:
-        log.warning("%s `%s` is readable by other users; make it 0600", setting, path)
+        log.warning(
+            "%s `%s` is readable by other users; make it 0600",
+            setting,
+            path,
+            extra={"event": "audit.key_readable_by_others"},
+        )
     return SigningKey.from_private(key)
 
 

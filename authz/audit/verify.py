@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from authz.audit.chain import GENESIS, canonical, checkpoint_signed, record_hash
 from authz.audit.records import CHECKPOINT
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SUFFIX = re.compile(r"\.(\d{12,})$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SUFFIX = re.compile(r"\.(\d{12,})\Z")
 
 
 @dataclass(frozen=True)
@@ -366,8 +366,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         isinstance(record.get("seq"), int)
         and isinstance(record.get("prev"), str)
         and isinstance(record.get("hash"), str)
-        and _HEX64.match(record["prev"])
-        and _HEX64.match(record["hash"])
+        and _HEX64.fullmatch(record["prev"])
+        and _HEX64.fullmatch(record["hash"])
     ):
         return None, "no valid `seq`, `prev` and `hash`: the line was edited"
     return record, ""

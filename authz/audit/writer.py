@@ -182,7 +182,11 @@ class AuditLog:
     def _fail(self, err: Exception) -> None:
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         self._failed = f"audit trail `{self.path}` failed: {type(err).__name__}: {detail}"
-        log.error("%s; denying every check with audit_unavailable until restart", self._failed)
+        log.error(
+            "%s; denying every check with audit_unavailable until restart",
+            self._failed,
+            extra={"event": "audit.failed"},
+        )
         self._trail.abandon()
 
 

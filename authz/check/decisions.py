@@ -1,10 +1,11 @@
 """Whole decisions kept for identical requests, within one second and one state of the world.
 
 A key holds everything a decision depends on: the exact `authorization`
-and `txn-token` header values, method, path, host and peer; the body as
-Envoy sent it (its digest, whether it was cut short, whether there was one:
-an MCP endpoint decides by its body) and the `mcp-method` and `mcp-name`
-headers checked against it; the current
+and `txn-token` header values and those of every method override header
+(`server.method_override_headers`: one naming another method is a deny),
+method, path, host and peer; the body as Envoy sent it (its digest, whether
+it was cut short, whether there was one: an MCP endpoint decides by its
+body) and the `mcp-method` and `mcp-name` headers checked against it; the current
 second (the token, grant and Cedar `time` checks all work in whole
 seconds); the policy version and the issuer's key generation; and the
 store generation, which every grant or agent write, every invalidation
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from authz.config import DEFAULT_METHOD_OVERRIDES
 from authz.model import CheckInput, Decision
 from authz.stores.cache import BoundedCache
 
@@ -32,18 +34,23 @@ TTL_SECONDS = 1.0  # the key holds the second; this only lets entries of past se
 
 
 class DecisionCache:
-    def __init__(self, freshness: Callable[[], int | None], entries: int = ENTRIES) -> None:
+    def __init__(
+        self,
+        freshness: Callable[[], int | None],
+        entries: int = ENTRIES,
+        overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
+    ) -> None:
         self._freshness = freshness
+        # the headers a decision reads
+        self._headers = ("authorization", "txn-token", "mcp-method", "mcp-name", *overrides)
         self._entries: BoundedCache[Key, Decision] = BoundedCache(entries, TTL_SECONDS)
 
     def key(self, req: CheckInput, version: str, keys: int, now: float) -> Key | None:
         generation = self._freshness()
         if generation is None:
             return None
-        headers = req.headers
         return (
-            tuple(headers.get("authorization", ())),
-            tuple(headers.get("txn-token", ())),
+            tuple(tuple(req.headers.get(name, ())) for name in self._headers),
             req.method,
             req.path,
             req.host,
@@ -51,8 +58,6 @@ class DecisionCache:
             req.body_sha256,
             req.body_partial,
             req.body is None,
-            tuple(headers.get("mcp-method", ())),
-            tuple(headers.get("mcp-name", ())),
             int(now),
             version,
             keys,

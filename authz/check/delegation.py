@@ -14,8 +14,9 @@ Rules, one reason each:
 - `client_id`/`azp` names a registered agent but there is no `act`
   (an agent presenting a user's token as though it were the user) -> impersonation
 - `client_id`/`azp` present and not the current actor            -> impersonation
-- with peer binding on, the SPIFFE identity Envoy reports is not
-  the current actor                                              -> peer_mismatch
+
+Binding the mTLS peer to the current actor needs the registry (each agent's
+SPIFFE ID): the registry phase does it, with `authz.spiffe.Binding`.
 """
 
 from __future__ import annotations
@@ -59,9 +60,7 @@ def act_claim(agents: list[str]) -> dict[str, Any] | None:
     return act
 
 
-def check_presenter(
-    claims: TokenClaims, chain: Chain, agents: Container[str], peer_agent: str | None
-) -> None:
+def check_presenter(claims: TokenClaims, chain: Chain, agents: Container[str]) -> None:
     """Refuse tokens presented by someone other than the chain's current actor."""
     client = claims.client_id
     if not chain.agents:
@@ -73,22 +72,3 @@ def check_presenter(
         raise DelegationError(
             Reason.IMPERSONATION, f"client `{client}` is not the current actor `{chain.actor}`"
         )
-    if peer_agent is not None and peer_agent != chain.actor:
-        raise DelegationError(
-            Reason.PEER_MISMATCH,
-            f"mTLS peer `{peer_agent}` is not the current actor `{chain.actor}`",
-        )
-
-
-def spiffe_agent(principal: str, trust_domain: str = "") -> str | None:
-    """The workload name in a SPIFFE ID: the last path segment (`.../sa/scribe` -> `scribe`).
-
-    With `trust_domain` set, an ID from any other trust domain binds to nothing.
-    """
-    if not principal.startswith("spiffe://"):
-        return None
-    domain, _, path = principal[len("spiffe://") :].partition("/")
-    if trust_domain and domain != trust_domain:
-        return None
-    name = path.rstrip("/").rpartition("/")[2]
-    return name or None

@@ -2,11 +2,13 @@
 
 Rules, each refused with its own reason code (all 401):
 
-framing   exactly one `authorization` header, exactly `Bearer <token>`
-          -> missing_token, malformed_authorization
+framing   exactly one `authorization` header, exactly `Bearer <token>`; the scheme is
+          case-insensitive (RFC 9110 11.1) -> missing_token, malformed_authorization
 size      at most 8 KiB of token -> token_too_large
-shape     three base64url parts, strict UTF-8 JSON objects, no duplicate members
-          -> malformed_token, invalid_encoding, duplicate_member
+shape     three base64url parts, JSON objects nested at most 32 deep, no duplicate members
+          -> malformed_token, duplicate_member
+text      strict UTF-8, no BOM, no NUL, no unpaired UTF-16 surrogate escaped into a
+          string (`"\\ud800"` decodes to text no later layer can encode) -> invalid_encoding
 header    `typ` at+jwt, application/at+jwt or JWT -> invalid_token_type
           `alg` in the allow-list, never none or HMAC -> algorithm_not_allowed
           no `crit`, no `b64` (we implement no extension) -> unsupported_critical_header
@@ -28,7 +30,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from authz.check.keys import KeySource
 from authz.codec import b64url_decode
@@ -37,13 +39,15 @@ from authz.model import TokenClaims
 from authz.reasons import Reason
 from authz.stores.cache import BoundedCache
 
+T = TypeVar("T")
 MAX_TOKEN_BYTES = 8 * 1024
 CACHE_ENTRIES = 10_000
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 TXN_TOKEN_TYPES = frozenset({"txntoken+jwt", "application/txntoken+jwt"})
 _FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c")
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
+MAX_JSON_DEPTH = 32  # objects and arrays; real tokens nest a few levels (`act` is bounded apart)
 
 
 def bearer_token(values: list[str]) -> str:
@@ -59,6 +63,17 @@ def bearer_token(values: list[str]) -> str:
     if not match:
         raise TokenError(Reason.MALFORMED_AUTHORIZATION, "expected exactly `Bearer <jwt>`")
     return match.group(1)
+
+
+async def verified(keys: KeySource, verify: Callable[[], T]) -> T:
+    """`verify()`; when the token names a kid the set lacks, again after a reload (the IdP
+    may have rotated its key). The key source rate-limits those reloads."""
+    try:
+        return verify()
+    except TokenError as err:
+        if err.reason != Reason.UNKNOWN_KEY or not await keys.refresh_unknown():
+            raise
+    return verify()
 
 
 def token_digest(token: str) -> str:
@@ -122,9 +137,43 @@ def _json_part(part: str, what: str) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constant)
     except ValueError as err:
         raise TokenError(Reason.MALFORMED_TOKEN, f"{what} is not JSON") from err
+    except RecursionError as err:  # not a ValueError: json gives up on deep nesting this way
+        raise TokenError(Reason.MALFORMED_TOKEN, f"{what} nests JSON too deeply") from err
     if not isinstance(value, dict):
         raise TokenError(Reason.MALFORMED_TOKEN, f"{what} is not a JSON object")
+    _check_shape(value, what, escapes="\\u" in text)
     return value
+
+
+def _check_shape(value: dict[str, Any], what: str, escapes: bool) -> None:
+    """At most MAX_JSON_DEPTH levels; with `\\u` escapes in the text, no string (member
+    names included) holding an unpaired surrogate. Iterative: the depth is the input's."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise TokenError(
+                Reason.MALFORMED_TOKEN, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels"
+            )
+        items = list(node.items()) if isinstance(node, dict) else [(None, v) for v in node]
+        for name, item in items:
+            if escapes and (not _encodable(name) or not _encodable(item)):
+                raise TokenError(
+                    Reason.INVALID_ENCODING, f"{what} holds an unpaired UTF-16 surrogate"
+                )
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+
+
+def _encodable(text: Any) -> bool:
+    """False only for a string UTF-8 cannot encode (a lone surrogate from a `\\u` escape)."""
+    if not isinstance(text, str) or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _no_constant(name: str) -> Any:
@@ -231,6 +280,14 @@ class AccessTokenVerifier:
     def forget(self) -> None:
         """Drop every verified token (benchmarks of the uncached path)."""
         self._verified.clear()
+
+    def __len__(self) -> int:
+        """Verified tokens held (`lasthop_cache_entries{cache="tokens"}`)."""
+        return len(self._verified)
+
+    async def verify_current(self, token: str) -> TokenClaims:
+        """`verify`, against the issuer's current keys (reloaded for an unknown kid)."""
+        return await verified(self._keys, lambda: self.verify(token))
 
     def verify(self, token: str) -> TokenClaims:
         key = (token, self._keys.generation)

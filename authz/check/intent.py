@@ -29,13 +29,16 @@ class IntentReader:
         self._rules = rules
         self._clock = clock
 
-    def read(self, claims: TokenClaims, txn_headers: list[str]) -> Intent:
+    async def read(self, claims: TokenClaims, txn_headers: list[str]) -> Intent:
         if not txn_headers:
             return Intent(purpose=claims.purpose, txn=claims.txn, source="access-token")
         if len(txn_headers) > 1:
             raise TokenError(Reason.INVALID_TXN_TOKEN, "more than one `txn-token` header")
+        token = txn_headers[0].strip()
         try:
-            txn = identity.verify(txn_headers[0].strip(), self._keys, self._rules, self._clock())
+            txn = await identity.verified(
+                self._keys, lambda: identity.verify(token, self._keys, self._rules, self._clock())
+            )
         except TokenError as err:
             raise TokenError(Reason.INVALID_TXN_TOKEN, f"txn-token refused: {err.reason}") from err
         if txn.get("sub") != claims.subject:

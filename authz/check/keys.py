@@ -1,9 +1,25 @@
-"""Signing keys of the token issuer, from a JWKS file or an https URL.
+"""Signing keys of the token issuer, from a JWKS file or an https URL, kept current.
 
-Keys are loaded at start-up and, for a URL, refreshed in the background;
-the request path only ever reads the current in-memory set. Each key is
-bound to exactly one algorithm: its JWK `alg`, else the one its `kty`/`crv`
-implies. Symmetric (`oct`) keys and private keys are refused.
+Keys are loaded at start-up (a key set that cannot be loaded stops start-up);
+the request path only reads the in-memory set. Each key is bound to exactly
+one algorithm: its JWK `alg`, else the one its `kty`/`crv` implies.
+Symmetric (`oct`) keys and private keys are refused.
+
+Rotation at the identity provider must not break traffic:
+
+- a file is checked for changes every FILE_POLL_SECONDS (a stat, and a parse
+  only when it changed), so a key added or removed takes effect in seconds;
+- a URL is refetched every `identity.jwks_refresh_seconds`, jittered so that
+  a fleet of sidecars does not fetch in step;
+- a token naming a `kid` we lack triggers an immediate reload, at most once
+  per `identity.jwks_refetch_min_seconds` (a file: once a second), so forged
+  kids cannot make Lasthop hammer the IdP; the check waits for it at most
+  UNKNOWN_KID_WAIT_SECONDS, then the reload finishes in the background;
+- a reload that fails (unreachable, not JSON, no usable key) keeps the last
+  good set, is logged and counted; it never empties the set.
+
+`loaded_at` is when the set was last confirmed (loaded, or refetched
+unchanged): its age is exported as a metric, with the reload results.
 """
 
 from __future__ import annotations
@@ -11,20 +27,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import ssl
+import threading
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
 
+from authz.config import IdentitySettings
 from authz.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 256 * 1024
 FETCH_TIMEOUT_SECONDS = 5.0
+FILE_POLL_SECONDS = 2.0
+FILE_REFETCH_MIN_SECONDS = 1.0
+UNKNOWN_KID_WAIT_SECONDS = 0.1  # well inside Envoy's usual ext_authz timeout
+JITTER = 0.2  # a refresh comes after 80-100 % of the interval
+RESULTS = ("updated", "unchanged", "failed")  # the metric's label values
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +68,16 @@ class KeySource(Protocol):
 
     def get(self, kid: str) -> VerifyKey | None: ...
 
+    async def refresh_unknown(self) -> bool:
+        """A token named a kid we lack: reload if allowed now; True if the set changed."""
+        ...
+
+
+class KeysObserver(Protocol):
+    """What a reloading key set reports (metrics); `result` is one of RESULTS."""
+
+    def keys_reloaded(self, result: str) -> None: ...
+
 
 class StaticKeys:
     """A fixed key set; also what tests hand the verifier."""
@@ -49,6 +85,7 @@ class StaticKeys:
     def __init__(self, keys: dict[str, VerifyKey]) -> None:
         self._keys = keys
         self.generation = 0
+        self.loaded_at = time.time()
 
     def get(self, kid: str) -> VerifyKey | None:
         return self._keys.get(kid)
@@ -57,12 +94,15 @@ class StaticKeys:
         self._keys = keys  # one reference swap: readers see the old or the new set
         self.generation += 1
 
+    async def refresh_unknown(self) -> bool:
+        return False
+
 
 def parse_jwks(text: str | bytes, allowed: tuple[str, ...], where: str) -> dict[str, VerifyKey]:
     """Parse a JWKS document. Raises ConfigError naming `where` on anything unusable."""
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ConfigError("identity.jwks", f"`{where}` is not JSON: {err}") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ConfigError("identity.jwks", f"`{where}` has no `keys` list")
@@ -97,59 +137,220 @@ def _parse_key(entry: Any, allowed: tuple[str, ...], where: str) -> VerifyKey | 
         raise ConfigError("identity.jwks", f"{where} (`{kid}`) is unusable: {err}") from err
     if jwk.algorithm_name not in allowed:
         log.warning(
-            "jwks key `%s` uses `%s`, not in identity.algorithms; ignored", kid, jwk.algorithm_name
+            "jwks key `%s` uses `%s`, not in identity.algorithms; ignored",
+            kid,
+            jwk.algorithm_name,
+            extra={"event": "jwks.key_ignored"},
         )
         return None
     return VerifyKey(kid=kid, algorithm=jwk.algorithm_name, jwk=jwk)
 
 
-def load_file(path: Path, allowed: tuple[str, ...]) -> StaticKeys:
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ConfigError("identity.jwks", f"cannot read `{path}`: {err.strerror}") from err
-    return StaticKeys(parse_jwks(text, allowed, str(path)))
+class ReloadingKeys(StaticKeys):
+    """A key set read from somewhere that changes: `_read` says where (a file, a URL)."""
 
-
-def _fetch(url: str) -> bytes:
-    context = ssl.create_default_context()
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECONDS, context=context) as resp:
-        body: bytes = resp.read(MAX_JWKS_BYTES + 1)
-    if len(body) > MAX_JWKS_BYTES:
-        raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
-    return body
-
-
-class RemoteKeys(StaticKeys):
-    """Keys from an https URL: fetched once at start-up, then refreshed in the background.
-
-    A failed refresh keeps the last good set and logs; it never empties the set.
-    """
-
-    def __init__(self, url: str, allowed: tuple[str, ...], refresh_seconds: int) -> None:
-        self._url = url
+    def __init__(
+        self,
+        where: str,
+        allowed: tuple[str, ...],
+        *,
+        interval: float,
+        min_gap: float,
+        observer: KeysObserver | None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: float = UNKNOWN_KID_WAIT_SECONDS,
+    ) -> None:
+        self._where = where
+        self._wait = wait  # how long a check waits for an unknown-kid reload
         self._allowed = allowed
-        self._refresh = refresh_seconds
+        self._interval = interval
+        self._min_gap = min_gap
+        self._observer = observer
+        self._clock = clock
+        self._lock = threading.Lock()  # reloads run in worker threads
+        self._last_error = ""
+        self._last_try = -min_gap
+        self._inflight: asyncio.Future[str] | None = None
         try:
-            body = _fetch(url)
+            self._body = self._read()
         except (OSError, ValueError) as err:
-            raise ConfigError("identity.jwks", f"cannot fetch `{url}`: {err}") from err
-        super().__init__(parse_jwks(body, allowed, url))
+            raise ConfigError("identity.jwks", f"cannot read `{where}`: {_why(err)}") from err
+        super().__init__(parse_jwks(self._body, allowed, where))
+
+    def _read(self) -> bytes:
+        """The JWKS document as it is now; raises OSError or ValueError."""
+        raise NotImplementedError
+
+    def reload(self) -> str:
+        """Read the set again (blocking); keep the last good one on any failure."""
+        with self._lock:
+            result = self._reload()
+        if self._observer is not None:
+            self._observer.keys_reloaded(result)
+        return result
+
+    def _reload(self) -> str:
+        try:
+            body = self._read()
+            keys = None if body == self._body else parse_jwks(body, self._allowed, self._where)
+        except (OSError, ValueError, ConfigError) as err:
+            why = _why(err)
+            if why != self._last_error:  # once per distinct failure, not once a poll
+                log.error(
+                    "jwks reload from `%s` failed, keeping the last keys: %s",
+                    self._where,
+                    why,
+                    extra={"event": "jwks.refresh_failed"},
+                )
+            self._last_error = why
+            return "failed"
+        self._last_error = ""
+        self.loaded_at = time.time()
+        if keys is None:
+            return "unchanged"
+        self._body = body
+        self.replace(keys)
+        log.info(
+            "jwks reloaded from `%s`: kids %s",
+            self._where,
+            sorted(keys),
+            extra={"event": "jwks.reloaded"},
+        )
+        return "updated"
+
+    async def refresh_unknown(self) -> bool:
+        generation = self.generation
+        inflight = self._inflight
+        if inflight is None:
+            if self._clock() - self._last_try < self._min_gap:
+                return False
+            self._last_try = self._clock()
+            inflight = self._inflight = asyncio.ensure_future(asyncio.to_thread(self.reload))
+            inflight.add_done_callback(self._landed)
+        try:
+            await asyncio.wait_for(asyncio.shield(inflight), self._wait)
+        except TimeoutError:
+            return False  # it goes on in the background; a later check will see it
+        return self.generation != generation
+
+    def _landed(self, done: asyncio.Future[str]) -> None:
+        self._inflight = None
+
+    def next_delay(self) -> float:
+        return self._interval * random.uniform(1 - JITTER, 1.0)
 
     async def refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh)
-            try:
-                body = await asyncio.to_thread(_fetch, self._url)
-                self.replace(parse_jwks(body, self._allowed, self._url))
-            except (OSError, ValueError, ConfigError) as err:
-                log.error(
-                    "jwks refresh from `%s` failed, keeping the last good keys: %s", self._url, err
-                )
+            await asyncio.sleep(self.next_delay())
+            await asyncio.to_thread(self.reload)
 
 
-def load(source: str, base: Path, allowed: tuple[str, ...], refresh_seconds: int) -> StaticKeys:
+class FileKeys(ReloadingKeys):
+    """Keys from a local file, reparsed when its size, times or inode change."""
+
+    def __init__(
+        self,
+        path: Path,
+        allowed: tuple[str, ...],
+        observer: KeysObserver | None = None,
+        wait: float = UNKNOWN_KID_WAIT_SECONDS,
+    ) -> None:
+        self._path = path
+        self._seen: tuple[tuple[int, int, int, int], bytes] | None = None  # last stat, bytes
+        super().__init__(
+            str(path),
+            allowed,
+            interval=FILE_POLL_SECONDS,
+            min_gap=FILE_REFETCH_MIN_SECONDS,
+            observer=observer,
+            wait=wait,
+        )
+
+    def _read(self) -> bytes:
+        stat = self._path.stat()
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if self._seen is not None and self._seen[0] == signature:
+            return self._seen[1]
+        body = self._path.read_bytes()
+        self._seen = (signature, body)
+        return body
+
+    def next_delay(self) -> float:
+        return self._interval  # a stat a few seconds apart: nothing to spread out
+
+
+class RemoteKeys(ReloadingKeys):
+    """Keys from an https URL, verified against the system CAs or `ca_file`."""
+
+    def __init__(
+        self,
+        url: str,
+        allowed: tuple[str, ...],
+        *,
+        refresh_seconds: float,
+        min_gap: float,
+        ca_file: str = "",
+        observer: KeysObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: float = UNKNOWN_KID_WAIT_SECONDS,
+    ) -> None:
+        try:
+            self._context = ssl.create_default_context(cafile=ca_file or None)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError("identity.jwks_ca_file", f"cannot load `{ca_file}`: {err}") from err
+        super().__init__(
+            url,
+            allowed,
+            interval=refresh_seconds,
+            min_gap=min_gap,
+            observer=observer,
+            clock=clock,
+            wait=wait,
+        )
+
+    def _read(self) -> bytes:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self._context), _HttpsOnlyRedirects()
+        )
+        with opener.open(self._where, timeout=FETCH_TIMEOUT_SECONDS) as resp:
+            body: bytes = resp.read(MAX_JWKS_BYTES + 1)
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+        return body
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect may not downgrade the fetch to plain http."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
+        if not newurl.startswith("https://"):
+            raise ValueError(f"redirected to `{newurl}`, which is not https")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _under(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def _why(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+def load(
+    ident: IdentitySettings, base: Path, observer: KeysObserver | None = None
+) -> ReloadingKeys:
+    """The issuer's keys as the settings name them: a file (relative to `base`) or a URL."""
+    source = ident.jwks
     if source.startswith("https://"):
-        return RemoteKeys(source, allowed, refresh_seconds)
-    path = Path(source)
-    return load_file(path if path.is_absolute() else base / path, allowed)
+        return RemoteKeys(
+            source,
+            ident.algorithms,
+            refresh_seconds=ident.jwks_refresh_seconds,
+            min_gap=ident.jwks_refetch_min_seconds,
+            ca_file=str(_under(base, ident.jwks_ca_file)) if ident.jwks_ca_file else "",
+            observer=observer,
+        )
+    return FileKeys(_under(base, source), ident.algorithms, observer)

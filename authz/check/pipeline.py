@@ -5,12 +5,14 @@
     identity  -> verify the bearer JWT                                       (401)
     chain     -> read `act` into user -> agents -> actor; refuse cycles, depth and
                  anyone presenting the token but the current actor
-    registry  -> every agent in the chain registered and active
+    registry  -> every agent in the chain registered and active; with `bind_peer`, the
+                 mTLS peer is exactly the SPIFFE ID the current actor is bound to
     risk      -> the detectors' current values for the agent and token (`context.risk`);
                  an agent a detector has just contained here is refused
     intent    -> purpose and txn, from a verified txn-token or the token's own claims
     route     -> method + path -> Cedar action + resource; a POST to an MCP endpoint:
-                 its JSON-RPC body -> the tool's action + resource (`check.mcp`)
+                 its JSON-RPC body -> the tool's action + resource (`check.mcp`); a
+                 method override header naming another method is refused
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
@@ -39,17 +41,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.records import AuditRecord, AuditSink, EventRecord
-from authz.check import delegation, grants, identity, mcp
+from authz.check import delegation, grants, headers, identity, mcp
 from authz.check.decisions import DecisionCache
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
-from authz.codec import rfc3339
+from authz.codec import rfc3339, trace_id_of
 from authz.errors import (
     AuditUnavailable,
     DelegationError,
@@ -72,9 +74,16 @@ from authz.model import (
     RouteMatch,
     TokenClaims,
 )
-from authz.policy.evaluate import CedarOutcome, CedarRequest, PolicyEngine, enforce
+from authz.policy.evaluate import (
+    CedarOutcome,
+    CedarRequest,
+    PolicyEngine,
+    chain_context,
+    enforce,
+)
 from authz.policy.load import PolicyBundle
 from authz.reasons import Reason
+from authz.spiffe import Binding
 from authz.stores.cache import BoundedCache
 from authz.stores.protocols import AgentRegistry, GrantStore
 
@@ -90,9 +99,12 @@ EXPIRED_SEEN_ENTRIES = 10_000
 class CheckObserver(Protocol):
     """What the pipeline reports as it goes (metrics, tracing); it never decides anything.
 
-    `started` and `ended` pair up even when Envoy cancels the check."""
+    `started` and `ended` pair up even when Envoy cancels the check; they run in
+    the check's own task, so an observer may keep per-check state in a context
+    variable. `started` returns the trace id the check is traced under ("" when
+    the observer does not trace), which goes into the audit record."""
 
-    def started(self) -> None: ...
+    def started(self, req: CheckInput) -> str: ...
     def phase(self, name: str, seconds: float) -> None: ...
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None: ...
     def ended(self) -> None: ...
@@ -111,9 +123,19 @@ class Detector(Protocol):
 class PipelineOptions:
     max_chain_depth: int
     bind_peer: bool
-    trust_domain: str = ""  # SPIFFE trust domain peers must come from; empty: any
+    binding: Binding = Binding()  # which SPIFFE ID each agent must present (bind_peer)
+    method_overrides: tuple[str, ...] = headers.DEFAULT_METHOD_OVERRIDES
     dry_run: bool = False
     tiers: RiskTiers = DEFAULT_TIERS
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, for whom and why, as a check establishes it (see `Pipeline.identify`)."""
+
+    chain: Chain
+    agents: tuple[Agent, ...]  # the chain's registered, active agents, first first
+    intent: Intent
 
 
 @dataclass
@@ -203,23 +225,53 @@ class Pipeline:
 
     async def check(self, req: CheckInput) -> Decision:
         """Decide, sign, record: the one entry point. Never raises."""
+        return await self._observed(req, self._decision)
+
+    async def refuse(self, req: CheckInput, err: LasthopError) -> Decision:
+        """Deny and record a request no phase could read (an undecodable CheckRequest)."""
+
+        async def refused(req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
+            facts = _Facts(policy_version=self.policy.bundle.version)
+            return facts.decision(decision_id, err.reason, err.detail, err.status), False
+
+        return await self._observed(req, refused)
+
+    async def _observed(
+        self,
+        req: CheckInput,
+        decide: Callable[[CheckInput, str], Awaitable[tuple[Decision, bool]]],
+    ) -> Decision:
+        """`decide`, then sign and record, reported to the observer. Never raises."""
         started = time.perf_counter()
         observer = self.observer
+        trace_id = trace_id_of(req.traceparent)
         if observer:
-            observer.started()
+            trace_id = observer.started(req) or trace_id
         try:
-            decision, cached = await self._decision(req, uuid.uuid4().hex)
+            decision, cached = await decide(req, uuid.uuid4().hex)
             if decision.allowed and self.receipts is not None:
                 decision = self._receipt(decision, req)
-            decision = await self._record(decision, req, started)
+            decision = await self._record(decision, req, started, trace_id)
             if self.detect is not None:
                 self.detect.observe(decision)
             if observer:
                 observer.decided(decision, time.perf_counter() - started, cached)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_decision(decision, req, trace_id, cached)
             return decision
         finally:
             if observer:
                 observer.ended()
+
+    async def identify(self, req: CheckInput) -> Caller:
+        """The identity, chain, registry and intent phases exactly as a check runs them, for a
+        caller outside Envoy (an agent asking for access); raises the first refusal."""
+        facts = _Facts(policy_version="")
+        claims = await self._identity(req, facts)
+        chain = await self._chain(req, claims)
+        agents = await self._registry(req, chain, facts)
+        intent = await self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        return Caller(chain, agents, intent)
 
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
         """The cached decision for this exact request, or a new one; (decision, cached)."""
@@ -254,22 +306,28 @@ class Pipeline:
             facts.policies = err.policies or facts.policies
             return facts.decision(decision_id, err.reason, err.detail, err.status)
         except Exception:
-            log.exception("check %s failed", decision_id)
+            log.exception(
+                "check %s failed",
+                decision_id,
+                extra=_fields("check.failed", decision_id, req),
+            )
             internal = InternalError()
             return facts.decision(decision_id, internal.reason, internal.detail, internal.status)
 
     async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
         """The phases in order; each records what it learned, the first refusal raises."""
         timer = self._timer()
-        claims = self._identity(req, facts)
+        claims = await self._identity(req, facts)
         timer("identity")
         chain = facts.chain = await self._chain(req, claims)
         timer("chain")
-        agents = await self._registry(chain, facts)
+        agents = await self._registry(req, chain, facts)
         timer("registry")
         risk = facts.risk = self._risk(chain, agents, claims, facts.token_digest)
         timer("risk")
-        intent = facts.intent = self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        intent = facts.intent = await self.intent.read(
+            claims, req.headers.get(TXN_TOKEN_HEADER, [])
+        )
         timer("intent")
         route = facts.route = self._route(req, policy)
         timer("route")
@@ -284,11 +342,11 @@ class Pipeline:
 
     # --- the phases, in order -----------------------------------------------------------------
 
-    def _identity(self, req: CheckInput, facts: _Facts) -> TokenClaims:
-        """Exactly one `Bearer <jwt>` that verifies against the issuer's keys."""
+    async def _identity(self, req: CheckInput, facts: _Facts) -> TokenClaims:
+        """Exactly one `Bearer <jwt>` that verifies against the issuer's current keys."""
         token = identity.bearer_token(req.headers.get("authorization", []))
         facts.token_digest = identity.token_digest(token)
-        claims = self.verifier.verify(token)
+        claims = await self.verifier.verify_current(token)
         facts.client_id = claims.client_id
         return claims
 
@@ -300,15 +358,20 @@ class Pipeline:
         presenting_agent = (
             bool(client) and not chain.agents and await self.registry.get(client) is not None
         )
-        delegation.check_presenter(
-            claims, chain, {client} if presenting_agent else set(), self._peer_agent(req)
-        )
+        delegation.check_presenter(claims, chain, {client} if presenting_agent else set())
         return chain
 
-    async def _registry(self, chain: Chain, facts: _Facts) -> tuple[Agent, ...]:
-        """Every agent in the chain registered and active."""
+    async def _registry(self, req: CheckInput, chain: Chain, facts: _Facts) -> tuple[Agent, ...]:
+        """Every agent in the chain registered and active; with `bind_peer`, the mTLS peer
+        is the exact SPIFFE ID the current actor is bound to, never just its last segment."""
         agents = await resolve_chain(self.registry, chain)
         facts.owner = agents[-1].owner if agents else ""
+        if self.options.bind_peer:
+            registered = agents[-1].spiffe_id if agents else ""
+            try:
+                self.options.binding.check(req.peer_principal, chain.actor, registered)
+            except ValueError as err:
+                raise DelegationError(Reason.PEER_MISMATCH, str(err)) from None
         return tuple(agents)
 
     def _risk(
@@ -320,7 +383,9 @@ class Pipeline:
         return Risk(token_lifetime=claims.expires_at - claims.issued_at, token_jti=bool(claims.jti))
 
     def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
-        """The route table's action and resource; an MCP endpoint's come from the body."""
+        """The route table's action and resource; an MCP endpoint's come from the body.
+        A method override header naming another method is refused first."""
+        headers.check_method_override(req.headers, req.method, self.options.method_overrides)
         routes = policy.bundle.routes
         endpoint = routes.mcp_endpoint(req.method, req.path)
         if endpoint is None:
@@ -334,7 +399,7 @@ class Pipeline:
             return None
         held = await self.store.for_pair(chain.actor, chain.user)
         try:
-            return grants.select(held, route, intent.purpose, self.clock())
+            return grants.select(held, route, intent.purpose, self.clock(), intent.txn)
         except GrantError as err:
             if err.reason == Reason.GRANT_EXPIRED:
                 await self._expired(held, route)
@@ -360,7 +425,7 @@ class Pipeline:
             principal=principal,
             action=route.action,
             resource=route.resource,
-            context=self._context(req, chain, intent, grant, route, risk),
+            context=self._context(req, chain, agents, intent, grant, route, risk),
         )
         facts.outcome = policy.evaluate(
             request, policy.delta(route.resource, route.parents, agents)
@@ -389,16 +454,22 @@ class Pipeline:
         try:
             receipt = self.receipts.mint(decision, req)
         except Exception:
-            log.exception("receipt for %s failed", decision.decision_id)
+            log.exception(
+                "receipt for %s failed",
+                decision.decision_id,
+                extra=_fields("check.receipt_failed", decision.decision_id, req),
+            )
             return _refused(decision, InternalError("cannot sign the receipt"))
         timer("receipt")
         return replace(decision, receipt=receipt)
 
-    async def _record(self, decision: Decision, req: CheckInput, started: float) -> Decision:
+    async def _record(
+        self, decision: Decision, req: CheckInput, started: float, trace_id: str
+    ) -> Decision:
         """No record, no allow: a sink that refuses or raises fails the check closed."""
         timer = self._timer()
         elapsed = time.perf_counter() - started
-        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed)
+        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed, trace_id)
         if not await self._audit(record):
             decision = _refused(decision, AuditUnavailable())
         timer("audit")
@@ -448,24 +519,15 @@ class Pipeline:
             log.exception(
                 "audit sink failed for %s",
                 getattr(record, "decision_id", "") or getattr(record, "event", ""),
+                extra={"event": "audit.sink_failed"},
             )
             return False
-
-    def _peer_agent(self, req: CheckInput) -> str | None:
-        if not self.options.bind_peer:
-            return None
-        agent = delegation.spiffe_agent(req.peer_principal, self.options.trust_domain)
-        if agent is None:
-            raise DelegationError(
-                Reason.PEER_MISMATCH,
-                "no SPIFFE peer identity from Envoy in the trust domain to bind",
-            )
-        return agent
 
     def _context(
         self,
         req: CheckInput,
         chain: Chain,
+        agents: tuple[Agent, ...],
         intent: Intent,
         grant: Grant | None,
         route: RouteMatch,
@@ -475,6 +537,7 @@ class Pipeline:
             "user": {"__entity": {"type": "User", "id": chain.user}},
             "chain_depth": chain.depth,
             "agents": [{"__entity": {"type": "Agent", "id": a}} for a in chain.agents],
+            "chain": chain_context(agents, intent.purpose, self.options.tiers),
             "delegator": chain.delegator,
             "purpose": intent.purpose,
             "txn": intent.txn,
@@ -497,6 +560,39 @@ class Pipeline:
 
 def _no_timer(name: str) -> None:
     return None
+
+
+def _fields(event: str, decision_id: str, req: CheckInput) -> dict[str, str]:
+    """What a log line about one check carries to find it elsewhere (never a token)."""
+    return {
+        "event": event,
+        "decision_id": decision_id,
+        "request_id": req.request_id,
+        "trace_id": trace_id_of(req.traceparent),
+    }
+
+
+def _log_decision(decision: Decision, req: CheckInput, trace_id: str, cached: bool) -> None:
+    """The debug line for one decision: what it was, and the ids that find it elsewhere."""
+    verdict = "allow" if decision.allowed else "deny"
+    log.debug(
+        "%s %s %s",
+        verdict,
+        decision.status,
+        decision.reason,
+        extra={
+            "event": "check.decided",
+            "decision_id": decision.decision_id,
+            "request_id": req.request_id,
+            "trace_id": trace_id,
+            "decision": verdict,
+            "status": decision.status,
+            "reason": str(decision.reason),
+            "agent": decision.chain.actor if decision.chain else "",
+            "route": decision.route.template if decision.route else "",
+            "cached": cached,
+        },
+    )
 
 
 def _refused(decision: Decision, err: LasthopError) -> Decision:

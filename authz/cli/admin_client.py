@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from dataclasses import dataclass
 
 import grpc
 
@@ -15,9 +16,28 @@ from authz.errors import AdminError
 TIMEOUT_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS to the admin API: `ca` (PEM) verifies the server, None for the system's CAs;
+    `cert` and `key` (PEM) are the client's own, for an admin listener that wants mTLS."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
 class AdminClient:
-    def __init__(self, address: str, token: str) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, token: str, tls: ClientTls | None = None) -> None:
+        self._channel = (
+            grpc.secure_channel(address, tls.credentials())
+            if tls is not None
+            else grpc.insecure_channel(address)
+        )
         self._grants = pb_grpc.GrantsStub(self._channel)
         self._agents = apb_grpc.AgentsStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)

@@ -25,6 +25,9 @@ def add_commands(sub: Any) -> None:
         "--purpose", action="append", default=[], help="a purpose it may act for; repeatable"
     )
     register.add_argument("--description", default="")
+    register.add_argument(
+        "--spiffe-id", default="", help="the workload it runs as, e.g. spiffe://td/ns/x/sa/y"
+    )
     register.add_argument("--hours", default="", help='working hours, e.g. "Mon-Fri 07:00-19:00"')
     register.set_defaults(func=cmd_register)
 
@@ -38,6 +41,7 @@ def add_commands(sub: Any) -> None:
     update.add_argument("--owner")
     update.add_argument("--risk", type=int)
     update.add_argument("--description")
+    update.add_argument("--spiffe-id", help='its workload\'s SPIFFE ID; "" removes it')
     update.add_argument("--hours", help='working hours; "" clears them')
     update.add_argument(
         "--purpose", action="append", help="replaces the allowed purposes; repeatable"
@@ -84,6 +88,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             risk=args.risk,
             allowed_purposes=args.purpose,
             description=args.description,
+            spiffe_id=args.spiffe_id,
             hours=args.hours,
         )
     )
@@ -104,6 +109,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         request.risk = args.risk
     if args.description is not None:
         request.description = args.description
+    if args.spiffe_id is not None:
+        request.spiffe_id = args.spiffe_id
     if args.hours is not None:
         request.hours = args.hours
     if args.purpose is not None or args.clear_purposes:

@@ -1,8 +1,9 @@
 """`lasthop audit verify|disclosures|keygen` and `lasthop receipt verify`.
 
-Exit codes: 0 the trail (or receipt) verifies / the report was written;
-1 it does not verify (the first broken record, or the reason, is printed);
-2 bad usage or unreadable input, with the reason on stderr.
+Exit codes (`authz.cli.conventions`): 0 the trail (or receipt) verifies / the
+report was written; 1 it does not verify (the first broken record, or the reason,
+is printed); 2 bad usage or unreadable input, 3 a file named does not exist, with
+the reason on stderr. Every verb takes `--output text|json`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.files import rotated_files, trail_files
 from authz.audit.signing import SigningKey, read_jwks
-from authz.errors import ConfigError, JwksError, ReceiptError, UsageError
+from authz.cli.conventions import HANDLED, Exit, add_output, exit_code, print_json
+from authz.errors import JwksError, ReceiptError, UsageError
 
-EXIT_BROKEN = 1
-EXIT_USAGE = 2
+EXIT_BROKEN = Exit.NO
 SHOW_BYTES = 600
 
 Command = Callable[[argparse.Namespace], int]
@@ -40,11 +41,11 @@ def add_commands(audit: Any) -> None:
     )
     verify.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="PATH",
         help="the trail's live file (its rotated files are included), "
-        "rotated files, or a directory of trails",
+        "rotated files, or a directory of trails (default with --config: audit.path)",
     )
     _key_options(verify)
     verify.add_argument(
@@ -59,6 +60,7 @@ def add_commands(audit: Any) -> None:
         action="store_true",
         help="the files may start after seq 1 (earlier files archived)",
     )
+    add_output(verify)
     verify.set_defaults(func=_guarded(cmd_verify))
 
     disc = audit.add_parser(
@@ -75,12 +77,13 @@ def add_commands(audit: Any) -> None:
         metavar="PATH",
         help="trail files (default: the configured audit.path and its rotations)",
     )
-    disc.add_argument("--format", choices=disclosures.FORMATS, default="md")
+    add_output(disc, "csv")
     _key_options(disc)
     disc.set_defaults(func=_guarded(cmd_disclosures))
 
     keygen = audit.add_parser("keygen", help="create an Ed25519 key for audit.signing_key")
     keygen.add_argument("file", type=Path)
+    add_output(keygen)
     keygen.set_defaults(func=_guarded(cmd_keygen))
 
 
@@ -100,6 +103,7 @@ def add_receipt_command(sub: Any) -> None:
         action="store_true",
         help="also refuse an expired receipt (as an upstream would)",
     )
+    add_output(verify)
     verify.set_defaults(func=_guarded(cmd_receipt_verify))
 
 
@@ -115,9 +119,9 @@ def _guarded(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (UsageError, JwksError, ConfigError, OSError, ValueError) as err:
+        except (JwksError, *HANDLED) as err:
             print(f"lasthop: {err}", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE if isinstance(err, JwksError) else exit_code(err)
 
     return run
 
@@ -127,10 +131,17 @@ def _guarded(command: Command) -> Command:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = config.load(args.config) if args.config else None
+    if not args.paths:
+        if settings is None:
+            raise UsageError("name the trail: PATH, or --config to take audit.path")
+        args.paths = [audit_setup.trail_path(settings)]
     files = expand(args.paths)
     keys = _keys(args, settings, required=True)
     anchors = _anchors(args, settings)
     report = audit_verify.verify(files, keys, anchors, partial=args.partial)
+    if args.output == "json":
+        print_json(_verify_json(report, anchors))
+        return EXIT_BROKEN if report.problem is not None else Exit.OK
     if report.problem is not None:
         print(f"BROKEN: {report.problem}")
         where = report.problem.where
@@ -141,6 +152,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+def _verify_json(report: audit_verify.Report, anchors: list[Path]) -> dict[str, Any]:
+    problem = report.problem
+    return {
+        "ok": problem is None,
+        "records": report.records,
+        "first_seq": report.first_seq,
+        "last_seq": report.last_seq,
+        "files": [str(f) for f in report.files],
+        "checkpoints": report.checkpoints,
+        "last_checkpoint": report.last_checkpoint,
+        "kids": sorted(report.kids),
+        "anchors": [str(a) for a in anchors],
+        "notes": report.notes,
+        "problem": None
+        if problem is None
+        else {
+            "kind": problem.kind,
+            "seq": problem.seq,
+            "message": problem.message,
+            "file": str(problem.where.file) if problem.where else None,
+            "line": problem.where.line if problem.where else None,
+        },
+    }
 
 
 def summary(report: audit_verify.Report, anchors: list[Path]) -> str:
@@ -174,7 +210,7 @@ def expand(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             files.extend([*rotated_files(path), path])
         else:
-            raise UsageError(f"`{path}`: no such file or directory")
+            raise FileNotFoundError(f"`{path}`: no such file or directory")
     return files
 
 
@@ -253,7 +289,8 @@ def cmd_disclosures(args: argparse.Namespace) -> int:
     rows = disclosures.account(
         disclosures.read_records(report.files), args.user, args.patient, window
     )
-    sys.stdout.write(disclosures.render(rows, args.format, _title(args)))
+    fmt = "md" if args.output == "text" else args.output
+    sys.stdout.write(disclosures.render(rows, fmt, _title(args)))
     return 0
 
 
@@ -274,6 +311,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         raise UsageError(f"`{args.file}` exists; not overwriting a key")
     key = SigningKey.generate()
     key.write_pem(args.file)
+    if args.output == "json":
+        print_json({"file": str(args.file), "kid": key.kid, "public_jwk": key.jwk})
+        return 0
     print(f"wrote {args.file} (mode 0600), kid {key.kid}\npublic JWK: {json.dumps(key.jwk)}")
     return 0
 
@@ -295,12 +335,18 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
             token, keys, binding, now=time.time() if args.require_fresh else None
         )
     except ReceiptError as err:
-        print(f"INVALID: {err}")
+        if args.output == "json":
+            print_json({"valid": False, "reason": err.reason, "detail": err.detail})
+        else:
+            print(f"INVALID: {err}")
         return EXIT_BROKEN
     checked = [name for name in ("method", "path", "host") if getattr(args, name)]
     if args.body:
         checked.append("body")
     kid = jwt.get_unverified_header(token).get("kid")
+    if args.output == "json":
+        print_json({"valid": True, "kid": kid, "checked": checked, "claims": claims})
+        return 0
     print(f"valid: signed by {kid}; binding checked: {', '.join(checked) or 'none'}")
     print(json.dumps(claims, indent=2, sort_keys=True))
     return 0

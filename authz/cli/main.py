@@ -1,27 +1,28 @@
-"""The `lasthop` command line. Bad input: exit 2 with the reason on stderr; nothing written."""
+"""The `lasthop` command line. Errors go to stderr, and the exit code says which kind
+(`authz.cli.conventions`): 2 bad usage, 3 not found, 4 refused token, 5 unavailable."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from authz import config
+from authz import config, version
 from authz._proto import grants_pb2 as pb
 from authz.audit import shadow_report
+from authz.cli import access as cli_access
 from authz.cli import agents as cli_agents
 from authz.cli import audit as cli_audit
 from authz.cli import policy as cli_policy
 from authz.cli import posture as cli_posture
 from authz.cli.admin import admin_client, admin_options, message_dict
 from authz.cli.admin_client import AdminClient
-from authz.errors import AdminError, ConfigError, PolicyLoadError, UsageError
-
-EXIT_USAGE = 2
+from authz.cli.conventions import HANDLED, Exit, epilog, exit_code
+from authz.errors import PolicyLoadError, UsageError
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
@@ -100,25 +101,29 @@ def cmd_grants_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.server import logs
     from authz.server.app import build
     from authz.server.serve import serve
 
     settings = config.load(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.server)
     return asyncio.run(serve(build(settings)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from authz.dev.demo import run_demo
 
-    return run_demo(keep_running=args.keep_running)
+    return run_demo(keep_running=args.keep_running, directory=args.dir)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lasthop",
         description="Point-of-use authorization for AI agents: an Envoy ext_authz sidecar.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"lasthop {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_authz, admin and metrics listeners")
@@ -127,10 +132,17 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run Envoy + Lasthop + the demo EHR, and walk a scenario")
     demo.add_argument("--keep-running", action="store_true", help="stay up after the scenario")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        help="write and keep everything here (new or empty; default: a new "
+        "temporary directory, named at the end)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     cli_policy.add_commands(sub)
     cli_agents.add_commands(sub)
+    cli_access.add_commands(sub)
     cli_posture.add_command(sub)
 
     audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
@@ -180,16 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (
-        UsageError,
-        ConfigError,
-        PolicyLoadError,
-        AdminError,
-        ValueError,
-        OSError,
-    ) as err:
+    except PolicyLoadError as err:
         print(f"lasthop: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
+    except HANDLED as err:
+        print(f"lasthop: {err}", file=sys.stderr)
+        return exit_code(err)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`lasthop policy validate|test` and `lasthop check`: the policy author's commands.
 
-Exit codes: 0 success (or allow, for `check`), 1 a failed test, a
-formatting difference or a deny, 2 bad input (printed by cli.main).
+Exit codes (`authz.cli.conventions`): 0 success (or allow, for `check`), 1 a
+failed test, a file `fmt --check` would change, or a deny; 2 bad input,
+including a malformed fixture or scenario (named with its file).
 """
 
 from __future__ import annotations
@@ -10,50 +11,71 @@ import argparse
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cedarpy
 
 from authz import config
+from authz.access import fixtures as approval_fixtures
 from authz.check import delegation, grants, mcp
 from authz.check import keys as jwks
 from authz.check.identity import bearer_token
-from authz.errors import LasthopError, ScenarioError, UsageError
+from authz.cli.conventions import Exit, add_output, print_json, read_secret
+from authz.errors import LasthopError, UsageError
 from authz.model import CheckInput, Decision, Grant, RiskTiers
 from authz.policy import fixtures as policy_fixtures
 from authz.policy import load as policy_load
+from authz.policy.approval import APPROVAL_DIR
 from authz.policy.scenarios import SCENARIO_FILE
-from authz.server import offline
+from authz.server import offline, offline_access
 
 
 def add_commands(sub: Any) -> None:
-    pol = sub.add_parser("policy", help="validate and test a policy directory").add_subparsers(
-        dest="policy_command", required=True
-    )
-    validate = pol.add_parser(
+    pol = sub.add_parser("policy", help="validate, format and test a policy directory")
+    verbs = pol.add_subparsers(dest="policy_command", required=True)
+    validate = verbs.add_parser(
         "validate",
         help="parse and validate schema, policies, entities "
         "and routes; every error names its file and line",
     )
     validate.add_argument("dir", nargs="?", default="policies")
-    validate.add_argument(
-        "--format",
-        action="store_true",
-        help="also check that every .cedar file is in Cedar's format",
-    )
+    add_output(validate)
     validate.set_defaults(func=cmd_validate)
 
-    test = pol.add_parser("test", help="run the ALLOW/DENY fixtures and the scenarios")
+    fmt = verbs.add_parser("fmt", help="rewrite every .cedar file in Cedar's own format")
+    fmt.add_argument("dir", nargs="?", default="policies")
+    fmt.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a file would change"
+    )
+    add_output(fmt)
+    fmt.set_defaults(func=cmd_fmt)
+
+    test = verbs.add_parser(
+        "test",
+        help="run the ALLOW/DENY fixtures and the scenarios, and the approval policies' "
+        "APPROVE/PERSON/REFUSE fixtures and scenarios",
+    )
     test.add_argument("dir", nargs="?", default="policies")
     test.add_argument("--config", help="take identity settings from this config")
+    test.add_argument(
+        "-k", dest="pattern", default="", help="run only tests whose name contains PATTERN"
+    )
     test.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    add_output(test)
     test.set_defaults(func=cmd_test)
 
     check = sub.add_parser("check", help="evaluate one request offline and explain it")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", help="identity settings and policies.dir from this config")
+    check.add_argument(
+        "--policies", help="the policy directory (default: the config's policies.dir)"
+    )
     who = check.add_mutually_exclusive_group(required=True)
     who.add_argument("--token", help="a bearer token, verified against identity.jwks")
+    who.add_argument(
+        "--token-file", help="a file holding the bearer token (- for stdin), kept off argv"
+    )
     who.add_argument("--claims", help="token claims as JSON (signature not checked)")
     check.add_argument("--method", help="default: POST with --tool or --body")
     check.add_argument("--path", required=True, help="e.g. /patients/p-1001/records, or /mcp")
@@ -71,83 +93,172 @@ def add_commands(sub: Any) -> None:
         help='grant as JSON: {"actions": [...], "resources": [...], "purpose": '
         '..., "agent"?, "user"?, "ttl"?, "max_uses"?}; repeatable',
     )
-    check.add_argument("--output", choices=("text", "json"), default="text")
+    add_output(check)
     check.set_defaults(func=cmd_check)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    directory = Path(args.dir)
-    bundle = policy_load.load(directory)
-    print(
-        f"ok: {len(bundle.policies)} policies "
-        f"({sum(p.mode == 'shadow' for p in bundle.policies.values())} shadow), "
-        f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
-        f"{sum(len(e.tools) for e in bundle.routes.mcp.values())} MCP tools, "
-        f"version {bundle.version}"
-    )
-    if not args.format:
+    bundle = policy_load.load(Path(args.dir))
+    summary = {
+        "policies": len(bundle.policies),
+        "shadow": sum(p.mode == "shadow" for p in bundle.policies.values()),
+        "agents": len(bundle.agents),
+        "routes": len(bundle.routes.routes),
+        "mcp_tools": sum(len(e.tools) for e in bundle.routes.mcp.values()),
+        "approval_policies": bundle.approval.count if bundle.approval else 0,
+        "approval_shadow": len(bundle.approval.shadow) if bundle.approval else 0,
+        "version": bundle.version,
+    }
+    if args.output == "json":
+        print_json({"ok": True, **summary})
         return 0
-    unformatted = [
-        p
-        for p in sorted(directory.glob("*.cedar"))
-        if cedarpy.format_policies(p.read_text(encoding="utf-8")) != p.read_text()
-    ]
-    for path in unformatted:
-        print(f"{path}: not in Cedar format (see cedarpy.format_policies)")
-    return 1 if unformatted else 0
+    print(
+        f"ok: {summary['policies']} policies ({summary['shadow']} shadow), "
+        f"{summary['approval_policies']} approval policies ({summary['approval_shadow']} shadow), "
+        f"{summary['agents']} agents, {summary['routes']} routes, "
+        f"{summary['mcp_tools']} MCP tools, version {summary['version']}"
+    )
+    return 0
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    """Cedar's formatter over every .cedar file; `--check`: report, exit 1, change nothing."""
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"`{directory}`: no such policy directory")
+    changed = []
+    for path in sorted(directory.rglob("*.cedar")):
+        text = path.read_text(encoding="utf-8")
+        try:
+            formatted = cedarpy.format_policies(text)
+        except ValueError as err:
+            raise UsageError(
+                f"{path}: cannot format: {err} (run `lasthop policy validate`)"
+            ) from None
+        if formatted != text:
+            changed.append(path)
+            if not args.check:
+                path.write_text(formatted, encoding="utf-8")
+    if args.output == "json":
+        print_json({"changed": [str(p) for p in changed], "check": args.check})
+    for path in changed if args.output == "text" else ():
+        print(f"{path}: {'would reformat' if args.check else 'reformatted'}")
+    return Exit.NO if changed and args.check else Exit.OK
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     bundle = policy_load.load(directory)
     ident = config.load(args.config).identity if args.config else config.IdentitySettings()
-    rows: list[tuple[str, str, bool, str]] = []  # (suite, name, passed, message)
-    for fixture in policy_fixtures.run_all(bundle, directory / "tests"):
-        rows.append(
-            (
-                "fixtures",
-                f"{fixture.path.parent.name}/{fixture.path.stem}",
-                fixture.passed,
-                f"expected {fixture.expected}, got {fixture.got}",
-            )
-        )
-    try:
-        scenarios = offline.run_scenarios(bundle, ident, directory / "tests" / SCENARIO_FILE)
-    except ScenarioError as err:
-        raise UsageError(str(err)) from err
-    for scenario in scenarios:
-        rows.append(
-            (
-                "scenarios",
-                scenario.name,
-                scenario.passed,
-                f"expected {scenario.expected}, got {scenario.got}: {scenario.detail}",
-            )
-        )
+    pattern = args.pattern.lower()
+
+    def selected(name: str) -> bool:
+        return pattern in name.lower()
+
+    rows: list[Row] = []
+    covered: set[str] = set()
+    for fixture in policy_fixtures.run_all(bundle, directory / "tests", selected):
+        message = f"expected {fixture.expected}, got {fixture.got}"
+        rows.append(Row("fixtures", policy_fixtures.name(fixture.path), fixture.passed, message))
+        covered.update(fixture.policies)
+    scenario_file = directory / "tests" / SCENARIO_FILE
+    reached: set[str] = set()
+    for scenario in offline.run_scenarios(bundle, ident, scenario_file, selected):
+        message = f"expected {scenario.expected}, got {scenario.got}: {scenario.detail}"
+        rows.append(Row("scenarios", scenario.name, scenario.passed, message))
+        covered.update(scenario.policies)
+        reached.add(scenario.route)
+    rows.extend(_approval_rows(bundle, ident, directory / APPROVAL_DIR / "tests", selected))
     if not rows:
-        raise UsageError(f"no fixtures under {directory / 'tests'} and no {SCENARIO_FILE}")
-    for suite, name, passed, message in rows:
-        print(
-            f"{'PASS' if passed else 'FAIL'}  {suite:<9} {name}"
-            + ("" if passed else f"\n      {message}")
+        raise UsageError(
+            f"no test matches `{args.pattern}`"
+            if pattern
+            else f"no fixtures under {directory / 'tests'} and no {SCENARIO_FILE}"
         )
-    failed = sum(not r[2] for r in rows)
-    print(f"\n{len(rows) - failed} passed, {failed} failed")
+    coverage = _coverage(bundle, covered, reached)
     if args.junit:
         _write_junit(args.junit, rows)
-    return 1 if failed else 0
+    failed = sum(not r.passed for r in rows)
+    if args.output == "json":
+        tests = [r._asdict() for r in rows]
+        print_json(
+            {"passed": len(rows) - failed, "failed": failed, "tests": tests, "coverage": coverage}
+        )
+    else:
+        _print_tests(rows, coverage, partial=bool(pattern))
+    return Exit.NO if failed else Exit.OK
 
 
-def _write_junit(path: Path, rows: list[tuple[str, str, bool, str]]) -> None:
+def _approval_rows(
+    bundle: policy_load.PolicyBundle,
+    ident: config.IdentitySettings,
+    tests: Path,
+    selected: Callable[[str], bool],
+) -> list[Row]:
+    """The approval policies' fixtures and scenarios (`approval/tests/`)."""
+    rows = []
+    for fixture in approval_fixtures.run_all(bundle, tests):
+        name = policy_fixtures.name(fixture.path)
+        if selected(name):
+            message = f"expected {fixture.expected}, got {fixture.got}"
+            rows.append(Row("approval", name, fixture.passed, message))
+    for scenario in offline_access.run_scenarios(bundle, ident, tests / SCENARIO_FILE, selected):
+        message = f"expected {scenario.expected}, got {scenario.got}: {scenario.detail}"
+        rows.append(Row("approval-scenarios", scenario.name, scenario.passed, message))
+    return rows
+
+
+class Row(NamedTuple):
+    suite: str
+    name: str
+    passed: bool
+    message: str
+
+
+def _coverage(
+    bundle: policy_load.PolicyBundle, covered: set[str], reached: set[str]
+) -> dict[str, list[str]]:
+    """What no test exercised: policies that never decided (or held, for shadow ones) and
+    routes no scenario reached."""
+    routes = [f"{r.method} {r.template}" for r in bundle.routes.routes]
+    policies = sorted(info.id for info in bundle.policies.values())
+    return {
+        "policies_never_exercised": [p for p in policies if p not in covered],
+        "routes_never_exercised": [r for r in routes if r not in reached],
+        "policies": policies,
+        "routes": routes,
+    }
+
+
+def _print_tests(rows: list[Row], coverage: dict[str, list[str]], partial: bool) -> None:
+    for row in rows:
+        print(
+            f"{'PASS' if row.passed else 'FAIL'}  {row.suite:<9} {row.name}"
+            + ("" if row.passed else f"\n      {row.message}")
+        )
+    failed = sum(not r.passed for r in rows)
+    print(f"\n{len(rows) - failed} passed, {failed} failed")
+    never, routes = coverage["policies_never_exercised"], coverage["routes_never_exercised"]
+    scope = " (of the tests selected)" if partial else ""
+    print(
+        f"coverage{scope}: {len(coverage['policies']) - len(never)} of "
+        f"{len(coverage['policies'])} policies decided a test"
+        + (f"; never: {', '.join(never)}" if never else "")
+        + f"; {len(coverage['routes']) - len(routes)} of {len(coverage['routes'])} routes "
+        "reached by a scenario" + (f"; never: {', '.join(routes)}" if routes else "")
+    )
+
+
+def _write_junit(path: Path, rows: list[Row]) -> None:
     root = ET.Element("testsuites")
-    for suite_name in ("fixtures", "scenarios"):
-        cases = [r for r in rows if r[0] == suite_name]
+    for suite_name in dict.fromkeys(r.suite for r in rows):
+        cases = [r for r in rows if r.suite == suite_name]
         suite = ET.SubElement(
             root,
             "testsuite",
             name=f"lasthop.{suite_name}",
             tests=str(len(cases)),
-            failures=str(sum(not r[2] for r in cases)),
+            failures=str(sum(not r.passed for r in cases)),
         )
         for _, name, passed, message in cases:
             case = ET.SubElement(suite, "testcase", classname=f"lasthop.{suite_name}", name=name)
@@ -157,14 +268,18 @@ def _write_junit(path: Path, rows: list[tuple[str, str, bool, str]]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
-    bundle = policy_load.load(settings.path(settings.policies.dir))
+    if not args.config and not args.policies:
+        raise UsageError("name the policies: --policies DIR, or --config FILE")
+    settings = config.load(args.config) if args.config else config.load(None)
+    directory = Path(args.policies) if args.policies else settings.path(settings.policies.dir)
+    bundle = policy_load.load(directory)
     now = time.time()
-    if args.token:
-        keys: jwks.KeySource = jwks.load(
-            settings.identity.jwks, settings.base_dir, settings.identity.algorithms, 3600
-        )
-        token, source = args.token.removeprefix("Bearer "), "verified against identity.jwks"
+    if args.token or args.token_file:
+        if not args.config:
+            raise UsageError("--token is verified against identity.jwks: pass --config too")
+        keys: jwks.KeySource = jwks.load(settings.identity, settings.base_dir)
+        raw = args.token or read_secret(args.token_file, "", "", "token")
+        token, source = raw.removeprefix("Bearer "), "verified against identity.jwks"
     else:
         signer = offline.ClaimsSigner(settings.identity)
         keys, token = signer.keys, signer.token(_json_object(args.claims, "--claims"), now)

@@ -1,9 +1,10 @@
 """`lasthop posture`: the identity posture report, for people, CI and cron.
 
-Exit codes: 0, or 1 when `--fail-on SEVERITY` is given and a finding at or
-above it exists; 2 on bad input (printed by cli.main). `--metrics-file`
-writes the counts as Prometheus gauges (`lasthop_posture_findings{kind,
-severity}`) for node_exporter's textfile collector or a Pushgateway.
+Exit codes (authz.cli.conventions): 0, or 1 when `--fail-on SEVERITY` is
+given and a finding at or above it exists; 2 on bad input, 3 when a trail
+file is missing, 5 when the store cannot be read. `--metrics-file` writes
+the counts as Prometheus gauges (`lasthop_posture_findings{kind,severity}`)
+for node_exporter's textfile collector or a Pushgateway.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from authz import config
 from authz.audit import setup as audit_setup
 from authz.audit.disclosures import parse_day
 from authz.audit.files import trail_files
+from authz.cli.conventions import Exit, add_output
 from authz.detect import inventory
 from authz.detect.findings import RULES, SEVERITIES, Finding, at_or_above
 from authz.detect.posture import assess
@@ -41,7 +44,7 @@ def add_command(sub: Any) -> None:
         "unowned, unseen and unregistered agents, long-lived tokens, policy gaps",
     )
     posture.add_argument("--config", required=True, help="the servers' TOML config")
-    posture.add_argument("--output", choices=("text", "json", "md"), default="text")
+    add_output(posture, "md")
     posture.add_argument(
         "--fail-on", choices=SEVERITIES, help="exit 1 if a finding at or above this exists"
     )
@@ -77,7 +80,11 @@ def cmd_posture(args: argparse.Namespace) -> int:
     )
     files = _files([audit_setup.trail_path(settings), *args.trail])
     if settings.store.redis_url:
-        inv.agents, inv.live = asyncio.run(_from_redis(settings))
+        try:
+            inv.agents, inv.live = asyncio.run(_from_redis(settings))
+        except StoreUnavailable as err:
+            print(f"lasthop: cannot read the store: {err.detail}", file=sys.stderr)
+            return Exit.UNAVAILABLE
     inventory.read(inv, files, rebuild_store=not settings.store.redis_url)
     tiers = RiskTiers(settings.registry.medium_risk_from, settings.registry.high_risk_from)
     findings = assess(inv, tiers)
@@ -85,7 +92,7 @@ def cmd_posture(args: argparse.Namespace) -> int:
     if args.metrics_file:
         write_gauges(findings, args.metrics_file, now)
     failing = at_or_above(args.fail_on) if args.fail_on else frozenset()
-    return 1 if any(f.rule.severity in failing for f in findings) else 0
+    return Exit.NO if any(f.rule.severity in failing for f in findings) else Exit.OK
 
 
 def _time(text: str, flag: str) -> float:
@@ -100,7 +107,9 @@ def _files(lives: list[Path]) -> list[Path]:
     for live in lives:
         found = trail_files(live)
         if not found:
-            raise UsageError(f"no audit trail at `{live}`; give the live trail file with --trail")
+            raise FileNotFoundError(
+                f"no audit trail at `{live}`; give the live trail file with --trail"
+            )
         files.extend(found)
     return files
 
@@ -110,8 +119,6 @@ async def _from_redis(settings: config.Settings) -> tuple[dict[str, Agent], dict
     store = RedisStore(st.redis_url, max(st.timeout_ms, 1000), cluster=st.redis_cluster)
     try:
         return await inventory.from_store(store, store)
-    except StoreUnavailable as err:
-        raise UsageError(f"cannot read the store: {err.detail}") from None
     finally:
         await store.close()
 

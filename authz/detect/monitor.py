@@ -225,12 +225,19 @@ class Monitor:
         except StoreUnavailable as err:
             self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-            log.warning("detection windows: %s; %d checks wait", err.detail, len(self._pending))
+            log.warning(
+                "detection windows: %s; %d checks wait",
+                err.detail,
+                len(self._pending),
+                extra={"event": "detect.windows_failed"},
+            )
             if self.observer:
                 self.observer.windows_failed()
             return False
         except Exception:
-            log.exception("detection failed for %d checks", len(batch))
+            log.exception(
+                "detection failed for %d checks", len(batch), extra={"event": "detect.failed"}
+            )
         self._backoff = MIN_BACKOFF
         return True
 
@@ -275,6 +282,9 @@ class Monitor:
                     await self.flush()
                 await self.responder.drain()
         except TimeoutError:
-            log.error("detection: responses still under way at shutdown were abandoned")
+            log.error(
+                "detection: responses still under way at shutdown were abandoned",
+                extra={"event": "detect.abandoned"},
+            )
         if self._flusher is not None:
             self._flusher.cancel()

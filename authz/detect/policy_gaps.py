@@ -10,42 +10,44 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from authz.detect.findings import Finding
 from authz.detect.inventory import Inventory
 from authz.errors import LasthopError
 from authz.model import Agent, EntityRef, Risk, RiskTiers
-from authz.policy.evaluate import CedarRequest, PolicyEngine
+from authz.policy.evaluate import CedarRequest, PolicyEngine, chain_context
 
 PROBE = "posture-probe"
+
+
+@dataclass(frozen=True)
+class Probe:
+    request: CedarRequest
+    delta: str  # the request's entities, as the pipeline adds them
+    route: str  # `METHOD template`
+    purpose: str
 
 
 def phi_permits(inv: Inventory, tiers: RiskTiers) -> Iterator[Finding]:
     engine = PolicyEngine(inv.bundle, tiers)
     holes: dict[str, dict[str, object]] = {}
-    for method, path, template in _phi_probes(inv):
-        route = inv.bundle.routes.resolve(method, path)
-        for principal, agents, purpose in _principals(inv):
-            request = CedarRequest(
-                principal, route.action, route.resource, _context(inv, agents, purpose, method)
+    for probe in probes(inv, engine, tiers):
+        try:
+            outcome = engine.evaluate(probe.request, probe.delta)
+        except LasthopError:
+            continue  # an erroring policy is never an allow
+        for policy in outcome.policies if outcome.allowed else ():
+            holes.setdefault(
+                policy,
+                {
+                    "principal": str(probe.request.principal),
+                    "action": probe.request.action,
+                    "resource_type": probe.request.resource.type,
+                    "route": probe.route,
+                    "purpose": probe.purpose,
+                },
             )
-            try:
-                outcome = engine.evaluate(
-                    request, engine.delta(route.resource, route.parents, agents)
-                )
-            except LasthopError:
-                continue  # an erroring policy is never an allow
-            for policy in outcome.policies if outcome.allowed else ():
-                holes.setdefault(
-                    policy,
-                    {
-                        "principal": str(principal),
-                        "action": route.action,
-                        "resource_type": route.resource.type,
-                        "route": f"{method} {template}",
-                        "purpose": purpose,
-                    },
-                )
     for policy, evidence in sorted(holes.items()):
         yield Finding(
             "phi-permit-without-grant",
@@ -54,6 +56,22 @@ def phi_permits(inv: Inventory, tiers: RiskTiers) -> Iterator[Finding]:
             f"{evidence['resource_type']} with no grant",
             evidence,
         )
+
+
+def probes(inv: Inventory, engine: PolicyEngine, tiers: RiskTiers) -> Iterator[Probe]:
+    """Every PHI route, for every principal and purpose, as Cedar would see it with no grant.
+    The context is the pipeline's (tests hold it to the shipped schema: a probe Cedar
+    cannot evaluate would hide every permit)."""
+    for method, path, template in _phi_probes(inv):
+        route = inv.bundle.routes.resolve(method, path)
+        for principal, agents, purpose in _principals(inv):
+            context = _context(inv, agents, purpose, method, tiers)
+            yield Probe(
+                CedarRequest(principal, route.action, route.resource, context),
+                engine.delta(route.resource, route.parents, agents),
+                f"{method} {template}",
+                purpose,
+            )
 
 
 def _phi_probes(inv: Inventory) -> Iterator[tuple[str, str, str]]:
@@ -73,12 +91,14 @@ def _principals(inv: Inventory) -> Iterator[tuple[EntityRef, tuple[Agent, ...], 
 
 
 def _context(
-    inv: Inventory, agents: tuple[Agent, ...], purpose: str, method: str
+    inv: Inventory, agents: tuple[Agent, ...], purpose: str, method: str, tiers: RiskTiers
 ) -> dict[str, object]:
+    """What the pipeline would give Cedar for this principal, with no grant."""
     return {
         "user": {"__entity": {"type": "User", "id": PROBE}},
         "chain_depth": len(agents),
         "agents": [{"__entity": {"type": "Agent", "id": a.id}} for a in agents],
+        "chain": chain_context(agents, purpose, tiers),
         "delegator": PROBE,
         "purpose": purpose,
         "txn": PROBE,

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from authz.audit.records import AuditSink, EventRecord, grant_detail
 from authz.codec import rfc3339
 from authz.config import RESPONSES, DetectSettings
 from authz.detect.detectors import Detection, DetectObserver
-from authz.detect.webhook import Webhook
 from authz.errors import StoreUnavailable
 from authz.model import Agent, Grant
 from authz.stores.cache import BoundedCache
@@ -57,7 +57,32 @@ BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # retrying a containment the sto
 SWAP_ATTEMPTS = 50
 CONTAINED_ENTRIES = 100_000
 
+WEBHOOK_ATTEMPTS = 4  # tries per alert; the access webhook's backoff between them
+
 T = TypeVar("T")
+
+
+class Alerts(Protocol):
+    """Where alerts are POSTed, signed (the access requests' webhook: Standard Webhooks)."""
+
+    async def deliver(self, body: bytes) -> bool: ...
+
+
+class WebhookReport:
+    """The webhook's deliveries, counted as detection's `webhook` actions."""
+
+    def __init__(self, observer: DetectObserver | None) -> None:
+        self._observer = observer
+
+    def webhook(self, result: str) -> None:
+        if self._observer is not None and result != "retried":
+            self._observer.acted("webhook", result == "delivered")
+
+
+def alert_body(detail: dict[str, Any], now: float) -> bytes:
+    """The webhook's JSON, in the access webhook's envelope."""
+    body = {"type": "detection.threat_detected", "timestamp": rfc3339(now), "data": detail}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 class Responder:
@@ -69,7 +94,7 @@ class Responder:
         agents: AgentStore,
         grants: GrantStore,
         audit: AuditSink,
-        webhook: Webhook | None = None,
+        webhook: Alerts | None = None,
         observer: DetectObserver | None = None,
         clock: Callable[[], float] = time.time,
         refresh: Callable[[str], None] = lambda agent: None,
@@ -100,6 +125,18 @@ class Responder:
         """The detector that contained `agent` on this replica, until the store has it."""
         return self._contained.get(agent)
 
+    async def requires_person(self, agents: tuple[str, ...]) -> bool:
+        """Access requests' containment hook: an agent of the chain flagged by an `approve`
+        response (or higher) has its new access decided by a person, not at once. A store
+        that cannot say is taken as yes."""
+        for agent in agents:
+            try:
+                if await self.windows.flagged(agent):
+                    return True
+            except StoreUnavailable:
+                return True
+        return False
+
     def spawn(self, detection: Detection) -> None:
         """Respond in the background, unless this detection's claim is known to be taken."""
         key = (detection.agent, _claim_kind(detection))
@@ -125,7 +162,11 @@ class Responder:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("detection response failed", exc_info=task.exception())
+            log.error(
+                "detection response failed",
+                exc_info=task.exception(),
+                extra={"event": "detect.response_failed"},
+            )
 
     async def drain(self) -> None:
         while self._tasks:
@@ -159,7 +200,7 @@ class Responder:
         detail = d.as_detail(response)
         await self._event("threat_detected", d.agent, detail, "alert")
         if self.webhook is not None:
-            self._keep(self.webhook.send({"event": "threat_detected", **detail}))
+            self._keep(self.webhook.deliver(alert_body(detail, self.clock())))
         if suspended is not None:
             await self._event(
                 "agent_suspended", d.agent, {**_agent_detail(suspended), **detail}, "suspend"
@@ -178,7 +219,13 @@ class Responder:
         try:
             return await self.windows.claim(d.agent, kind, self._claim_seconds(d))
         except StoreUnavailable as err:
-            log.warning("cannot claim %s for %s (%s); responding anyway", kind, d.agent, err.detail)
+            log.warning(
+                "cannot claim %s for %s (%s); responding anyway",
+                kind,
+                d.agent,
+                err.detail,
+                extra={"event": "detect.claim_failed"},
+            )
             return True  # a repeated response is the safe side of a lost one
 
     # --- containment --------------------------------------------------------------------------
@@ -228,7 +275,13 @@ class Responder:
                 return await call()
             except StoreUnavailable as err:
                 delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
-                log.error("detection: %s failed (%s); retrying in %s s", action, err.detail, delay)
+                log.error(
+                    "detection: %s failed (%s); retrying in %s s",
+                    action,
+                    err.detail,
+                    delay,
+                    extra={"event": "detect.action_retried"},
+                )
                 if self.observer:
                     self.observer.acted(action, False)
                 attempt += 1
@@ -242,10 +295,15 @@ class Responder:
         try:
             ok = await self.audit.commit(record)
         except Exception:
-            log.exception("audit sink failed for %s", event)
+            log.exception("audit sink failed for %s", event, extra={"event": "detect.audit_failed"})
             ok = False
         if not ok:
-            log.error("the trail cannot record %s for %s; the response stands", event, target)
+            log.error(
+                "the trail cannot record %s for %s; the response stands",
+                event,
+                target,
+                extra={"event": "detect.unrecorded"},
+            )
         if self.observer:
             self.observer.acted(action, True)
             if not ok:

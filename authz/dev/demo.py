@@ -1,17 +1,24 @@
 """`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario;
-then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`).
+then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`);
+then agents asking for just-in-time access (`demo_access`).
 
-Everything runs on loopback in a temporary directory with freshly generated
-demo keys (the token issuer's, and Lasthop's audit and receipt signing key),
-and stops at the end (or on Ctrl-C with --keep-running). Then it verifies
-the audit trail the scenario wrote and prints dr-alice's accounting of
-disclosures. Then the detection scenario (`demo_detect`) runs on a fleet of two.
+Everything runs on loopback with freshly generated demo keys (the token
+issuer's, and Lasthop's audit and receipt signing key), in a directory that is
+kept afterwards (`--dir`, else a new one under the system's temporary
+directory) and named at the end, and stops at the end (or on Ctrl-C with
+--keep-running, after printing the admin address, the config path and
+commands that work as printed). Then it verifies the audit trail the
+scenario wrote and prints dr-alice's accounting of disclosures, with the
+`lasthop` commands that do the same. Then the detection scenario (`demo_detect`)
+runs on a fleet of two replicas sharing Redis, in `detect/` under the same directory.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -25,10 +32,11 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.signing import read_jwks
 from authz.cli.admin_client import AdminClient
-from authz.dev import demo_detect, demo_mcp
+from authz.dev import demo_access, demo_detect, demo_mcp
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
+from authz.errors import UsageError
 from authz.server.ext_authz import RECEIPT_HEADER
 
 PURPOSE = "clinical-documentation"
@@ -78,39 +86,51 @@ def _step(title: str, method: str, path: str, outcome: Outcome, jwks: Path) -> O
     return outcome
 
 
-def run_demo(keep_running: bool = False) -> int:
-    with devstack.workdir("lasthop-demo-") as work:
-        issuer = DemoIssuer("ES256")
-        jwks = issuer.write_jwks(Path(work) / "keys" / "jwks.json")
-        cfg = devstack.write_config(Path(work), jwks)
-        settings = config.load(cfg)
-        upstream = DemoUpstream()
-        lasthop = envoy = None
-        try:
-            lasthop = devstack.LasthopServer(cfg)
-            envoy = devstack.Envoy(Path(work), lasthop.port, upstream.port)
-            print(
-                f"Lasthop ext_authz on {lasthop.ready['listen']}, admin on "
-                f"{lasthop.ready['admin_listen']}; Envoy on {envoy.url}; "
-                f"demo EHR on 127.0.0.1:{upstream.port}"
-            )
-            admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token())
-            _scenario(envoy.url, admin, issuer, audit_setup.jwks_path(settings))
-            demo_mcp.run(Path(work), lasthop.port, admin, issuer, audit_setup.jwks_path(settings))
-            if keep_running:
-                _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer)
-        finally:
-            if envoy:
-                envoy.close()
-            if lasthop:
-                lasthop.close()
-            upstream.close()
-        _show_audit(settings)
-    demo_detect.run()
+def workdir(chosen: Path | None) -> Path:
+    """The directory the demo writes and keeps: `chosen` (new or empty), else a new one."""
+    if chosen is None:
+        return Path(tempfile.mkdtemp(prefix="lasthop-demo-"))
+    if chosen.exists() and (not chosen.is_dir() or any(chosen.iterdir())):
+        raise UsageError(f"--dir `{chosen}` is not an empty directory; the demo starts afresh")
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen.resolve()
+
+
+def run_demo(keep_running: bool = False, directory: Path | None = None) -> int:
+    work = workdir(directory)
+    issuer = DemoIssuer("ES256")
+    jwks = issuer.write_jwks(work / "keys" / "jwks.json")
+    cfg = devstack.write_config(work, jwks)
+    settings = config.load(cfg)
+    upstream = DemoUpstream()
+    lasthop = envoy = None
+    try:
+        lasthop = devstack.LasthopServer(cfg)
+        envoy = devstack.Envoy(work, lasthop.port, upstream.port)
+        print(
+            f"Lasthop ext_authz on {lasthop.ready['listen']}, admin on "
+            f"{lasthop.ready['admin_listen']}; Envoy on {envoy.url}; "
+            f"demo EHR on 127.0.0.1:{upstream.port}"
+        )
+        admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token())
+        _scenario(envoy.url, admin, issuer, audit_setup.jwks_path(settings))
+        demo_mcp.run(work, lasthop.port, admin, issuer, audit_setup.jwks_path(settings))
+        demo_access.scenario(envoy.url, lasthop.ready["admin_listen"], issuer)
+        if keep_running:
+            _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer, admin, cfg)
+    finally:
+        if envoy:
+            envoy.close()
+        if lasthop:
+            lasthop.close()
+        upstream.close()
+    _show_audit(settings, cfg)
+    demo_detect.run(work / "detect")
+    print(f"\nEverything the demo wrote is kept in {work} (rm -r it when done).")
     return 0
 
 
-def _show_audit(settings: config.Settings) -> None:
+def _show_audit(settings: config.Settings, cfg: Path) -> None:
     """The trail the scenario wrote (closed by Lasthop's SIGTERM): records, verification,
     and dr-alice's accounting of disclosures."""
     path = audit_setup.trail_path(settings)
@@ -132,13 +152,14 @@ def _show_audit(settings: config.Settings) -> None:
             print(f"  {r['seq']:>3} {r['type']} ({r['trigger']}), signed by key {r['kid']}")
     anchors = [audit_setup.checkpoints_path(settings)]
     report = audit_verify.verify([path], read_jwks(audit_setup.jwks_path(settings)), anchors)
+    config_arg = shlex.quote(str(cfg))
     print(
-        f"\n$ lasthop audit verify {path.name}\n"
+        f"\n$ lasthop audit verify --config {config_arg}\n"
         f"{report.problem or 'ok: every hash, the sequence and every signature verify'}"
     )
     rows = disclosures.account(disclosures.read_records([path]), user="dr-alice")
     print(
-        "\n$ lasthop audit disclosures --user dr-alice\n"
+        f"\n$ lasthop audit disclosures --user dr-alice --config {config_arg}\n"
         + disclosures.render(rows, "md", "Accounting of disclosures: user dr-alice")
     )
 
@@ -160,16 +181,7 @@ def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> 
     print("\nDr. Alice's scribe agent documents a visit for patient p-1001.")
     step("scribe reads the chart, no grant yet", scribe)
 
-    grant = admin.issue(
-        pb.IssueGrantRequest(
-            agent="scribe",
-            user="dr-alice",
-            actions=["read", "write"],
-            resources=['Patient::"p-1001"'],
-            purpose=PURPOSE,
-            ttl_seconds=900,
-        )
-    )
+    grant = _scribe_grant(admin, 900)
     print(
         f"\n+ dr-alice approves grant {grant.id}: scribe may read/write p-1001 for "
         f"{PURPOSE}, 15 minutes"
@@ -200,13 +212,40 @@ def _scenario(base: str, admin: AdminClient, issuer: DemoIssuer, jwks: Path) -> 
     return outcomes
 
 
-def _wait_for_ctrl_c(base: str, ready: dict[str, str], issuer: DemoIssuer) -> None:
+def _scribe_grant(admin: AdminClient, ttl: int) -> pb.Grant:
+    """dr-alice's grant to scribe: read and write p-1001 for clinical documentation."""
+    return admin.issue(
+        pb.IssueGrantRequest(
+            agent="scribe",
+            user="dr-alice",
+            actions=["read", "write"],
+            resources=['Patient::"p-1001"'],
+            purpose=PURPOSE,
+            ttl_seconds=ttl,
+        )
+    )
+
+
+def _wait_for_ctrl_c(
+    base: str, ready: dict[str, str], issuer: DemoIssuer, admin: AdminClient, cfg: Path
+) -> None:
+    """Stay up with a live grant, and print what a person needs to try it, as commands."""
+    grant = _scribe_grant(admin, 3600)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE, ttl=3600)
+    token_file = cfg.parent / "keys" / "admin-token"
+    token_file.write_text(issuer.admin_token(ttl=3600) + "\n", encoding="ascii")
+    token_file.chmod(0o600)
     print(
-        f"\nStaying up (Ctrl-C to stop). Admin API on {ready['admin_listen']}, "
-        f"metrics on http://{ready['metrics_listen']}/metrics\n"
-        f"Admin token (1 h):\n  export LASTHOP_ADMIN_TOKEN={issuer.admin_token(ttl=3600)}\n"
-        f"Try:\n  curl -i -H 'authorization: Bearer {token}' {base}/patients/p-1001/records"
+        f"\nStaying up (Ctrl-C to stop). A fresh grant {grant.id} lets scribe read p-1001 "
+        f"for an hour.\n"
+        f"Config: {cfg}\n"
+        f"Metrics: http://{ready['metrics_listen']}/metrics\n"
+        f"Admin API (token valid 1 h):\n"
+        f"  export LASTHOP_ADMIN_URL={ready['admin_listen']}\n"
+        f"  export LASTHOP_ADMIN_TOKEN_FILE={shlex.quote(str(token_file))}\n"
+        f"  lasthop grants list\n"
+        f"Try:\n  curl -i -H 'authorization: Bearer {token}' {base}/patients/p-1001/records",
+        flush=True,
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -71,16 +71,15 @@ def fleet(work: Path, issuer: DemoIssuer, upstream: DemoUpstream) -> Iterator[li
         yield replicas
 
 
-def run() -> dict[str, Any]:
-    """The scenario, printed; returns what it measured (the demo test reads it)."""
+def run(work: Path) -> dict[str, Any]:
+    """The scenario, printed, writing (and keeping) everything in `work`; returns what it
+    measured."""
     print("\n== Detection: a compromised agent sweeps the charts, on a fleet of two ==")
+    work.mkdir(parents=True, exist_ok=True)
     issuer = DemoIssuer("ES256", kid="demo-detect")
     upstream = DemoUpstream()
     try:
-        with (
-            devstack.workdir("lasthop-demo-detect-") as work,
-            fleet(work, issuer, upstream) as replicas,
-        ):
+        with fleet(work, issuer, upstream) as replicas:
             a, b = replicas
             admin = AdminClient(a.lasthop.ready["admin_listen"], issuer.admin_token(ttl=600))
             try:

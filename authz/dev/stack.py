@@ -174,8 +174,14 @@ class LasthopServer:
 
 class Envoy:
     def __init__(
-        self, workdir: Path, lasthop_port: int, upstream_port: int, template: Path = ENVOY_TEMPLATE
+        self,
+        workdir: Path,
+        lasthop_port: int,
+        upstream_port: int,
+        template: Path = ENVOY_TEMPLATE,
+        values: dict[str, str] | None = None,
     ) -> None:
+        """`values`: what a template needs beyond the ports (envoy/sidecar-tls.yaml's files)."""
         self.port = free_port()
         self.admin_port = free_port()
         config = workdir / f"envoy-{self.port}.yaml"
@@ -185,6 +191,7 @@ class Envoy:
                 ENVOY_ADMIN_PORT=self.admin_port,
                 LASTHOP_PORT=lasthop_port,
                 UPSTREAM_PORT=upstream_port,
+                **(values or {}),
             )
         )
         self.log = workdir / f"envoy-{self.port}.log"

@@ -2,7 +2,10 @@
 
 Routes: GET /patients/{id}/records, POST /patients/{id}/notes,
 GET /patients/{id}/medications, GET /claims/{id}. Every response carries the
-`x-lasthop-*` headers it received, so the demo and tests can see them.
+`x-lasthop-*` headers it received (in any `-`/`_` spelling, as a CGI upstream
+would read them), the names of all the headers it received, and the trace
+context and request id Envoy forwarded (`trace`), so the demo and the tests
+can see what got through.
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         body["lasthop"] = {
-            k: v for k, v in self.headers.items() if k.lower().startswith("x-lasthop-")
+            k: v
+            for k, v in self.headers.items()
+            if k.lower().replace("_", "-").startswith("x-lasthop-")
         }
+        body["trace"] = {
+            k.lower(): v
+            for k, v in self.headers.items()
+            if k.lower() in ("traceparent", "x-request-id")
+        }
+        body["headers"] = sorted({k.lower() for k in self.headers})
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")

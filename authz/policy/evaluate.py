@@ -78,6 +78,23 @@ def agent_entity(agent: Agent, tiers: RiskTiers) -> dict[str, Any]:
     }
 
 
+def chain_context(
+    agents: list[Agent] | tuple[Agent, ...], purpose: str, tiers: RiskTiers = DEFAULT_TIERS
+) -> dict[str, Any]:
+    """`context.chain`: what a policy needs to know about every hop, not just the principal.
+
+    Cedar has no quantifier over a set, so a rule about every agent in the chain
+    ("no high-risk agent anywhere", "every agent may act for this purpose") reads
+    these summaries. With no agents (a person acting), the chain is harmless.
+    """
+    max_risk = max((a.risk for a in agents), default=0)
+    return {
+        "max_risk": max_risk,
+        "risk_tier": tiers.of(max_risk),
+        "purpose_allowed": all(purpose in a.allowed_purposes for a in agents),
+    }
+
+
 def request_entities(
     resource: EntityRef,
     parents: tuple[EntityRef, ...],

@@ -63,6 +63,7 @@ class PolicyWatcher:
                 self._directory,
                 err,
                 self._current().version,
+                extra={"event": "policy.reload_unreadable"},
             )
             return False
         if now == self._seen:
@@ -72,7 +73,12 @@ class PolicyWatcher:
             bundle = await asyncio.to_thread(policy_load.load, self._directory)
         except PolicyLoadError as err:
             version = self._current().version
-            log.error("policy reload refused, keeping version %s: %s", version, err)
+            log.error(
+                "policy reload refused, keeping version %s: %s",
+                version,
+                err,
+                extra={"event": "policy.reload_refused"},
+            )
             self._report("failure", version, version)
             return False
         old = self._current()
@@ -87,6 +93,7 @@ class PolicyWatcher:
             old.version,
             bundle.version,
             len(bundle.policies),
+            extra={"event": "policy.reloaded"},
         )
         return True
 

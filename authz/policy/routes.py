@@ -25,7 +25,7 @@ from authz.policy.mcp import McpEndpoint, load_endpoint
 from authz.policy.templates import ID_VALUE, EntityTemplate, entity_template
 from authz.reasons import Reason
 
-_PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")  # every pattern here: fullmatch
 _UNSAFE_ENCODED = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -44,7 +44,7 @@ class Route:
     def match(self, segments: list[str]) -> RouteMatch | None:
         params: dict[str, str] = {}
         for pattern, segment in zip(self.segments, segments, strict=True):
-            param = _PARAM.match(pattern)
+            param = _PARAM.fullmatch(pattern)
             if param is None:
                 if pattern != segment:
                     return None
@@ -154,7 +154,7 @@ def _route(entry: Any, index: int, where: str, actions: frozenset[str] | None) -
         segments = tuple(split_path(template))
     except RouteError as err:
         raise PolicyLoadError(where, f"{ctx}: path `{template}`: {err.detail}") from err
-    names = {m.group(1) for s in segments if (m := _PARAM.match(s))}
+    names = {m.group(1) for s in segments if (m := _PARAM.fullmatch(s))}
     return Route(
         method=method,
         template=template,

@@ -44,6 +44,7 @@ def agent_message(agent: Agent, tiers: RiskTiers) -> pb.Agent:
         status=agent.status,
         created_at=agent.created_at,
         registered_by=agent.registered_by,
+        spiffe_id=agent.spiffe_id,
         hours=agent.hours,
     )
 
@@ -91,6 +92,7 @@ class AgentsService(pb_grpc.AgentsServicer):
                 allowed_purposes=tuple(request.allowed_purposes),
                 created_at=int(self._clock()),
                 registered_by=caller,
+                spiffe_id=request.spiffe_id,
                 hours=request.hours,
             ),
         )
@@ -109,7 +111,9 @@ class AgentsService(pb_grpc.AgentsServicer):
                 context, self._agents.put_agent(dataclasses.replace(agent, status="deregistered"))
             )
             await self._unrecorded(context)
-        log.info("agent %s registered by %s", agent.id, caller)
+        log.info(
+            "agent %s registered by %s", agent.id, caller, extra={"event": "admin.agent_registered"}
+        )
         return agent_message(agent, self._tiers)
 
     async def GetAgent(
@@ -149,7 +153,7 @@ class AgentsService(pb_grpc.AgentsServicer):
     ) -> pb.Agent:
         caller = await self._auth.caller(context, ADMIN_SCOPES)
         changes: dict[str, Any] = {}
-        for name in ("owner", "description", "risk", "hours"):
+        for name in ("owner", "description", "risk", "spiffe_id", "hours"):
             if request.HasField(name):
                 changes[name] = getattr(request, name)
         if request.set_allowed_purposes:
@@ -162,7 +166,13 @@ class AgentsService(pb_grpc.AgentsServicer):
         if not await self._record("agent_updated", caller, agent, changed=sorted(changes)):
             await store_call(context, self._agents.replace_agent(agent, current))
             await self._unrecorded(context)
-        log.info("agent %s updated by %s: %s", agent.id, caller, sorted(changes))
+        log.info(
+            "agent %s updated by %s: %s",
+            agent.id,
+            caller,
+            sorted(changes),
+            extra={"event": "admin.agent_updated"},
+        )
         return agent_message(agent, self._tiers)
 
     async def SuspendAgent(
@@ -197,9 +207,17 @@ class AgentsService(pb_grpc.AgentsServicer):
         )
         if not await self._record("agent_deregistered", caller, agent):
             log.error(
-                "agent %s deregistered by %s, but the trail could not record it", agent.id, caller
+                "agent %s deregistered by %s, but the trail could not record it",
+                agent.id,
+                caller,
+                extra={"event": "admin.agent_deregister_unrecorded"},
             )
-        log.info("agent %s deregistered by %s", agent.id, caller)
+        log.info(
+            "agent %s deregistered by %s",
+            agent.id,
+            caller,
+            extra={"event": "admin.agent_deregistered"},
+        )
         return agent_message(agent, self._tiers)
 
     async def _set_status(
@@ -215,9 +233,18 @@ class AgentsService(pb_grpc.AgentsServicer):
                 await store_call(context, self._agents.replace_agent(agent, current))
                 await self._unrecorded(context)
             log.error(
-                "agent %s suspended by %s, but the trail could not record it", agent.id, caller
+                "agent %s suspended by %s, but the trail could not record it",
+                agent.id,
+                caller,
+                extra={"event": "admin.agent_status_unrecorded"},
             )
-        log.info("agent %s %s by %s", agent.id, status, caller)
+        log.info(
+            "agent %s %s by %s",
+            agent.id,
+            status,
+            caller,
+            extra={"event": "admin.agent_status_changed"},
+        )
         return agent_message(agent, self._tiers)
 
     async def _swap(
@@ -241,6 +268,7 @@ class AgentsService(pb_grpc.AgentsServicer):
             "risk_tier": self._tiers.of(agent.risk),
             "allowed_purposes": list(agent.allowed_purposes),
             "status": agent.status,
+            "spiffe_id": agent.spiffe_id,
             **extra,
         }
         try:
@@ -254,7 +282,12 @@ class AgentsService(pb_grpc.AgentsServicer):
                 )
             )
         except Exception:
-            log.exception("audit event %s for %s failed", event, agent.id)
+            log.exception(
+                "audit event %s for %s failed",
+                event,
+                agent.id,
+                extra={"event": "admin.audit_event_failed"},
+            )
             return False
 
     async def _unrecorded(self, context: grpc.aio.ServicerContext) -> None:

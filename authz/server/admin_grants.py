@@ -5,6 +5,10 @@ configured issuer's keys with audience `admin.audience`, is not a delegated
 (`act`) token, and its `scope` holds `lasthop:admin` or `lasthop:approver`.
 No or bad token: UNAUTHENTICATED. Valid token, wrong scope: PERMISSION_DENIED.
 
+Who for whom (`authz.access.authority`): an admin issues, reads and revokes
+any grant; an approver only grants for itself (`user` = its `sub`), else
+PERMISSION_DENIED. A grant for a suspended agent: FAILED_PRECONDITION.
+
 Audit rule: every issue and revoke goes into the audit trail as an event
 (`grant_issued`, `grant_revoked`) naming the caller. A grant whose issue
 cannot be recorded is withdrawn and the call fails UNAVAILABLE; a revocation
@@ -21,15 +25,21 @@ import grpc
 
 from authz._proto import grants_pb2 as pb
 from authz._proto import grants_pb2_grpc as pb_grpc
+from authz.access.authority import Caller, check_acts_for, user_filter
 from authz.access.issue import GrantRequest, new_grant
 from authz.audit.records import AuditSink, EventRecord, grant_detail
 from authz.check import identity
 from authz.check.keys import KeySource
 from authz.codec import rfc3339
-from authz.errors import GrantRequestError, StoreUnavailable, TokenError
+from authz.errors import (
+    AgentNotActive,
+    GrantRequestError,
+    NotPermitted,
+    StoreUnavailable,
+    TokenError,
+)
 from authz.model import Grant
 from authz.stores.protocols import AgentRegistry, GrantStore
-from authz.stores.registry import live
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +56,27 @@ class AdminAuth:
 
     async def caller(self, context: grpc.aio.ServicerContext, allowed: frozenset[str]) -> str:
         """The `sub` of an authorised caller; aborts the RPC otherwise."""
+        return (await self.principal(context, allowed)).sub
+
+    async def principal(self, context: grpc.aio.ServicerContext, allowed: frozenset[str]) -> Caller:
+        """The authorised caller, with its scopes; aborts the RPC otherwise."""
+        claims = await self.claims(context, allowed)
+        return Caller(sub=str(claims["sub"]), scopes=frozenset(_scopes(claims)))
+
+    async def token_claims(self, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """The claims of the call's bearer token, verified as an admin token; raises TokenError."""
         values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        token = identity.bearer_token([str(v) for v in values])
+        return await identity.verified(
+            self._keys, lambda: identity.verify(token, self._keys, self._rules, self._clock())
+        )
+
+    async def claims(
+        self, context: grpc.aio.ServicerContext, allowed: frozenset[str]
+    ) -> dict[str, Any]:
+        """The verified claims of an authorised caller; aborts the RPC otherwise."""
         try:
-            token = identity.bearer_token([str(v) for v in values])
-            claims = identity.verify(token, self._keys, self._rules, self._clock())
+            claims = await self.token_claims(context)
         except TokenError as err:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"admin token refused: {err.reason}: {err.detail}"
@@ -60,14 +87,17 @@ class AdminAuth:
                 grpc.StatusCode.PERMISSION_DENIED,
                 "a delegated (agent) token cannot call the admin API",
             )
-        scope = claims.get("scope", "")
-        scopes = set(scope.split()) if isinstance(scope, str) else set()
-        if not scopes & allowed:
+        if not _scopes(claims) & allowed:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token scope must include one of {sorted(allowed)}",
             )
-        return str(claims["sub"])
+        return claims
+
+
+def _scopes(claims: dict[str, Any]) -> set[str]:
+    scope = claims.get("scope", "")
+    return set(scope.split()) if isinstance(scope, str) else set()
 
 
 def grant_message(grant: Grant, uses: int) -> pb.Grant:
@@ -83,6 +113,9 @@ def grant_message(grant: Grant, uses: int) -> pb.Grant:
         expires_at=grant.expires_at,
         max_uses=grant.max_uses,
         uses=uses,
+        txn=grant.txn,
+        request_id=grant.request_id,
+        break_glass=grant.break_glass,
     )
 
 
@@ -111,7 +144,7 @@ class GrantsService(pb_grpc.GrantsServicer):
         request: pb.IssueGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
-        caller = await self._auth.caller(context, GRANT_SCOPES)
+        caller = await self._auth.principal(context, GRANT_SCOPES)
         req = GrantRequest(
             agent=request.agent,
             user=request.user,
@@ -122,29 +155,43 @@ class GrantsService(pb_grpc.GrantsServicer):
             max_uses=request.max_uses,
         )
         try:
-            registered = live(await self._registry.get(req.agent)) is not None
+            check_acts_for(caller, req.user)
+            agent = await self._registry.get(req.agent)
             grant = new_grant(
                 req,
-                caller,
+                caller.sub,
                 int(self._clock()),
-                {req.agent} if registered else set(),
+                {req.agent: agent} if agent is not None else {},
                 self._actions(),
                 self._max_ttl,
             )
             await self._store.put(grant)
+        except NotPermitted as err:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            raise
+        except AgentNotActive as err:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+            raise
         except GrantRequestError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
         except StoreUnavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, err.detail)
             raise
-        if not await self._record("grant_issued", caller, grant):
+        if not await self._record("grant_issued", caller.sub, grant):
             await store_call(context, self._store.revoke(grant.id))
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 "the audit trail cannot record the grant, so it was not issued",
             )
-        log.info("grant %s issued by %s to %s for %s", grant.id, caller, grant.agent, grant.user)
+        log.info(
+            "grant %s issued by %s to %s for %s",
+            grant.id,
+            caller.sub,
+            grant.agent,
+            grant.user,
+            extra={"event": "admin.grant_issued"},
+        )
         return grant_message(grant, 0)
 
     async def RevokeGrant(
@@ -152,18 +199,33 @@ class GrantsService(pb_grpc.GrantsServicer):
         request: pb.RevokeGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
-        caller = await self._auth.caller(context, GRANT_SCOPES)
+        caller = await self._auth.principal(context, GRANT_SCOPES)
+        await self._existing(context, caller, request.id)
         grant = await store_call(context, self._store.revoke(request.id))
         if grant is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
-        if not await self._record("grant_revoked", caller, grant):
+        if not await self._record("grant_revoked", caller.sub, grant):
             log.error(
                 "grant %s revoked by %s, but the audit trail could not record it",
                 request.id,
-                caller,
+                caller.sub,
+                extra={"event": "admin.grant_revoke_unrecorded"},
             )
-        log.info("grant %s revoked by %s", request.id, caller)
+        log.info(
+            "grant %s revoked by %s", request.id, caller.sub, extra={"event": "admin.grant_revoked"}
+        )
         return grant_message(grant, 0)
+
+    async def _existing(
+        self, context: grpc.aio.ServicerContext, caller: Caller, grant_id: str
+    ) -> Grant:
+        """The grant, if it exists and the caller acts for its user; aborts the RPC otherwise."""
+        grant = await store_call(context, self._store.get(grant_id))
+        if grant is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{grant_id}`")
+        await permitted(context, check_acts_for, caller, grant.user)
+        assert isinstance(grant, Grant)
+        return grant
 
     async def _record(self, event: str, caller: str, grant: Grant) -> bool:
         return await self._audit.commit(
@@ -181,10 +243,8 @@ class GrantsService(pb_grpc.GrantsServicer):
         request: pb.GetGrantRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
-        await self._auth.caller(context, GRANT_SCOPES)
-        grant = await store_call(context, self._store.get(request.id))
-        if grant is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
+        caller = await self._auth.principal(context, GRANT_SCOPES)
+        grant = await self._existing(context, caller, request.id)
         return grant_message(grant, await store_call(context, self._store.uses(grant.id)))
 
     async def ListGrants(
@@ -192,8 +252,9 @@ class GrantsService(pb_grpc.GrantsServicer):
         request: pb.ListGrantsRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.ListGrantsResponse:
-        await self._auth.caller(context, GRANT_SCOPES)
-        found = await store_call(context, self._store.list(request.agent, request.user))
+        caller = await self._auth.principal(context, GRANT_SCOPES)
+        user = await permitted(context, user_filter, caller, request.user)
+        found = await store_call(context, self._store.list(request.agent, user))
         now = self._clock()
         messages = [
             grant_message(g, await store_call(context, self._store.uses(g.id)))
@@ -201,6 +262,15 @@ class GrantsService(pb_grpc.GrantsServicer):
             if g.expires_at > now
         ]
         return pb.ListGrantsResponse(grants=messages)
+
+
+async def permitted(context: grpc.aio.ServicerContext, rule: Callable[..., Any], *args: Any) -> Any:
+    """`rule(*args)`; a NotPermitted aborts the RPC PERMISSION_DENIED."""
+    try:
+        return rule(*args)
+    except NotPermitted as err:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        raise
 
 
 async def store_call(context: grpc.aio.ServicerContext, awaitable: Any) -> Any:

@@ -4,15 +4,28 @@
   sends it, else from `headers` (Envoy joins repeats with a comma there).
 - An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
   the signed `x-lasthop-receipt` when receipts are on, after removing every
-  `x-lasthop-*` header the client sent.
+  `x-lasthop-*` header the client sent (in any `-`/`_` spelling) and every
+  method override header (`authz.check.headers` says why).
 - When Envoy sends the request body (`with_request_body`), it goes to the
   pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
   partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
   a whole body is bound into the receipt. No such header: Envoy sent no body.
+- The request id is Envoy's `x-request-id` (the sidecar config forwards it), else
+  the CheckRequest's own `id`.
+- The W3C `traceparent` the check continues: the one Envoy puts on the gRPC call
+  (its ext_authz span, when Envoy traces), else the request's own (when the
+  sidecar config forwards `traceparent`); an invalid one is ignored.
+- A CheckRequest protobuf cannot decode (invalid UTF-8 in a string field, say)
+  is decoded here, not by gRPC, so that it too gets a deny (400
+  `malformed_request`) and an audit record rather than a gRPC error.
 - A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
-  or 413 for an MCP body) and a JSON body;
-  a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
-  would reach Envoy's `failure_mode_allow`.
+  or 413 for an MCP body or an undecodable request) and a JSON body;
+  a 401 adds `www-authenticate`. A deny for want of a usable grant (`no_grant`,
+  `grant_expired`, `task_mismatch`, `purpose_mismatch`, `grant_exhausted`)
+  adds `needs`: the action, resource and purpose a grant would need, so the
+  agent can request exactly that (`lasthop access request`) and nothing wider.
+  The gRPC status is always OK: a gRPC error would reach Envoy's
+  `failure_mode_allow`.
 """
 
 from __future__ import annotations
@@ -20,13 +33,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attributes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
+from authz import codec
+from authz.check import headers as request_headers
+from authz.errors import MalformedRequest
 from authz.model import CheckInput, Decision, split_target
 from authz.reasons import Reason
 
@@ -34,14 +52,34 @@ HEADER_PREFIX = "x-lasthop-"
 RECEIPT_HEADER = "x-lasthop-receipt"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 _GRPC_CODE = {
-    400: code_pb2.INVALID_ARGUMENT,  # an MCP body Lasthop cannot read
+    400: code_pb2.INVALID_ARGUMENT,  # an MCP body, or a CheckRequest, Lasthop cannot read
     401: code_pb2.UNAUTHENTICATED,
     403: code_pb2.PERMISSION_DENIED,
     413: code_pb2.INVALID_ARGUMENT,  # an MCP body too large or cut
 }
+NEEDS_GRANT = frozenset(
+    {
+        Reason.NO_GRANT,
+        Reason.GRANT_EXPIRED,
+        Reason.TASK_MISMATCH,
+        Reason.PURPOSE_MISMATCH,
+        Reason.GRANT_EXHAUSTED,
+    }
+)
+# What an undecodable CheckRequest is recorded as: nothing about it can be trusted.
+UNREADABLE = CheckInput(method="", path="", host="", headers={})
 
 
-def to_input(request: pb.CheckRequest) -> CheckInput:
+def decode(raw: bytes) -> pb.CheckRequest:
+    """The CheckRequest in `raw`; raises MalformedRequest if protobuf cannot decode it."""
+    try:
+        return pb.CheckRequest.FromString(raw)
+    except DecodeError as err:
+        raise MalformedRequest(f"undecodable CheckRequest: {err}") from None
+
+
+def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput:
+    """`call_traceparent`: the `traceparent` metadata of the gRPC call, if any."""
     http = request.attributes.request.http
     headers: dict[str, list[str]] = {}
     if http.header_map.headers:
@@ -59,10 +97,12 @@ def to_input(request: pb.CheckRequest) -> CheckInput:
         host=http.host,
         headers=headers,
         peer_principal=request.attributes.source.principal,
-        request_id=http.id,
+        request_id=headers.get("x-request-id", [http.id])[0][:128],
         body_sha256=hashlib.sha256(body).hexdigest() if body is not None and not partial else "",
         body=body,
         body_partial=partial,
+        traceparent=codec.traceparent(call_traceparent)
+        or codec.traceparent(headers.get("traceparent", [""])[0]),
     )
 
 
@@ -94,15 +134,18 @@ def identity_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
-def to_response(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+def to_response(
+    decision: Decision, request: CheckInput, overrides: Iterable[str] = ()
+) -> pb.CheckResponse:
+    """`overrides`: the method override headers an allow removes (from the settings)."""
     if decision.allowed:
-        return _allow(decision, request)
+        return _allow(decision, request, overrides)
     return _deny(decision)
 
 
-def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
+def _allow(decision: Decision, request: CheckInput, overrides: Iterable[str]) -> pb.CheckResponse:
     ours = identity_headers(decision)
-    spoofed = sorted(h for h in request.headers if h.startswith(HEADER_PREFIX) and h not in ours)
+    spoofed = request_headers.to_remove(request.headers, ours, overrides)
     return pb.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=pb.OkHttpResponse(
@@ -116,14 +159,16 @@ def _allow(decision: Decision, request: CheckInput) -> pb.CheckResponse:
 
 
 def _deny(decision: Decision) -> pb.CheckResponse:
-    body = json.dumps(
-        {
-            "decision": "deny",
-            "reason": decision.reason,
-            "detail": decision.detail,
-            "decision_id": decision.decision_id,
-        }
-    )
+    content: dict[str, object] = {
+        "decision": "deny",
+        "reason": decision.reason,
+        "detail": decision.detail,
+        "decision_id": decision.decision_id,
+    }
+    needs = grant_needed(decision)
+    if needs:
+        content["needs"] = needs
+    body = json.dumps(content)
     headers = [
         _header("content-type", "application/json"),
         _header("x-lasthop-decision-id", decision.decision_id),
@@ -143,6 +188,14 @@ def _deny(decision: Decision) -> pb.CheckResponse:
             body=body,
         ),
     )
+
+
+def grant_needed(decision: Decision) -> dict[str, str] | None:
+    """What a grant covering the denied request would hold, when a grant is what it lacked."""
+    route, intent = decision.route, decision.intent
+    if decision.reason not in NEEDS_GRANT or route is None or intent is None:
+        return None
+    return {"action": route.action, "resource": str(route.resource), "purpose": intent.purpose}
 
 
 def internal_error_response() -> pb.CheckResponse:

@@ -7,13 +7,30 @@ test can use a fresh one.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from collections.abc import Callable, Iterator, Mapping
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from authz import version
+from authz.access.hooks import OUTCOMES
+from authz.access.webhook import RESULTS
+from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
 from authz.config import RESPONSES
 from authz.detect.detectors import KINDS
 from authz.detect.respond import ACTIONS
-from authz.model import Decision
+from authz.model import CheckInput, Decision
 from authz.reasons import Reason
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
@@ -27,9 +44,44 @@ CONTAINMENT_BUCKETS = (
 )  # fmt: skip
 
 
+# Every label value each labelled counter can take: its series start at 0, so a rate or an
+# `increase()` sees the first event after a restart (a series born at 1 shows no increase).
+RELOAD_RESULTS = ("success", "failure")
+CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
+STORE_OPS = ("grants", "consume", "agent", "write", "detect")  # lasthop_store_*{op}
+
+
+class CacheSizes(Collector):
+    """`lasthop_cache_entries{cache}`: each bounded cache's size, read at scrape time."""
+
+    def __init__(self, sizes: Mapping[str, Callable[[], int]]) -> None:
+        self._sizes = dict(sizes)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "lasthop_cache_entries", "Entries held by each bounded cache.", labels=["cache"]
+        )
+        for name, size in self._sizes.items():
+            family.add_metric([name], size())
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        _standard_collectors(registry)
+        self.build_info = Gauge(
+            "lasthop_build_info",
+            "The running build: always 1.",
+            ["version", "python"],
+            registry=registry,
+        )
+        self.build_info.labels(version(), platform.python_version()).set(1)
+        self.latency_budget = Gauge(
+            "lasthop_check_latency_budget_seconds",
+            "The p99 check latency budget (server.latency_budget_ms) the alerts compare with.",
+            registry=registry,
+        )
         self.check_duration = Histogram(
             "lasthop_check_duration_seconds",
             "Time to decide one ext_authz Check.",
@@ -58,12 +110,17 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        for result in RELOAD_RESULTS:
+            self.policy_reloads.labels(result)
         self.cache_requests = Counter(
             "lasthop_cache_requests_total",
             "Local cache lookups by cache and result.",
             ["cache", "result"],
             registry=registry,
         )
+        for cache in CACHES:
+            for result in ("hit", "miss"):
+                self.cache_requests.labels(cache, result)
         self.phase_duration = Histogram(
             "lasthop_phase_duration_seconds",
             "Time spent in one phase of a decided check.",
@@ -85,8 +142,24 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        for op in STORE_OPS:
+            self.store_duration.labels(op)
+            self.store_errors.labels(op)
         self.audit_queue = Gauge(
             "lasthop_audit_queue_depth", "Records waiting for the audit writer.", registry=registry
+        )
+        self.jwks_reloads = Counter(
+            "lasthop_jwks_reload_total",
+            "Reloads of the issuer's JWKS (scheduled, or for an unknown kid), by result.",
+            ["result"],
+            registry=registry,
+        )
+        for result in KEY_RESULTS:
+            self.jwks_reloads.labels(result)
+        self.jwks_age = Gauge(
+            "lasthop_jwks_age_seconds",
+            "Seconds since the issuer's JWKS was last loaded or confirmed unchanged.",
+            registry=registry,
         )
         self.policy_version = Gauge(
             "lasthop_policy_version_info",
@@ -94,6 +167,28 @@ class Metrics:
             ["version"],
             registry=registry,
         )
+        self.access_requests = Counter(
+            "lasthop_access_requests_total",
+            "Access requests by what became of them: approved_by_policy, pending or refused "
+            "when made; approved, denied, expired or cancelled later.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in OUTCOMES:
+            self.access_requests.labels(outcome)
+        self.break_glass_requests = Counter(
+            "lasthop_break_glass_requests_total",
+            "Break-glass (emergency) access requests, whatever their outcome.",
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "lasthop_webhook_deliveries_total",
+            "Access webhook tries: delivered, retried (a try failed, another follows), failed.",
+            ["result"],
+            registry=registry,
+        )
+        for result in RESULTS:
+            self.webhook_deliveries.labels(result)
         self._detect_metrics(registry)
 
     def _detect_metrics(self, registry: CollectorRegistry) -> None:
@@ -131,8 +226,9 @@ class Metrics:
 
     # the pipeline (check.pipeline.CheckObserver)
 
-    def started(self) -> None:
+    def started(self, req: CheckInput) -> str:
         self.in_flight.inc()
+        return ""
 
     def phase(self, name: str, seconds: float) -> None:
         self.phases[name].observe(seconds)
@@ -157,6 +253,11 @@ class Metrics:
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache_requests.labels(cache, "hit" if hit else "miss").inc()
 
+    # the issuer's keys (check.keys.KeysObserver)
+
+    def keys_reloaded(self, result: str) -> None:
+        self.jwks_reloads.labels(result).inc()
+
     # the policy watcher (policy.reload.ReloadObserver)
 
     def reloaded(self, result: str, old_version: str, new_version: str) -> None:
@@ -178,3 +279,22 @@ class Metrics:
 
     def windows_failed(self) -> None:
         self.window_failures.inc()
+
+    # access requests (access.requests.AccessObserver, access.webhook.WebhookObserver)
+
+    def access_outcome(self, outcome: str) -> None:
+        self.access_requests.labels(outcome).inc()
+
+    def break_glass(self) -> None:
+        self.break_glass_requests.inc()
+
+    def webhook(self, result: str) -> None:
+        self.webhook_deliveries.labels(result).inc()
+
+
+def _standard_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, open files), python_info and python_gc_*, as the default
+    registry has them; Lasthop's own registry needs them added."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)

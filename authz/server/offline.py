@@ -147,13 +147,18 @@ def run_check(offline: Offline, request: CheckInput, grants: list[Grant]) -> Dec
 
 
 def run_scenarios(
-    bundle: PolicyBundle, ident: IdentitySettings, path: Path
+    bundle: PolicyBundle,
+    ident: IdentitySettings,
+    path: Path,
+    selected: Callable[[str], bool] = lambda _: True,
 ) -> list[scenarios.ScenarioResult]:
-    """Every scenario in `path`, each through a fresh pipeline and embedded store."""
+    """Every (selected) scenario in `path`, each through a fresh pipeline and embedded store."""
     if not path.exists():
         return []
     signer = ClaimsSigner(ident)
-    return [_run_scenario(bundle, ident, signer, s) for s in scenarios.load(path)]
+    return [
+        _run_scenario(bundle, ident, signer, s) for s in scenarios.load(path) if selected(s["name"])
+    ]
 
 
 def _run_scenario(

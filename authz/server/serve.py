@@ -1,5 +1,14 @@
 """The running server: ext_authz + health on `server.listen`, the admin API on
-`server.admin_listen`, Prometheus on `server.metrics_listen`.
+`server.admin_listen`, Prometheus on `server.metrics_listen`, and health alone on
+`server.health_listen` when set (for a kubelet's gRPC probe while ext_authz stays
+on loopback).
+
+Start-up says what it runs with, twice: in its first log lines and in the
+`lasthop ready {...}` line on stdout (the store and its topology, the policy
+version, the audit trail's path and fsync mode, tracing).
+
+`listen` and `admin_listen` are `host:port` or a Unix socket (`unix:/path`),
+plaintext or TLS (mTLS with a client CA): `authz.server.tls`.
 
 SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
 checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
@@ -17,53 +26,91 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as pb
-from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from authz._proto import agents_pb2_grpc, grants_pb2_grpc
+from authz._proto import access_pb2_grpc, agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
 from authz.check.pipeline import Pipeline
-from authz.config import split_address
-from authz.errors import StoreUnavailable
+from authz.config import UNIX_PREFIX, split_address
+from authz.errors import MalformedRequest, StoreUnavailable
 from authz.server import ext_authz, metrics_http
-from authz.server.app import App
+from authz.server.app import EMBEDDED_STORE, App
 
 log = logging.getLogger(__name__)
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
-class AuthorizationService(pb_grpc.AuthorizationServicer):
+class AuthorizationService:
+    """`envoy.service.auth.v3.Authorization/Check`, taking the request's raw bytes.
+
+    gRPC does not decode the request: a CheckRequest protobuf refuses (invalid
+    UTF-8 in a string field) would otherwise be a gRPC error with no audit
+    record, and a gRPC error is what Envoy's `failure_mode_allow` lets through.
+    """
+
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    async def Check(
-        self,
-        request: pb.CheckRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> pb.CheckResponse:
+    async def Check(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         try:
-            check = ext_authz.to_input(request)
+            try:
+                check = ext_authz.to_input(ext_authz.decode(raw), _traceparent(context))
+            except MalformedRequest as err:
+                refused = await self._pipeline.refuse(ext_authz.UNREADABLE, err)
+                return ext_authz.to_response(refused, ext_authz.UNREADABLE)
             decision = await self._pipeline.check(check)
-            return ext_authz.to_response(decision, check)
+            return ext_authz.to_response(decision, check, self._pipeline.options.method_overrides)
         except Exception:
-            log.exception("Check failed outside the pipeline")
+            log.exception(
+                "Check failed outside the pipeline", extra={"event": "check.adapter_failed"}
+            )
             return ext_authz.internal_error_response()
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            AUTHZ_SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check,
+                    request_deserializer=None,  # raw bytes: decoded in Check
+                    response_serializer=pb.CheckResponse.SerializeToString,
+                )
+            },
+        )
 
-def _bind(server: grpc.aio.Server, key: str, address: str) -> str:
-    host, _ = split_address(key, address)
-    port = server.add_insecure_port(address)
+
+def _traceparent(context: grpc.aio.ServicerContext) -> str:
+    """The `traceparent` Envoy put on the gRPC call (its ext_authz span), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            return value
+    return ""
+
+
+def _bind(
+    server: grpc.aio.Server, key: str, address: str, creds: grpc.ServerCredentials | None
+) -> str:
+    """Bind `address` (`host:port` or `unix:/path`); the address actually bound."""
+    unix = address.startswith(UNIX_PREFIX)
+    host = "" if unix else split_address(key, address)[0]
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError as err:  # grpc.aio's way of saying the bind failed
+        raise OSError(f"cannot listen on `{address}` ({key}): {err}") from None
     if port == 0:
         raise OSError(f"cannot listen on `{address}` ({key})")
-    return f"{host}:{port}"
+    return address if unix else f"{host}:{port}"
 
 
 @dataclass
 class _Listeners:
     authz: grpc.aio.Server
     admin: grpc.aio.Server
+    health_only: grpc.aio.Server | None
     metrics: ThreadingWSGIServer
     health: health.aio.HealthServicer
     addresses: dict[str, str]
@@ -76,18 +123,45 @@ async def serve(app: App) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app.audit.open()
+    summary = app.summary()
+    _announce(summary)
     await _first_contact(app)
     listeners = _listen(app)
     background = [asyncio.create_task(task()) for task in app.background]
     await listeners.authz.start()
     await listeners.admin.start()
+    if listeners.health_only is not None:
+        await listeners.health_only.start()
     for service in ("", AUTHZ_SERVICE):
         await listeners.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    ready = {**listeners.addresses, "policy_version": app.pipeline.bundle.version}
+    ready = {**listeners.addresses, **summary}
     print(f"lasthop ready {json.dumps(ready)}", flush=True)
     await stop.wait()
     await _shutdown(app, listeners, background)
     return 0
+
+
+def _announce(summary: dict[str, str]) -> None:
+    """The first log lines: what this process decides with, so nobody has to guess."""
+    store = summary["store"]
+    if store == EMBEDDED_STORE:
+        log.warning(
+            "store: %s; every replica would hold its own grants and agents, so run more "
+            "than one only with store.redis_url",
+            store,
+            extra={"event": "server.store", "store": store},
+        )
+    else:
+        log.info("store: %s", store, extra={"event": "server.store", "store": store})
+    version = summary["policy_version"]
+    log.info("policies: version %s", version, extra={"event": "server.policies"})
+    log.info(
+        "audit: %s, fsync %s",
+        summary["audit_path"],
+        summary["audit_fsync"],
+        extra={"event": "server.audit"},
+    )
+    log.info("tracing: %s", summary["tracing"], extra={"event": "server.tracing"})
 
 
 async def _first_contact(app: App) -> None:
@@ -101,6 +175,7 @@ async def _first_contact(app: App) -> None:
             "%s; checks get 503 store_unavailable until it is back (the registry "
             "is seeded on the next policy reload)",
             err.detail,
+            extra={"event": "store.unavailable_at_start"},
         )
 
 
@@ -108,38 +183,49 @@ def _listen(app: App) -> _Listeners:
     """Bind ext_authz + health, the admin API and the metrics listener (not yet serving)."""
     server = app.settings.server
     health_servicer = health.aio.HealthServicer()
+    health_only = None
+    addresses = {}
+    if server.health_listen:
+        health_only = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
+        addresses["health_listen"] = _bind(
+            health_only, "server.health_listen", server.health_listen, None
+        )
     authz_server = grpc.aio.server()
-    pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(app.pipeline), authz_server)
+    authz_server.add_generic_rpc_handlers((AuthorizationService(app.pipeline).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
-    listen = _bind(authz_server, "server.listen", server.listen)
+    listen = _bind(authz_server, "server.listen", server.listen, app.authz_tls)
 
     admin_server = grpc.aio.server()
     grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
-    admin = _bind(admin_server, "server.admin_listen", server.admin_listen)
+    access_pb2_grpc.add_AccessServicer_to_server(app.access_service, admin_server)
+    admin = _bind(admin_server, "server.admin_listen", server.admin_listen, app.admin_tls)
 
     host, port = split_address("server.metrics_listen", server.metrics_listen)
     documents = {WELL_KNOWN_JWKS: app.receipts_jwks}
     metrics = metrics_http.start(host, port, app.metrics.registry, documents)
-    addresses = {
-        "listen": listen,
-        "admin_listen": admin,
-        "metrics_listen": f"{host}:{metrics.server_port}",
-    }
-    return _Listeners(authz_server, admin_server, metrics, health_servicer, addresses)
+    addresses.update(
+        listen=listen, admin_listen=admin, metrics_listen=f"{host}:{metrics.server_port}"
+    )
+    return _Listeners(authz_server, admin_server, health_only, metrics, health_servicer, addresses)
 
 
 async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Task[None]]) -> None:
     """Not serving, stop accepting, let in-flight checks finish, flush the trail."""
-    log.info("shutting down: draining in-flight checks")
+    log.info("shutting down: draining in-flight checks", extra={"event": "server.shutting_down"})
     await listeners.health.enter_graceful_shutdown()
     grace = app.settings.server.shutdown_grace_seconds
     await asyncio.gather(listeners.authz.stop(grace), listeners.admin.stop(grace))
+    if listeners.health_only is not None:
+        await listeners.health_only.stop(0)
     for task in background:
         task.cancel()
     if app.monitor is not None:
         await app.monitor.close()  # responses under way reach the store and the trail
     await app.audit.close()
     await app.store.close()
+    for flush in app.on_shutdown:
+        flush()
     listeners.metrics.shutdown()
     print("lasthop stopped", file=sys.stderr, flush=True)

@@ -131,7 +131,11 @@ class Invalidation:
                 raise
             except (RedisError, OSError, ConnectionError) as err:
                 if self.live:
-                    log.warning("cache invalidation dropped (%s); caches off until it is back", err)
+                    log.warning(
+                        "cache invalidation dropped (%s); caches off until it is back",
+                        err,
+                        extra={"event": "store.invalidation_dropped"},
+                    )
             finally:
                 self._down()
                 if pubsub is not None:
@@ -161,7 +165,10 @@ class Invalidation:
         if message["type"] == "subscribe":
             self.drop_all()  # anything cached before this point may be stale
             self._subscribed = True
-            log.info("cache invalidation subscribed; local caches on")
+            log.info(
+                "cache invalidation subscribed; local caches on",
+                extra={"event": "store.invalidation_subscribed"},
+            )
         elif message["type"] == "message":
             data = message["data"]
             self._handle_safely(
@@ -173,7 +180,11 @@ class Invalidation:
         try:
             self.handle(message)
         except ValueError:
-            log.error("unreadable invalidation %r; dropping every cache", message[:200])
+            log.error(
+                "unreadable invalidation %r; dropping every cache",
+                message[:200],
+                extra={"event": "store.invalidation_unreadable"},
+            )
             self.drop_all()
 
     def count(self, cache: str, hit: bool) -> None:

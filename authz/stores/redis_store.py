@@ -89,6 +89,20 @@ def pair_tag(agent: str, user: str) -> str:
     return f"{{{digest}}}"
 
 
+def redis_topology(url: str, cluster: bool) -> str:
+    """`store.redis_url` in words, without credentials: `redis sentinel `mymaster` via ...`."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    tls = " (TLS)" if parts.scheme.startswith("rediss") else ""
+    if parts.scheme.endswith("+sentinel"):
+        return f"redis sentinel{tls}: service `{parts.path.strip('/')}` via {hosts}"
+    if cluster or parts.scheme.endswith("+cluster"):
+        return f"redis cluster{tls}: seeds {hosts}"
+    if parts.scheme == "unix":
+        return f"redis single server: unix socket {parts.path}"
+    return f"redis single server{tls}: {hosts} db {parts.path.strip('/') or '0'}"
+
+
 def connect(url: str, cluster: bool, timeout_ms: int) -> Client:
     """A client for `url` with explicit timeouts and no blind retries."""
     timeout = timeout_ms / 1000
@@ -187,7 +201,12 @@ class RedisStore:
             await self.redis.publish(CHANNEL, message)
         except (RedisError, OSError) as err:
             # The write itself went through; caches elsewhere expire on their own bound.
-            log.error("invalidation `%s` not published: %s", message, err)
+            log.error(
+                "invalidation `%s` not published: %s",
+                message,
+                err,
+                extra={"event": "store.invalidation_not_published"},
+            )
 
     # grants -----------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def test_grant_lookup(benchmark: Any) -> None:
 
 def test_cedar_decision(benchmark: Any) -> None:
     bundle = policy_load.load(POLICIES)
+    hops = [bundle.agents["orchestrator"], bundle.agents["scribe"]]
     context = {
         "user": {"__entity": {"type": "User", "id": "dr-alice"}},
         "chain_depth": 2,
@@ -81,6 +82,7 @@ def test_cedar_decision(benchmark: Any) -> None:
             {"__entity": {"type": "Agent", "id": "orchestrator"}},
             {"__entity": {"type": "Agent", "id": "scribe"}},
         ],
+        "chain": policy.chain_context(hops, PURPOSE),
         "delegator": "orchestrator",
         "purpose": PURPOSE,
         "txn": "t",
@@ -89,9 +91,7 @@ def test_cedar_decision(benchmark: Any) -> None:
         "time": int(time.time()),
     }
     request = policy.CedarRequest(EntityRef("Agent", "scribe"), "read", ROUTE.resource, context)
-    delta = policy.request_entities(
-        ROUTE.resource, ROUTE.parents, [bundle.agents["orchestrator"], bundle.agents["scribe"]]
-    )
+    delta = policy.request_entities(ROUTE.resource, ROUTE.parents, hops)
 
     def decide() -> policy.CedarOutcome:
         return policy.PolicyEngine(bundle).evaluate(request, delta)  # a fresh engine: uncached

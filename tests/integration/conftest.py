@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,14 @@ class Stack:
         return request(self.base, path, token, **kwargs)
 
 
+EnvoyFactory = Callable[[Path, devstack.LasthopServer, DemoUpstream], devstack.Envoy]
+
+
+def sidecar(work: Path, lasthop: devstack.LasthopServer, upstream: DemoUpstream) -> devstack.Envoy:
+    """The shipped sidecar (envoy/sidecar.yaml) in front of `upstream`, asking `lasthop`."""
+    return devstack.Envoy(work, lasthop.port, upstream.port)
+
+
 def _close_lasthop(lasthop: devstack.LasthopServer) -> int | None:
     code = lasthop.close()
     if lasthop.proc.stdout is not None:
@@ -216,11 +224,14 @@ def running_stack(
     audit: str = "",
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    envoy: EnvoyFactory = sidecar,
+    detect: str = devstack.EXAMPLE_DETECT,
 ) -> Iterator[Stack]:
     """Redis (optional) + `lasthop serve` + Envoy (+ an upstream unless given); all stopped.
 
     `audit`: extra lines for the `[audit]` table; `command`: replaces `python -m authz serve`;
-    `env`: extra environment for Lasthop.
+    `env`: extra environment for Lasthop; `envoy`: starts the Envoy (another template);
+    `detect`: the `[detect]` table (the shipped example's unless given).
     """
     with devstack.workdir(prefix) as work, contextlib.ExitStack() as stack:
         issuer = DemoIssuer("ES256", kid=f"it-{uuid.uuid4().hex[:6]}")
@@ -233,12 +244,17 @@ def running_stack(
             upstream = DemoUpstream()
             stack.callback(upstream.close)
         config = devstack.write_config(
-            work, jwks, redis_url=redis.url if redis else "", policies=policies, extra=audit
+            work,
+            jwks,
+            redis_url=redis.url if redis else "",
+            policies=policies,
+            extra=audit,
+            detect=detect,
         )
         lasthop = devstack.LasthopServer(config, env=env, command=command)
         stack.callback(_close_lasthop, lasthop)
-        envoy = devstack.Envoy(work, lasthop.port, upstream.port)
-        stack.callback(envoy.close)
+        proxy = envoy(work, lasthop, upstream)
+        stack.callback(proxy.close)
         admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token(ttl=1800))
         stack.callback(admin.close)
         yield Stack(
@@ -246,11 +262,14 @@ def running_stack(
             issuer=issuer,
             config=config,
             lasthop=lasthop,
-            envoy=envoy,
+            envoy=proxy,
             upstream=upstream,
             admin=admin,
             redis=redis,
         )
+
+
+NO_DETECT = "[detect]\nenabled = false\n"
 
 
 @pytest.fixture(scope="session")
@@ -264,8 +283,15 @@ def upstream() -> Iterator[DemoUpstream]:
 
 @pytest.fixture(scope="session")
 def stack(upstream: DemoUpstream) -> Iterator[Stack]:
-    """The shared stack: Redis + Lasthop on Redis + Envoy + the demo EHR."""
-    with running_stack("lasthop-it-", upstream=upstream) as shared:
+    """The shared stack: Redis + Lasthop on Redis + Envoy + the demo EHR.
+
+    Its detectors are off. The suite sends one agent (the scribe) hundreds of deliberate
+    denials a minute from tests that share nothing else, and the shipped example rightly
+    stops a probing agent's writes (`risk_probing`): with detection on, whether a test's
+    write passed would depend on which tests ran in the minute before it. Detection runs
+    on stacks of its own (test_detect, test_detect_faults, test_posture, the demo).
+    """
+    with running_stack("lasthop-it-", upstream=upstream, detect=NO_DETECT) as shared:
         yield shared
 
 

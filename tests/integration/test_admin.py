@@ -103,14 +103,15 @@ def test_grpc_refuses_bad_admin_tokens(stack: Stack, name: str) -> None:
 
 
 def test_grpc_approver_scope_can_issue_and_revoke(stack: Stack) -> None:
+    """An approver approves for themselves (authz.access.authority): `user` is its `sub`."""
     user = unique("u-approver")
     client = AdminClient(
         stack.admin_address,
-        stack.issuer.admin_token(sub="nurse-lead", scope="openid lasthop:approver"),
+        stack.issuer.admin_token(sub=user, scope="openid lasthop:approver"),
     )
     try:
         grant = client.issue(_issue_request(user))
-        assert grant.issued_by == "nurse-lead"
+        assert grant.issued_by == user
         assert [g.id for g in client.list(agent="scribe", user=user)] == [grant.id]
         assert stack.get(RECORDS, stack.token(user, ["scribe"])).status == 200
         client.revoke(grant.id)
@@ -163,13 +164,21 @@ def test_cli_without_token_exits_2(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("name", ["expired", "wrong-audience", "delegated", "scope-openid"])
-def test_cli_with_refused_token_exits_2(stack: Stack, name: str) -> None:
+def test_cli_with_refused_token_exits_4(stack: Stack, name: str) -> None:
+    """Issue 18: every error exited 2; a refused token is 4, and it comes from a file."""
     token, code = _refused_tokens(stack)[name]
     user = unique("u-cli-refused")
+    token_file = stack.work / f"token-{user}"
+    token_file.write_text(token + "\n")
     result = run_cli(
-        "grants", *_issue_args(user), "--admin-url", stack.admin_address, "--admin-token", token
+        "grants",
+        *_issue_args(user),
+        "--admin-url",
+        stack.admin_address,
+        "--admin-token-file",
+        str(token_file),
     )
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.returncode == 4, (result.stdout, result.stderr)
     assert code in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert _listed(stack, user) == []
@@ -226,7 +235,7 @@ def test_cli_issue_list_revoke(stack: Stack) -> None:
     assert_deny(stack.get(RECORDS, token), 403, "no_grant")
 
     again = _grants(stack, "revoke", grant["id"])
-    assert again.returncode == 2 and "not_found" in again.stderr, again.stderr
+    assert again.returncode == 3 and "not_found" in again.stderr, again.stderr  # not found
 
 
 def test_grpc_call_without_authorization_metadata(stack: Stack) -> None:

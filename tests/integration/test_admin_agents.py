@@ -332,8 +332,12 @@ def _cli(stack: Stack, *args: str, token: str | None = None) -> Any:
     return run_cli("agents", *args, env=env)
 
 
+EXIT_CODES = {"unauthenticated": 4, "permission_denied": 4, "not_found": 3}  # else usage, 2
+
+
 def _assert_cli_refused(result: Any, code: str, reason: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    expected = EXIT_CODES.get(code, 2)
+    assert result.returncode == expected, (result.returncode, result.stderr)
     assert result.stdout == ""
     assert result.stderr.startswith(f"lasthop: {code}: "), result.stderr
     assert reason in result.stderr, result.stderr
@@ -353,7 +357,8 @@ def test_cli_without_a_token_says_how_to_pass_one(stack: Stack, target: str) -> 
     result = _cli(stack, "deregister", target)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == (
-        "lasthop: no admin token: pass --admin-token or set LASTHOP_ADMIN_TOKEN"
+        "lasthop: no admin token: pass --admin-token-file FILE, or set "
+        "LASTHOP_ADMIN_TOKEN_FILE or LASTHOP_ADMIN_TOKEN"
     )
     assert _snapshot(stack) == before
 
@@ -449,7 +454,7 @@ def test_cli_approver_cannot_touch_agents(stack: Stack, target: str, command: li
         ),
     ],
 )
-def test_cli_bad_input_exits_2_and_changes_nothing(
+def test_cli_bad_input_exits_by_kind_and_changes_nothing(
     stack: Stack, target: str, args: list[str], code: str, reason: str
 ) -> None:
     before = _snapshot(stack)
@@ -531,9 +536,9 @@ def test_cli_admin_can_do_everything(stack: Stack) -> None:
 
 
 def test_cli_approver_can_issue_list_and_revoke_grants(stack: Stack) -> None:
-    token = stack.issuer.admin_token(sub="nurse-lead", scope="lasthop:approver")
+    user = unique("u-approver-cli")  # an approver approves for themselves
+    token = stack.issuer.admin_token(sub=user, scope="lasthop:approver")
     env = {"LASTHOP_ADMIN_URL": stack.admin_address, "LASTHOP_ADMIN_TOKEN": token}
-    user = unique("u-approver-cli")
     issued = _json(
         run_cli(
             "grants",
@@ -555,7 +560,7 @@ def test_cli_approver_can_issue_list_and_revoke_grants(stack: Stack) -> None:
             env=env,
         )
     )
-    assert issued["issued_by"] == "nurse-lead"
+    assert issued["issued_by"] == user
     listed = _json(run_cli("grants", "list", "--user", user, "--output", "json", env=env))
     assert [g["id"] for g in listed] == [issued["id"]]
     shown = _json(run_cli("grants", "show", issued["id"], "--output", "json", env=env))
@@ -571,7 +576,7 @@ def test_grpc_approver_is_refused_agents_but_not_grants(stack: Stack, target: st
     token = stack.issuer.admin_token(sub="nurse-lead", scope="openid lasthop:approver")
     client = AdminClient(stack.admin_address, token)
     try:
-        assert client.list(agent="scribe", user=unique("u-none")) == []
+        assert client.list(agent="scribe", user="nurse-lead") == []  # its own grants
         with pytest.raises(AdminError, match="^permission_denied: "):
             client.get_agent(target)
     finally:

@@ -22,7 +22,7 @@ def disclosures(trail: Path, jwks: Path, *args: str) -> list[dict[str, str]]:
         str(trail),
         "--jwks",
         str(jwks),
-        "--format",
+        "--output",
         "json",
         *args,
     )

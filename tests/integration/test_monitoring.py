@@ -36,10 +36,10 @@ def _dashboard_exprs() -> list[str]:
     return [t["expr"] for panel in doc["panels"] for t in panel["targets"]]
 
 
-def _named(exprs: list[str]) -> set[str]:
+def _named(exprs: list[str], prefix: str = "lasthop|process") -> set[str]:
     names = set()
     for expr in exprs:
-        for name in re.findall(r"\blasthop_[a-z_]+", expr):
+        for name in re.findall(rf"\b(?:{prefix})_[a-z_]+\b(?!\s*[=!])", expr):
             for suffix in SUFFIXES:
                 if name.endswith(suffix):
                     name = name[: -len(suffix)]
@@ -59,6 +59,9 @@ def test_the_alert_rules_cover_what_an_sre_pages_on() -> None:
         "LasthopAuditUnavailable",
         "LasthopStoreUnavailable",
         "LasthopPolicyReloadFailing",
+        "LasthopDown",
+        "EnvoyExtAuthzErrors",
+        "EnvoyExtAuthzTimeouts",
     } <= alerts
 
 
@@ -90,7 +93,7 @@ def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack, tmp_path
     url = f"http://{stack.lasthop.ready['metrics_listen']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         exposition = resp.read().decode()
-    exported = set(re.findall(r"^# TYPE (lasthop_[a-z_]+) ", exposition, flags=re.M))
+    exported = set(re.findall(r"^# TYPE ((?:lasthop|process)_[a-z_]+) ", exposition, flags=re.M))
     gauges = tmp_path / "posture.prom"
     posture = run_cli("posture", "--config", str(stack.config), "--metrics-file", str(gauges))
     assert posture.returncode == 0, posture.stderr
@@ -98,3 +101,17 @@ def test_every_metric_the_rules_and_dashboard_name_exists(stack: Stack, tmp_path
     named = _named(_alert_exprs()) | _named(_dashboard_exprs())
     assert named, "the rules and the dashboard name no metric"
     assert named <= exported, f"named but not exported: {sorted(named - exported)}"
+
+
+def test_every_envoy_metric_the_rules_name_exists_on_a_real_envoy(stack: Stack) -> None:
+    stack.get("/patients/p-1001/records")
+    url = f"http://127.0.0.1:{stack.envoy.admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        exposition = resp.read().decode()
+    exported = set(re.findall(r"^# TYPE (envoy_[a-z_0-9]+) ", exposition, flags=re.M))
+    named = _named(_alert_exprs(), prefix="envoy")
+    assert {"envoy_http_ext_authz_error", "envoy_cluster_upstream_rq_timeout"} <= named
+    assert named <= exported, f"named but not exported: {sorted(named - exported)}"
+    assert re.search(
+        r'^envoy_cluster_upstream_rq_timeout\{envoy_cluster_name="lasthop"\}', exposition, re.M
+    )

@@ -14,7 +14,7 @@ import pytest
 
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
-from tests.integration.conftest import port_open
+from tests.integration.conftest import _close_lasthop, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,30 @@ def test_bad_env_override_names_the_variable(tmp_path: Path) -> None:
     _assert_refused(result, config, "LASTHOP_STORE_TIMEOUT_MS")
 
 
+def test_a_misspelled_variable_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """Issue 18: `LASTHOP_STORE_REDIS_ULR` was ignored and the server started on the
+    embedded store, saying nothing."""
+    config = _config(tmp_path)
+    result = _serve(config, env={"LASTHOP_STORE_REDIS_ULR": "redis://127.0.0.1:1/0"})
+    _assert_refused(result, config, "`LASTHOP_STORE_REDIS_ULR`: unknown environment variable")
+    assert "did you mean `LASTHOP_STORE_REDIS_URL`?" in result.stderr
+
+
+def test_the_ready_line_names_store_policy_audit_and_fsync(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    lasthop = devstack.LasthopServer(config, env={"LASTHOP_AUDIT_FSYNC": "20ms"})
+    try:
+        ready = lasthop.ready
+        assert ready["store"].startswith("embedded (single process only")
+        assert re.fullmatch(r"[0-9a-f]{16}", ready["policy_version"])
+        assert ready["audit_path"] == str(tmp_path / "audit" / "decisions.jsonl")
+        assert (ready["audit_fsync"], ready["tracing"]) == ("20ms", "off")
+    finally:
+        _close_lasthop(lasthop)
+    first = lasthop.log_path.read_text().splitlines()[0]
+    assert "WARNING server.store: store: embedded (single process only" in first
+
+
 def _broken_policies(tmp_path: Path, file: str, line: int, old: str, new: str) -> Path:
     policies = tmp_path / "policies"
     shutil.copytree(devstack.POLICIES, policies)
@@ -91,7 +115,7 @@ def _broken_policies(tmp_path: Path, file: str, line: int, old: str, new: str) -
         pytest.param("scribe-read-records.cedar", 3, "permit (", "permitt (", id="syntax-effect"),
         pytest.param(
             "high-risk-agents-never-write.cedar",
-            10,
+            11,
             "principal.risk_tier ",
             "principal.risk_teir ",
             id="unknown-attribute",
@@ -110,3 +134,12 @@ def test_bad_policy_names_file_and_line(
         f"expected `{file}:{line}` in stderr:\n{result.stderr[-2000:]}"
     )
     _assert_refused(result, config, file)
+
+
+def test_an_unreadable_webhook_secret_names_the_key(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    env = {
+        "LASTHOP_ACCESS_WEBHOOK_URL": "http://127.0.0.1:9/inbox",
+        "LASTHOP_ACCESS_WEBHOOK_SECRET_FILE": str(tmp_path / "no-such-secret"),
+    }
+    _assert_refused(_serve(config, env=env), config, "`access.webhook_secret_file`")
