@@ -42,6 +42,7 @@ from authz.server import tls
 from authz.server.admin_agents import AgentsService
 from authz.server.admin_grants import AdminAuth, GrantsService
 from authz.server.metrics import CacheSizes, Metrics
+from authz.server.reseed import RegistryKeeper
 from authz.stores.caching import CachingGrantStore, CachingRegistry
 from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
 from authz.stores.invalidation import Invalidation
@@ -171,6 +172,7 @@ def assemble(
     decisions: DecisionCache | None = None,
     receipts: ReceiptSigner | None = None,
     method_overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
+    deadline: float | None = None,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -189,6 +191,7 @@ def assemble(
             method_overrides=method_overrides,
             dry_run=dry_run,
             tiers=tiers,
+            deadline=deadline,
         ),
         clock=clock,
         decisions=decisions,
@@ -250,6 +253,8 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
         revoke_replicas=st.revoke_replicas,
         revoke_wait_ms=st.revoke_wait_ms,
         observer=metrics,
+        use_replicas=st.use_replicas,
+        sentinel_password=st.sentinel_password,
     )
     if st.cache_ttl_ms <= 0:
         return Stores(redis, redis, StoreRegistry(redis), lambda: None, redis)
@@ -297,6 +302,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         ),
         receipts=audit.receipts,
         method_overrides=settings.server.method_override_headers,
+        deadline=settings.server.check_deadline_ms / 1000,
     )
     if settings.policies.mode == "dry-run":
         log.warning(
@@ -372,10 +378,16 @@ def _tls(settings: Settings, admin: bool) -> grpc.ServerCredentials | None:
 
 
 def _background(app: App) -> list[Task]:
-    """What runs beside the listeners: invalidation, key reload, policy reload."""
+    """What runs beside the listeners: invalidation, failover following, the registry's
+    upkeep, key reload, policy reload."""
     tasks: list[Task] = []
     if app.stores.invalidation is not None:
         tasks.append(app.stores.invalidation.run)
+    if app.redis is not None:
+        if app.redis.watch is not None:
+            tasks.append(app.redis.watch.run)
+        keeper = RegistryKeeper(app.redis, lambda: app.pipeline.bundle, app.audit)
+        tasks.append(keeper.run)
     tasks.append(app.keys.refresh_forever)
     policies = app.settings.policies
     if policies.reload_interval_seconds > 0:

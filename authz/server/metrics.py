@@ -39,7 +39,8 @@ CHECK_BUCKETS = (
 # `increase()` sees the first event after a restart (a series born at 1 shows no increase).
 RELOAD_RESULTS = ("success", "failure")
 CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
-STORE_OPS = ("grants", "consume", "agent", "write")  # lasthop_store_*{op}
+# lasthop_store_*{op}: the check path's own reads and counted uses apart, the rest by kind
+STORE_OPS = ("grants", "consume", "agent", "read", "write", "ping")
 
 
 class CacheSizes(Collector):
