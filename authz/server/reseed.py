@@ -53,7 +53,11 @@ class RegistryKeeper:
             try:
                 await self.check()
             except StoreUnavailable as err:
-                log.debug("registry upkeep skipped: %s", err.detail)
+                log.debug(
+                    "registry upkeep skipped: %s",
+                    err.detail,
+                    extra={"event": "registry.upkeep_skipped"},
+                )
 
     async def check(self) -> list[str]:
         """Seed again whatever seed agent the store lacks; the ids seeded."""
@@ -70,6 +74,7 @@ class RegistryKeeper:
             "registry: the store had lost seed agents %s; seeded them again from entities.json "
             "(agents registered through the API, and every grant, are not restored)",
             ", ".join(added),
+            extra={"event": "registry.reseeded"},
         )
         event = EventRecord(
             event=EVENT,
@@ -79,4 +84,7 @@ class RegistryKeeper:
             detail={"agents": added, "why": "seed agents missing from the store"},
         )
         if not await self.audit.commit(event):
-            log.error("registry_reseeded could not be recorded in the audit trail")
+            log.error(
+                "registry_reseeded could not be recorded in the audit trail",
+                extra={"event": "registry.reseed_unrecorded"},
+            )

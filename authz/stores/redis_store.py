@@ -308,7 +308,11 @@ class RedisStore:
                 client = await self._replication.client_for(uses_key)
                 await self._give_back(keys=[uses_key], args=[term], client=client)
         except StoreUnavailable as err:
-            log.warning("a refused use stays counted: %s", err.detail)
+            log.warning(
+                "a refused use stays counted: %s",
+                err.detail,
+                extra={"event": "store.use_not_given_back"},
+            )
 
     async def uses(self, grant_id: str) -> int:
         grant = await self.get(grant_id)

@@ -182,7 +182,12 @@ class SentinelWatch:
 
     async def switch(self, why: str) -> None:
         """Close every connection to the primary: the next command asks the Sentinels."""
-        log.warning("redis primary of `%s`: %s; closing every connection to it", self.service, why)
+        log.warning(
+            "redis primary of `%s`: %s; closing every connection to it",
+            self.service,
+            why,
+            extra={"event": "store.failover_followed"},
+        )
         for pool in self.pools:
             await pool.switch()
 
@@ -207,7 +212,11 @@ class SentinelWatch:
                     if message is not None:
                         await self.announced(_text(message.get("data")))
             except (RedisError, OSError) as err:
-                log.debug("sentinel subscription lost (%s); resubscribing", err)
+                log.debug(
+                    "sentinel subscription lost (%s); resubscribing",
+                    err,
+                    extra={"event": "store.sentinel_subscription_lost"},
+                )
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(RECONNECT_SECONDS)
