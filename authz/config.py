@@ -140,6 +140,17 @@ class AdminSettings:
     audience: str = "lasthop-admin"
 
 
+@dataclass(frozen=True)
+class AccessSettings:
+    pending_ttl: int = 300  # an access request no one decides expires after this; up to 1 day
+    break_glass_max_ttl: int = 900  # no break-glass grant lasts longer; up to 1 day
+    max_wait_seconds: int = 300  # the longest a caller may wait for a decision; 0 to 3600
+    webhook_url: str = ""  # POST pending and break-glass requests here (https, or http to loopback)
+    webhook_secret_file: str = ""  # the webhook's signing secret; required with the URL
+    webhook_timeout_ms: int = 2000  # one delivery try; 1 to 60000
+    webhook_attempts: int = 5  # tries per notification, 0.5 s apart, doubling; 1 to 20
+
+
 _FSYNC_INTERVAL = re.compile(r"(\d+)ms")
 MAX_FSYNC_INTERVAL_MS = 10_000
 
@@ -184,6 +195,7 @@ class Settings:
     audit: AuditSettings
     tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
+    access: AccessSettings = AccessSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -200,12 +212,18 @@ _SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSettings,
     "audit": AuditSettings,
     "tracing": TracingSettings,
+    "access": AccessSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
     "audit.on_failure": "is gone: Lasthop never allows a request it cannot record; remove the key",
 }
-_DURATION_KEYS = {"identity.max_token_lifetime", "grants.max_ttl"}
+_DURATION_KEYS = {
+    "identity.max_token_lifetime",
+    "grants.max_ttl",
+    "access.pending_ttl",
+    "access.break_glass_max_ttl",
+}
 # `LASTHOP_*` variables that are not settings: the CLI's, and the scripts'. Any other
 # `LASTHOP_*` variable that names no setting stops start-up: a typo must not pass silently.
 CLIENT_VARIABLES = {
@@ -216,6 +234,8 @@ CLIENT_VARIABLES = {
     "LASTHOP_ADMIN_CERT": "the client certificate the CLI presents to an mTLS admin listener",
     "LASTHOP_ADMIN_KEY": "the private key of that client certificate",
     "LASTHOP_FUZZ_EXAMPLES": "tests/test_fuzz.py: more (and random) examples than the suite's",
+    "LASTHOP_TOKEN": "the agent's own delegated token `lasthop access` sends",
+    "LASTHOP_TOKEN_FILE": "a file holding the agent's own delegated token `lasthop access` sends",
     "LASTHOP_VENV": "the virtualenv scripts/test and scripts/demo install into",
 }
 
@@ -352,6 +372,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("admin.audience", "must not be empty")
     _validate_policies(s.policies)
     _validate_tracing(s.tracing)
+    _validate_access(s.access)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -511,6 +532,30 @@ def unix_path(key: str, addr: str) -> str:
     if len(path.encode()) > 107:
         raise ConfigError(key, f"`{addr}`: a Unix socket path is at most 107 bytes")
     return path
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _validate_access(a: AccessSettings) -> None:
+    _range("access.pending_ttl", a.pending_ttl, 1, 86_400)
+    _range("access.break_glass_max_ttl", a.break_glass_max_ttl, 1, 86_400)
+    _range("access.max_wait_seconds", a.max_wait_seconds, 0, 3600)
+    _range("access.webhook_timeout_ms", a.webhook_timeout_ms, 1, 60_000)
+    _range("access.webhook_attempts", a.webhook_attempts, 1, 20)
+    url = a.webhook_url
+    if not url:
+        return
+    host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    loopback = host.rpartition(":")[0] in LOOPBACK_HOSTS or host in LOOPBACK_HOSTS
+    if not url.startswith("https://") and not (url.startswith("http://") and loopback):
+        raise ConfigError(
+            "access.webhook_url", f"`{url}` must be https (plain http only to loopback)"
+        )
+    if not a.webhook_secret_file:
+        raise ConfigError(
+            "access.webhook_secret_file", "is required with access.webhook_url: the signing secret"
+        )
 
 
 def split_address(key: str, addr: str) -> tuple[str, int]:

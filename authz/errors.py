@@ -24,7 +24,10 @@
     ├── GrantRequestError         invalid (INVALID_ARGUMENT)
     │   └── AgentNotActive        the grant's agent is suspended (FAILED_PRECONDITION)
     ├── AgentRequestError         invalid (INVALID_ARGUMENT)
-    └── NotPermitted              the caller may not act for that user (PERMISSION_DENIED)
+    ├── NotPermitted              the caller may not act for that user (PERMISSION_DENIED)
+    └── AccessRequestError        an access request, or a decision on one, is refused
+                                  (`code`: invalid_argument, not_found, permission_denied,
+                                  failed_precondition)
 
     UsageError                    bad command-line input or an unreadable input file (exit 2)
     ├── ScenarioError             a policy scenario file is wrong
@@ -168,6 +171,18 @@ class AgentRequestError(RequestError):
 
 class NotPermitted(RequestError):
     """The caller's role does not let it act for that user (`authz.access.authority`)."""
+
+
+class AccessRequestError(RequestError):
+    """An access request, or a decision on one, is refused; nothing was written."""
+
+    CODES = ("invalid_argument", "not_found", "permission_denied", "failed_precondition")
+
+    def __init__(self, detail: str, code: str = "invalid_argument") -> None:
+        super().__init__(detail)
+        assert code in self.CODES, code
+        self.code = code
+        self.detail = detail
 
 
 class UsageError(Exception):

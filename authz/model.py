@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from authz import spiffe
@@ -256,13 +256,17 @@ class Grant:
     issued_at: int
     expires_at: int
     max_uses: int = 0  # 0: unlimited
+    txn: str = ""  # bound to this task: covers only requests carrying this txn; "": any
+    request_id: str = ""  # the access request it was approved on; "": issued directly
+    break_glass: bool = False  # emergency access: flagged in the accounting of disclosures
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Grant:
-        """Raises ValueError on anything that is not a well-formed grant."""
+        """Raises ValueError on anything that is not a well-formed grant. Grants stored
+        before `txn`, `request_id` and `break_glass` existed read with their defaults."""
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("grant is not an object")
@@ -278,6 +282,9 @@ class Grant:
                 issued_at=_int(data["issued_at"]),
                 expires_at=_int(data["expires_at"]),
                 max_uses=_int(data.get("max_uses", 0)),
+                txn=_str(data.get("txn", "")),
+                request_id=_str(data.get("request_id", "")),
+                break_glass=_bool(data.get("break_glass", False)),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed grant: {err}") from err
@@ -303,6 +310,83 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return tuple(_str(v) for v in value)
+
+
+REQUEST_STATUSES = ("pending", "approved", "refused", "denied", "expired", "cancelled")
+_FIELD_TYPES = {"str": _str, "int": _int, "bool": _bool, "tuple[str, ...]": _strs}
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """An agent's request for a grant, and what became of it (see `authz.access.requests`).
+
+    pending -> approved (by policy or a person) | denied (by a person) | expired
+               (undecided in time) | cancelled (its task ended); or refused at once
+    """
+
+    id: str
+    agent: str  # the current actor that asked
+    user: str  # on whose behalf the chain acts
+    chain: tuple[str, ...]  # every agent, first first
+    action: str
+    resource: str  # a Cedar entity reference
+    purpose: str
+    ttl_seconds: int
+    max_uses: int  # 0: unlimited
+    txn: str  # bind the grant to this task; "": not bound
+    reason: str  # the agent's own words
+    break_glass: bool
+    created_at: int
+    expires_at: int  # still pending after this: expired
+    status: str = "pending"
+    approvers: tuple[str, ...] = ()  # whom policy lets approve: user, owner, role:<name>
+    policies: tuple[str, ...] = ()  # the approval policies that decided
+    decided_by: str = ""  # a person's `sub`, `policy:<id>`, or `lasthop`
+    decided_at: int = 0
+    outcome: str = ""  # why it was refused, denied, expired or cancelled: a stable code
+    detail: str = ""  # the same in a sentence
+    limit: str = ""  # refused over a policy limit: which, e.g. `ttl_seconds <= 900`
+    grant_id: str = ""
+    owner: str = ""  # the agent's accountable owner when it asked
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AccessRequest:
+        """Raises ValueError on anything that is not a well-formed access request."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("access request is not an object")
+        values: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                if f.name in data:
+                    values[f.name] = _FIELD_TYPES[str(f.type)](data[f.name])
+                elif f.default is MISSING:
+                    raise KeyError(f.name)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed access request: {err}") from err
+        request = cls(**values)
+        if request.status not in REQUEST_STATUSES:
+            raise ValueError(f"malformed access request: status `{request.status}`")
+        return request
 
 
 @dataclass(frozen=True, slots=True)

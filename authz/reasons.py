@@ -240,6 +240,12 @@ class Reason(StrEnum):
     # grants
     NO_GRANT = "no_grant", 403, "grants", "no grant of (agent, user) covers the action and resource"
     GRANT_EXPIRED = "grant_expired", 403, "grants", "every covering grant has expired"
+    TASK_MISMATCH = (
+        "task_mismatch",
+        403,
+        "grants",
+        "covering grants are bound to another task (`txn`) than the request's",
+    )
     PURPOSE_MISMATCH = (
         "purpose_mismatch",
         403,

@@ -342,6 +342,11 @@ METRIC_LABELS: dict[tuple[str, str], str] = {
     "force, 0 for one it replaced",
     ("lasthop_build_info", "version"): "the installed `lasthop` version",
     ("lasthop_build_info", "python"): "the Python version it runs on",
+    ("lasthop_access_requests_total", "outcome"): "`approved_by_policy`, `pending` or `refused` "
+    "when a request is made; `approved`, `denied`, `expired` or `cancelled` when it is decided "
+    "later (see [Just-in-time access](../access.md))",
+    ("lasthop_webhook_deliveries_total", "result"): "`delivered`, `retried` (a try failed, "
+    "another follows) or `failed` (given up)",
 }
 
 

@@ -178,6 +178,8 @@ def test_disclosures_command_formats(trail: Path, capsys: pytest.CaptureFixture[
         "grant_id": "g-1",
         "txn": "txn-0",
         "decision_id": "allow-2",
+        "approved_by": "",  # a record from before grants said who approved them
+        "break_glass": False,
     }
 
     code, out, _ = run(

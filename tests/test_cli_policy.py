@@ -86,6 +86,18 @@ def scenarios(directory: Path) -> list[dict[str, Any]]:
     return result
 
 
+def approval_count(directory: Path) -> int:
+    """The approval policies' fixtures and scenarios."""
+    tests = directory / "approval" / "tests"
+    found = sum(len(list((tests / d).glob("*.json"))) for d in ("APPROVE", "PERSON", "REFUSE"))
+    doc = tomllib.loads((tests / "scenarios.toml").read_text(encoding="utf-8"))
+    return found + len(doc["scenario"])
+
+
+def total_count(directory: Path) -> int:
+    return fixture_count(directory) + len(scenarios(directory)) + approval_count(directory)
+
+
 def last_line(text: str) -> str:
     """The `N passed, M failed` line (the coverage line follows it)."""
     return next(line for line in text.splitlines() if re.fullmatch(r"\d+ passed, \d+ failed", line))
@@ -98,8 +110,10 @@ def test_validate_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     bundle = policy_load.load(POLICIES)
     code, out, err = run(capsys, "policy", "validate", str(POLICIES))
     assert code == 0, err
+    assert bundle.approval is not None
     assert out.strip() == (
         f"ok: {len(bundle.policies)} policies (0 shadow), "
+        f"{bundle.approval.count} approval policies (0 shadow), "
         f"{len(bundle.agents)} agents, {len(bundle.routes.routes)} routes, "
         f"4 MCP tools, version {bundle.version}"
     )
@@ -175,8 +189,8 @@ def test_validate_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def test_policy_test_shipped(capsys: pytest.CaptureFixture[str]) -> None:
-    total = fixture_count(POLICIES) + len(scenarios(POLICIES))
-    assert total > 20  # the shipped example has both kinds
+    total = total_count(POLICIES)
+    assert total > 20 and approval_count(POLICIES) > 10  # the shipped example has every kind
     code, out, err = run(capsys, "policy", "test", str(POLICIES))
     assert code == 0, out
     assert last_line(out) == f"{total} passed, 0 failed"
@@ -192,7 +206,7 @@ def test_policy_test_shipped(capsys: pytest.CaptureFixture[str]) -> None:
 def test_deny_fixture_filed_under_allow_fails(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
-    total = fixture_count(copy) + len(scenarios(copy))
+    total = total_count(copy)
     shutil.move(
         copy / "tests" / "DENY" / "orchestrator-reads-records.json",
         copy / "tests" / "ALLOW" / "orchestrator-reads-records.json",
@@ -223,7 +237,7 @@ def test_deny_fixture_with_the_wrong_pinned_reason_fails(
 def test_scenario_with_the_wrong_reason_fails(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
-    total = fixture_count(copy) + len(scenarios(copy))
+    total = total_count(copy)
     name = "the same read without a grant"
     edit(
         copy / "tests" / "scenarios.toml",
@@ -271,7 +285,12 @@ def test_junit_report(capsys: pytest.CaptureFixture[str], copy: Path, tmp_path: 
     root = ET.parse(report).getroot()
     assert root.tag == "testsuites"
     suites = {s.get("name"): s for s in root.findall("testsuite")}
-    assert set(suites) == {"lasthop.fixtures", "lasthop.scenarios"}
+    assert set(suites) == {
+        "lasthop.fixtures",
+        "lasthop.scenarios",
+        "lasthop.approval",
+        "lasthop.approval-scenarios",
+    }
     for suite_name, count, bad in (
         ("lasthop.fixtures", fixtures, bad_fixture),
         ("lasthop.scenarios", cases, bad_scenario),
@@ -293,7 +312,7 @@ def test_junit_report_all_passing(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert code == 0
     root = ET.parse(report).getroot()
     total = sum(int(s.get("tests", "-1")) for s in root.findall("testsuite"))
-    assert total == fixture_count(POLICIES) + len(scenarios(POLICIES))
+    assert total == total_count(POLICIES)
     assert all(s.get("failures") == "0" for s in root.findall("testsuite"))
     assert root.find(".//failure") is None
 
@@ -322,6 +341,7 @@ def test_policy_test_with_nothing_to_run_is_bad_input(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
     shutil.rmtree(copy / "tests")
+    shutil.rmtree(copy / "approval" / "tests")
     code, out, err = run(capsys, "policy", "test", str(copy))
     assert code == 2
     assert "no fixtures" in err

@@ -11,13 +11,25 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from authz._proto import agents_pb2, agents_pb2_grpc, grants_pb2, grants_pb2_grpc
+from authz._proto import (
+    access_pb2,
+    access_pb2_grpc,
+    agents_pb2,
+    agents_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 SOURCES = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
-GENERATED = {"lasthop/v1/agents.proto": agents_pb2, "lasthop/v1/grants.proto": grants_pb2}
+GENERATED = {
+    "lasthop/v1/access.proto": access_pb2,
+    "lasthop/v1/agents.proto": agents_pb2,
+    "lasthop/v1/grants.proto": grants_pb2,
+}
 SERVICES = {
+    "lasthop/v1/access.proto": (access_pb2, access_pb2_grpc, ["Access"]),
     "lasthop/v1/agents.proto": (agents_pb2, agents_pb2_grpc, ["Agents"]),
     "lasthop/v1/grants.proto": (grants_pb2, grants_pb2_grpc, ["Grants"]),
 }
@@ -152,7 +164,7 @@ def test_every_service_method_is_on_the_stub_and_servicer(
             assert deserialize == response_cls.FromString
 
 
-@pytest.mark.parametrize("name", ["agents", "grants"])
+@pytest.mark.parametrize("name", ["access", "agents", "grants"])
 def test_generated_modules_are_package_relative(name: str) -> None:
     text = (ROOT / "authz" / "_proto" / f"{name}_pb2_grpc.py").read_text()
     assert f"from . import {name}_pb2" in text

@@ -10,7 +10,10 @@ Each row has the four elements of 164.528(b)(2):
                         the MCP tool when an agent's tool call disclosed it
     (iv)  purpose       the purpose the request stated, and the grant it used
 
-plus what ties it back to the trail: user, chain, transaction id, decision id.
+plus what ties it back to the trail: user, chain, transaction id, decision id,
+and who approved the grant behind it (a person, or the approval policy that
+approved it at once); disclosures under break-glass (emergency) access are
+flagged.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Disclosure:
     grant_id: str
     txn: str
     decision_id: str
+    approved_by: str = ""  # who issued the grant: a person's `sub` or `policy:<id>`
+    break_glass: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ def _row(r: dict[str, Any]) -> Disclosure:
         grant_id=r.get("grant_id", ""),
         txn=r.get("txn", ""),
         decision_id=r.get("decision_id", ""),
+        approved_by=r.get("approved_by", ""),
+        break_glass=bool(r.get("break_glass", False)),
     )
 
 
@@ -144,8 +151,8 @@ def _markdown(rows: list[Disclosure], title: str) -> str:
         "recipient, description of the information, purpose.",
         "",
         "| date | recipient (agent, owner) | description | purpose | on behalf of "
-        "(chain) | grant | decision id |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "(chain) | grant | approved by | decision id |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         cells = [
@@ -155,7 +162,13 @@ def _markdown(rows: list[Disclosure], title: str) -> str:
             r.purpose,
             r.chain,
             r.grant_id or "-",
+            _approval(r),
             r.decision_id,
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _approval(r: Disclosure) -> str:
+    who = r.approved_by or "-"
+    return f"BREAK-GLASS, {who}" if r.break_glass else who

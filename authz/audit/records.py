@@ -65,6 +65,8 @@ class AuditRecord:
     mcp_method: str = ""  # an MCP request's JSON-RPC method (`batch` for a batch)
     tool: str = ""  # an MCP tools/call: the tool
     arguments_sha256: str = ""  # and the SHA-256 of its arguments; never the arguments
+    approved_by: str = ""  # who issued the grant used: a person's `sub` or `policy:<id>`
+    break_glass: bool = False  # the grant used was emergency (break-glass) access
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, shallow: a record is never changed once made."""
@@ -111,6 +113,8 @@ class AuditRecord:
             mcp_method=route.mcp.method if route and route.mcp else "",
             tool=route.mcp.tool if route and route.mcp else "",
             arguments_sha256=route.mcp.arguments_sha256 if route and route.mcp else "",
+            approved_by=d.grant.issued_by if d.grant else "",
+            break_glass=d.grant.break_glass if d.grant else False,
         )
 
 

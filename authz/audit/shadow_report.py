@@ -3,6 +3,8 @@
 Reads decision records from the audit trail (their `shadow` list and
 `shadow_disagrees` flag) over a time window and reports, per shadow policy,
 how often it held and how often the decision would have flipped with it.
+Shadow approval policies are reported the same way, from the access events
+that carry them (their example ids are access request ids).
 """
 
 from __future__ import annotations
@@ -46,6 +48,24 @@ def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
                     raise ValueError(f"{path}:{number}: not a JSON record") from err
                 if isinstance(record, dict) and "decision_id" in record:
                     yield _checked(record, f"{path}:{number}")
+                elif _shadowed_access(record):
+                    yield _checked(_as_decision(record), f"{path}:{number}")
+
+
+def _shadowed_access(record: Any) -> bool:
+    """An access event whose approval decision shadow approval policies held for."""
+    detail = record.get("detail") if isinstance(record, dict) else None
+    return record.get("type") == "event" and isinstance(detail, dict) and "shadow" in detail
+
+
+def _as_decision(record: dict[str, Any]) -> dict[str, Any]:
+    detail = record["detail"]
+    return {
+        "time": record.get("time"),
+        "decision_id": record.get("target", ""),
+        "shadow": detail.get("shadow"),
+        "shadow_disagrees": bool(detail.get("shadow_disagrees")),
+    }
 
 
 def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:

@@ -5,9 +5,13 @@ It covers a request when one of its actions is the route's action and one of
 its resources is the route's resource or one of its ancestors. The absolute
 expiry lives inside the grant and is checked here, whatever the store's TTLs do.
 
+A grant bound to a task (`txn`) covers only requests carrying that txn; it
+never covers a request with another txn or none.
+
 Selection rule, in order, each with its reason when nothing is left:
   grants of (current agent, user) covering action + resource   -> no_grant
   ... that have not expired                                     -> grant_expired
+  ... unbound, or bound to the request's task                   -> task_mismatch
   ... whose purpose is the request's purpose                    -> purpose_mismatch
 """
 
@@ -25,14 +29,22 @@ def covers(grant: Grant, route: RouteMatch) -> bool:
     return any(r in targets for r in grant.resources)
 
 
-def select(grants: list[Grant], route: RouteMatch, purpose: str, now: float) -> Grant:
+def select(
+    grants: list[Grant], route: RouteMatch, purpose: str, now: float, txn: str = ""
+) -> Grant:
     covering = [g for g in grants if covers(g, route)]
     if not covering:
         raise GrantError(Reason.NO_GRANT, f"no grant covers `{route.action}` on `{route.resource}`")
     live = [g for g in covering if g.expires_at > now]
     if not live:
         raise GrantError(Reason.GRANT_EXPIRED, "every grant covering this request has expired")
-    matching = [g for g in live if g.purpose == purpose]
+    in_task = [g for g in live if not g.txn or g.txn == txn]
+    if not in_task:
+        raise GrantError(
+            Reason.TASK_MISMATCH,
+            f"grants covering this request are bound to another task than txn `{txn}`",
+        )
+    matching = [g for g in in_task if g.purpose == purpose]
     if not matching:
         raise GrantError(
             Reason.PURPOSE_MISMATCH,

@@ -122,6 +122,15 @@ class PipelineOptions:
     deadline: float | None = None  # seconds a check may take to decide; None: no limit
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, for whom and why, as a check establishes it (see `Pipeline.identify`)."""
+
+    chain: Chain
+    agents: tuple[Agent, ...]  # the chain's registered, active agents, first first
+    intent: Intent
+
+
 @dataclass
 class _Facts:
     """What the phases have learned so far; a denial carries whatever was known."""
@@ -240,6 +249,16 @@ class Pipeline:
         finally:
             if observer:
                 observer.ended()
+
+    async def identify(self, req: CheckInput) -> Caller:
+        """The identity, chain, registry and intent phases exactly as a check runs them, for a
+        caller outside Envoy (an agent asking for access); raises the first refusal."""
+        facts = _Facts(policy_version="")
+        claims = await self._identity(req, facts)
+        chain = await self._chain(req, claims)
+        agents = await self._registry(req, chain, facts)
+        intent = await self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
+        return Caller(chain, agents, intent)
 
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
         """The cached decision for this exact request, or a new one; (decision, cached)."""
@@ -374,7 +393,7 @@ class Pipeline:
             return None
         held = await self.store.for_pair(chain.actor, chain.user)
         try:
-            return grants.select(held, route, intent.purpose, self.clock())
+            return grants.select(held, route, intent.purpose, self.clock(), intent.txn)
         except GrantError as err:
             if err.reason == Reason.GRANT_EXPIRED:
                 await self._expired(held, route)

@@ -14,6 +14,7 @@ from pathlib import Path
 from authz import config, version
 from authz._proto import grants_pb2 as pb
 from authz.audit import shadow_report
+from authz.cli import access as cli_access
 from authz.cli import agents as cli_agents
 from authz.cli import audit as cli_audit
 from authz.cli import policy as cli_policy
@@ -140,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
 
     cli_policy.add_commands(sub)
     cli_agents.add_commands(sub)
+    cli_access.add_commands(sub)
 
     audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
         dest="audit_command", required=True

@@ -11,12 +11,14 @@ import argparse
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import cedarpy
 
 from authz import config
+from authz.access import fixtures as approval_fixtures
 from authz.check import delegation, grants, mcp
 from authz.check import keys as jwks
 from authz.check.identity import bearer_token
@@ -25,8 +27,9 @@ from authz.errors import LasthopError, UsageError
 from authz.model import CheckInput, Decision, Grant, RiskTiers
 from authz.policy import fixtures as policy_fixtures
 from authz.policy import load as policy_load
+from authz.policy.approval import APPROVAL_DIR
 from authz.policy.scenarios import SCENARIO_FILE
-from authz.server import offline
+from authz.server import offline, offline_access
 
 
 def add_commands(sub: Any) -> None:
@@ -49,7 +52,11 @@ def add_commands(sub: Any) -> None:
     add_output(fmt)
     fmt.set_defaults(func=cmd_fmt)
 
-    test = verbs.add_parser("test", help="run the ALLOW/DENY fixtures and the scenarios")
+    test = verbs.add_parser(
+        "test",
+        help="run the ALLOW/DENY fixtures and the scenarios, and the approval policies' "
+        "APPROVE/PERSON/REFUSE fixtures and scenarios",
+    )
     test.add_argument("dir", nargs="?", default="policies")
     test.add_argument("--config", help="take identity settings from this config")
     test.add_argument(
@@ -98,6 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "agents": len(bundle.agents),
         "routes": len(bundle.routes.routes),
         "mcp_tools": sum(len(e.tools) for e in bundle.routes.mcp.values()),
+        "approval_policies": bundle.approval.count if bundle.approval else 0,
+        "approval_shadow": len(bundle.approval.shadow) if bundle.approval else 0,
         "version": bundle.version,
     }
     if args.output == "json":
@@ -105,6 +114,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     print(
         f"ok: {summary['policies']} policies ({summary['shadow']} shadow), "
+        f"{summary['approval_policies']} approval policies ({summary['approval_shadow']} shadow), "
         f"{summary['agents']} agents, {summary['routes']} routes, "
         f"{summary['mcp_tools']} MCP tools, version {summary['version']}"
     )
@@ -158,6 +168,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         rows.append(Row("scenarios", scenario.name, scenario.passed, message))
         covered.update(scenario.policies)
         reached.add(scenario.route)
+    rows.extend(_approval_rows(bundle, ident, directory / APPROVAL_DIR / "tests", selected))
     if not rows:
         raise UsageError(
             f"no test matches `{args.pattern}`"
@@ -176,6 +187,25 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         _print_tests(rows, coverage, partial=bool(pattern))
     return Exit.NO if failed else Exit.OK
+
+
+def _approval_rows(
+    bundle: policy_load.PolicyBundle,
+    ident: config.IdentitySettings,
+    tests: Path,
+    selected: Callable[[str], bool],
+) -> list[Row]:
+    """The approval policies' fixtures and scenarios (`approval/tests/`)."""
+    rows = []
+    for fixture in approval_fixtures.run_all(bundle, tests):
+        name = policy_fixtures.name(fixture.path)
+        if selected(name):
+            message = f"expected {fixture.expected}, got {fixture.got}"
+            rows.append(Row("approval", name, fixture.passed, message))
+    for scenario in offline_access.run_scenarios(bundle, ident, tests / SCENARIO_FILE, selected):
+        message = f"expected {scenario.expected}, got {scenario.got}: {scenario.detail}"
+        rows.append(Row("approval-scenarios", scenario.name, scenario.passed, message))
+    return rows
 
 
 class Row(NamedTuple):
@@ -221,7 +251,7 @@ def _print_tests(rows: list[Row], coverage: dict[str, list[str]], partial: bool)
 
 def _write_junit(path: Path, rows: list[Row]) -> None:
     root = ET.Element("testsuites")
-    for suite_name in ("fixtures", "scenarios"):
+    for suite_name in dict.fromkeys(r.suite for r in rows):
         cases = [r for r in rows if r.suite == suite_name]
         suite = ET.SubElement(
             root,

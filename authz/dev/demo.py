@@ -1,5 +1,6 @@
 """`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario;
-then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`).
+then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`);
+then agents asking for just-in-time access (`demo_access`).
 
 Everything runs on loopback with freshly generated demo keys (the token
 issuer's, and Lasthop's audit and receipt signing key), in a directory that is
@@ -30,7 +31,7 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.signing import read_jwks
 from authz.cli.admin_client import AdminClient
-from authz.dev import demo_mcp
+from authz.dev import demo_access, demo_mcp
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
@@ -113,6 +114,7 @@ def run_demo(keep_running: bool = False, directory: Path | None = None) -> int:
         admin = AdminClient(lasthop.ready["admin_listen"], issuer.admin_token())
         _scenario(envoy.url, admin, issuer, audit_setup.jwks_path(settings))
         demo_mcp.run(work, lasthop.port, admin, issuer, audit_setup.jwks_path(settings))
+        demo_access.scenario(envoy.url, lasthop.ready["admin_listen"], issuer)
         if keep_running:
             _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer, admin, cfg)
     finally:

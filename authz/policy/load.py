@@ -1,8 +1,9 @@
 """Load and validate a policy directory once; every error names the file and line.
 
 A directory holds `schema.cedarschema`, one or more `*.cedar` files (one policy
-per file, each with an `@id`), `entities.json` and `routes.toml`. Loading
-either returns a complete `PolicyBundle` or raises `PolicyLoadError`; nothing
+per file, each with an `@id`), `entities.json` and `routes.toml`, and may hold
+`approval/` (the approval policies, see `policy.approval`). Loading either
+returns a complete `PolicyBundle` or raises `PolicyLoadError`; nothing
 half-loaded is ever returned.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import cedarpy
 
 from authz.errors import PolicyLoadError
 from authz.model import AGENT_STATUSES, Agent
-from authz.policy import routes
+from authz.policy import approval, routes
 from authz.policy.locate import locate, statement_lines
 from authz.policy.slices import PolicySlices, from_est
 
@@ -38,6 +40,7 @@ class PolicyInfo:
     effect: str
     reason: str  # the @reason annotation: the deny reason a forbid reports
     mode: str  # "enforce", or "shadow" (`@mode("shadow")`): evaluated, never enforced
+    annotations: Mapping[str, str] = field(default_factory=dict)  # every one, as written
 
 
 @dataclass(frozen=True)
@@ -52,15 +55,18 @@ class PolicyBundle:
     policies: dict[str, PolicyInfo]  # by cedar id
     version: str  # sha256 over every file that was loaded
     signature: tuple[tuple[str, int, int], ...] = ()  # the directory as it was before loading
+    approval: approval.ApprovalPolicies | None = None  # from `approval/`, when it exists
 
 
 def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
     """What changes when any loaded file changes (fixtures under tests/ are not loaded)."""
     entries = []
-    for path in sorted(directory.iterdir()):
+    folder = directory / approval.APPROVAL_DIR
+    listed = [*directory.iterdir(), *(folder.iterdir() if folder.is_dir() else ())]
+    for path in sorted(listed):
         if path.is_file():
             stat = path.stat()
-            entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+            entries.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
     return tuple(entries)
 
 
@@ -72,6 +78,33 @@ def load(directory: Path) -> PolicyBundle:
     schema_path = directory / SCHEMA_FILE
     schema_text = _read(schema_path, digest)
     schema = _parse_schema(schema_path, schema_text)
+    text, infos = _check_files(directory, schema, digest)
+    policy_set, shadow_probe, slices = _split_shadow(text, infos)
+    entities_path = directory / ENTITIES_FILE
+    entities, agents = _load_entities(entities_path, _read(entities_path, digest), schema)
+    routes_path = directory / ROUTES_FILE
+    _read(routes_path, digest)
+    actions = schema_actions(schema_text)
+    table = routes.load(routes_path, actions)
+    return PolicyBundle(
+        policy_set=policy_set,
+        slices=slices,
+        shadow_probe=shadow_probe,
+        entities=entities,
+        agents=agents,
+        routes=table,
+        actions=actions,
+        policies=infos,
+        approval=_load_approval(directory / approval.APPROVAL_DIR, schema_text, digest),
+        version=digest.hexdigest()[:16],
+        signature=before,
+    )
+
+
+def _check_files(
+    directory: Path, schema: cedarpy.Schema, digest: Any
+) -> tuple[str, dict[str, PolicyInfo]]:
+    """Every `*.cedar` file of `directory`, checked: (their text combined, their policies)."""
     files = sorted(directory.glob("*.cedar"))
     if not files:
         raise PolicyLoadError(str(directory), "no `*.cedar` policy files")
@@ -90,25 +123,29 @@ def load(directory: Path) -> PolicyBundle:
             seen_ids[info.id] = f"{path.name}"
             infos[info.cedar_id] = info
         texts.append(text)
-    policy_set, shadow_probe, slices = _split_shadow("\n".join(texts), infos)
-    entities_path = directory / ENTITIES_FILE
-    entities, agents = _load_entities(entities_path, _read(entities_path, digest), schema)
-    routes_path = directory / ROUTES_FILE
-    _read(routes_path, digest)
-    actions = schema_actions(schema_text)
-    table = routes.load(routes_path, actions)
-    return PolicyBundle(
-        policy_set=policy_set,
-        slices=slices,
-        shadow_probe=shadow_probe,
-        entities=entities,
-        agents=agents,
-        routes=table,
-        actions=actions,
-        policies=infos,
-        version=digest.hexdigest()[:16],
-        signature=before,
-    )
+    return "\n".join(texts), infos
+
+
+def _load_approval(
+    folder: Path, access_schema: str, digest: Any
+) -> approval.ApprovalPolicies | None:
+    """The approval policies, validated against the access schema plus their own."""
+    if not folder.is_dir():
+        return None
+    schema_path = folder / SCHEMA_FILE
+    own = _read(schema_path, digest)
+
+    def parse(text: str) -> cedarpy.Schema:
+        return cedarpy.Schema.from_str(access_schema + "\n" + text)
+
+    try:
+        schema = parse(own)
+    except ValueError as err:
+        line, col = locate(own, str(err), parse)
+        raise PolicyLoadError(str(schema_path), str(err), line, col) from err
+    text, infos = _check_files(folder, schema, digest)
+    est = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
+    return approval.policies(est, infos, str(folder))
 
 
 def with_enforced_text(bundle: PolicyBundle, text: str) -> PolicyBundle:
@@ -210,6 +247,7 @@ def _check_file(path: Path, text: str, schema: cedarpy.Schema, offset: int) -> l
                 effect=body["effect"],
                 reason=annotations.get("reason", ""),
                 mode=mode,
+                annotations=dict(annotations),
             )
         )
     result = cedarpy.validate_policies(text, schema)

@@ -8,6 +8,7 @@ with a fresh embedded grant store. See the file's header for its keys.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ _GRANT_KEYS = {
     "expired",
     "max_uses",
     "used",
+    "txn",
 }
 
 
@@ -61,28 +63,44 @@ class ScenarioResult:
         return self.expected == self.got
 
 
-def load(path: Path) -> list[dict[str, Any]]:
+def read(
+    path: Path,
+    known: set[str],
+    required: tuple[str, ...],
+    prepare: Callable[[dict[str, Any], str], None] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(where, scenario) for each `[[scenario]]` of `path`, with no unknown key and every
+    required one a string (after `prepare` checked it and filled its defaults);
+    ScenarioError names the scenario and the key otherwise."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{path}: invalid TOML: {err}") from err
-    scenarios = doc.get("scenario", [])
-    for index, scenario in enumerate(scenarios, 1):
+    found = []
+    for index, scenario in enumerate(doc.get("scenario", []), 1):
         where = f"{path}: scenario {index} ({scenario.get('name', 'unnamed')})"
-        unknown = set(scenario) - _KEYS
+        unknown = set(scenario) - known
         if unknown:
             raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
-        _check_mcp(scenario, where)
-        for key in ("name", "method", "path", "expect", "reason"):
+        if prepare is not None:
+            prepare(scenario, where)
+        for key in required:
             if not isinstance(scenario.get(key), str):
                 raise ScenarioError(f"{where}: `{key}` is required")
+        found.append((where, scenario))
+    return found
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    scenarios = read(path, _KEYS, ("name", "method", "path", "expect", "reason"), _check_mcp)
+    for where, scenario in scenarios:
         if scenario["expect"] not in ("allow", "deny"):
             raise ScenarioError(f"{where}: `expect` must be allow or deny")
         for grant in scenario.get("grants", []):
             unknown = set(grant) - _GRANT_KEYS
             if unknown:
                 raise ScenarioError(f"{where}: unknown grant keys {sorted(unknown)}")
-    return list(scenarios)
+    return [scenario for _, scenario in scenarios]
 
 
 def _check_mcp(scenario: dict[str, Any], where: str) -> None:
@@ -131,6 +149,7 @@ def grants_of(scenario: dict[str, Any], now: int) -> list[tuple[Grant, int]]:
             issued_at=now - 60,
             expires_at=expires,
             max_uses=int(spec.get("max_uses", 0)),
+            txn=spec.get("txn", ""),
         )
         result.append((grant, int(spec.get("used", 0))))
     return result

@@ -60,12 +60,23 @@ class AdminAuth:
 
     async def principal(self, context: grpc.aio.ServicerContext, allowed: frozenset[str]) -> Caller:
         """The authorised caller, with its scopes; aborts the RPC otherwise."""
+        claims = await self.claims(context, allowed)
+        return Caller(sub=str(claims["sub"]), scopes=frozenset(_scopes(claims)))
+
+    async def token_claims(self, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """The claims of the call's bearer token, verified as an admin token; raises TokenError."""
         values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        token = identity.bearer_token([str(v) for v in values])
+        return await identity.verified(
+            self._keys, lambda: identity.verify(token, self._keys, self._rules, self._clock())
+        )
+
+    async def claims(
+        self, context: grpc.aio.ServicerContext, allowed: frozenset[str]
+    ) -> dict[str, Any]:
+        """The verified claims of an authorised caller; aborts the RPC otherwise."""
         try:
-            token = identity.bearer_token([str(v) for v in values])
-            claims = await identity.verified(
-                self._keys, lambda: identity.verify(token, self._keys, self._rules, self._clock())
-            )
+            claims = await self.token_claims(context)
         except TokenError as err:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"admin token refused: {err.reason}: {err.detail}"
@@ -76,14 +87,17 @@ class AdminAuth:
                 grpc.StatusCode.PERMISSION_DENIED,
                 "a delegated (agent) token cannot call the admin API",
             )
-        scope = claims.get("scope", "")
-        scopes = set(scope.split()) if isinstance(scope, str) else set()
-        if not scopes & allowed:
+        if not _scopes(claims) & allowed:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token scope must include one of {sorted(allowed)}",
             )
-        return Caller(sub=str(claims["sub"]), scopes=frozenset(scopes))
+        return claims
+
+
+def _scopes(claims: dict[str, Any]) -> set[str]:
+    scope = claims.get("scope", "")
+    return set(scope.split()) if isinstance(scope, str) else set()
 
 
 def grant_message(grant: Grant, uses: int) -> pb.Grant:
@@ -99,6 +113,9 @@ def grant_message(grant: Grant, uses: int) -> pb.Grant:
         expires_at=grant.expires_at,
         max_uses=grant.max_uses,
         uses=uses,
+        txn=grant.txn,
+        request_id=grant.request_id,
+        break_glass=grant.break_glass,
     )
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from authz.access.requests import AccessRequests
+from authz.access.webhook import Webhook, read_secret
 from authz.audit import setup as audit_setup
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.records import AuditSink
@@ -39,6 +41,7 @@ from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
 from authz.policy.reload import PolicyWatcher
 from authz.server import tls
+from authz.server.admin_access import AccessService
 from authz.server.admin_agents import AgentsService
 from authz.server.admin_grants import AdminAuth, GrantsService
 from authz.server.metrics import CacheSizes, Metrics
@@ -46,9 +49,10 @@ from authz.server.reseed import RegistryKeeper
 from authz.stores.caching import CachingGrantStore, CachingRegistry
 from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
 from authz.stores.invalidation import Invalidation
-from authz.stores.protocols import AgentRegistry, AgentStore, GrantStore
+from authz.stores.protocols import AccessStore, AgentRegistry, AgentStore, GrantStore
 from authz.stores.redis_store import RedisStore, redis_topology
 from authz.stores.registry import StoreRegistry, seed
+from authz.stores.requests import EmbeddedAccessStore, RedisAccessStore
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class Stores:
     agents: AgentStore  # the registry's store
     registry: AgentRegistry  # what checks read agents through (cached when on Redis)
     freshness: Callable[[], int | None]  # the decision cache's store generation
+    access: AccessStore  # access requests and task bindings
     redis: RedisStore | None = None
     invalidation: Invalidation | None = None
 
@@ -76,6 +81,8 @@ class App:
     metrics: Metrics
     grants_service: GrantsService
     agents_service: AgentsService
+    access: AccessRequests
+    access_service: AccessService
     receipts_jwks: dict[str, object]  # served at /.well-known/lasthop-receipts.json
     background: list[Task] = field(default_factory=list)  # run by `serve` until shutdown
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)  # after the trail
@@ -245,6 +252,7 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
             agents=agents,
             registry=StoreRegistry(agents),
             freshness=lambda: generation.value,
+            access=EmbeddedAccessStore(clock),
         )
     redis = RedisStore(
         st.redis_url,
@@ -256,14 +264,16 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
         use_replicas=st.use_replicas,
         sentinel_password=st.sentinel_password,
     )
+    access = RedisAccessStore(redis, clock)
     if st.cache_ttl_ms <= 0:
-        return Stores(redis, redis, StoreRegistry(redis), lambda: None, redis)
+        return Stores(redis, redis, StoreRegistry(redis), lambda: None, access, redis)
     inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
     return Stores(
         grants=CachingGrantStore(redis, inval),
         agents=redis,
         registry=CachingRegistry(redis, inval),
         freshness=lambda: inval.generation if inval.live else None,
+        access=access,
         redis=redis,
         invalidation=inval,
     )
@@ -311,6 +321,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
             extra={"event": "policy.dry_run"},
         )
     grants_service, agents_service = _admin_services(settings, keys, store, pipeline, audit.log)
+    access, access_service = _access(settings, keys, store, pipeline, audit.log, metrics)
     app = App(
         settings=settings,
         pipeline=pipeline,
@@ -320,6 +331,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         metrics=metrics,
         grants_service=grants_service,
         agents_service=agents_service,
+        access=access,
+        access_service=access_service,
         receipts_jwks=audit.jwks,
         on_shutdown=flush,
         authz_tls=_tls(settings, admin=False),
@@ -377,10 +390,51 @@ def _tls(settings: Settings, admin: bool) -> grpc.ServerCredentials | None:
     return tls.credentials(files) if files else None
 
 
+def _access(
+    settings: Settings,
+    keys: jwks.KeySource,
+    store: Stores,
+    pipeline: Pipeline,
+    audit: AuditLog,
+    metrics: Metrics,
+) -> tuple[AccessRequests, AccessService]:
+    """Access requests (agents ask, approval policies and people decide) and their API."""
+    _, _, admin_rules = identity_rules(settings.identity, settings.admin.audience)
+    clock = time.time
+    access = AccessRequests(
+        store=store.access,
+        grants=store.grants,
+        registry=store.registry,
+        bundle=lambda: pipeline.bundle,
+        audit=audit,
+        settings=settings.access,
+        max_ttl=settings.grants.max_ttl,
+        tiers=tiers_of(settings),
+        clock=clock,
+        notifier=_webhook(settings, metrics),
+        observer=metrics,
+    )
+    auth = AdminAuth(keys, admin_rules, clock)
+    return access, AccessService(auth=auth, pipeline=pipeline, requests=access)
+
+
+def _webhook(settings: Settings, metrics: Metrics) -> Webhook | None:
+    access = settings.access
+    if not access.webhook_url:
+        return None
+    return Webhook(
+        access.webhook_url,
+        read_secret(settings.path(access.webhook_secret_file)),
+        attempts=access.webhook_attempts,
+        timeout=access.webhook_timeout_ms / 1000,
+        observer=metrics,
+    )
+
+
 def _background(app: App) -> list[Task]:
     """What runs beside the listeners: invalidation, failover following, the registry's
-    upkeep, key reload, policy reload."""
-    tasks: list[Task] = []
+    upkeep, key reload, policy reload, expiry of undecided access requests."""
+    tasks: list[Task] = [app.access.run]
     if app.stores.invalidation is not None:
         tasks.append(app.stores.invalidation.run)
     if app.redis is not None:

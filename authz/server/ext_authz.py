@@ -20,8 +20,12 @@
   `malformed_request`) and an audit record rather than a gRPC error.
 - A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
   or 413 for an MCP body or an undecodable request) and a JSON body;
-  a 401 adds `www-authenticate`. The gRPC status is always OK: a gRPC error
-  would reach Envoy's `failure_mode_allow`.
+  a 401 adds `www-authenticate`. A deny for want of a usable grant (`no_grant`,
+  `grant_expired`, `task_mismatch`, `purpose_mismatch`, `grant_exhausted`)
+  adds `needs`: the action, resource and purpose a grant would need, so the
+  agent can request exactly that (`lasthop access request`) and nothing wider.
+  The gRPC status is always OK: a gRPC error would reach Envoy's
+  `failure_mode_allow`.
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ _GRPC_CODE = {
     403: code_pb2.PERMISSION_DENIED,
     413: code_pb2.INVALID_ARGUMENT,  # an MCP body too large or cut
 }
+NEEDS_GRANT = frozenset(
+    {
+        Reason.NO_GRANT,
+        Reason.GRANT_EXPIRED,
+        Reason.TASK_MISMATCH,
+        Reason.PURPOSE_MISMATCH,
+        Reason.GRANT_EXHAUSTED,
+    }
+)
 # What an undecodable CheckRequest is recorded as: nothing about it can be trusted.
 UNREADABLE = CheckInput(method="", path="", host="", headers={})
 
@@ -146,14 +159,16 @@ def _allow(decision: Decision, request: CheckInput, overrides: Iterable[str]) ->
 
 
 def _deny(decision: Decision) -> pb.CheckResponse:
-    body = json.dumps(
-        {
-            "decision": "deny",
-            "reason": decision.reason,
-            "detail": decision.detail,
-            "decision_id": decision.decision_id,
-        }
-    )
+    content: dict[str, object] = {
+        "decision": "deny",
+        "reason": decision.reason,
+        "detail": decision.detail,
+        "decision_id": decision.decision_id,
+    }
+    needs = grant_needed(decision)
+    if needs:
+        content["needs"] = needs
+    body = json.dumps(content)
     headers = [
         _header("content-type", "application/json"),
         _header("x-lasthop-decision-id", decision.decision_id),
@@ -173,6 +188,14 @@ def _deny(decision: Decision) -> pb.CheckResponse:
             body=body,
         ),
     )
+
+
+def grant_needed(decision: Decision) -> dict[str, str] | None:
+    """What a grant covering the denied request would hold, when a grant is what it lacked."""
+    route, intent = decision.route, decision.intent
+    if decision.reason not in NEEDS_GRANT or route is None or intent is None:
+        return None
+    return {"action": route.action, "resource": str(route.resource), "purpose": intent.purpose}
 
 
 def internal_error_response() -> pb.CheckResponse:

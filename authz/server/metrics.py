@@ -23,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from authz import version
+from authz.access.hooks import OUTCOMES
+from authz.access.webhook import RESULTS
 from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
 from authz.model import CheckInput, Decision
@@ -159,6 +161,28 @@ class Metrics:
             ["version"],
             registry=registry,
         )
+        self.access_requests = Counter(
+            "lasthop_access_requests_total",
+            "Access requests by what became of them: approved_by_policy, pending or refused "
+            "when made; approved, denied, expired or cancelled later.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in OUTCOMES:
+            self.access_requests.labels(outcome)
+        self.break_glass_requests = Counter(
+            "lasthop_break_glass_requests_total",
+            "Break-glass (emergency) access requests, whatever their outcome.",
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "lasthop_webhook_deliveries_total",
+            "Access webhook tries: delivered, retried (a try failed, another follows), failed.",
+            ["result"],
+            registry=registry,
+        )
+        for result in RESULTS:
+            self.webhook_deliveries.labels(result)
 
     # the pipeline (check.pipeline.CheckObserver)
 
@@ -201,6 +225,17 @@ class Metrics:
         if result == "success":
             self.policy_version.labels(old_version).set(0)
             self.policy_version.labels(new_version).set(1)
+
+    # access requests (access.requests.AccessObserver, access.webhook.WebhookObserver)
+
+    def access_outcome(self, outcome: str) -> None:
+        self.access_requests.labels(outcome).inc()
+
+    def break_glass(self) -> None:
+        self.break_glass_requests.inc()
+
+    def webhook(self, result: str) -> None:
+        self.webhook_deliveries.labels(result).inc()
 
 
 def _standard_collectors(registry: CollectorRegistry) -> None:

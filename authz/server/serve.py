@@ -34,7 +34,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from authz._proto import agents_pb2_grpc, grants_pb2_grpc
+from authz._proto import access_pb2_grpc, agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
 from authz.check.pipeline import Pipeline
 from authz.config import UNIX_PREFIX, split_address
@@ -221,6 +221,7 @@ def _listen(app: App) -> _Listeners:
     admin_server = grpc.aio.server()
     grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
+    access_pb2_grpc.add_AccessServicer_to_server(app.access_service, admin_server)
     admin = _bind(admin_server, "server.admin_listen", server.admin_listen, app.admin_tls)
 
     host, port = split_address("server.metrics_listen", server.metrics_listen)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from authz.model import Agent, Grant, Revocation
+from authz.model import AccessRequest, Agent, Grant, Revocation
 
 # Expired grants stay readable this long so a denial can say "expired" rather
 # than "no grant"; they never cover anything once past `expires_at`.
 EXPIRED_RETENTION_SECONDS = 3600
+# Access requests stay listable this long after they are made; the audit trail keeps them.
+REQUEST_RETENTION_SECONDS = 24 * 3600
 
 
 class GrantStore(Protocol):
@@ -56,6 +58,35 @@ class AgentStore(Protocol):
         ...
 
     async def list_agents(self) -> list[Agent]: ...
+
+
+class AccessStore(Protocol):
+    """Access requests, and the grants bound to each task, shared by every replica."""
+
+    async def add_request(self, request: AccessRequest) -> None: ...
+    async def get_request(self, request_id: str) -> AccessRequest | None: ...
+    async def replace_request(self, current: AccessRequest, new: AccessRequest) -> bool:
+        """Store `new` only if the stored request is still `current` (compare and set)."""
+        ...
+
+    async def list_requests(self) -> list[AccessRequest]:
+        """Every request made in the last `REQUEST_RETENTION_SECONDS`, oldest first."""
+        ...
+
+    async def pending_requests(self) -> list[AccessRequest]:
+        """The requests still pending, read through an index of them alone."""
+        ...
+
+    async def bind_task(self, txn: str, grant_id: str, until: int) -> None:
+        """Remember that `grant_id` is bound to task `txn` (until its expiry)."""
+        ...
+
+    async def task_grants(self, txn: str) -> list[str]: ...
+    async def end_task(self, txn: str, user: str, until: int) -> None:
+        """Mark `user`'s task `txn` ended (until `until`): nothing is granted for it any more."""
+        ...
+
+    async def task_ended(self, txn: str, user: str) -> bool: ...
 
 
 class StoreObserver(Protocol):

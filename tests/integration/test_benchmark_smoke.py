@@ -59,3 +59,21 @@ def test_the_tool_call_benchmark_runs(tmp_path: Path) -> None:
     for regime in ("warm", "cold"):
         assert report[regime]["get_p50_us"] > 0 and report[regime]["mcp_p50_us"] > 0
     assert report["parse_p50_us"] > 0 and "ratio median" in result.stdout
+
+
+def test_the_access_latency_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "access.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "access_latency.py"), "--rounds", "1",
+         "--per-round", "4", "--fsync", "50ms", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["unusable_after_approval"] == 0
+    assert set(results["kinds"]) == {
+        "api/request", "api/issue", "inproc/request", "inproc/issue", "check/plain", "check/task",
+    }  # fmt: skip
+    assert "target p99 < 5.0 ms through the API" in result.stdout

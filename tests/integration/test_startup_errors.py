@@ -134,3 +134,12 @@ def test_bad_policy_names_file_and_line(
         f"expected `{file}:{line}` in stderr:\n{result.stderr[-2000:]}"
     )
     _assert_refused(result, config, file)
+
+
+def test_an_unreadable_webhook_secret_names_the_key(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    env = {
+        "LASTHOP_ACCESS_WEBHOOK_URL": "http://127.0.0.1:9/inbox",
+        "LASTHOP_ACCESS_WEBHOOK_SECRET_FILE": str(tmp_path / "no-such-secret"),
+    }
+    _assert_refused(_serve(config, env=env), config, "`access.webhook_secret_file`")
