@@ -27,6 +27,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 DEFAULT_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
+# Every check is answered within this, safely under the 250 ms ext_authz timeout in
+# envoy/sidecar.yaml, so Envoy never answers for Lasthop with its own timeout.
+DEFAULT_CHECK_DEADLINE_MS = 200
 
 REDIS_SCHEMES = (
     "redis://",
@@ -72,6 +75,7 @@ class ServerSettings:
     admin_tls_key: str = ""  # the private key (PEM) of `admin_tls_cert`
     admin_tls_client_ca: str = ""  # mTLS on `admin_listen`: clients need a cert this CA signed
     method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
+    check_deadline_ms: int = DEFAULT_CHECK_DEADLINE_MS  # a check not decided by then: 503
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class StoreSettings:
     cache_ttl_ms: int = 5000  # local grant/agent cache bound; 0: no cache
     revoke_replicas: int = 0  # WAIT for this many replicas on revoke and suspend
     revoke_wait_ms: int = 100
+    use_replicas: int = 0  # WAIT for this many replicas before a counted use is allowed
+    sentinel_password: str = ""  # AUTH to the Sentinels (Redis's own is in redis_url)
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,7 @@ def _validate_server(s: ServerSettings) -> None:
     if s.log_level not in LOG_LEVELS:
         raise ConfigError("server.log_level", f"`{s.log_level}` is not one of {list(LOG_LEVELS)}")
     _range("server.latency_budget_ms", s.latency_budget_ms, 1, 10_000)
+    _range("server.check_deadline_ms", s.check_deadline_ms, 1, 60_000)
 
 
 def _validate_tracing(t: TracingSettings) -> None:
@@ -513,6 +520,10 @@ def _validate_store(s: StoreSettings) -> None:
     _range("store.cache_ttl_ms", s.cache_ttl_ms, 0, 60_000)
     _range("store.revoke_replicas", s.revoke_replicas, 0, 16)
     _range("store.revoke_wait_ms", s.revoke_wait_ms, 1, 10_000)
+    _range("store.use_replicas", s.use_replicas, 0, 16)
+    sentinel = url.startswith(("redis+sentinel://", "rediss+sentinel://"))
+    if s.sentinel_password and not sentinel:
+        raise ConfigError("store.sentinel_password", "needs a redis+sentinel:// store.redis_url")
 
 
 def _validate_registry(r: RegistrySettings) -> None:

@@ -370,6 +370,15 @@ class Grant:
         return grant
 
 
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A revoke the store made durable: the grant, and whether an earlier call had already
+    revoked it (a retry: the store found its tombstone and made it durable again)."""
+
+    grant: Grant
+    already: bool = False
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         issuer = DemoIssuer("ES256")
         replicas: list[Replica] = []
         try:
-            replicas = start_fleet(work, issuer, args, redis.url)
+            replicas = start_fleet(work, issuer, args, [redis.url] * args.replicas)
             for n in range(args.rounds):
                 for kind, found in round_(replicas, issuer, n, args.give_up).items():
                     rows[kind] += found

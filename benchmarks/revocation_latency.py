@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/revocation_latency.py [--replicas 3] [--rounds 30]
                                                       [--cache-ttl-ms 5000] [--json PATH]
+                                                      [--blackhole]
 
 Starts on loopback one Redis and --replicas Lasthop processes sharing it, each with
 its local caches on (`store.cache_ttl_ms`, default 5000: a stale entry would live
@@ -25,16 +26,26 @@ max per kind across replicas (and per replica) as a Markdown table, the 100 ms
 target and the 1 s bound as PASS/FAIL lines, and the baseline: the poll loop's own
 time per iteration (one Check round trip), which is the resolution of every figure.
 Bounded: --rounds x 3 kinds, each poll gives up after --give-up seconds.
+
+--blackhole: the last replica reaches Redis through a TCP relay
+(`authz.dev.tcp_proxy`), and right before every revoke and suspend the relay
+stops forwarding on its subscription without closing it (a partition, a hung
+Redis, a NAT that forgot the flow: no FIN, no RST). That replica hears no
+invalidation: what stops it is the caches' trust window. The report gives its
+delays apart (`black-holed replica`); the relay then closes the dead
+subscription and the round waits for a new one before going on.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +58,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as ext_grpc
 from authz._proto import grants_pb2 as gpb
 from authz.cli.admin_client import AdminClient
 from authz.dev import stack as devstack
+from authz.dev.tcp_proxy import TcpProxy
 from authz.dev.tokens import DemoIssuer
 from authz.errors import AdminError
 
@@ -199,7 +211,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_fleet(
-    work: Path, issuer: DemoIssuer, args: argparse.Namespace, redis_url: str
+    work: Path, issuer: DemoIssuer, args: argparse.Namespace, urls: list[str]
 ) -> list[Replica]:
     jwks = issuer.write_jwks(work / "keys" / "jwks.json")
     token = issuer.admin_token(ttl=3600)
@@ -207,7 +219,7 @@ def start_fleet(
     for index in range(args.replicas):
         home = work / f"replica-{index}"
         home.mkdir()
-        config = devstack.write_config(home, jwks, redis_url=redis_url)
+        config = devstack.write_config(home, jwks, redis_url=urls[index])
         server = devstack.LasthopServer(
             config,
             env={
@@ -229,14 +241,53 @@ def start_fleet(
     return replicas
 
 
+class Blackhole:
+    """The last replica's subscription, cut silently right before each revoke and suspend."""
+
+    SETTLE = 0.3  # after a new subscription: confirmed, caches on
+
+    def __init__(self, proxy: TcpProxy | None) -> None:
+        self.proxy = proxy
+
+    def ready(self, give_up: float) -> None:
+        """Until the replica is subscribed again through the relay."""
+        if self.proxy is None:
+            return
+        deadline = time.monotonic() + give_up
+        while not self.proxy.subscribers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the black-holed replica never subscribed again")
+            time.sleep(0.01)
+        time.sleep(self.SETTLE)
+
+    def before(self, action: Callable[[], object]) -> Callable[[], None]:
+        """`action`, right after cutting the subscription."""
+
+        def cut_then_act() -> None:
+            if self.proxy is not None and self.proxy.blackhole_subscribers() != 1:
+                raise RuntimeError("no subscription to black-hole")
+            action()
+
+        return cut_then_act
+
+    def heal(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close_subscribers()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     with devstack.workdir("lasthop-bench-revoke-") as work:
         redis = devstack.RedisServer(work)
+        proxy = TcpProxy(redis.port) if args.blackhole else None
+        hole = Blackhole(proxy)
         issuer = DemoIssuer("ES256")
         replicas: list[Replica] = []
         try:
-            replicas = start_fleet(work, issuer, args, redis.url)
+            urls = [redis.url] * args.replicas
+            if proxy is not None:
+                urls[-1] = proxy.url
+            replicas = start_fleet(work, issuer, args, urls)
             admin = replicas[0].admin
             for n in range(args.rounds):
                 user = f"bench-user-{n}"
@@ -253,15 +304,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ttl_seconds=3600,
                     )
                 )
+                hole.ready(args.give_up)
                 warm(replicas, request, "allowed", args.give_up)
                 results["revoke"] += measure(
                     replicas,
                     request,
-                    lambda g=grant.id: admin.revoke(g),
+                    hole.before(functools.partial(admin.revoke, grant.id)),
                     "no_grant",
                     "allowed",
                     args.give_up,
                 )
+                hole.heal()
 
                 admin.issue(
                     gpb.IssueGrantRequest(
@@ -273,15 +326,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ttl_seconds=3600,
                     )
                 )
+                hole.ready(args.give_up)
                 warm(replicas, request, "allowed", args.give_up)
                 suspended = measure(
                     replicas,
                     request,
-                    lambda: admin.suspend_agent(AGENT),
+                    hole.before(lambda: admin.suspend_agent(AGENT)),
                     "agent_suspended",
                     "allowed",
                     args.give_up,
                 )
+                hole.heal()
                 results["suspend"] += suspended
                 if any("failed_call" in r for r in suspended):
                     admin.resume_agent(AGENT)  # back to a known state; no resume measured
@@ -302,6 +357,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 replica.server.close()
                 if replica.server.proc.stdout is not None:
                     replica.server.proc.stdout.close()
+            if proxy is not None:
+                proxy.close()
             redis.close()
     return summarise(results, args)
 
@@ -350,6 +407,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace
         for kind, rows in results.items()
     }
     summary["store_timeout_ms"] = args.store_timeout_ms
+    summary["blackhole"] = args.blackhole
     return summary
 
 
@@ -387,6 +445,8 @@ def report(summary: dict[str, Any]) -> str:
             for v in k["per_replica"].values()
         ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if summary["blackhole"]:
+        lines += ["", *_blackholed(summary)]
     it = summary["poll_iteration"]
     lines += [
         "",
@@ -417,6 +477,23 @@ def report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _blackholed(summary: dict[str, Any]) -> list[str]:
+    """The replica whose subscription was black-holed: the figure the trust window sets."""
+    index = summary["replicas"] - 1
+    lines = [f"black-holed replica (replica {index}, its subscription silently dead):"]
+    for kind in ("revoke", "suspend"):
+        v = summary["kinds"][kind]["per_replica"][index]
+        if not v["n"]:
+            lines.append(f"- {kind}: no round measured")
+            continue
+        verdict = "PASS" if v["p99_ms"] <= TARGET_MS else "FAIL"
+        lines.append(
+            f"- {kind}: n {v['n']}, from sent p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms, "
+            f"max {v['max_ms']:.2f} ms; target {TARGET_MS:.0f} ms p99: {verdict}"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicas", type=int, default=3)
@@ -435,6 +512,11 @@ def main() -> None:
         help="seconds a poll waits for the new answer before counting a miss",
     )
     ap.add_argument("--json", type=Path, help="also write the summary and raw delays here")
+    ap.add_argument(
+        "--blackhole",
+        action="store_true",
+        help="black-hole the last replica's subscription before every revoke and suspend",
+    )
     args = ap.parse_args()
     if not 1 <= args.replicas <= 8 or not 1 <= args.rounds <= 1000:
         ap.error("--replicas must be 1 to 8 and --rounds 1 to 1000")

@@ -127,6 +127,8 @@ CONFIG_KEYS: dict[str, str] = {
     "`/.well-known/lasthop-receipts.json`",
     "server.shutdown_grace_seconds": "on SIGTERM or SIGINT, how long in-flight checks may take "
     "to finish",
+    "server.check_deadline_ms": "a check not decided by then is a 503 `store_unavailable`; keep "
+    "it under Envoy's ext_authz timeout (250 ms in `envoy/sidecar.yaml`); 1 to 60000",
     "identity.issuer": "the `iss` every access and admin token must carry, exactly",
     "identity.audiences": "`aud` must hold one of these; at least one",
     "identity.jwks": "the issuer's public keys: a file (re-read when it changes), or an `https` "
@@ -163,6 +165,10 @@ CONFIG_KEYS: dict[str, str] = {
     "0 turns those and the decision cache off; at most 60000",
     "store.revoke_replicas": "revoke and suspend `WAIT` for this many Redis replicas; 0 to 16",
     "store.revoke_wait_ms": "how long that `WAIT` may take; 1 to 10000",
+    "store.use_replicas": "a counted use (`max_uses`) is allowed only once this many Redis "
+    "replicas hold it (`WAIT`, up to `timeout_ms`); 0 to 16",
+    "store.sentinel_password": "`AUTH` to the Sentinels of a `redis+sentinel://` URL (Redis's "
+    "own password goes in the URL); empty: the Sentinels need none",
     "registry.medium_risk_from": "an agent's `risk_tier` is `low` below this, `medium` from it; "
     "0 to 100",
     "registry.high_risk_from": "`risk_tier` is `high` from this; not below `medium_risk_from`",

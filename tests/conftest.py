@@ -95,6 +95,7 @@ def make_pipeline(
         observer: Any = None,
         spiffe_id_template: str = "",
         registry: AgentRegistry | None = None,
+        deadline: float | None = None,
     ) -> Pipeline:
         return assemble(
             ident=IdentitySettings(
@@ -109,6 +110,7 @@ def make_pipeline(
             audit=audit if audit is not None else MemoryAudit(),
             observer=observer,
             clock=clock,
+            deadline=deadline,
         )
 
     return factory

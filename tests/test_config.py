@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,9 @@ def test_defaults_with_no_file() -> None:
     assert s.policies.dir == "policies"
     assert s.store.redis_url == ""
     assert s.store.timeout_ms == 50
+    assert s.server.check_deadline_ms == 200  # under the 250 ms timeout in envoy/sidecar.yaml
+    assert s.store.use_replicas == 0
+    assert s.store.sentinel_password == ""
     assert s.grants.max_ttl == 8 * 3600
     assert s.admin.audience == "lasthop-admin"
     assert s.audit.path == "audit/decisions.jsonl"
@@ -378,6 +382,17 @@ def test_relative_paths_without_a_file_resolve_against_cwd() -> None:
             '[identity]\nspiffe_id_template = "spiffe://td/ns/{namespace}/sa/{agent}"',
             "identity.spiffe_id_template",
         ),
+        # fleet (issue 12)
+        ("[server]\ncheck_deadline_ms = 0", "server.check_deadline_ms"),
+        ("[server]\ncheck_deadline_ms = 60001", "server.check_deadline_ms"),
+        ('[server]\ncheck_deadline_ms = "200ms"', "server.check_deadline_ms"),
+        ("[store]\nuse_replicas = -1", "store.use_replicas"),
+        ("[store]\nuse_replicas = 17", "store.use_replicas"),
+        ('[store]\nsentinel_password = "pw"', "store.sentinel_password"),
+        (
+            '[store]\nredis_url = "redis://r:6379/0"\nsentinel_password = "pw"',
+            "store.sentinel_password",
+        ),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -403,6 +418,14 @@ def test_redis_url_schemes_accepted(tmp_path: Path, url: str) -> None:
         ("[identity]\nmax_chain_depth = 16", "identity", "max_chain_depth", 16),
         ("[store]\ntimeout_ms = 1", "store", "timeout_ms", 1),
         ("[server]\nshutdown_grace_seconds = 3", "server", "shutdown_grace_seconds", 3.0),
+        ("[server]\ncheck_deadline_ms = 1", "server", "check_deadline_ms", 1),
+        ("[store]\nuse_replicas = 16", "store", "use_replicas", 16),
+        (
+            '[store]\nredis_url = "rediss+sentinel://s:26379/m"\nsentinel_password = "pw"',
+            "store",
+            "sentinel_password",
+            "pw",
+        ),
     ],
 )
 def test_boundary_values_accepted(
@@ -471,3 +494,13 @@ def test_a_unix_socket_and_a_spiffe_template_are_accepted(tmp_path: Path) -> Non
     assert s.server.listen == "unix:/run/lasthop/authz.sock"
     binding = config.spiffe_binding(s.identity)
     assert str(binding.expected("scribe")) == "spiffe://cluster.local/ns/agents/sa/scribe"
+
+
+def test_default_deadline_is_under_the_sidecars_ext_authz_timeout() -> None:
+    """Lasthop must answer before Envoy answers for it: the shipped sidecar's ext_authz
+    timeout leaves room for the audit record and the gRPC round trip after the deadline."""
+    sidecar = (Path(__file__).resolve().parent.parent / "envoy" / "sidecar.yaml").read_text()
+    found = re.search(r"envoy_grpc: \{ cluster_name: lasthop \}\s+timeout: ([0-9.]+)s", sidecar)
+    assert found, "no ext_authz grpc_service timeout in envoy/sidecar.yaml"
+    envoy_ms = float(found.group(1)) * 1000
+    assert envoy_ms - 50 >= config.DEFAULT_CHECK_DEADLINE_MS, (envoy_ms, "too little room")

@@ -25,11 +25,21 @@ from authz.config import DetectSettings, IdentitySettings
 from authz.detect import detectors
 from authz.detect.detectors import Detection, Seen
 from authz.detect.monitor import Monitor
-from authz.detect.respond import Responder
+from authz.detect.respond import Responder, _revoking
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.errors import StoreUnavailable
-from authz.model import Agent, Chain, Decision, EntityRef, Grant, Intent, Risk, RouteMatch
+from authz.model import (
+    Agent,
+    Chain,
+    Decision,
+    EntityRef,
+    Grant,
+    Intent,
+    Revocation,
+    Risk,
+    RouteMatch,
+)
 from authz.policy.load import PolicyBundle
 from authz.server import app as app_module
 from authz.server.app import assemble
@@ -318,6 +328,43 @@ def test_revoke_suspends_and_revokes_every_grant(bundle: PolicyBundle, issuer: D
                       "approval_required"]  # fmt: skip
     assert {e.target for e in rig.events("grant_revoked")} == {"g-0", "g-1"}
     assert all(e.detail["detector"] == "breadth" for e in rig.events("grant_revoked"))
+
+
+def test_a_revoke_whose_answer_was_lost_is_recorded_one_made_by_someone_else_is_not() -> None:
+    """Revoking is retried until the store answers: a retry that finds the grant revoked
+    made it itself on the try whose answer was lost (its event is written); a grant someone
+    else revoked between the listing and the revoke is theirs (no event of ours)."""
+    grants = EmbeddedGrantStore(time.time)
+    now = int(time.time())
+    for gid in ("g-lost", "g-theirs"):
+        grant = Grant(gid, "scribe", "dr-alice", ("read",), ('Patient::"p-1"',), PURPOSE, "t",
+                      now, now + 900)  # fmt: skip
+        asyncio.run(grants.put(grant))
+    real = grants.revoke
+    lost = ["g-lost"]
+
+    async def answer_lost_once(grant_id: str) -> Revocation | None:
+        made = await real(grant_id)
+        if grant_id in lost:
+            lost.remove(grant_id)
+            raise StoreUnavailable("redis revoke failed: TimeoutError")
+        return made
+
+    grants.revoke = answer_lost_once  # type: ignore[method-assign]
+    asyncio.run(real("g-theirs"))  # an admin, just before
+    with_retry = [_revoking(grants, "g-lost"), _revoking(grants, "g-theirs")]
+
+    async def go() -> list[Grant | None]:
+        found = []
+        for revoke in with_retry:
+            try:
+                found.append(await revoke())
+            except StoreUnavailable:
+                found.append(await revoke())  # what Responder._retry does
+        return found
+
+    lost_grant, theirs = run(go)
+    assert lost_grant is not None and lost_grant.id == "g-lost" and theirs is None
 
 
 # --- signals reach policy ---------------------------------------------------------------------

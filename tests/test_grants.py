@@ -18,7 +18,7 @@ from authz.access.issue import GrantRequest, new_grant
 from authz.check.grants import covers, select
 from authz.dev.stack import RedisServer, free_port
 from authz.errors import AgentNotActive, GrantError, GrantRequestError, StoreUnavailable
-from authz.model import Agent, EntityRef, Grant, RouteMatch
+from authz.model import Agent, EntityRef, Grant, Revocation, RouteMatch
 from authz.stores.embedded import EmbeddedGrantStore
 from authz.stores.protocols import EXPIRED_RETENTION_SECONDS, GrantStore
 from authz.stores.redis_store import RedisStore, pair_tag
@@ -339,12 +339,16 @@ def test_store_revoke(make_store: StoreFactory) -> None:
         await store.put(a)
         await store.put(b)
         assert await store.consume(a) == 1
-        assert await store.revoke("g-a") == a
+        assert await store.revoke("g-a") == Revocation(a)
         assert await store.get("g-a") is None
         assert await store.for_pair("scribe", "dr-alice") == [b]
         assert [g.id for g in await store.list()] == ["g-b"]
         assert await store.uses("g-a") == 0
-        assert await store.revoke("g-a") is None
+        # Issue 12: a retried revoke says "already revoked" (from the tombstone), never
+        # not_found, and changes nothing.
+        assert await store.revoke("g-a") == Revocation(a, already=True)
+        assert await store.get("g-a") is None
+        assert await store.for_pair("scribe", "dr-alice") == [b]
         assert await store.revoke("g-never") is None
 
     run_with(make_store, body)
@@ -604,3 +608,72 @@ def test_redis_never_started_is_store_unavailable() -> None:
         assert time.monotonic() - started < 0.5
 
     run_redis(f"redis://127.0.0.1:{free_port()}/0", body, timeout_ms=50)
+
+
+def test_redis_use_unacknowledged_by_replicas_is_refused_and_given_back(redis_url: str) -> None:
+    """Issue 12: `store.use_replicas` fences counted uses. This Redis has no replica, so no
+    use can be acknowledged: each is refused (store_unavailable, never allowed) and given
+    back, so an outage does not spend the grant."""
+    g = live("g-fenced", max_uses=2)
+
+    async def body(store: RedisStore) -> None:
+        await store.put(g)
+        fenced = RedisStore(redis_url, 50, use_replicas=1)
+        try:
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable, match="only 0 of 1 replicas acknowledged"):
+                    await fenced.consume(g)
+        finally:
+            await fenced.close()
+        assert await store.uses(g.id) == 0
+        assert [await store.consume(g) for _ in range(3)] == [1, 2, 3]  # unfenced: counted
+
+    run_redis(redis_url, body)
+
+
+def test_redis_revoke_unacknowledged_stays_applied_and_a_retry_says_so(redis_url: str) -> None:
+    g = live("g-revoke-fenced")
+
+    async def body(store: RedisStore) -> None:
+        await store.put(g)
+        fenced = RedisStore(redis_url, 50, revoke_replicas=1, revoke_wait_ms=10)
+        try:
+            for _ in range(2):  # the first revokes, the retry finds the tombstone
+                with pytest.raises(StoreUnavailable, match="only 0 of 1 replicas acknowledged"):
+                    await fenced.revoke(g.id)
+                assert await store.for_pair(g.agent, g.user) == []  # applied all the same
+        finally:
+            await fenced.close()
+        assert await store.revoke(g.id) == Revocation(g, already=True)
+        assert await store.revoke("g-never-issued") is None
+
+    run_redis(redis_url, body)
+
+
+def test_redis_fencing_warnings_name_what_is_missing(redis_url: str) -> None:
+    """Start-up check (issue 12): the WAITs need replicas, and a primary without
+    min-replicas-to-write keeps accepting writes a failover loses."""
+
+    async def warnings(use_replicas: int = 0, revoke_replicas: int = 0) -> list[str]:
+        store = RedisStore(
+            redis_url, 500, use_replicas=use_replicas, revoke_replicas=revoke_replicas
+        )
+        try:
+            return await store.fencing_warnings()
+        finally:
+            await store.close()
+
+    assert asyncio.run(warnings()) == []  # nothing fenced: nothing to say
+    found = asyncio.run(warnings(use_replicas=1))
+    assert len(found) == 2, found
+    assert "has 0 connected replicas but store.use_replicas" in found[0]
+    assert "no min-replicas-to-write" in found[1]
+    client = sync_client(redis_url)
+    try:
+        client.config_set("min-replicas-to-write", 1)
+        client.config_set("min-replicas-max-lag", 10)
+        found = asyncio.run(warnings(revoke_replicas=1))
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+        client.close()
+    assert len(found) == 1 and "0 connected replicas" in found[0], found

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lasthop/v1/grants.proto\x12\nlasthop.v1\"\xf5\x01\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x11\n\tresources\x18\x05 \x03(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x11\n\tissued_by\x18\x07 \x01(\t\x12\x11\n\tissued_at\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x10\n\x08max_uses\x18\n \x01(\x03\x12\x0c\n\x04uses\x18\x0b \x01(\x03\x12\x0b\n\x03txn\x18\x0c \x01(\t\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x13\n\x0b\x62reak_glass\x18\x0e \x01(\x08\"\x8c\x01\n\x11IssueGrantRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\x12\x11\n\tresources\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x03\" \n\x12RevokeGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fGetGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x11ListGrantsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"7\n\x12ListGrantsResponse\x12!\n\x06grants\x18\x01 \x03(\x0b\x32\x11.lasthop.v1.Grant2\x93\x02\n\x06Grants\x12>\n\nIssueGrant\x12\x1d.lasthop.v1.IssueGrantRequest\x1a\x11.lasthop.v1.Grant\x12@\n\x0bRevokeGrant\x12\x1e.lasthop.v1.RevokeGrantRequest\x1a\x11.lasthop.v1.Grant\x12:\n\x08GetGrant\x12\x1b.lasthop.v1.GetGrantRequest\x1a\x11.lasthop.v1.Grant\x12K\n\nListGrants\x12\x1d.lasthop.v1.ListGrantsRequest\x1a\x1e.lasthop.v1.ListGrantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lasthop/v1/grants.proto\x12\nlasthop.v1\"\x8e\x02\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x11\n\tresources\x18\x05 \x03(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x11\n\tissued_by\x18\x07 \x01(\t\x12\x11\n\tissued_at\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x10\n\x08max_uses\x18\n \x01(\x03\x12\x0c\n\x04uses\x18\x0b \x01(\x03\x12\x0b\n\x03txn\x18\x0c \x01(\t\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x13\n\x0b\x62reak_glass\x18\x0e \x01(\x08\x12\x17\n\x0f\x61lready_revoked\x18\x0f \x01(\x08\"\x8c\x01\n\x11IssueGrantRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\x12\x11\n\tresources\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x03\" \n\x12RevokeGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fGetGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x11ListGrantsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"7\n\x12ListGrantsResponse\x12!\n\x06grants\x18\x01 \x03(\x0b\x32\x11.lasthop.v1.Grant2\x93\x02\n\x06Grants\x12>\n\nIssueGrant\x12\x1d.lasthop.v1.IssueGrantRequest\x1a\x11.lasthop.v1.Grant\x12@\n\x0bRevokeGrant\x12\x1e.lasthop.v1.RevokeGrantRequest\x1a\x11.lasthop.v1.Grant\x12:\n\x08GetGrant\x12\x1b.lasthop.v1.GetGrantRequest\x1a\x11.lasthop.v1.Grant\x12K\n\nListGrants\x12\x1d.lasthop.v1.ListGrantsRequest\x1a\x1e.lasthop.v1.ListGrantsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lasthop.v1.grants_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GRANT']._serialized_start=40
-  _globals['_GRANT']._serialized_end=285
-  _globals['_ISSUEGRANTREQUEST']._serialized_start=288
-  _globals['_ISSUEGRANTREQUEST']._serialized_end=428
-  _globals['_REVOKEGRANTREQUEST']._serialized_start=430
-  _globals['_REVOKEGRANTREQUEST']._serialized_end=462
-  _globals['_GETGRANTREQUEST']._serialized_start=464
-  _globals['_GETGRANTREQUEST']._serialized_end=493
-  _globals['_LISTGRANTSREQUEST']._serialized_start=495
-  _globals['_LISTGRANTSREQUEST']._serialized_end=543
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=545
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=600
-  _globals['_GRANTS']._serialized_start=603
-  _globals['_GRANTS']._serialized_end=878
+  _globals['_GRANT']._serialized_end=310
+  _globals['_ISSUEGRANTREQUEST']._serialized_start=313
+  _globals['_ISSUEGRANTREQUEST']._serialized_end=453
+  _globals['_REVOKEGRANTREQUEST']._serialized_start=455
+  _globals['_REVOKEGRANTREQUEST']._serialized_end=487
+  _globals['_GETGRANTREQUEST']._serialized_start=489
+  _globals['_GETGRANTREQUEST']._serialized_end=518
+  _globals['_LISTGRANTSREQUEST']._serialized_start=520
+  _globals['_LISTGRANTSREQUEST']._serialized_end=568
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=570
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=625
+  _globals['_GRANTS']._serialized_start=628
+  _globals['_GRANTS']._serialized_end=903
 # @@protoc_insertion_point(module_scope)

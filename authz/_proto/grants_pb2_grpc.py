@@ -68,7 +68,10 @@ class GrantsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeGrant(self, request, context):
-        """Revoke a grant; it stops covering requests before this call returns. NOT_FOUND if unknown.
+        """Revoke a grant; it stops covering requests before this call returns, and it returns
+        only once the revoke is as durable as configured (store.revoke_replicas), else
+        UNAVAILABLE: retry. A retry of a revoke that went through answers the grant with
+        `already_revoked`. NOT_FOUND only for a grant the store never held (or long expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

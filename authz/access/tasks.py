@@ -48,7 +48,7 @@ async def end(
         if grant.user in users:
             gone = await grants.revoke(grant.id)
             if gone is not None:
-                revoked.append(gone)
+                revoked.append(gone.grant)
     return revoked
 
 

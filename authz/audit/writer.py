@@ -17,7 +17,8 @@
   rotate, makes `commit` return False, and the pipeline denies with
   `audit_unavailable`. After a failure the descriptor is abandoned, never
   fsynced again as though the data had reached the disk, and every later
-  record is refused until Lasthop restarts (the restart repairs the tail).
+  record is refused until Lasthop restarts (the restart repairs the tail);
+  `wait_failed` returns then, so the server can report itself not serving.
 - `close` (SIGTERM) writes everything queued, a final signed checkpoint,
   fsyncs and closes.
 """
@@ -62,6 +63,7 @@ class AuditLog:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # C, cheap
         self._queue_size = queue_size
         self._failed = ""  # set by the writer thread; a str swap is atomic
+        self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
         # With an interval, let a batch gather for a few ms: waking the writer thread per
@@ -76,6 +78,15 @@ class AuditLog:
     @property
     def failure(self) -> str:
         """Why the trail refuses records; empty while it works."""
+        return self._failed
+
+    async def wait_failed(self) -> str:
+        """Return once the trail has failed for good (it refuses every record until restart);
+        why it failed."""
+        failed = asyncio.Event()
+        self._watchers.append((asyncio.get_running_loop(), failed))
+        if not self._failed:
+            await failed.wait()
         return self._failed
 
     @property
@@ -188,6 +199,9 @@ class AuditLog:
             extra={"event": "audit.failed"},
         )
         self._trail.abandon()
+        for loop, failed in self._watchers:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                loop.call_soon_threadsafe(failed.set)
 
 
 def _settle(waiting: list[asyncio.Future[bool]], ok: bool) -> None:

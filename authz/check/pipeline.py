@@ -27,6 +27,12 @@ Detection: the `risk` phase reads the detectors' last values (no I/O); once
 recorded, every decision is handed to them (`observe`, which never waits) to
 count in the fleet's windows and judge (`authz.detect`).
 
+Deadline (`server.check_deadline_ms`): the phases that wait on the store run
+under one timer; a check not decided by then is a 503 `store_unavailable`,
+answered before Envoy's own ext_authz timeout would answer for us. The
+receipt and the audit record come after it: a decision is never recorded as
+one thing and answered as another.
+
 Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
 says what its key holds) and served again with a new decision id. Never
 cached: 503s, and a decision that spent a use of a use-limited grant.
@@ -38,6 +44,7 @@ Token, chain, route and availability failures are still enforced.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -59,6 +66,7 @@ from authz.errors import (
     InternalError,
     LasthopError,
     PolicyDenied,
+    StoreUnavailable,
 )
 from authz.model import (
     DEFAULT_TIERS,
@@ -127,6 +135,7 @@ class PipelineOptions:
     method_overrides: tuple[str, ...] = headers.DEFAULT_METHOD_OVERRIDES
     dry_run: bool = False
     tiers: RiskTiers = DEFAULT_TIERS
+    deadline: float | None = None  # seconds a check may take to decide; None: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +301,11 @@ class Pipeline:
     async def _decide_all(
         self, req: CheckInput, policy: PolicyEngine, facts: _Facts, decision_id: str
     ) -> Decision:
-        """Every phase, and the decision they come to; never raises."""
+        """Every phase, and the decision they come to, within the deadline; never raises."""
+        deadline = asyncio.timeout(self.options.deadline)
         try:
-            await self._decide(req, policy, facts)
+            async with deadline:
+                await self._decide(req, policy, facts)
             return facts.decision(decision_id, Reason.ALLOWED, "allowed", 200)
         except (GrantError, PolicyDenied) as err:
             if self.options.dry_run:
@@ -305,14 +316,29 @@ class Pipeline:
         except LasthopError as err:
             facts.policies = err.policies or facts.policies
             return facts.decision(decision_id, err.reason, err.detail, err.status)
-        except Exception:
+        except Exception as err:
+            if isinstance(err, TimeoutError) and deadline.expired():
+                return self._late(facts, decision_id)
             log.exception(
                 "check %s failed",
                 decision_id,
                 extra=_fields("check.failed", decision_id, req),
             )
-            internal = InternalError()
-            return facts.decision(decision_id, internal.reason, internal.detail, internal.status)
+            return self._internal(facts, decision_id)
+
+    def _internal(self, facts: _Facts, decision_id: str) -> Decision:
+        """A bug: denied."""
+        internal = InternalError()
+        return facts.decision(decision_id, internal.reason, internal.detail, internal.status)
+
+    def _late(self, facts: _Facts, decision_id: str) -> Decision:
+        """Past `server.check_deadline_ms`: the store did not answer in time."""
+        millis = (self.options.deadline or 0) * 1000
+        late = StoreUnavailable(
+            f"no decision within server.check_deadline_ms ({millis:.0f} ms): "
+            "the store did not answer in time"
+        )
+        return facts.decision(decision_id, late.reason, late.detail, late.status)
 
     async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
         """The phases in order; each records what it learned, the first refusal raises."""

@@ -86,7 +86,7 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(_grant_dict(grant), indent=2))
     else:
-        print(f"revoked {grant.id}")
+        print(f"{'already revoked' if grant.already_revoked else 'revoked'} {grant.id}")
     return 0
 
 

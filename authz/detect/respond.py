@@ -315,7 +315,17 @@ def _claim_kind(d: Detection) -> str:
 
 
 def _revoking(grants: GrantStore, grant_id: str) -> Callable[[], Awaitable[Grant | None]]:
-    return lambda: grants.revoke(grant_id)
+    """One grant's revoke, retried: the grant when this revoke made it (a retry that finds it
+    revoked may have made it on a try whose answer was lost); None when someone else did."""
+    tried = False
+
+    async def revoke() -> Grant | None:
+        nonlocal tried
+        retry, tried = tried, True
+        made = await grants.revoke(grant_id)
+        return made.grant if made is not None and (retry or not made.already) else None
+
+    return revoke
 
 
 def _agent_detail(agent: Agent) -> dict[str, Any]:

@@ -85,7 +85,10 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.log = workdir / f"redis-{self.port}.log"
-        self.proc = subprocess.Popen(
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
             [
                 venv_binary("redis-server"),
                 "--port",
@@ -97,14 +100,21 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--dir",
-                str(workdir),
+                str(self.workdir),
                 "--logfile",
                 str(self.log),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_for(self._ping, "redis-server", self.proc, self.log)
+        _wait_for(self._ping, "redis-server", proc, self.log)
+        return proc
+
+    def restart_empty(self) -> None:
+        """Kill it and start it again on the same port with nothing in it (no persistence),
+        as a Redis restarted without its data comes back."""
+        self.kill()
+        self.proc = self._start()
 
     @property
     def url(self) -> str:

@@ -200,27 +200,48 @@ class GrantsService(pb_grpc.GrantsServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.Grant:
         caller = await self._auth.principal(context, GRANT_SCOPES)
-        await self._existing(context, caller, request.id)
-        grant = await store_call(context, self._store.revoke(request.id))
-        if grant is None:
+        await self._existing(context, caller, request.id, revoked=True)
+        revocation = await store_call(context, self._store.revoke(request.id))
+        if revocation is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{request.id}`")
-        if not await self._record("grant_revoked", caller.sub, grant):
+        grant = revocation.grant
+        if revocation.already:
+            log.info(
+                "grant %s: already revoked (a retry by %s)",
+                request.id,
+                caller.sub,
+                extra={"event": "admin.grant_already_revoked"},
+            )
+        elif not await self._record("grant_revoked", caller.sub, grant):
             log.error(
                 "grant %s revoked by %s, but the audit trail could not record it",
                 request.id,
                 caller.sub,
                 extra={"event": "admin.grant_revoke_unrecorded"},
             )
-        log.info(
-            "grant %s revoked by %s", request.id, caller.sub, extra={"event": "admin.grant_revoked"}
-        )
-        return grant_message(grant, 0)
+        else:
+            log.info(
+                "grant %s revoked by %s",
+                request.id,
+                caller.sub,
+                extra={"event": "admin.grant_revoked"},
+            )
+        message = grant_message(grant, 0)
+        message.already_revoked = revocation.already
+        return message
 
     async def _existing(
-        self, context: grpc.aio.ServicerContext, caller: Caller, grant_id: str
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: Caller,
+        grant_id: str,
+        revoked: bool = False,
     ) -> Grant:
-        """The grant, if it exists and the caller acts for its user; aborts the RPC otherwise."""
+        """The grant, if it exists (or, with `revoked`, was revoked and its tombstone lasts)
+        and the caller acts for its user; aborts the RPC otherwise."""
         grant = await store_call(context, self._store.get(grant_id))
+        if grant is None and revoked:
+            grant = await store_call(context, self._store.revoked(grant_id))
         if grant is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no grant `{grant_id}`")
         await permitted(context, check_acts_for, caller, grant.user)

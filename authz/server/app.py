@@ -47,6 +47,7 @@ from authz.server.admin_access import AccessService
 from authz.server.admin_agents import AgentsService
 from authz.server.admin_grants import AdminAuth, GrantsService
 from authz.server.metrics import CacheSizes, Metrics
+from authz.server.reseed import RegistryKeeper
 from authz.stores.caching import CachingGrantStore, CachingRegistry
 from authz.stores.embedded import EmbeddedAgentStore, EmbeddedGrantStore, Generation
 from authz.stores.invalidation import Invalidation
@@ -184,6 +185,7 @@ def assemble(
     receipts: ReceiptSigner | None = None,
     detect: Detector | None = None,
     method_overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
+    deadline: float | None = None,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -202,6 +204,7 @@ def assemble(
             method_overrides=method_overrides,
             dry_run=dry_run,
             tiers=tiers,
+            deadline=deadline,
         ),
         clock=clock,
         decisions=decisions,
@@ -265,6 +268,8 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
         revoke_replicas=st.revoke_replicas,
         revoke_wait_ms=st.revoke_wait_ms,
         observer=metrics,
+        use_replicas=st.use_replicas,
+        sentinel_password=st.sentinel_password,
     )
     access = RedisAccessStore(redis, clock)
     if st.cache_ttl_ms <= 0:
@@ -318,6 +323,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         receipts=audit.receipts,
         method_overrides=settings.server.method_override_headers,
         detect=monitor,
+        deadline=settings.server.check_deadline_ms / 1000,
     )
     if settings.policies.mode == "dry-run":
         log.warning(
@@ -491,11 +497,16 @@ def _webhook(settings: Settings, metrics: Metrics) -> Webhook | None:
 
 
 def _background(app: App) -> list[Task]:
-    """What runs beside the listeners: invalidation, key reload, policy reload, expiry of
-    undecided access requests."""
+    """What runs beside the listeners: invalidation, failover following, the registry's
+    upkeep, key reload, policy reload, expiry of undecided access requests."""
     tasks: list[Task] = [app.access.run]
     if app.stores.invalidation is not None:
         tasks.append(app.stores.invalidation.run)
+    if app.redis is not None:
+        if app.redis.watch is not None:
+            tasks.append(app.redis.watch.run)
+        keeper = RegistryKeeper(app.redis, lambda: app.pipeline.bundle, app.audit)
+        tasks.append(keeper.run)
     tasks.append(app.keys.refresh_forever)
     policies = app.settings.policies
     if policies.reload_interval_seconds > 0:

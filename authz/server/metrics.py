@@ -48,7 +48,8 @@ CONTAINMENT_BUCKETS = (
 # `increase()` sees the first event after a restart (a series born at 1 shows no increase).
 RELOAD_RESULTS = ("success", "failure")
 CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
-STORE_OPS = ("grants", "consume", "agent", "write", "detect")  # lasthop_store_*{op}
+# lasthop_store_*{op}: the check path's own reads and counted uses apart, the rest by kind
+STORE_OPS = ("grants", "consume", "agent", "read", "write", "ping", "detect")
 
 
 class CacheSizes(Collector):

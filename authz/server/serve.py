@@ -13,6 +13,11 @@ plaintext or TLS (mTLS with a client CA): `authz.server.tls`.
 SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
 checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
 flushed, and the process exits 0.
+
+Health (`grpc.health.v1`, the overall service "" and the ext_authz service):
+SERVING once the listeners are up; NOT_SERVING for good once the audit trail
+has failed (every check is then denied `audit_unavailable` until a restart,
+which a probe on health will now do), and on shutdown.
 """
 
 from __future__ import annotations
@@ -132,8 +137,8 @@ async def serve(app: App) -> int:
     await listeners.admin.start()
     if listeners.health_only is not None:
         await listeners.health_only.start()
-    for service in ("", AUTHZ_SERVICE):
-        await listeners.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await _health(listeners.health, health_pb2.HealthCheckResponse.SERVING)
+    background.append(asyncio.create_task(_not_serving_once_audit_fails(app, listeners.health)))
     ready = {**listeners.addresses, **summary}
     print(f"lasthop ready {json.dumps(ready)}", flush=True)
     await stop.wait()
@@ -164,16 +169,33 @@ def _announce(summary: dict[str, str]) -> None:
     log.info("tracing: %s", summary["tracing"], extra={"event": "server.tracing"})
 
 
+async def _health(servicer: health.aio.HealthServicer, status: int) -> None:
+    for service in ("", AUTHZ_SERVICE):
+        await servicer.set(service, status)
+
+
+async def _not_serving_once_audit_fails(app: App, servicer: health.aio.HealthServicer) -> None:
+    why = await app.audit.wait_failed()
+    log.error(
+        "health: NOT_SERVING (%s); restart Lasthop once the trail can be written",
+        why,
+        extra={"event": "server.not_serving"},
+    )
+    await _health(servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 async def _first_contact(app: App) -> None:
     """Reach the store and seed the registry; a store that is down is not fatal."""
     try:
         if app.redis is not None:
             await app.redis.ping()
+            for warning in await app.redis.fencing_warnings():
+                log.warning("store: %s", warning, extra={"event": "store.fencing"})
         await app.seed_registry(app.pipeline.bundle)
     except StoreUnavailable as err:
         log.warning(
             "%s; checks get 503 store_unavailable until it is back (the registry "
-            "is seeded on the next policy reload)",
+            "is seeded as soon as it is back)",
             err.detail,
             extra={"event": "store.unavailable_at_start"},
         )

@@ -7,7 +7,7 @@ with a local tombstone is never returned.
 
 from __future__ import annotations
 
-from authz.model import Agent, Grant
+from authz.model import Agent, Grant, Revocation
 from authz.stores.invalidation import Invalidation
 from authz.stores.redis_store import RedisStore
 
@@ -22,7 +22,7 @@ class CachingGrantStore:
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
         inval = self.inval
         key = (agent, user)
-        cached = inval.pairs.get(key) if inval.live else None
+        cached = inval.pairs.get(key) if inval.live or await inval.trusted() else None
         inval.count("grants", cached is not None)
         if cached is not None:
             return self._alive(cached)
@@ -42,20 +42,29 @@ class CachingGrantStore:
     async def get(self, grant_id: str) -> Grant | None:
         return await self.store.get(grant_id)
 
-    async def revoke(self, grant_id: str) -> Grant | None:
+    async def revoke(self, grant_id: str) -> Revocation | None:
         # This replica denies the grant before asking Redis, so it holds even if the
         # revoke then fails half way (over-denying is the safe side of a failure).
         known = await self.store.get(grant_id)
         if known is not None:
-            self.inval.handle(f"revoked\x00{known.id}\x00{known.expires_at}")
-            self.inval.handle(f"pair\x00{known.agent}\x00{known.user}")
-        return await self.store.revoke(grant_id)
+            self._deny(known)
+        revocation = await self.store.revoke(grant_id)
+        if revocation is not None:
+            self._deny(revocation.grant)  # a retry: the grant came from its tombstone
+        return revocation
+
+    def _deny(self, grant: Grant) -> None:
+        self.inval.handle(f"revoked\x00{grant.id}\x00{grant.expires_at}")
+        self.inval.handle(f"pair\x00{grant.agent}\x00{grant.user}")
 
     async def list(self, agent: str = "", user: str = "") -> list[Grant]:
         return await self.store.list(agent, user)
 
     async def consume(self, grant: Grant) -> int:
         return await self.store.consume(grant)
+
+    async def revoked(self, grant_id: str) -> Grant | None:
+        return await self.store.revoked(grant_id)
 
     async def uses(self, grant_id: str) -> int:
         return await self.store.uses(grant_id)
@@ -73,7 +82,7 @@ class CachingRegistry:
 
     async def get(self, agent_id: str) -> Agent | None:
         inval = self.inval
-        cached = inval.agents.get(agent_id) if inval.live else None
+        cached = inval.agents.get(agent_id) if inval.live or await inval.trusted() else None
         inval.count("agents", cached is not None)
         if cached is not None:
             return cached[0]

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from authz.model import Agent, Grant
+from authz.model import Agent, Grant, Revocation
+from authz.stores.cache import BoundedCache
 from authz.stores.protocols import EXPIRED_RETENTION_SECONDS
+
+MAX_TOMBSTONES = 100_000
 
 
 class Generation:
@@ -33,6 +36,7 @@ class EmbeddedGrantStore:
         self._generation = generation or Generation()
         self._grants: dict[str, Grant] = {}
         self._uses: dict[str, int] = {}
+        self._revoked: BoundedCache[str, Grant] = BoundedCache(MAX_TOMBSTONES, clock=clock)
         self._lock = asyncio.Lock()
 
     def _purge(self) -> None:
@@ -49,10 +53,16 @@ class EmbeddedGrantStore:
     async def get(self, grant_id: str) -> Grant | None:
         return self._grants.get(grant_id)
 
-    async def revoke(self, grant_id: str) -> Grant | None:
+    async def revoke(self, grant_id: str) -> Revocation | None:
         self._uses.pop(grant_id, None)
         self._generation.bump()
-        return self._grants.pop(grant_id, None)
+        grant = self._grants.pop(grant_id, None)
+        if grant is not None:
+            retain = grant.expires_at + EXPIRED_RETENTION_SECONDS
+            self._revoked.put(grant_id, grant, expires_at=retain)
+            return Revocation(grant)
+        earlier = self._revoked.get(grant_id)
+        return None if earlier is None else Revocation(earlier, already=True)
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
         return [g for g in self._grants.values() if g.agent == agent and g.user == user]
@@ -72,6 +82,9 @@ class EmbeddedGrantStore:
                 return used + 1  # refused, not counted
             self._uses[grant.id] = used + 1
             return used + 1
+
+    async def revoked(self, grant_id: str) -> Grant | None:
+        return self._revoked.get(grant_id)
 
     async def uses(self, grant_id: str) -> int:
         return self._uses.get(grant_id, 0)

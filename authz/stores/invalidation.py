@@ -4,10 +4,19 @@ Rules (each one is what keeps a cache from becoming standing privilege):
 - every entry expires after `store.cache_ttl_ms` at most;
 - a write anywhere publishes on `lasthop:invalidate`; each replica drops the
   entry when the message arrives;
+- the caches are trusted only while a ping sent on the subscription in the
+  last TRUST_SECONDS has been answered (every message published before it has
+  then been applied). The listener pings every PING_SECONDS; a check that
+  finds the trust lapsed because a busy or starved process pinged late pings
+  itself and waits at most REFRESH_SECONDS for the answer; one that finds a
+  ping overdue (unanswered for REFRESH_SECONDS) does not wait, and reads
+  Redis. A subscription that died silently (a partition, a hung Redis, a NAT
+  that forgot the flow: no FIN, no RST) answers nothing, so a revoke
+  published meanwhile is enforced there within TRUST_SECONDS plus one check;
 - while the subscription is down (not yet confirmed, dropped, reconnecting,
-  or silent: no answer to the PING sent every PING_SECONDS for DEAD_AFTER
-  seconds) the caches are empty and every read goes to Redis; a reconnect
-  made inside redis-py drops them too, before it resubscribes;
+  silent: reconnected after DEAD_AFTER) the caches are empty and every read
+  goes to Redis; a reconnect made inside redis-py drops them too, before it
+  resubscribes;
 - a read that raced an invalidation is not cached (a generation counter);
 - revocations are also kept as local tombstones until the grant's own
   expiry: a grant this replica saw revoked stays revoked here even if a
@@ -21,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +48,10 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES = 200_000
 MAX_TOMBSTONES = 1_000_000  # a tombstone only repeats what Redis holds; see the docstring
 RECONNECT_SECONDS = 0.2
-PING_SECONDS = 0.2  # the subscription is pinged this often...
-DEAD_AFTER = 0.6  # ...and counts as dead after this long without any reply
+PING_SECONDS = 0.02  # the subscription is pinged this often...
+TRUST_SECONDS = 0.05  # ...the caches are used only while it answered within this...
+DEAD_AFTER = 1.0  # ...and it is reconnected after this long without any reply
+REFRESH_SECONDS = 0.03  # a check whose trust lapsed waits at most this long for a pong
 
 
 class _FailFastPubSub(PubSub):
@@ -53,6 +65,14 @@ class _FailFastPubSub(PubSub):
 
     async def _reconnect(self, conn: Any, *args: Any, **kwargs: Any) -> None:
         await conn.disconnect()
+
+
+def _sent_at(data: Any) -> float:
+    """The send time a pong carries back (0.0, trusting nothing, if it is not one)."""
+    try:
+        return float(data.decode() if isinstance(data, bytes) else data)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return 0.0
 
 
 def _pubsub(redis: Any) -> Any:
@@ -76,8 +96,15 @@ class Invalidation:
         self.clock = clock
         self.observer = observer
         self._subscribed = False  # subscription confirmed since the last (re)connect
-        self.last_seen = 0.0  # monotonic time of the last message or pong
+        # Monotonic time the last answered PING (or the SUBSCRIBE) was sent: every message
+        # published before Redis answered it has been applied. A send time, not an arrival
+        # time, so a busy event loop that reads the answer late never stretches the trust.
+        self.last_seen = 0.0
         self.generation = 0  # bumped by every invalidation, flush and drop
+        self._subscribing_at = 0.0
+        self._pubsub: Any = None  # the live subscription, for a check's own ping
+        self._pings: deque[float] = deque()  # send times of the pings not yet answered
+        self._answered = asyncio.Event()  # set by every pong
         # agent id -> (the agent, or None: unregistered); (agent, user) -> their grants
         self.agents: BoundedCache[str, tuple[Agent | None]] = BoundedCache(MAX_ENTRIES, ttl, clock)
         self.pairs: BoundedCache[tuple[str, str], list[Grant]] = BoundedCache(
@@ -89,7 +116,34 @@ class Invalidation:
     @property
     def live(self) -> bool:
         """Caching allowed: subscribed, and the subscription answered recently."""
-        return self._subscribed and time.monotonic() - self.last_seen < DEAD_AFTER
+        return self._subscribed and time.monotonic() - self.last_seen < TRUST_SECONDS
+
+    async def trusted(self) -> bool:
+        """`live`, or made live again by a ping answered in time (see the docstring)."""
+        if self.live:
+            return True
+        pubsub = self._pubsub
+        pings = self._pings
+        if pubsub is None or not self._subscribed:
+            return False
+        if pings and time.monotonic() - pings[0] >= REFRESH_SECONDS:
+            return False  # a ping is overdue: the subscription is silent or slow; read Redis
+        try:
+            target = pings[-1] if pings else await self._ping(pubsub)
+            async with asyncio.timeout(REFRESH_SECONDS):
+                while self.last_seen < target:
+                    self._answered.clear()
+                    await self._answered.wait()
+        except (TimeoutError, RedisError, OSError):
+            return False  # the listener sees any failure too, and reconnects
+        return self.live
+
+    async def _ping(self, pubsub: Any) -> float:
+        """Ping the subscription; the pong carries the send time back. The send time."""
+        sent = time.monotonic()
+        self._pings.append(sent)
+        await pubsub.ping(repr(sent))
+        return sent
 
     def _down(self) -> None:
         self._subscribed = False
@@ -124,8 +178,10 @@ class Invalidation:
             pubsub: Any = None
             try:
                 pubsub = _pubsub(self.store.redis)
+                self._subscribing_at = time.monotonic()
                 await pubsub.subscribe(CHANNEL)
                 pubsub.connection.register_connect_callback(self._on_reconnect)
+                self._pubsub = pubsub
                 await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
@@ -137,6 +193,9 @@ class Invalidation:
                         extra={"event": "store.invalidation_dropped"},
                     )
             finally:
+                self._pubsub = None
+                self._pings.clear()
+                self._answered.set()
                 self._down()
                 if pubsub is not None:
                     with contextlib.suppress(RedisError, OSError):
@@ -149,27 +208,35 @@ class Invalidation:
         while True:
             now = time.monotonic()
             if now - pinged >= PING_SECONDS:
-                await pubsub.ping()
-                pinged = now
+                pinged = await self._ping(pubsub)
             if self._subscribed and now - self.last_seen >= DEAD_AFTER:
                 raise ConnectionError(f"no reply from the subscription in {DEAD_AFTER} s")
-            message = await pubsub.get_message(timeout=PING_SECONDS / 2)
+            # Wake for a message, or for the next ping: nothing in between.
+            message = await pubsub.get_message(timeout=max(0.0, pinged + PING_SECONDS - now))
             if message is not None:
                 self._heard(message)
 
     def _heard(self, message: dict[str, Any]) -> None:
-        heard = time.monotonic()
-        if heard - self.last_seen >= DEAD_AFTER:
+        kind = message["type"]
+        # A reply after a gap shorter than DEAD_AFTER came over the same connection, after
+        # every message published before it: nothing was missed, the caches only paused.
+        if time.monotonic() - self.last_seen >= DEAD_AFTER:
             self.drop_all()  # silent for a while: what was cached may be stale
-        self.last_seen = heard
-        if message["type"] == "subscribe":
+        if kind == "pong":
+            sent = _sent_at(message.get("data"))
+            while self._pings and self._pings[0] <= sent:
+                self._pings.popleft()
+            self.last_seen = max(self.last_seen, sent)
+            self._answered.set()
+        elif kind == "subscribe":
             self.drop_all()  # anything cached before this point may be stale
+            self.last_seen = self._subscribing_at
             self._subscribed = True
             log.info(
                 "cache invalidation subscribed; local caches on",
                 extra={"event": "store.invalidation_subscribed"},
             )
-        elif message["type"] == "message":
+        elif kind == "message":
             data = message["data"]
             self._handle_safely(
                 data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from authz.model import AccessRequest, Agent, Grant
+from authz.model import AccessRequest, Agent, Grant, Revocation
 
 # Expired grants stay readable this long so a denial can say "expired" rather
 # than "no grant"; they never cover anything once past `expires_at`.
@@ -20,12 +20,20 @@ REQUEST_RETENTION_SECONDS = 24 * 3600
 class GrantStore(Protocol):
     async def put(self, grant: Grant) -> None: ...
     async def get(self, grant_id: str) -> Grant | None: ...
-    async def revoke(self, grant_id: str) -> Grant | None: ...
+    async def revoke(self, grant_id: str) -> Revocation | None:
+        """Revoke; durable as configured before it returns. A grant revoked before (a retry)
+        comes back with `already`; None only for a grant this store never held."""
+        ...
+
     async def for_pair(self, agent: str, user: str) -> list[Grant]: ...
     async def list(self, agent: str = "", user: str = "") -> list[Grant]: ...
     async def consume(self, grant: Grant) -> int:
         """Count one use; return the count including this one. Over the limit: max + 1,
         and nothing is counted."""
+        ...
+
+    async def revoked(self, grant_id: str) -> Grant | None:
+        """The grant as it was when revoked, while its tombstone lasts (its own expiry)."""
         ...
 
     async def uses(self, grant_id: str) -> int: ...
@@ -82,7 +90,8 @@ class AccessStore(Protocol):
 
 
 class StoreObserver(Protocol):
-    """What the stores report (metrics); op and cache names come from closed sets."""
+    """What the stores report (metrics); op and cache names come from closed sets (the
+    metrics' STORE_OPS and CACHES)."""
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None: ...
     def cache_lookup(self, cache: str, hit: bool) -> None: ...

@@ -2,12 +2,14 @@
 
 Topologies (`store.redis_url`):
   redis://host:port/db, rediss://... (TLS)        one server
-  redis+sentinel://h1:p1,h2:p2/service[?db=N]      the primary Sentinel names
+  redis+sentinel://h1:p1,h2:p2/service[?db=N]      the primary the Sentinels name (sentinel.py)
   redis+cluster://host:port (or redis_cluster=true) a Redis Cluster
 
 Keys are cluster-safe: every key a Lua script touches shares the hash tag of
 its (agent, user) pair.
   lasthop:grant:<id>                the grant's JSON, expiring with it (lookup by id)
+  lasthop:revoked:<id>              a revoked grant's JSON, until its expiry: a retried
+                                    revoke finds it and answers "already revoked"
   lasthop:grants                    set of grant ids (listing)
   lasthop:{<pair>}:pair             hash id -> JSON, read in one round trip per check;
                                     kept an hour past the last expiry so a denial can
@@ -16,10 +18,20 @@ its (agent, user) pair.
                                     check that the grant is still present
   lasthop:agent:<id>, lasthop:agents  agents and the set of their ids
 
-Every write publishes on `lasthop:invalidate` (see cache.py). The client has
-explicit socket timeouts (`store.timeout_ms`, default 50 ms) and no retries:
-a check that cannot read Redis in time is a 503 `store_unavailable`, never an
-allow. So is a reply that does not parse.
+Every write publishes on `lasthop:invalidate` (see invalidation.py).
+
+Failures: `_call` is the one place a store failure is translated. Whatever goes
+wrong (a Redis error, a dropped connection, a Cluster that cannot be reached, a
+reply of the wrong type or one that does not parse) is `StoreUnavailable`: a
+check is a 503 `store_unavailable`, never an allow and never `internal_error`.
+The clients have explicit socket timeouts (`store.timeout_ms`) and never
+retry; the check's deadline (`server.check_deadline_ms`) bounds the rest.
+
+Durability (replication.py): a revoke and a suspension (`store.revoke_replicas`)
+and a counted use (`store.use_replicas`) are followed by `WAIT` for that many
+replicas, on the same connection to the node that holds the keys (in a
+Cluster, that shard's master). Fewer acknowledgements: the call fails
+`store_unavailable`, and a refused use is given back where it was counted.
 """
 
 from __future__ import annotations
@@ -31,25 +43,17 @@ import logging
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from authz.errors import ConfigError, GrantError, StoreUnavailable
-from authz.model import Agent, Grant
+from authz.errors import GrantError, LasthopError, StoreUnavailable
+from authz.model import Agent, Grant, Revocation
 from authz.reasons import Reason
 from authz.stores.protocols import EXPIRED_RETENTION_SECONDS, StoreObserver
+from authz.stores.replication import Command, Replication, check_acked, connect
 
 log = logging.getLogger(__name__)
 
 PREFIX = "lasthop:"
-WAIT_SLACK_MS = 250
 CHANNEL = "lasthop:invalidate"
 
 # Add the grant to its pair's hash and extend (never shorten) the hash's life.
@@ -72,6 +76,26 @@ if n == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[2]) end
 return n
 """
 
+# The same, fenced (`store.use_replicas`): also the server's replication id, which names
+# the primary's term (a promoted replica takes a new one), for `_GIVE_BACK`.
+_TERM = "string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')"
+_CONSUME_FENCED = f"""
+local term = {_TERM}
+local n = (function()
+{_CONSUME.strip()}
+end)()
+return {{n, term}}
+"""
+
+# Give back a counted use that was refused, but only on the primary and in the term that
+# counted it: there the decrement follows its own increment in the replication stream, so
+# every replica holds both or neither. Anywhere else (after a failover, on the promoted
+# replica) it would take back a use that server may never have counted.
+_GIVE_BACK = f"""
+if {_TERM} ~= ARGV[1] or tonumber(redis.call('GET', KEYS[1]) or '0') < 1 then return 0 end
+return redis.call('DECR', KEYS[1])
+"""
+
 # Replace an agent only if it is still exactly what the caller read (compare and set),
 # and publish its invalidation in the same step: a change is never stored unannounced.
 _REPLACE_AGENT = """
@@ -80,8 +104,6 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
-
-Client = aioredis.Redis | RedisCluster
 
 
 def pair_tag(agent: str, user: str) -> str:
@@ -103,51 +125,6 @@ def redis_topology(url: str, cluster: bool) -> str:
     return f"redis single server{tls}: {hosts} db {parts.path.strip('/') or '0'}"
 
 
-def connect(url: str, cluster: bool, timeout_ms: int) -> Client:
-    """A client for `url` with explicit timeouts and no blind retries."""
-    timeout = timeout_ms / 1000
-    options: dict[str, Any] = dict(
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-    )
-    parts = urlsplit(url)
-    if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
-        return _sentinel(parts, options)
-    if cluster or parts.scheme in ("redis+cluster", "rediss+cluster"):
-        scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
-        plain = url.replace(parts.scheme + "://", scheme + "://", 1)
-        return RedisCluster.from_url(plain, cluster_error_retry_attempts=1, **options)
-    return aioredis.Redis.from_url(url, health_check_interval=0, **options)
-
-
-def _sentinel(parts: Any, options: dict[str, Any]) -> aioredis.Redis:
-    hosts = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("store.redis_url", f"sentinel `{item}` is not host:port")
-        hosts.append((host.strip("[]"), int(port)))
-    service = parts.path.strip("/")
-    if not service:
-        raise ConfigError("store.redis_url", "a sentinel URL needs /service_name")
-    query = parse_qs(parts.query)
-    db = int(query.get("db", ["0"])[0])
-    password = parts.password or None
-    sentinel_options = {k: v for k, v in options.items() if k != "decode_responses"}
-    sentinel = Sentinel(
-        hosts,
-        sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
-        password=password,
-        db=db,
-        ssl=parts.scheme.startswith("rediss"),
-        **options,
-    )
-    master: aioredis.Redis = sentinel.master_for(service)
-    return master
-
-
 def _unavailable(what: str, err: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"redis {what} failed: {type(err).__name__}: {err}")
 
@@ -163,48 +140,70 @@ class RedisStore:
         revoke_replicas: int = 0,
         revoke_wait_ms: int = 100,
         observer: StoreObserver | None = None,
+        use_replicas: int = 0,
+        sentinel_password: str = "",
     ) -> None:
-        self.redis: Any = connect(url, cluster, timeout_ms)
+        clients = connect(url, cluster, timeout_ms, revoke_wait_ms, sentinel_password)
+        self.redis: Any = clients.redis
+        self.watch = clients.watch
+        self._replication = Replication(clients, timeout_ms, revoke_wait_ms)
+        self._timeout_ms = timeout_ms
         self._observer = observer
         self._put = self.redis.register_script(_PUT)
         self._consume = self.redis.register_script(_CONSUME)
+        self._consume_fenced = self.redis.register_script(_CONSUME_FENCED)
+        self._give_back = self.redis.register_script(_GIVE_BACK)
         self._replace_agent = self.redis.register_script(_REPLACE_AGENT)
         self._revoke_replicas = revoke_replicas
         self._revoke_wait_ms = revoke_wait_ms
-        # Revokes and suspends that WAIT for replicas need a socket timeout that allows the
-        # wait; Cluster has no WAIT across shards, so there they are plain writes.
-        self._waiter: Any = None
-        if revoke_replicas > 0 and not isinstance(self.redis, RedisCluster):
-            # Redis answers a timed-out WAIT on its next event-loop tick (100 ms at hz 10).
-            self._waiter = connect(url, cluster, timeout_ms + revoke_wait_ms + WAIT_SLACK_MS)
+        self._use_replicas = use_replicas
 
     @contextlib.contextmanager
-    def _timed(self, op: str) -> Iterator[None]:
-        """Redis latency and errors per operation, for the metrics."""
+    def _call(self, op: str, what: str = "") -> Iterator[None]:
+        """The one place a store failure is translated: anything but our own decision
+        (a GrantError, say) is StoreUnavailable. Reports latency and errors per op."""
         started = time.perf_counter()
         failed = True
         try:
             yield
             failed = False
+        except LasthopError:
+            failed = False
+            raise
+        except Exception as err:  # whatever broke, the store could not answer
+            self._demoted(err)
+            raise _unavailable(what or op, err) from err
         finally:
             if self._observer:
                 self._observer.store_call(op, time.perf_counter() - started, failed)
 
+    def _demoted(self, err: Exception) -> None:
+        """A READONLY reply means we wrote to a replica: follow the failover at once."""
+        if self.watch is not None and "READONLY" in str(err):
+            self.watch.schedule_switch("a write was answered READONLY")
+
     async def ping(self) -> None:
-        try:
+        with self._call("ping"):
             await self.redis.ping()
-        except (RedisError, OSError) as err:
-            raise _unavailable("ping", err) from err
+
+    async def fencing_warnings(self) -> builtins.list[str]:
+        """What the primaries say about the replicas the configured WAITs need (start-up)."""
+        wanted = max(self._use_replicas, self._revoke_replicas)
+        if not wanted:
+            return []
+        with self._call("read"):
+            return await self._replication.warnings(wanted)
 
     async def publish(self, message: str) -> None:
         try:
-            await self.redis.publish(CHANNEL, message)
-        except (RedisError, OSError) as err:
+            with self._call("write", "publish"):
+                await self.redis.publish(CHANNEL, message)
+        except StoreUnavailable as err:
             # The write itself went through; caches elsewhere expire on their own bound.
             log.error(
                 "invalidation `%s` not published: %s",
                 message,
-                err,
+                err.detail,
                 extra={"event": "store.invalidation_not_published"},
             )
 
@@ -213,56 +212,59 @@ class RedisStore:
     async def put(self, grant: Grant) -> None:
         tag = pair_tag(grant.agent, grant.user)
         value = grant.to_json()
-        try:
+        with self._call("write"):
             await self.redis.set(f"{PREFIX}grant:{grant.id}", value, exat=grant.expires_at)
             await self.redis.sadd(f"{PREFIX}grants", grant.id)
             await self._put(
                 keys=[f"{PREFIX}{tag}:pair"],
                 args=[grant.id, value, grant.expires_at + EXPIRED_RETENTION_SECONDS],
             )
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
         await self.publish(f"pair\x00{grant.agent}\x00{grant.user}")
 
     async def get(self, grant_id: str) -> Grant | None:
-        try:
+        with self._call("read"):
             raw = await self.redis.get(f"{PREFIX}grant:{grant_id}")
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
-        return None if raw is None else _grant(raw)
+            return None if raw is None else Grant.from_json(raw)
 
-    async def revoke(self, grant_id: str) -> Grant | None:
-        grant = await self.get(grant_id)
+    async def revoked(self, grant_id: str) -> Grant | None:
+        with self._call("read"):
+            raw = await self.redis.get(f"{PREFIX}revoked:{grant_id}")
+            return None if raw is None else Grant.from_json(raw)
+
+    async def revoke(self, grant_id: str) -> Revocation | None:
+        """Revoke, durably as configured. An earlier call's tombstone makes this a retry:
+        it is made durable again and answered as already revoked."""
+        earlier = await self.revoked(grant_id)
+        grant = earlier or await self.get(grant_id)
         if grant is None:
             return None
         tag = pair_tag(grant.agent, grant.user)
-        # The pair hash is what checks read: remove it there first. The invalidations go
-        # in the same pipeline, before any WAIT: a revoke is published even when the
-        # replicas are slow to acknowledge it.
-        acked = await self._durable_writes(
-            "revoke",
+        gid = grant.id
+        expires = grant.expires_at + EXPIRED_RETENTION_SECONDS
+        # The tombstone first (a retry finds it), then the pair hash checks read, with the
+        # invalidations before any WAIT: replicas stop allowing even when the replicas are
+        # slow to acknowledge. The lookup key and the listing index need no WAIT: checks
+        # never read them, and a revoke retried after losing them finds the grant again.
+        durable: list[list[Command]] = [
+            [("SET", f"{PREFIX}revoked:{gid}", grant.to_json(), "EXAT", expires)],
             [
-                ("HDEL", f"{PREFIX}{tag}:pair", grant_id),
-                ("DEL", f"{PREFIX}{tag}:uses:{grant_id}"),
-                ("DEL", f"{PREFIX}grant:{grant_id}"),
-                ("SREM", f"{PREFIX}grants", grant_id),
-                ("PUBLISH", CHANNEL, f"revoked\x00{grant_id}\x00{grant.expires_at}"),
+                ("HDEL", f"{PREFIX}{tag}:pair", gid),
+                ("DEL", f"{PREFIX}{tag}:uses:{gid}"),
+                ("PUBLISH", CHANNEL, f"revoked\x00{gid}\x00{grant.expires_at}"),
                 ("PUBLISH", CHANNEL, f"pair\x00{grant.agent}\x00{grant.user}"),
             ],
-        )
-        self._check_acked("revoke", acked)
-        return grant
+        ]
+        plain: list[Command] = [("DEL", f"{PREFIX}grant:{gid}"), ("SREM", f"{PREFIX}grants", gid)]
+        await self._durable("revoke", self._revoke_replicas, durable, plain)
+        return Revocation(grant, already=earlier is not None)
 
     async def for_pair(self, agent: str, user: str) -> list[Grant]:
-        try:
-            with self._timed("grants"):
-                values = await self.redis.hvals(f"{PREFIX}{pair_tag(agent, user)}:pair")
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
-        return [_grant(v) for v in values]
+        with self._call("grants", "read"):
+            values = await self.redis.hvals(f"{PREFIX}{pair_tag(agent, user)}:pair")
+            return [Grant.from_json(v) for v in values]
 
     async def list(self, agent: str = "", user: str = "") -> list[Grant]:
-        try:
+        with self._call("read"):
             ids = await self.redis.smembers(f"{PREFIX}grants")
             found = []
             for gid in sorted(ids):
@@ -270,146 +272,145 @@ class RedisStore:
                 if raw is None:
                     await self.redis.srem(f"{PREFIX}grants", gid)  # expired: tidy the index
                 else:
-                    found.append(_grant(raw))
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
+                    found.append(Grant.from_json(raw))
         return [
             g for g in found if (not agent or g.agent == agent) and (not user or g.user == user)
         ]
 
     async def consume(self, grant: Grant) -> int:
-        """Count one use; the count including this one. A grant revoked since it was read: deny."""
+        """Count one use; the count including this one. A grant revoked since it was read:
+        deny. With `store.use_replicas`, allowed only once that many replicas hold it."""
         tag = pair_tag(grant.agent, grant.user)
-        try:
-            with self._timed("consume"):
-                count = await self._consume(
-                    keys=[f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"],
-                    args=[grant.id, grant.expires_at, grant.max_uses or 2**53],
+        keys = [f"{PREFIX}{tag}:pair", f"{PREFIX}{tag}:uses:{grant.id}"]
+        args = [grant.id, grant.expires_at, grant.max_uses or 2**53]
+        with self._call("consume", "write"):
+            if self._use_replicas:
+                (count, term), acked = await self._replication.script(
+                    self._consume_fenced, keys, args, self._use_replicas, self._timeout_ms
                 )
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
-        if not isinstance(count, int):
-            raise StoreUnavailable("redis returned a non-integer use count")
+            else:
+                count, term, acked = await self._consume(keys=keys, args=args), b"", 0
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"a use count must be an integer, got {type(count).__name__}")
         if count < 0:
             raise GrantError(Reason.NO_GRANT, f"grant `{grant.id}` was revoked during this check")
+        if self._use_replicas and count <= grant.max_uses and acked < self._use_replicas:
+            await self._refund(keys[1], term)
+            check_acked("counted use", acked, self._use_replicas, self._timeout_ms)
         return count
+
+    async def _refund(self, uses_key: str, term: bytes) -> None:
+        """Give back a use refused for want of acknowledgements, so an outage does not spend
+        the grant; only where and when it was counted (`_GIVE_BACK`). A replica that misses
+        the refund has counted one use too many, never one too few."""
+        try:
+            with self._call("write", "refund"):
+                client = await self._replication.client_for(uses_key)
+                await self._give_back(keys=[uses_key], args=[term], client=client)
+        except StoreUnavailable as err:
+            log.warning(
+                "a refused use stays counted: %s",
+                err.detail,
+                extra={"event": "store.use_not_given_back"},
+            )
 
     async def uses(self, grant_id: str) -> int:
         grant = await self.get(grant_id)
         if grant is None:
             return 0
-        try:
+        with self._call("read"):
             raw = await self.redis.get(
                 f"{PREFIX}{pair_tag(grant.agent, grant.user)}:uses:{grant_id}"
             )
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
-        return int(raw) if raw is not None and raw.isdigit() else 0
+        return int(raw) if isinstance(raw, bytes) and raw.isdigit() else 0
 
     # agents -----------------------------------------------------------------
 
     async def get_agent(self, agent_id: str) -> Agent | None:
-        try:
-            with self._timed("agent"):
-                raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
-        return None if raw is None else _agent(raw)
+        with self._call("agent", "read"):
+            raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
+            return None if raw is None else Agent.from_json(raw)
 
     async def add_agent(self, agent: Agent) -> bool:
-        try:
+        with self._call("write"):
             added = await self.redis.set(f"{PREFIX}agent:{agent.id}", agent.to_json(), nx=True)
             if added:
                 await self.redis.sadd(f"{PREFIX}agents", agent.id)
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
         if added:
             await self.publish(f"agent\x00{agent.id}")
         return bool(added)
 
+    async def agents_present(self, agent_ids: builtins.list[str]) -> int:
+        """How many of these agents the store holds (in any status, tombstones included)."""
+        with self._call("read"):
+            found = await self.redis.exists(*(f"{PREFIX}agent:{a}" for a in agent_ids))
+            return int(found)
+
     async def put_agent(self, agent: Agent) -> None:
-        acked = await self._durable_writes(
-            "suspend" if not agent.active else "",
-            [
-                ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
-                ("SADD", f"{PREFIX}agents", agent.id),
-                ("PUBLISH", CHANNEL, f"agent\x00{agent.id}"),
-            ],
-        )
-        if not agent.active:
-            self._check_acked("suspend", acked)
+        """Store `agent`; a suspension or deregistration is durable as configured."""
+        commands: list[Command] = [
+            ("SET", f"{PREFIX}agent:{agent.id}", agent.to_json()),
+            ("PUBLISH", CHANNEL, f"agent\x00{agent.id}"),
+        ]
+        replicas = self._revoke_replicas if not agent.active else 0
+        index = [("SADD", f"{PREFIX}agents", agent.id)]
+        await self._durable("suspend", replicas, [commands], index)
 
     async def replace_agent(self, current: Agent, new: Agent) -> bool:
-        """Store `new` only if the stored agent is still `current`; False if it changed."""
-        try:
-            with self._timed("write"):
-                swapped = await self._replace_agent(
-                    keys=[f"{PREFIX}agent:{new.id}"],
-                    args=[current.to_json(), new.to_json(), CHANNEL, f"agent\x00{new.id}"],
+        """Store `new` only if the stored agent is still `current`; False if it changed.
+        A suspension is durable as configured: WAIT on the connection that swapped."""
+        key = f"{PREFIX}agent:{new.id}"
+        args = [current.to_json(), new.to_json(), CHANNEL, f"agent\x00{new.id}"]
+        replicas = self._revoke_replicas if not new.active else 0
+        with self._call("write"):
+            if replicas:
+                swapped, acked = await self._replication.script(
+                    self._replace_agent, [key], args, replicas, self._revoke_wait_ms
                 )
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
+            else:
+                swapped, acked = await self._replace_agent(keys=[key], args=args), 0
         if not swapped:
             return False
-        if not new.active:
-            acked = await self._durable_writes("suspend", [("SADD", f"{PREFIX}agents", new.id)])
-            self._check_acked("suspend", acked)
+        if replicas:
+            check_acked("suspend", acked, replicas, self._revoke_wait_ms)
         return True
 
     async def list_agents(self) -> builtins.list[Agent]:
-        try:
+        with self._call("read"):
             ids = await self.redis.smembers(f"{PREFIX}agents")
-            agents = [await self.get_agent(i.decode()) for i in sorted(ids)]
-        except (RedisError, OSError) as err:
-            raise _unavailable("read", err) from err
+        agents = [await self.get_agent(i.decode()) for i in sorted(ids)]
         return [a for a in agents if a is not None]
 
-    async def _durable_writes(self, what: str, commands: builtins.list[tuple[Any, ...]]) -> int:
-        """Run `commands` on one connection, then (for a revoke or suspend, with
-        `store.revoke_replicas`) WAIT for replicas on that same connection, whose
-        socket timeout allows for the wait. Returns how many replicas acknowledged."""
-        waits = bool(what) and self._revoke_replicas > 0 and self._waiter is not None
-        client = self._waiter if waits else self.redis
-        try:
-            with self._timed("write"):
-                async with client.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    if waits:
-                        pipe.execute_command("WAIT", self._revoke_replicas, self._revoke_wait_ms)
-                    results = await pipe.execute()
-        except RedisTimeoutError as err:
-            if waits:  # the writes went out before the WAIT; only its answer is late
-                return 0
-            raise _unavailable("write", err) from err
-        except (RedisError, OSError) as err:
-            raise _unavailable("write", err) from err
-        return int(results[-1]) if waits else self._revoke_replicas
+    # durability -------------------------------------------------------------
 
-    def _check_acked(self, what: str, acked: int) -> None:
-        if acked < self._revoke_replicas:
-            raise StoreUnavailable(
-                f"{what} applied on the primary but only {acked} of {self._revoke_replicas} "
-                f"replicas acknowledged it within {self._revoke_wait_ms} ms; a failover now "
-                "could undo it in Redis (replicas that saw the invalidation still enforce it); "
-                "retry"
-            )
+    async def _durable(
+        self,
+        what: str,
+        replicas: int,
+        groups: builtins.list[builtins.list[Command]],
+        plain: builtins.list[Command],
+    ) -> None:
+        """Run `groups` (each: commands on keys of one slot, in order, each group with one
+        that always replicates, so the WAIT covers a retry too), then WAIT for `replicas`
+        replicas on the same connection; fewer acknowledged: StoreUnavailable. `plain`
+        commands need no WAIT.
+
+        One server or Sentinel: one pipeline. Cluster: one pipeline per group, on the
+        master that holds its keys, and the plain commands through the cluster client."""
+        if not self._replication.cluster:
+            groups, plain = [[c for group in groups for c in group] + plain], []
+        acked = replicas
+        for batch in groups:
+            with self._call("write"):
+                acked = min(acked, await self._replication.run(batch, replicas))
+        # Only once the rest is durable: a revoke that lost its tombstone in a failover must
+        # still find the grant by id when it is retried.
+        check_acked(what, acked, replicas, self._revoke_wait_ms)
+        for command in plain:
+            with self._call("write"):
+                await self.redis.execute_command(*command)
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        if self._waiter is not None:
-            await self._waiter.aclose()
-
-
-def _grant(raw: bytes | str) -> Grant:
-    try:
-        return Grant.from_json(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise StoreUnavailable(f"redis returned a malformed grant: {err}") from err
-
-
-def _agent(raw: bytes | str) -> Agent:
-    try:
-        return Agent.from_json(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise StoreUnavailable(f"redis returned a malformed agent: {err}") from err
+        await self._replication.close()
+        if self.watch is not None:
+            await self.watch.sentinel.aclose()

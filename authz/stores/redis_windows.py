@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from authz.errors import StoreUnavailable
 from authz.stores.redis_store import RedisStore
@@ -153,13 +152,9 @@ class RedisWindows:
         self._record = self._redis.register_script(_RECORD)
 
     async def record(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Tally]:
-        try:
-            with self._store._timed("detect"):
-                replies = await self._send(batch, spec)
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(
-                f"redis detection windows failed: {type(err).__name__}: {err}"
-            ) from err
+        # the store's one translation of failures: StoreUnavailable, timed as op `detect`
+        with self._store._call("detect", "detection windows"):
+            replies = await self._send(batch, spec)
         return _tallies(batch, replies)
 
     async def _send(self, batch: Sequence[Observation], spec: WindowSpec) -> list[Any]:
@@ -187,10 +182,8 @@ class RedisWindows:
 
     async def claim(self, agent: str, kind: str, seconds: int) -> bool:
         key = f"{agent_prefix(agent)}claim:{kind}"
-        try:
+        with self._store._call("write", "detection claim"):
             return bool(await self._redis.set(key, b"1", nx=True, ex=seconds))
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis detection claim failed: {err}") from err
 
     async def reset(self, agent: str) -> None:
         await self._write("HINCRBY", f"{agent_prefix(agent)}meta", "epoch", 1)
@@ -202,17 +195,13 @@ class RedisWindows:
         await self._write("PEXPIRE", meta, HABIT_MEMORY * 1000)
 
     async def flagged(self, agent: str) -> bool:
-        try:
+        with self._store._call("read", "detection flag read"):
             raw = await self._redis.hget(f"{agent_prefix(agent)}meta", "flag")
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis detection flag read failed: {err}") from err
         return raw is not None and float(raw) > self._clock()
 
     async def _write(self, *command: Any) -> None:
-        try:
+        with self._store._call("write", "detection write"):
             await self._redis.execute_command(*command)
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"redis detection write failed: {err}") from err
 
 
 def _batch(

@@ -20,10 +20,10 @@ import shutil
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from authz._proto import agents_pb2 as apb
 from authz._proto import grants_pb2 as pb
@@ -287,3 +287,33 @@ def running_fleet(
         yield Fleet(
             work=work, issuer=issuer, replicas=replicas, upstream=upstream, admin_token=admin_token
         )
+
+
+class Topology(Protocol):
+    """A Redis topology a fleet can run on (authz.dev.topology)."""
+
+    @property
+    def url(self) -> str: ...
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=Topology)
+
+
+@contextlib.contextmanager
+def fleet_on(
+    prefix: str,
+    start: Callable[[Path], T],
+    upstream: DemoUpstream,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[T, Fleet]]:
+    """A topology started by `start(workdir)`, and a fleet on it; both stopped on exit."""
+    with devstack.workdir(prefix) as work:
+        topology = start(work)
+        try:
+            with running_fleet(
+                f"{prefix}fleet-", topology.url, upstream=upstream, env=env
+            ) as fleet:
+                yield topology, fleet
+        finally:
+            topology.close()

@@ -230,12 +230,16 @@ def test_cli_issue_list_revoke(stack: Stack) -> None:
 
     revoked = _grants(stack, "revoke", grant["id"])
     assert revoked.returncode == 0, revoked.stderr
-    assert grant["id"] in revoked.stdout
+    assert revoked.stdout.strip() == f"revoked {grant['id']}"
     assert _listed(stack, user, agent="scribe") == []
     assert_deny(stack.get(RECORDS, token), 403, "no_grant")
 
+    # A retry (the first answer lost, say) says so from the tombstone: never not_found.
     again = _grants(stack, "revoke", grant["id"])
-    assert again.returncode == 3 and "not_found" in again.stderr, again.stderr  # not found
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"already revoked {grant['id']}"
+    unknown = _grants(stack, "revoke", "g-0000000000000000")
+    assert unknown.returncode == 3 and "not_found" in unknown.stderr, unknown.stderr  # not found
 
 
 def test_grpc_call_without_authorization_metadata(stack: Stack) -> None:

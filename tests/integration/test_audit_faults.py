@@ -15,10 +15,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.dev.upstream import DemoUpstream
 from authz.errors import AdminError
+from authz.server.serve import AUTHZ_SERVICE
 from tests.integration.conftest import (
     RECORDS,
     Response,
@@ -89,8 +92,11 @@ def test_write_fails_with_efbig(upstream: DemoUpstream) -> None:
         upstream=upstream,
         command=[sys.executable, "-c", limited],
     ) as stack:
+        assert health(stack) == {"": "SERVING", AUTHZ_SERVICE: "SERVING"}
         before, after = drive_until_refused(stack)
         assert_refused_from_then_on(stack, before, after)
+        # Issue 12: health stayed SERVING, so a probe never restarted the pod.
+        assert health(stack) == {"": "NOT_SERVING", AUTHZ_SERVICE: "NOT_SERVING"}
         assert "File too large" in stack.lasthop.logs()
         assert stack.audit_path.stat().st_size <= FILE_SIZE_LIMIT
         assert stack.lasthop.close() == 0
@@ -100,6 +106,18 @@ def test_write_fails_with_efbig(upstream: DemoUpstream) -> None:
             r["decision_id"] for r in complete_records(stack.audit_path) if r["type"] == "decision"
         }
         assert allowed <= recorded  # fsync always: every 200 was on disk first
+
+
+def health(stack: Stack) -> dict[str, str]:
+    """grpc.health.v1 as a Kubernetes gRPC probe asks it: the server and the ext_authz service."""
+    with grpc.insecure_channel(stack.lasthop.ready["listen"]) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return {
+            service: health_pb2.HealthCheckResponse.ServingStatus.Name(
+                stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            )
+            for service in ("", AUTHZ_SERVICE)
+        }
 
 
 def complete_records(path: Path) -> list[dict[str, object]]:
