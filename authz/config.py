@@ -136,6 +136,13 @@ class TracingSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionsSettings:
+    """Database connections, decided through Envoy's network ext_authz (docs/databases.md)."""
+
+    max_duration_seconds: int = 300  # the listener's max_downstream_connection_duration; 1-86400
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     audience: str = "lasthop-admin"
 
@@ -196,6 +203,7 @@ class Settings:
     tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
     access: AccessSettings = AccessSettings()
+    connections: ConnectionsSettings = ConnectionsSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -213,6 +221,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "tracing": TracingSettings,
     "access": AccessSettings,
+    "connections": ConnectionsSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
@@ -373,6 +382,7 @@ def _validate(s: Settings) -> None:
     _validate_policies(s.policies)
     _validate_tracing(s.tracing)
     _validate_access(s.access)
+    _range("connections.max_duration_seconds", s.connections.max_duration_seconds, 1, 86_400)
 
 
 def _validate_server(s: ServerSettings) -> None:

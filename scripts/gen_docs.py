@@ -325,6 +325,9 @@ from the settings dataclasses in `authz/config.py`.
 # --- metrics ------------------------------------------------------------------------------
 
 METRIC_LABELS: dict[tuple[str, str], str] = {
+    ("lasthop_check_duration_seconds", "kind"): "`http`, `mcp` (a request to an MCP endpoint) "
+    "or `connection` (a database connection, Envoy's network ext_authz)",
+    ("lasthop_decisions_total", "kind"): "as for `lasthop_check_duration_seconds`",
     ("lasthop_decisions_total", "decision"): "`allow` or `deny`",
     ("lasthop_decisions_total", "reason"): "a [reason code](reasons.md), or a forbid's own "
     "`@reason`",

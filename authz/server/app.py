@@ -35,7 +35,13 @@ from authz.check.identity import (
 )
 from authz.check.intent import IntentReader
 from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
-from authz.config import DEFAULT_METHOD_OVERRIDES, IdentitySettings, Settings, spiffe_binding
+from authz.config import (
+    DEFAULT_METHOD_OVERRIDES,
+    ConnectionsSettings,
+    IdentitySettings,
+    Settings,
+    spiffe_binding,
+)
 from authz.errors import ConfigError, StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
@@ -180,6 +186,7 @@ def assemble(
     receipts: ReceiptSigner | None = None,
     method_overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
     deadline: float | None = None,
+    connection_max_seconds: int = ConnectionsSettings.max_duration_seconds,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -199,6 +206,7 @@ def assemble(
             dry_run=dry_run,
             tiers=tiers,
             deadline=deadline,
+            connection_max_seconds=connection_max_seconds,
         ),
         clock=clock,
         decisions=decisions,
@@ -313,6 +321,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         receipts=audit.receipts,
         method_overrides=settings.server.method_override_headers,
         deadline=settings.server.check_deadline_ms / 1000,
+        connection_max_seconds=settings.connections.max_duration_seconds,
     )
     if settings.policies.mode == "dry-run":
         log.warning(

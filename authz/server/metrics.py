@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels come only from closed sets (decision, reason, phase, op), never ids.
+"""Prometheus metrics. Labels come only from closed sets (kind, decision, reason, phase, op), never
+ids.
 
 `Metrics` is what the pipeline, the stores and the policy watcher report to
 (it implements their observer protocols); each takes a registry, so each
@@ -27,7 +28,7 @@ from authz.access.hooks import OUTCOMES
 from authz.access.webhook import RESULTS
 from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
-from authz.model import CheckInput, Decision
+from authz.model import KINDS, CheckInput, Decision
 from authz.reasons import Reason
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
@@ -78,18 +79,21 @@ class Metrics:
         )
         self.check_duration = Histogram(
             "lasthop_check_duration_seconds",
-            "Time to decide one ext_authz Check.",
+            "Time to decide one ext_authz Check, by what it decided.",
+            ["kind"],
             buckets=CHECK_BUCKETS,
             registry=registry,
         )
         self.decisions = Counter(
             "lasthop_decisions_total",
-            "Decisions by outcome and reason.",
-            ["decision", "reason"],
+            "Decisions by what they decided, outcome and reason.",
+            ["kind", "decision", "reason"],
             registry=registry,
         )
-        for reason in Reason:  # every series exists from the start, at 0
-            self.decisions.labels("allow" if reason.status == 200 else "deny", reason)
+        for kind in KINDS:  # every series exists from the start, at 0
+            self.check_duration.labels(kind)
+            for reason in Reason:
+                self.decisions.labels(kind, "allow" if reason.status == 200 else "deny", reason)
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry
         )
@@ -194,8 +198,9 @@ class Metrics:
         self.phases[name].observe(seconds)
 
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None:
-        self.check_duration.observe(seconds)
-        self.decisions.labels("allow" if decision.allowed else "deny", decision.reason).inc()
+        kind = decision.kind
+        self.check_duration.labels(kind).observe(seconds)
+        self.decisions.labels(kind, "allow" if decision.allowed else "deny", decision.reason).inc()
         self.cache_requests.labels("decisions", "hit" if cached else "miss").inc()
         if decision.shadow_disagrees:
             self.shadow_disagreements.inc()
