@@ -200,7 +200,7 @@ def connection_metadata(decision: Decision) -> dict[str, str | float]:
         "grant": grant.id if grant else "",
         "database": str(route.resource),
         "grant_expires_at": grant.expires_at if grant else 0,
-        "ends_at": int(decision.ends_at),  # Envoy's max duration ends it by then
+        "ends_at": round(decision.ends_at, 3),  # Envoy's max duration ends it by then
     }
 
 
