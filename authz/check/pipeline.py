@@ -252,8 +252,8 @@ class Pipeline:
             trace_id = observer.started(req) or trace_id
         try:
             decision, cached = await decide(req, uuid.uuid4().hex)
-            if decision.allowed and self.receipts is not None:
-                decision = self._receipt(decision, req)
+            if decision.allowed and self.receipts is not None and req.connection is None:
+                decision = self._receipt(decision, req)  # a connection has no upstream to tell
             decision = await self._record(decision, req, started, trace_id)
             if observer:
                 observer.decided(decision, time.perf_counter() - started, cached)
