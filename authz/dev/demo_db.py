@@ -25,7 +25,9 @@ from authz.dev import database
 from authz.dev.postgres import PostgresServer
 
 MAX_SECONDS = 3  # connections.max_duration_seconds for the demo: short, to show the end
-GRANT_SECONDS = MAX_SECONDS + 3  # a grant must outlive the connections it admits
+# a grant must outlive the connections it admits: this one admits connections for its first
+# two seconds, and none once the first has been ended
+GRANT_SECONDS = MAX_SECONDS + 2
 LASTHOP_ENV = database.lasthop_env(MAX_SECONDS)  # what the demo's Lasthop runs with
 PURPOSE = "clinical-documentation"
 QUERY = "SELECT count(*) FROM records WHERE patient = 'p-1001'"

@@ -35,7 +35,7 @@ from tests.integration.conftest import Stack, read_audit, running_stack, unique,
 
 pytestmark = pytest.mark.integration
 
-MAX_SECONDS = 3  # connections.max_duration_seconds = Envoy's max_downstream_connection_duration
+MAX_SECONDS = 2  # connections.max_duration_seconds = Envoy's max_downstream_connection_duration
 EHR_DB = 'Database::"ehr"'
 PURPOSE = "clinical-documentation"
 
