@@ -108,7 +108,8 @@ class PoliciesSettings:
 class StoreSettings:
     redis_url: str = ""
     redis_cluster: bool = False  # or a redis+cluster:// URL
-    timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
+    timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS  # the check path's Redis socket timeout
+    admin_timeout_ms: int = 1000  # the admin and access APIs' (not on the check path)
     cache_ttl_ms: int = 5000  # local grant/agent cache bound; 0: no cache
     revoke_replicas: int = 0  # WAIT for this many replicas on revoke and suspend
     revoke_wait_ms: int = 100
@@ -476,6 +477,7 @@ def spiffe_binding(i: IdentitySettings) -> spiffe.Binding:
 
 def _validate_store(s: StoreSettings) -> None:
     _range("store.timeout_ms", s.timeout_ms, 1, 10_000)
+    _range("store.admin_timeout_ms", s.admin_timeout_ms, 1, 60_000)
     url = s.redis_url
     if url and not url.startswith(REDIS_SCHEMES):
         raise ConfigError(

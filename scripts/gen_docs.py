@@ -158,7 +158,10 @@ CONFIG_KEYS: dict[str, str] = {
     f"of {_SCHEMES}",
     "store.redis_cluster": "treat `redis_url` as a Redis Cluster (as a `+cluster` URL does); "
     "needs `redis_url`",
-    "store.timeout_ms": "Redis connect and read timeout, never retried; 1 to 10000",
+    "store.timeout_ms": "the check path's Redis connect and read timeout, never retried; "
+    "1 to 10000",
+    "store.admin_timeout_ms": "the admin and access APIs' Redis timeout (a client of their "
+    "own, off the check path); 1 to 60000",
     "store.cache_ttl_ms": "how long grants and agents read from Redis stay in the local caches; "
     "0 turns those and the decision cache off; at most 60000",
     "store.revoke_replicas": "revoke and suspend `WAIT` for this many Redis replicas; 0 to 16",
