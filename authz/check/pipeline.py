@@ -19,6 +19,13 @@
     receipt   -> an allow gets a signed receipt for the upstream, bound to its record
     audit     -> one record per decision; no record, no allow
 
+A database connection (a network CheckRequest: `CheckInput.connection`) goes
+through the same phases, each its own small function (`check.connection`
+states the rules): identity is the client certificate's SPIFFE ID, the chain
+is the grant the connection names (its user -> its agent), the registry binds
+that agent to the certificate always, the route is the listener's database,
+and the grant must outlive the connection.
+
 Combining rule: the first phase that refuses decides, with its reason. A
 decision is allowed only on the path that reaches the end; every exception,
 whatever its type, becomes a deny. The phase names are the metric labels.
@@ -35,7 +42,8 @@ one thing and answered as another.
 
 Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
 says what its key holds) and served again with a new decision id. Never
-cached: 503s, and a decision that spent a use of a use-limited grant.
+cached: 503s, a decision that spent a use of a use-limited grant, and a
+connection's (checked once per connection, against the clock of that moment).
 
 Dry-run (`policies.mode = "dry-run"`, which needs `policies.allow_dry_run`):
 a grant or Cedar denial is recorded as what it would have been and allowed.
@@ -54,7 +62,7 @@ from typing import Protocol
 
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.records import AuditRecord, AuditSink, EventRecord
-from authz.check import delegation, grants, headers, identity, mcp
+from authz.check import connection, delegation, grants, headers, identity, mcp
 from authz.check.decisions import DecisionCache
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
@@ -73,6 +81,7 @@ from authz.model import (
     Agent,
     Chain,
     CheckInput,
+    Connection,
     Decision,
     EntityRef,
     Grant,
@@ -122,7 +131,7 @@ class Detector(Protocol):
     """The detectors (`authz.detect.monitor.Monitor`): values before Cedar, decisions after."""
 
     def signals(
-        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims | None, token: str
     ) -> Risk: ...
     def observe(self, decision: Decision) -> None: ...
 
@@ -136,6 +145,7 @@ class PipelineOptions:
     dry_run: bool = False
     tiers: RiskTiers = DEFAULT_TIERS
     deadline: float | None = None  # seconds a check may take to decide; None: no limit
+    connection_max_seconds: int = 300  # connections.max_duration_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +162,8 @@ class _Facts:
     """What the phases have learned so far; a denial carries whatever was known."""
 
     policy_version: str
+    kind: str = "http"  # http, mcp or connection
+    ends_at: float = 0.0  # a connection: when Envoy ends it at the latest
     token_digest: str = ""
     client_id: str = ""
     chain: Chain | None = None
@@ -189,6 +201,8 @@ class _Facts:
             dry_run=dry_run,
             policy_version=self.policy_version,
             risk=self.risk,
+            kind=self.kind,
+            ends_at=self.ends_at,
         )
 
 
@@ -258,8 +272,8 @@ class Pipeline:
             trace_id = observer.started(req) or trace_id
         try:
             decision, cached = await decide(req, uuid.uuid4().hex)
-            if decision.allowed and self.receipts is not None:
-                decision = self._receipt(decision, req)
+            if decision.allowed and self.receipts is not None and req.connection is None:
+                decision = self._receipt(decision, req)  # a connection has no upstream to tell
             decision = await self._record(decision, req, started, trace_id)
             if self.detect is not None:
                 self.detect.observe(decision)
@@ -285,14 +299,15 @@ class Pipeline:
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
         """The cached decision for this exact request, or a new one; (decision, cached)."""
         policy = self.policy  # one bundle for the whole check, whatever a reload does
-        cache = self.decisions
+        # a connection is decided afresh: its grant must outlive it from this very moment
+        cache = self.decisions if req.connection is None else None
         key = None
         if cache is not None:
             key = cache.key(req, policy.bundle.version, self.verifier.key_generation, self.clock())
             hit = cache.get(key)
             if hit is not None:
                 return replace(hit, decision_id=decision_id), True
-        facts = _Facts(policy_version=policy.bundle.version)
+        facts = _Facts(policy_version=policy.bundle.version, kind=_kind(req, policy))
         decision = await self._decide_all(req, policy, facts, decision_id)
         if cache is not None and decision.status != 503 and not facts.spends_use:
             cache.put(key, decision)
@@ -342,6 +357,8 @@ class Pipeline:
 
     async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
         """The phases in order; each records what it learned, the first refusal raises."""
+        if req.connection is not None:
+            return await self._decide_connection(req, req.connection, policy, facts)
         timer = self._timer()
         claims = await self._identity(req, facts)
         timer("identity")
@@ -362,6 +379,34 @@ class Pipeline:
         self._cedar(req, policy, facts, chain, agents, intent, route, grant, risk)
         timer("cedar")
         if grant is not None and grant.max_uses:
+            facts.spends_use = True
+            await self._uses(grant)
+            timer("uses")
+
+    async def _decide_connection(
+        self, req: CheckInput, conn: Connection, policy: PolicyEngine, facts: _Facts
+    ) -> None:
+        """A database connection: the same phases, from its certificates and the grant it
+        names instead of a token (`check.connection`)."""
+        timer = self._timer()
+        connection.peer_identity(req.peer_principal)
+        timer("identity")
+        grant = facts.grant = await self._named_grant(conn)
+        chain, intent = facts.chain, facts.intent = connection.acting_for(grant)
+        timer("chain")
+        agents = await self._registry(req, chain, facts)
+        timer("registry")
+        risk = facts.risk = self._risk(chain, agents, None, "")
+        timer("risk")
+        route = facts.route = policy.bundle.routes.databases.resolve(conn.listener)
+        timer("route")
+        facts.ends_at = connection.admit(
+            grant, route, self.clock(), self.options.connection_max_seconds
+        )
+        timer("grants")
+        self._cedar(req, policy, facts, chain, agents, intent, route, grant, risk)
+        timer("cedar")
+        if grant.max_uses:  # each connection is one use
             facts.spends_use = True
             await self._uses(grant)
             timer("uses")
@@ -392,7 +437,7 @@ class Pipeline:
         is the exact SPIFFE ID the current actor is bound to, never just its last segment."""
         agents = await resolve_chain(self.registry, chain)
         facts.owner = agents[-1].owner if agents else ""
-        if self.options.bind_peer:
+        if self.options.bind_peer or req.connection is not None:
             registered = agents[-1].spiffe_id if agents else ""
             try:
                 self.options.binding.check(req.peer_principal, chain.actor, registered)
@@ -401,12 +446,20 @@ class Pipeline:
         return tuple(agents)
 
     def _risk(
-        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims | None, token: str
     ) -> Risk:
-        """The detectors' current values; with no detectors, the token's own facts only."""
+        """The detectors' current values; with no detectors, the token's own facts only
+        (a connection has no token: `claims` is None)."""
         if self.detect is not None:
             return self.detect.signals(chain, agents, claims, token)
+        if claims is None:
+            return Risk()
         return Risk(token_lifetime=claims.expires_at - claims.issued_at, token_jti=bool(claims.jti))
+
+    async def _named_grant(self, conn: Connection) -> Grant:
+        """A connection's chain comes from the grant its TLS server name names."""
+        name = connection.grant_name(conn)
+        return connection.existing(await self.store.get(name), name)
 
     def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
         """The route table's action and resource; an MCP endpoint's come from the body.
@@ -581,11 +634,21 @@ class Pipeline:
         call = route.mcp
         if call is not None and call.arguments is not None:
             context["tool"] = {"name": call.tool, "arguments": call.arguments}
+        conn = req.connection
+        if conn is not None:
+            context["connection"] = {"peer": req.peer_principal, "listener": conn.listener}
         return context
 
 
 def _no_timer(name: str) -> None:
     return None
+
+
+def _kind(req: CheckInput, policy: PolicyEngine) -> str:
+    """What the check decides, for the metrics and the record: http, mcp or connection."""
+    if req.connection is not None:
+        return "connection"
+    return "mcp" if policy.bundle.routes.mcp_endpoint(req.method, req.path) else "http"
 
 
 def _fields(event: str, decision_id: str, req: CheckInput) -> dict[str, str]:

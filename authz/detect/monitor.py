@@ -112,9 +112,10 @@ class Monitor:
     # --- the risk phase -----------------------------------------------------------------------
 
     def signals(
-        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims | None, token: str
     ) -> Risk:
-        """`context.risk` for this check; a locally contained agent is refused."""
+        """`context.risk` for this check; a locally contained agent is refused. A database
+        connection has no token (`claims` None): its token facts stay at their defaults."""
         for agent_id in chain.agents if self.responder.containing else ():
             detector = self.responder.contained(agent_id)
             if detector is not None:
@@ -129,11 +130,11 @@ class Monitor:
             user_patients=self._pairs.get((actor, chain.user)) or 0,
             rate=values.rate if values else 0,
             denials=values.denials if values else 0,
-            token_denials=self._tokens.get(token) or 0,
+            token_denials=(self._tokens.get(token) or 0) if token else 0,
             off_hours=bool(agents) and self._off_hours(agents[-1]),
             approval_required=values.approval_required if values else False,
-            token_lifetime=claims.expires_at - claims.issued_at,
-            token_jti=bool(claims.jti),
+            token_lifetime=claims.expires_at - claims.issued_at if claims else 0,
+            token_jti=bool(claims.jti) if claims else True,
         )
 
     def _off_hours(self, agent: Agent) -> bool:

@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels come only from closed sets (decision, reason, phase, op), never ids.
+"""Prometheus metrics. Labels come only from closed sets (kind, decision, reason, phase, op), never
+ids.
 
 `Metrics` is what the pipeline, the stores and the policy watcher report to
 (it implements their observer protocols); each takes a registry, so each
@@ -28,9 +29,9 @@ from authz.access.webhook import RESULTS
 from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
 from authz.config import RESPONSES
-from authz.detect.detectors import KINDS
+from authz.detect.detectors import KINDS as DETECTOR_KINDS
 from authz.detect.respond import ACTIONS
-from authz.model import CheckInput, Decision
+from authz.model import KINDS, CheckInput, Decision
 from authz.reasons import Reason
 
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
@@ -85,18 +86,21 @@ class Metrics:
         )
         self.check_duration = Histogram(
             "lasthop_check_duration_seconds",
-            "Time to decide one ext_authz Check.",
+            "Time to decide one ext_authz Check, by what it decided.",
+            ["kind"],
             buckets=CHECK_BUCKETS,
             registry=registry,
         )
         self.decisions = Counter(
             "lasthop_decisions_total",
-            "Decisions by outcome and reason.",
-            ["decision", "reason"],
+            "Decisions by what they decided, outcome and reason.",
+            ["kind", "decision", "reason"],
             registry=registry,
         )
-        for reason in Reason:  # every series exists from the start, at 0
-            self.decisions.labels("allow" if reason.status == 200 else "deny", reason)
+        for kind in KINDS:  # every series exists from the start, at 0
+            self.check_duration.labels(kind)
+            for reason in Reason:
+                self.decisions.labels(kind, "allow" if reason.status == 200 else "deny", reason)
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry
         )
@@ -199,7 +203,7 @@ class Metrics:
             ["detector", "kind", "response"],
             registry=registry,
         )
-        for detector, kinds in KINDS.items():
+        for detector, kinds in DETECTOR_KINDS.items():
             for kind in kinds:
                 for response in RESPONSES:
                     self.detections.labels(detector, kind, response)
@@ -235,8 +239,9 @@ class Metrics:
         self.phases[name].observe(seconds)
 
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None:
-        self.check_duration.observe(seconds)
-        self.decisions.labels("allow" if decision.allowed else "deny", decision.reason).inc()
+        kind = decision.kind
+        self.check_duration.labels(kind).observe(seconds)
+        self.decisions.labels(kind, "allow" if decision.allowed else "deny", decision.reason).inc()
         self.cache_requests.labels("decisions", "hit" if cached else "miss").inc()
         if decision.shadow_disagrees:
             self.shadow_disagreements.inc()

@@ -76,8 +76,10 @@ class FixedRisk:
         self.risk = risk
 
     def signals(
-        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims, token: str
+        self, chain: Chain, agents: tuple[Agent, ...], claims: TokenClaims | None, token: str
     ) -> Risk:
+        if claims is None:
+            return self.risk
         return replace(
             self.risk,
             token_lifetime=claims.expires_at - claims.issued_at,

@@ -247,6 +247,8 @@ async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Ta
         await app.monitor.close()  # responses under way reach the store and the trail
     await app.audit.close()
     await app.store.close()
+    if app.stores.admin_redis is not None:
+        await app.stores.admin_redis.close()
     for flush in app.on_shutdown:
         flush()
     listeners.metrics.shutdown()
