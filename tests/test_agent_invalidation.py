@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -56,3 +57,38 @@ def test_an_unreadable_invalidation_drops_every_cache(tmp_path: Path) -> None:
     inval.pairs.put(("scribe", "dr-alice"), [g])
     inval._handle_safely("revoked\x00g\x00not-a-number")
     assert len(inval.agents) == 0 and len(inval.pairs) == 0
+
+
+def test_only_the_live_subscriptions_connection_turns_the_caches_off(tmp_path: Path) -> None:
+    """Regression: a closed subscription's connection went back to the store's pool with the
+    listener's reconnect hook still on it; a command that reconnected it later turned the
+    caches off while the new subscription was healthy, and nothing turned them on again (a
+    fleet with detection, whose flushes use a second connection, lost its caches for good)."""
+    server = RedisServer(tmp_path)
+
+    async def go() -> tuple[bool, bool]:
+        store = RedisStore(server.url, 500)
+        inval = Invalidation(store, ttl=5.0)
+        listener = asyncio.create_task(inval.run())
+        try:
+            deadline = time.monotonic() + 5
+            while not await inval.trusted() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert inval._pubsub is not None
+            inval._on_reconnect(object())  # some other connection of the pool reconnects
+            other = await inval.trusted()
+            inval._on_reconnect(inval._pubsub.connection)  # the subscription's own
+            own = inval.live
+            return other, own
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await store.close()
+
+    try:
+        other, own = asyncio.run(go())
+        assert other, "caches turned off by a connection that is not the subscription's"
+        assert not own, "the subscription's own reconnect must turn the caches off"
+    finally:
+        server.close()

@@ -150,8 +150,13 @@ class Invalidation:
         self.drop_all()
 
     def _on_reconnect(self, connection: Any) -> None:
-        """redis-py reconnects (and resubscribes) inside a failed call: drop caches first."""
-        self._down()
+        """redis-py reconnects (and resubscribes) inside a failed call: drop caches first.
+
+        Only for the live subscription's own connection: a closed subscription's goes back
+        to the pool, and a command that reconnects it later must not turn the caches off."""
+        pubsub = self._pubsub
+        if pubsub is not None and connection is pubsub.connection:
+            self._down()
 
     def drop_all(self) -> None:
         self.generation += 1
@@ -198,6 +203,9 @@ class Invalidation:
                 self._answered.set()
                 self._down()
                 if pubsub is not None:
+                    connection = getattr(pubsub, "connection", None)
+                    if connection is not None:  # it goes back to the pool
+                        connection.deregister_connect_callback(self._on_reconnect)
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
             await asyncio.sleep(RECONNECT_SECONDS)
