@@ -83,8 +83,8 @@ def run(work: Path) -> dict[str, Any]:
             a, b = replicas
             admin = AdminClient(a.lasthop.ready["admin_listen"], issuer.admin_token(ttl=600))
             try:
-                normal = _normal_day(admin, issuer, replicas)
-                measured = _sweep(admin, issuer, a, b)
+                normal, before = _normal_day(admin, issuer, replicas)
+                measured = _sweep(admin, issuer, replicas, before)
                 resumed = _resume(admin, issuer, a)
             finally:
                 admin.close()
@@ -94,7 +94,10 @@ def run(work: Path) -> dict[str, Any]:
         upstream.close()
 
 
-def _normal_day(admin: AdminClient, issuer: DemoIssuer, replicas: list[Replica]) -> dict[str, int]:
+def _normal_day(
+    admin: AdminClient, issuer: DemoIssuer, replicas: list[Replica]
+) -> tuple[dict[str, int], int]:
+    """The day's outcomes, and how many distinct patients the scribe asked for."""
     grants, steps = clinic.day(0)
     clinic.issue(admin, grants)
     outcomes = clinic.run([r.envoy.url for r in replicas], issuer, steps)
@@ -104,10 +107,15 @@ def _normal_day(admin: AdminClient, issuer: DemoIssuer, replicas: list[Replica])
         f"({', '.join(f'{n} {reason}' for reason, n in sorted(outcomes.items()))}); "
         f"detections: {fired}"
     )
-    return dict(outcomes)
+    scribe = {s.path.split("/")[2] for s in steps if s.agents[-1] == "scribe"}
+    return dict(outcomes), len(scribe)
 
 
-def _sweep(admin: AdminClient, issuer: DemoIssuer, a: Replica, b: Replica) -> dict[str, Any]:
+def _sweep(
+    admin: AdminClient, issuer: DemoIssuer, replicas: list[Replica], before: int
+) -> dict[str, Any]:
+    """`before`: the scribe's distinct patients already in the window (the clinic day)."""
+    a, b = replicas
     admin.issue(
         pb.IssueGrantRequest(
             agent="scribe",
@@ -137,7 +145,7 @@ def _sweep(admin: AdminClient, issuer: DemoIssuer, a: Replica, b: Replica) -> di
     finally:
         stop.set()
         watcher.join()
-    return _report(sweep, _crossing(a.trail))
+    return _report(sweep, _crossing(replicas), before)
 
 
 def _watch(replica: Replica, token: str, sweep: Sweep, stop: threading.Event) -> None:
@@ -148,19 +156,33 @@ def _watch(replica: Replica, token: str, sweep: Sweep, stop: threading.Event) ->
         time.sleep(0.005)
 
 
-def _crossing(trail: Path) -> dict[str, Any]:
-    """The breadth detection's event: the decision that crossed the line, and the count."""
-    return next((r["detail"] for r in _records(trail) if r.get("event") == "threat_detected"), {})
+def _crossing(replicas: list[Replica], wait: float = 2.0) -> dict[str, Any]:
+    """The breadth detection's event, from whichever replica claimed it (its trail may take
+    a moment): the decision it names, and the count."""
+    deadline = time.monotonic() + wait
+    while True:
+        for replica in replicas:
+            for r in _records(replica.trail):
+                if r.get("event") == "threat_detected":
+                    return dict(r["detail"])
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.02)
 
 
 def _first_deny(answers: list[tuple[float, clinic.Answer]], after: float = 0.0) -> float | None:
     return next((t for t, a in answers if t >= after and a.outcome == "agent_suspended"), None)
 
 
-def _report(sweep: Sweep, detection: dict[str, Any]) -> dict[str, Any]:
+def _report(sweep: Sweep, detection: dict[str, Any], before: int) -> dict[str, Any]:
+    """Every check judged over the line fires, so replica B's own check may claim the
+    detection first (the event then names it); the line was still crossed by the sweep's
+    chart that made `THRESHOLD + 1` patients."""
     allowed = sum(a.outcome == "allowed" for _, a in sweep.answers)
     crossing = detection.get("decision_id")
     index = next((i for i, (_, a) in enumerate(sweep.answers) if a.decision_id == crossing), -1)
+    if index < 0 and detection and THRESHOLD - before < len(sweep.answers):
+        index = THRESHOLD - before  # the chart that crossed (the sweep's patients are new)
     ms: dict[str, float | None] = {"replica_a_ms": None, "replica_b_ms": None}
     if index >= 0:
         crossed = sweep.answers[index][0]
