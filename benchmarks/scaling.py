@@ -8,7 +8,7 @@ time, with every cache that would hide the cost turned off:
 
   policies     10, 100, 1,000, 10,000 (one `principal ==` policy per agent)
   grants       10 up to --max-grants active grants in a real Redis (other pairs)
-  chain depth  1 up to identity.max_chain_depth (4)
+  chain depth  1 up to identity.max_chain_depth (4), agents in Redis, no local cache
   token size   about 1, 2, 4 and 8 KiB
 
 and measures memory: RSS with 10,000 agents and 100,000 cached grant pairs.
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, Record
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -40,8 +42,9 @@ from authz.stores.embedded import (
     EmbeddedGrantStore,
     SeededRegistry,
 )
-from authz.stores.protocols import GrantStore
+from authz.stores.protocols import AgentRegistry, GrantStore
 from authz.stores.redis_store import PREFIX, RedisStore, pair_tag
+from authz.stores.registry import StoreRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +58,8 @@ when {{ context has grant }};
 
 
 class Null:
-    async def commit(self, record: Any) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def uncached(p: Pipeline) -> None:
@@ -69,7 +72,7 @@ def pipeline(
     bundle: policy_load.PolicyBundle,
     issuer: DemoIssuer,
     store: GrantStore,
-    agents: dict[str, Agent],
+    agents: dict[str, Agent] | AgentRegistry,
 ) -> Pipeline:
     keys = jwks.StaticKeys(
         jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}), ("ES256",), "bench")
@@ -78,7 +81,7 @@ def pipeline(
         ident=IdentitySettings(),
         keys=keys,
         bundle=bundle,
-        registry=SeededRegistry(agents),
+        registry=SeededRegistry(agents) if isinstance(agents, dict) else agents,
         store=store,
         audit=Null(),
     )
@@ -209,14 +212,26 @@ def grants_curve(
 
 
 def depth_curve(
-    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int, redis_url: str
 ) -> dict[str, Any]:
-    store = EmbeddedGrantStore(time.time)
-    asyncio.run(store.put(grant()))
-    p = pipeline(bundle, issuer, store, bundle.agents)
-    chain = ["orchestrator", "med-reconciler", "billing-bot", "scribe"]
-    points = [(d, p50(p, issuer_token(issuer, chain[-d:]), checks)) for d in range(1, 5)]
-    return curve("chain depth", points)
+    """Chain depth 1 to 4, agents and grants in Redis with no local cache: every check reads
+    the registry (one round trip for the whole chain) and the grants."""
+
+    async def load() -> None:
+        store = RedisStore(redis_url, 500)
+        for agent in bundle.agents.values():
+            await store.add_agent(agent)
+        await store.put(grant())
+        await store.close()
+
+    def at(depth: int) -> float:
+        store = RedisStore(redis_url, 500)  # a client per event loop: p50 runs its own
+        chain = ["orchestrator", "med-reconciler", "billing-bot", "scribe"][-depth:]
+        p = pipeline(bundle, issuer, store, StoreRegistry(store))
+        return p50(p, issuer_token(issuer, chain), checks)
+
+    asyncio.run(load())
+    return curve("chain depth (Redis, no local cache)", [(d, at(d)) for d in range(1, 5)])
 
 
 def token_curve(
@@ -277,9 +292,15 @@ def main() -> None:
     args = ap.parse_args()
     bundle = policy_load.load(ROOT / "policies")
     issuer = DemoIssuer("ES256", kid="bench")
+    with tempfile.TemporaryDirectory() as work:
+        redis = RedisServer(Path(work))
+        try:
+            depth = depth_curve(bundle, issuer, args.checks, redis.url)
+        finally:
+            redis.close()
     results = {
         "policies": policies_curve(bundle, issuer, "", args.checks),
-        "chain_depth": depth_curve(bundle, issuer, args.checks),
+        "chain_depth": depth,
         "token_size": token_curve(bundle, issuer, args.checks),
         "grants": grants_curve(bundle, issuer, args.checks, args.max_grants),
         "memory": memory(bundle),

@@ -260,15 +260,10 @@ class GrantsService(pb_grpc.GrantsServicer):
             "expires_at": grant.expires_at,
             "max_uses": grant.max_uses,
         }
-        return await self._audit.commit(
-            EventRecord(
-                event=event,
-                actor=caller,
-                target=grant.id,
-                time=rfc3339(self._clock()),
-                detail=detail,
-            )
+        record = EventRecord(
+            event=event, actor=caller, target=grant.id, time=rfc3339(self._clock()), detail=detail
         )
+        return (await self._audit.commit(record)).ok
 
     async def GetGrant(
         self,
