@@ -50,6 +50,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PURPOSE = "clinical-documentation"
 PATH = "/patients/p-1001/records"
+# Agents that may hand a clinical-documentation task on, so that a chain can be 4 deep
+# (every agent of a chain must allow its purpose: agent-purpose-must-be-allowed).
+RELAYS = [
+    Agent(f"relay-{n}", "dr-alice", 10, "active", allowed_purposes=(PURPOSE,)) for n in (1, 2)
+]
+DEEP_CHAIN = ["relay-2", "relay-1", "orchestrator", "scribe"]
 PER_AGENT = """
 @id("read-{n}")
 permit (principal == Agent::"{n}", action == Action::"read", resource is Records)
@@ -219,14 +225,14 @@ def depth_curve(
 
     async def load() -> None:
         store = RedisStore(redis_url, 500)
-        for agent in bundle.agents.values():
+        for agent in [*bundle.agents.values(), *RELAYS]:
             await store.add_agent(agent)
         await store.put(grant())
         await store.close()
 
     def at(depth: int) -> float:
         store = RedisStore(redis_url, 500)  # a client per event loop: p50 runs its own
-        chain = ["orchestrator", "med-reconciler", "billing-bot", "scribe"][-depth:]
+        chain = DEEP_CHAIN[-depth:]
         p = pipeline(bundle, issuer, store, StoreRegistry(store))
         return p50(p, issuer_token(issuer, chain), checks)
 

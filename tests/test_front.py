@@ -23,7 +23,7 @@ from authz.server.front import ThreadedAuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore, Generation
 from tests.audit_helpers import records
 from tests.conftest import PURPOSE, Clock, PipelineFactory, grant
-from tests.test_ext_authz import bearer_request, loop_in_a_thread, ok_headers
+from tests.test_ext_authz import CallContext, bearer_request, loop_in_a_thread, ok_headers
 
 
 @pytest.fixture
@@ -52,10 +52,11 @@ def test_a_repeated_decision_is_answered_without_the_event_loop(
     key = SigningKey.generate()
     pipeline = cached_pipeline(make_pipeline, clock, trail, key)
     request = bearer_request(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
+    raw = request.SerializeToString()
     with loop_in_a_thread() as loop:  # the first check is decided on the loop
-        first = ThreadedAuthorizationService(pipeline, loop).Check(request, None)
+        first = ThreadedAuthorizationService(pipeline, loop).Check(raw, CallContext())
     # the loop is closed now: a check that needed it would be a 503 internal_error
-    second = ThreadedAuthorizationService(pipeline, loop).Check(request, None)
+    second = ThreadedAuthorizationService(pipeline, loop).Check(raw, CallContext())
     answers = [pb.CheckResponse.FromString(a) for a in (first, second)]
     assert [a.status.code for a in answers] == [code_pb2.OK, code_pb2.OK]
     ids = [ok_headers(a)["x-lasthop-decision-id"] for a in answers]
@@ -83,11 +84,13 @@ def test_the_answer_waits_for_the_fsync_of_its_record(
         synced.append(os.fstat(fd).st_size)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    request = bearer_request(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
+    raw = bearer_request(issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE))
     with loop_in_a_thread() as loop:
         service = ThreadedAuthorizationService(pipeline, loop)
         for _ in range(3):  # a miss, then repeats answered in this thread
-            answer = pb.CheckResponse.FromString(service.Check(request, None))
+            answer = pb.CheckResponse.FromString(
+                service.Check(raw.SerializeToString(), CallContext())
+            )
             decision_id = ok_headers(answer)["x-lasthop-decision-id"]
             data = trail.path.read_bytes()
             end = data.index(f'"decision_id":"{decision_id}"'.encode())

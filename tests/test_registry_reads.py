@@ -19,7 +19,10 @@ from authz.stores.redis_store import RedisStore
 from authz.stores.registry import StoreRegistry
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant
 
-CHAIN = ["orchestrator", "med-reconciler", "billing-bot", "scribe"]
+CHAIN = ["relay-2", "relay-1", "orchestrator", "scribe"]  # all may act for the purpose
+RELAYS = [
+    Agent(f"relay-{n}", "dr-alice", 10, "active", allowed_purposes=(PURPOSE,)) for n in (1, 2)
+]
 
 
 class Calls:
@@ -63,7 +66,7 @@ def test_a_chain_of_any_depth_is_one_registry_read(
 
     async def main() -> bool:
         store = RedisStore(redis_url, 500, observer=calls)
-        for agent in bundle.agents.values():
+        for agent in [*bundle.agents.values(), *RELAYS]:
             await store.add_agent(agent)
         await store.put(grant(now=clock.now))
         calls.ops.clear()

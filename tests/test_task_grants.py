@@ -129,6 +129,12 @@ def _denied(reason: str) -> Decision:
     )
 
 
+def denied_body(decision: Decision) -> str:
+    response = pb.CheckResponse.FromString(ext_authz.to_response(decision, _request()))
+    body: str = response.denied_response.body
+    return body
+
+
 @pytest.mark.parametrize(
     "reason",
     [
@@ -139,12 +145,6 @@ def _denied(reason: str) -> Decision:
         Reason.GRANT_EXHAUSTED,
     ],
 )
-def denied_body(decision: Decision) -> str:
-    response = pb.CheckResponse.FromString(ext_authz.to_response(decision, _request()))
-    body: str = response.denied_response.body
-    return body
-
-
 def test_a_denial_for_want_of_a_grant_names_what_it_would_need(reason: Reason) -> None:
     body = json.loads(denied_body(_denied(reason)))
     assert body["needs"] == {

@@ -149,7 +149,7 @@ def test_disclosures_come_from_every_worker_in_time_order(
     two_trails: tuple[Path, SigningKey], capsys: pytest.CaptureFixture[str]
 ) -> None:
     live, _ = two_trails
-    argv = ["audit", "disclosures", "--user", "dr-alice", "--trail", str(live), "--format", "json"]
+    argv = ["audit", "disclosures", "--user", "dr-alice", "--trail", str(live), "--output", "json"]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["decision_id"] for r in rows] == [f"w{n % 2}-{n}" for n in range(6)]

@@ -214,7 +214,10 @@ class AuditLog:
         try:
             signed = receipt.signer.sign([receipt])[0] if receipt is not None else ""
         except Exception:
-            log.exception("cannot sign a receipt; the check is refused")
+            log.exception(
+                "cannot sign a receipt; the check is refused",
+                extra={"event": "audit.receipt_failed"},
+            )
             return REFUSED
         return Committed(True, signed) if self._offer(record, None, None) else REFUSED
 

@@ -82,7 +82,7 @@ def test_two_workers_answer_on_one_port_and_record_every_check_once() -> None:
             user,
             "--trail",
             str(stack.audit_path),
-            "--format",
+            "--output",
             "json",
         )
         assert shown.returncode == 0, shown.stderr
