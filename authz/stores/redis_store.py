@@ -341,6 +341,8 @@ class RedisStore:
                 raws = await self.redis.mget_nonatomic(keys)
             else:
                 raws = await self.redis.mget(keys)
+            if not isinstance(raws, list) or len(raws) != len(keys):
+                raise ValueError(f"MGET of {len(keys)} agents answered `{raws!r}`"[:200])
             return [None if raw is None else Agent.from_json(raw) for raw in raws]
 
     async def add_agent(self, agent: Agent) -> bool:

@@ -110,4 +110,4 @@ def test_without_workers_a_port_in_use_stops_start_up(tmp_path: Path) -> None:
         config = devstack.write_config(tmp_path, stack.work / "keys" / "jwks.json")
         second = run_cli("serve", "--config", str(config), env={"LASTHOP_SERVER_LISTEN": listen})
         assert second.returncode == 2, second.stderr[-2000:]
-        assert f"cannot listen on `{listen}` (server.listen): is the port in use?" in second.stderr
+        assert f"cannot listen on `{listen}` (server.listen)" in second.stderr
