@@ -110,7 +110,8 @@ class PoliciesSettings:
 class StoreSettings:
     redis_url: str = ""
     redis_cluster: bool = False  # or a redis+cluster:// URL
-    timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
+    timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS  # the check path's Redis socket timeout
+    admin_timeout_ms: int = 1000  # the admin and access APIs' (not on the check path)
     cache_ttl_ms: int = 5000  # local grant/agent cache bound; 0: no cache
     revoke_replicas: int = 0  # WAIT for this many replicas on revoke and suspend
     revoke_wait_ms: int = 100
@@ -135,6 +136,13 @@ class TracingSettings:
     endpoint: str = ""  # OTLP/gRPC collector; empty: OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317
     service_name: str = "lasthop"  # the spans' `service.name`
     sample_ratio: float = 1.0  # for checks that arrive without a sampled-or-not parent
+
+
+@dataclass(frozen=True)
+class ConnectionsSettings:
+    """Database connections, decided through Envoy's network ext_authz (docs/databases.md)."""
+
+    max_duration_seconds: int = 300  # the listener's max_downstream_connection_duration; 1-86400
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,7 @@ class Settings:
     tracing: TracingSettings
     base_dir: Path  # relative paths in the file resolve against its directory
     access: AccessSettings = AccessSettings()
+    connections: ConnectionsSettings = ConnectionsSettings()
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -215,6 +224,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "tracing": TracingSettings,
     "access": AccessSettings,
+    "connections": ConnectionsSettings,
 }
 # Keys that once existed, and why they are gone.
 _RETIRED = {
@@ -375,6 +385,7 @@ def _validate(s: Settings) -> None:
     _validate_policies(s.policies)
     _validate_tracing(s.tracing)
     _validate_access(s.access)
+    _range("connections.max_duration_seconds", s.connections.max_duration_seconds, 1, 86_400)
 
 
 def _validate_server(s: ServerSettings) -> None:
@@ -469,6 +480,7 @@ def spiffe_binding(i: IdentitySettings) -> spiffe.Binding:
 
 def _validate_store(s: StoreSettings) -> None:
     _range("store.timeout_ms", s.timeout_ms, 1, 10_000)
+    _range("store.admin_timeout_ms", s.admin_timeout_ms, 1, 60_000)
     url = s.redis_url
     if url and not url.startswith(REDIS_SCHEMES):
         raise ConfigError(

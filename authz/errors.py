@@ -3,7 +3,8 @@
     LasthopError                  a check ends with it: `reason` (a `Reason`) and `detail`
     ├── MalformedRequest (400)    the CheckRequest itself cannot be decoded
     ├── Unauthenticated (401)     the caller did not prove who it is
-    │   └── TokenError            a bearer or transaction token was refused
+    │   ├── TokenError            a bearer or transaction token was refused
+    │   └── PeerError             a connection's client certificate names no SPIFFE ID
     ├── Forbidden (403)           we know who it is, and the answer is no
     │   ├── DelegationError       the `act` chain is refused (cycle, depth, impersonation)
     │   ├── RegistryError         an agent in the chain is unknown or suspended
@@ -72,6 +73,11 @@ class Unauthenticated(LasthopError):
 
 class TokenError(Unauthenticated):
     pass
+
+
+class PeerError(Unauthenticated):
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.INVALID_PEER, detail)
 
 
 class Forbidden(LasthopError):

@@ -22,9 +22,21 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
+KINDS = ("http", "mcp", "connection")  # what a check decides; the metrics' `kind` label
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A network-level CheckRequest: a new connection to a listener Envoy fronts (no HTTP)."""
+
+    listener: str  # destination.principal: the SPIFFE ID of the certificate the listener presents
+    server_name: str  # the TLS server name (SNI) the client sent: its first label names a grant
+    source: str = ""  # the client's address, `ip:port`
+
+
 @dataclass(frozen=True, slots=True)
 class CheckInput:
-    """What Envoy told us about one HTTP request, protocol-free."""
+    """What Envoy told us about one HTTP request or new connection, protocol-free."""
 
     method: str
     path: str  # as Envoy saw it, without the query string (see `split_target`)
@@ -37,6 +49,7 @@ class CheckInput:
     body: bytes | None = None  # what Envoy sent of the body; None: it sends none (no
     # `with_request_body`); read only by an MCP endpoint, never logged
     body_partial: bool = False  # Envoy says it sent only the start of the body
+    connection: Connection | None = None  # a network CheckRequest: method, path, host are ""
 
     @classmethod
     def with_body(cls, body: bytes, **fields: Any) -> CheckInput:
@@ -412,3 +425,5 @@ class Decision:
     dry_run: str = ""  # dry-run mode: the reason this allow would have been a deny
     policy_version: str = ""  # the policy set that decided
     receipt: str = ""  # on allow: the signed receipt for the upstream
+    kind: str = "http"  # one of KINDS
+    ends_at: float = 0.0  # a connection: when Envoy ends it at the latest (grant and maximum)

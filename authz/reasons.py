@@ -117,6 +117,14 @@ class Reason(StrEnum):
         "`exp - iat` exceeds `identity.max_token_lifetime`",
     )
 
+    # identity of a connection: its mTLS client certificate (`source.principal`)
+    INVALID_PEER = (
+        "invalid_peer",
+        401,
+        "identity",
+        "a connection's client certificate holds no valid SPIFFE ID (is the listener mTLS?)",
+    )
+
     # chain: the RFC 8693 delegation chain
     INVALID_ACT = "invalid_act", 401, "chain", "`act` is not an object with a string `sub`"
     CHAIN_TOO_DEEP = ("chain_too_deep", 403, "chain", "more agents than `identity.max_chain_depth`")
@@ -159,6 +167,12 @@ class Reason(StrEnum):
         "`..`, `.`, `//`, a backslash, an encoded separator or a control character in the path",
     )
     NO_ROUTE = "no_route", 403, "route", "no route maps the method and path"
+    NO_DATABASE = (
+        "no_database",
+        403,
+        "route",
+        "no `[[database]]` in the route table is the listener a connection reached",
+    )
     METHOD_OVERRIDE = (
         "method_override",
         403,
@@ -245,6 +259,18 @@ class Reason(StrEnum):
         403,
         "grants",
         "covering grants are bound to another task (`txn`) than the request's",
+    )
+    GRANT_NOT_NAMED = (
+        "grant_not_named",
+        403,
+        "chain",
+        "a connection's TLS server name does not start with the id of the grant it uses",
+    )
+    GRANT_ENDS_TOO_SOON = (
+        "grant_ends_too_soon",
+        403,
+        "grants",
+        "the connection's grant ends before `connections.max_duration_seconds` from now",
     )
     PURPOSE_MISMATCH = (
         "purpose_mismatch",

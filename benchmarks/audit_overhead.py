@@ -115,8 +115,8 @@ class Target:
         metrics = self.lasthop.ready["metrics_listen"]
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        total = _metric(text, "lasthop_check_duration_seconds_sum")
-        count = _metric(text, "lasthop_check_duration_seconds_count")
+        total = _metric(text, 'lasthop_check_duration_seconds_sum{kind="http"}')
+        count = _metric(text, 'lasthop_check_duration_seconds_count{kind="http"}')
         fields = Path(f"/proc/{self.lasthop.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime + stime
         return total, count, cpu
@@ -140,7 +140,7 @@ def _direct_response_template(work: Path) -> Path:
 
 
 def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"`{name}` not in /metrics")
     return float(match.group(1))

@@ -23,5 +23,11 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "lasthop: installing lasthop[$extra] into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e "$root[$extra]"
+  # xds-protos (Envoy's protos) ships an older copy of opentelemetry-proto's modules in the
+  # same files; whichever installs last wins. Put OpenTelemetry's own back (tracing needs it).
+  otel="$("$venv/bin/python" -m pip show opentelemetry-proto 2>/dev/null | sed -n 's/^Version: //p')"
+  if [ -n "$otel" ]; then
+    "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$otel"
+  fi
   touch "$stamp"
 fi

@@ -158,7 +158,10 @@ CONFIG_KEYS: dict[str, str] = {
     f"of {_SCHEMES}",
     "store.redis_cluster": "treat `redis_url` as a Redis Cluster (as a `+cluster` URL does); "
     "needs `redis_url`",
-    "store.timeout_ms": "Redis connect and read timeout, never retried; 1 to 10000",
+    "store.timeout_ms": "the check path's Redis connect and read timeout, never retried; "
+    "1 to 10000",
+    "store.admin_timeout_ms": "the admin and access APIs' Redis timeout (a client of their "
+    "own, off the check path); 1 to 60000",
     "store.cache_ttl_ms": "how long grants and agents read from Redis stay in the local caches; "
     "0 turns those and the decision cache off; at most 60000",
     "store.revoke_replicas": "revoke and suspend `WAIT` for this many Redis replicas; 0 to 16",
@@ -325,6 +328,9 @@ from the settings dataclasses in `authz/config.py`.
 # --- metrics ------------------------------------------------------------------------------
 
 METRIC_LABELS: dict[tuple[str, str], str] = {
+    ("lasthop_check_duration_seconds", "kind"): "`http`, `mcp` (a request to an MCP endpoint) "
+    "or `connection` (a database connection, Envoy's network ext_authz)",
+    ("lasthop_decisions_total", "kind"): "as for `lasthop_check_duration_seconds`",
     ("lasthop_decisions_total", "decision"): "`allow` or `deny`",
     ("lasthop_decisions_total", "reason"): "a [reason code](reasons.md), or a forbid's own "
     "`@reason`",

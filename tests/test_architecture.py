@@ -52,6 +52,7 @@ EDGE_ONLY = {  # third-party modules only the edge may import
     "redis": {"stores", "dev"},
     "opentelemetry": {"server", "dev"},
     "mcp": {"dev"},  # the MCP SDK: the demo's server and agent; Lasthop parses MCP itself
+    "psycopg": {"dev"},  # the demo's and the tests' PostgreSQL client, through Envoy
 }
 PEERS = {("policy", "audit"), ("audit", "policy")}  # same rank, and must stay apart
 

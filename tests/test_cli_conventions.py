@@ -153,11 +153,11 @@ def test_the_coverage_line_names_a_policy_no_test_exercises(
     capsys: pytest.CaptureFixture[str], copy: Path
 ) -> None:
     code, out, _ = run(capsys, "policy", "test", str(POLICIES))
-    assert code == 0 and "coverage: 10 of 10 policies decided a test; 6 of 6 routes" in out
+    assert code == 0 and "coverage: 11 of 11 policies decided a test; 6 of 6 routes" in out
     (copy / "untested.cedar").write_text(UNTESTED, encoding="utf-8")
     code, out, _ = run(capsys, "policy", "test", str(copy))
     coverage = next(line for line in out.splitlines() if line.startswith("coverage:"))
-    assert "10 of 11 policies decided a test; never: auditor-reads-claims;" in coverage
+    assert "11 of 12 policies decided a test; never: auditor-reads-claims;" in coverage
     assert code == 0
 
 

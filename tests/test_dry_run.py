@@ -269,7 +269,8 @@ def test_grant_and_policy_denials_are_allowed_and_recorded(
         assert record.agent == agent and record.user == user
         assert (
             env.registry.get_sample_value(
-                "lasthop_decisions_total", {"decision": "allow", "reason": "dry_run"}
+                "lasthop_decisions_total",
+                {"kind": "http", "decision": "allow", "reason": "dry_run"},
             )
             == 1.0
         )

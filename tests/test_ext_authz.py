@@ -19,7 +19,7 @@ from google.rpc import code_pb2, status_pb2
 from authz.check import headers as request_headers
 from authz.check.pipeline import Pipeline
 from authz.dev.tokens import DemoIssuer
-from authz.model import Chain, CheckInput, Decision, EntityRef, Intent, RouteMatch
+from authz.model import Chain, CheckInput, Connection, Decision, EntityRef, Intent, RouteMatch
 from authz.server import ext_authz
 from authz.server.front import AuthorizationService, ThreadedAuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
@@ -119,8 +119,12 @@ def test_to_input_headers_map_fallback() -> None:
 
 
 def test_to_input_with_nothing() -> None:
+    """No `request` attribute is a network CheckRequest: a connection with no certificates,
+    which the pipeline refuses (`invalid_peer`)."""
     check = ext_authz.to_input(pb.CheckRequest())
-    assert check == CheckInput(method="", path="", host="", headers={})
+    assert check == CheckInput(
+        method="", path="", host="", headers={}, connection=Connection("", "", "")
+    )
 
 
 # --- to_response: allow ---------------------------------------------------------------------

@@ -28,6 +28,12 @@ SHIPPED_IDS = {
     "agents-connect-to-mcp": ("agents-connect-to-mcp.cedar", "permit", "", 4),
     "billing-bot-read-claims": ("billing-bot-read-claims.cedar", "permit", "", 2),
     "billing-never-clinical": ("billing-never-clinical.cedar", "forbid", "billing_not_clinical", 3),
+    "clinical-agents-connect-to-ehr-db": (
+        "clinical-agents-connect-to-ehr-db.cedar",
+        "permit",
+        "",
+        5,
+    ),  # four comment lines
     "grant-purpose-must-match": ("grant-purpose-must-match.cedar", "forbid", "purpose_mismatch", 2),
     "high-risk-agents-never-write": (
         "high-risk-agents-never-write.cedar",
@@ -45,7 +51,7 @@ SHIPPED_IDS = {
     "scribe-read-records": ("scribe-read-records.cedar", "permit", "", 2),
     "scribe-write-notes": ("scribe-write-notes.cedar", "permit", "", 2),
 }
-SHIPPED_COUNT = 10
+SHIPPED_COUNT = 11
 SEED = "entities.json"  # registered_by of every agent seeded from the policy directory
 
 

@@ -318,8 +318,8 @@ def test_load_non_utf8(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "no `[[route]]` or `[[mcp]]` entries"),
-        ("route = 1\n", "`route` and `mcp` must be arrays of tables"),
+        ("", "no `[[route]]`, `[[mcp]]` or `[[database]]` entries"),
+        ("route = 1\n", "`route`, `mcp` and `database` must be arrays of tables"),
         (GOOD.replace('method = "GET"\n', ""), "route 1: missing key 'method'"),
         (GOOD.replace('action = "read"\n', ""), "route 1: missing key 'action'"),
         (

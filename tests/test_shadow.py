@@ -401,7 +401,7 @@ def test_disagreement_counter_counts_each_disagreeing_check(
     assert env.disagreements() == 2.0
     assert (
         env.registry.get_sample_value(
-            "lasthop_decisions_total", {"decision": "allow", "reason": "allowed"}
+            "lasthop_decisions_total", {"kind": "http", "decision": "allow", "reason": "allowed"}
         )
         == 2.0
     )

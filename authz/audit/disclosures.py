@@ -7,7 +7,9 @@ Each row has the four elements of 164.528(b)(2):
     (i)   date          the record's `time`
     (ii)  recipient     the agent that received the data, and its accountable owner
     (iii) description   the action and the resource (e.g. read Records::"p-1001"), and
-                        the MCP tool when an agent's tool call disclosed it
+                        the MCP tool when an agent's tool call disclosed it; a database
+                        connection is `connect` on the Database, a disclosure of all of
+                        it: it is listed in every patient's accounting
     (iv)  purpose       the purpose the request stated, and the grant it used
 
 plus what ties it back to the trail: user, chain, transaction id, decision id,
@@ -31,6 +33,7 @@ from authz.audit.records import DECISION
 from authz.model import EntityRef
 
 PATIENT_TYPE = "Patient"
+CONNECTION = "connection"  # a record's `kind` for a database connection
 FORMATS = ("md", "json", "csv")
 
 
@@ -85,7 +88,10 @@ def read_records(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 
 def about(record: dict[str, Any], subject: str) -> bool:
-    """Is the record's resource `subject` or inside it (e.g. Records of that Patient)?"""
+    """Is the record's resource `subject` or inside it (e.g. Records of that Patient)? A
+    database connection could reach any patient's chart, so it is about every patient."""
+    if record.get("kind") == CONNECTION:
+        return True
     return record.get("resource") == subject or subject in record.get("parents", [])
 
 
@@ -127,6 +133,8 @@ def _row(r: dict[str, Any]) -> Disclosure:
 def _description(r: dict[str, Any]) -> str:
     what = f"{r.get('action', '')} {r.get('resource', '')}"
     tool = r.get("tool")
+    if r.get("kind") == CONNECTION:
+        return f"{what} (database connection: the whole database)"
     return f"{what} (MCP tool {tool})" if tool else what
 
 

@@ -70,6 +70,8 @@ class AuditRecord:
     arguments_sha256: str = ""  # and the SHA-256 of its arguments; never the arguments
     approved_by: str = ""  # who issued the grant used: a person's `sub` or `policy:<id>`
     break_glass: bool = False  # the grant used was emergency (break-glass) access
+    kind: str = "http"  # http, mcp or connection (a database connection)
+    listener: str = ""  # a connection: the SPIFFE ID of the listener it reached
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, shallow: a record is never changed once made."""
@@ -118,6 +120,8 @@ class AuditRecord:
             arguments_sha256=route.mcp.arguments_sha256 if route and route.mcp else "",
             approved_by=d.grant.issued_by if d.grant else "",
             break_glass=d.grant.break_glass if d.grant else False,
+            kind=d.kind,
+            listener=req.connection.listener if req.connection else "",
         )
 
 

@@ -18,6 +18,13 @@
                  claims here, signed with the batch its record is written in
     audit     -> one record per decision; no record, no allow
 
+A database connection (a network CheckRequest: `CheckInput.connection`) goes
+through the same phases, each its own small function (`check.connection`
+states the rules): identity is the client certificate's SPIFFE ID, the chain
+is the grant the connection names (its user -> its agent), the registry binds
+that agent to the certificate always, the route is the listener's database,
+and the grant must outlive the connection.
+
 Combining rule: the first phase that refuses decides, with its reason. A
 decision is allowed only on the path that reaches the end; every exception,
 whatever its type, becomes a deny. The phase names are the metric labels.
@@ -32,8 +39,9 @@ Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
 says what its key holds) and served again with a new decision id; the
 checks that repeat it are recorded as repeats of its first record, and
 `check_now` answers them in the calling thread (the threaded server's
-handlers). Never cached: 503s, and a decision that spent a use of a
-use-limited grant.
+handlers). Never cached: 503s, a decision that spent a use of a use-limited
+grant, and a connection's (checked once per connection, against the clock of
+that moment).
 
 Dry-run (`policies.mode = "dry-run"`, which needs `policies.allow_dry_run`):
 a grant or Cedar denial is recorded as what it would have been and allowed.
@@ -59,7 +67,7 @@ from authz.audit.records import (
     Record,
     Repeat,
 )
-from authz.check import delegation, grants, headers, identity, mcp
+from authz.check import connection, delegation, grants, headers, identity, mcp
 from authz.check.decisions import DecisionCache, Entry, Key
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
@@ -78,6 +86,7 @@ from authz.model import (
     Agent,
     Chain,
     CheckInput,
+    Connection,
     Decision,
     EntityRef,
     Grant,
@@ -131,6 +140,7 @@ class PipelineOptions:
     dry_run: bool = False
     tiers: RiskTiers = DEFAULT_TIERS
     deadline: float | None = None  # seconds a check may take to decide; None: no limit
+    connection_max_seconds: int = 300  # connections.max_duration_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +157,8 @@ class _Facts:
     """What the phases have learned so far; a denial carries whatever was known."""
 
     policy_version: str
+    kind: str = "http"  # http, mcp or connection
+    ends_at: float = 0.0  # a connection: when Envoy ends it at the latest
     token_digest: str = ""
     client_id: str = ""
     chain: Chain | None = None
@@ -182,6 +194,8 @@ class _Facts:
             owner=self.owner,
             dry_run=dry_run,
             policy_version=self.policy_version,
+            kind=self.kind,
+            ends_at=self.ends_at,
         )
 
 
@@ -273,7 +287,7 @@ class Pipeline:
         """`check` in the calling thread, for a request whose decision is cached (the threaded
         server answers those without the event loop); None when it must be decided (`check`)."""
         cache, sink = self.decisions, self._blocking
-        if cache is None or sink is None:
+        if cache is None or sink is None or req.connection is not None:
             return None
         started = time.perf_counter()
         hit = cache.get(self._cache_key(cache, req, self.policy))
@@ -325,14 +339,15 @@ class Pipeline:
     async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, Entry | None]:
         """The cached decision for this exact request, or a new one, and its cache entry."""
         policy = self.policy  # one bundle for the whole check, whatever a reload does
-        cache = self.decisions
+        # a connection is decided afresh: its grant must outlive it from this very moment
+        cache = self.decisions if req.connection is None else None
         key = None
         if cache is not None:
             key = self._cache_key(cache, req, policy)
             hit = cache.get(key)
             if hit is not None:
                 return replace(hit.decision, decision_id=decision_id), hit
-        facts = _Facts(policy_version=policy.bundle.version)
+        facts = _Facts(policy_version=policy.bundle.version, kind=_kind(req, policy))
         decision = await self._decide_all(req, policy, facts, decision_id)
         if cache is not None and decision.status != 503 and not facts.spends_use:
             return decision, cache.put(key, decision)
@@ -382,6 +397,8 @@ class Pipeline:
 
     async def _decide(self, req: CheckInput, policy: PolicyEngine, facts: _Facts) -> None:
         """The phases in order; each records what it learned, the first refusal raises."""
+        if req.connection is not None:
+            return await self._decide_connection(req, req.connection, policy, facts)
         timer = self._timer()
         claims = await self._identity(req, facts)
         timer("identity")
@@ -400,6 +417,32 @@ class Pipeline:
         self._cedar(req, policy, facts, chain, agents, intent, route, grant)
         timer("cedar")
         if grant is not None and grant.max_uses:
+            facts.spends_use = True
+            await self._uses(grant)
+            timer("uses")
+
+    async def _decide_connection(
+        self, req: CheckInput, conn: Connection, policy: PolicyEngine, facts: _Facts
+    ) -> None:
+        """A database connection: the same phases, from its certificates and the grant it
+        names instead of a token (`check.connection`)."""
+        timer = self._timer()
+        connection.peer_identity(req.peer_principal)
+        timer("identity")
+        grant = facts.grant = await self._named_grant(conn)
+        chain, intent = facts.chain, facts.intent = connection.acting_for(grant)
+        timer("chain")
+        agents = await self._registry(req, chain, facts)
+        timer("registry")
+        route = facts.route = policy.bundle.routes.databases.resolve(conn.listener)
+        timer("route")
+        facts.ends_at = connection.admit(
+            grant, route, self.clock(), self.options.connection_max_seconds
+        )
+        timer("grants")
+        self._cedar(req, policy, facts, chain, agents, intent, route, grant)
+        timer("cedar")
+        if grant.max_uses:  # each connection is one use
             facts.spends_use = True
             await self._uses(grant)
             timer("uses")
@@ -430,13 +473,18 @@ class Pipeline:
         is the exact SPIFFE ID the current actor is bound to, never just its last segment."""
         agents = await resolve_chain(self.registry, chain)
         facts.owner = agents[-1].owner if agents else ""
-        if self.options.bind_peer:
+        if self.options.bind_peer or req.connection is not None:
             registered = agents[-1].spiffe_id if agents else ""
             try:
                 self.options.binding.check(req.peer_principal, chain.actor, registered)
             except ValueError as err:
                 raise DelegationError(Reason.PEER_MISMATCH, str(err)) from None
         return tuple(agents)
+
+    async def _named_grant(self, conn: Connection) -> Grant:
+        """A connection's chain comes from the grant its TLS server name names."""
+        name = connection.grant_name(conn)
+        return connection.existing(await self.store.get(name), name)
 
     def _route(self, req: CheckInput, policy: PolicyEngine) -> RouteMatch:
         """The route table's action and resource; an MCP endpoint's come from the body.
@@ -509,7 +557,8 @@ class Pipeline:
         and a receipt that cannot be made fails the check closed (recorded as it ended)."""
         timer = self._timer()
         receipt = None
-        if decision.allowed and self.receipts is not None:
+        # a connection has no upstream to tell
+        if decision.allowed and self.receipts is not None and req.connection is None:
             try:
                 receipt = self.receipts.claims(decision, req)
             except Exception:
@@ -618,11 +667,21 @@ class Pipeline:
         call = route.mcp
         if call is not None and call.arguments is not None:
             context["tool"] = {"name": call.tool, "arguments": call.arguments}
+        conn = req.connection
+        if conn is not None:
+            context["connection"] = {"peer": req.peer_principal, "listener": conn.listener}
         return context
 
 
 def _no_timer(name: str) -> None:
     return None
+
+
+def _kind(req: CheckInput, policy: PolicyEngine) -> str:
+    """What the check decides, for the metrics and the record: http, mcp or connection."""
+    if req.connection is not None:
+        return "connection"
+    return "mcp" if policy.bundle.routes.mcp_endpoint(req.method, req.path) else "http"
 
 
 def _fields(event: str, decision_id: str, req: CheckInput) -> dict[str, str]:

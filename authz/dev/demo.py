@@ -1,6 +1,7 @@
 """`lasthop demo`: Envoy + Lasthop (embedded store) + the demo EHR, and a short scenario;
 then the same EHR as an MCP server, called by an agent through the MCP SDK (`demo_mcp`);
-then agents asking for just-in-time access (`demo_access`).
+then agents asking for just-in-time access (`demo_access`); then its PostgreSQL database,
+which an agent connects to through Envoy (`demo_db`).
 
 Everything runs on loopback with freshly generated demo keys (the token
 issuer's, and Lasthop's audit and receipt signing key), in a directory that is
@@ -31,7 +32,7 @@ from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
 from authz.audit.signing import read_jwks
 from authz.cli.admin_client import AdminClient
-from authz.dev import demo_access, demo_mcp
+from authz.dev import demo_access, demo_db, demo_mcp
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
@@ -104,7 +105,7 @@ def run_demo(keep_running: bool = False, directory: Path | None = None) -> int:
     upstream = DemoUpstream()
     lasthop = envoy = None
     try:
-        lasthop = devstack.LasthopServer(cfg)
+        lasthop = devstack.LasthopServer(cfg, env=demo_db.LASTHOP_ENV)
         envoy = devstack.Envoy(work, lasthop.port, upstream.port)
         print(
             f"Lasthop ext_authz on {lasthop.ready['listen']}, admin on "
@@ -115,6 +116,7 @@ def run_demo(keep_running: bool = False, directory: Path | None = None) -> int:
         _scenario(envoy.url, admin, issuer, audit_setup.jwks_path(settings))
         demo_mcp.run(work, lasthop.port, admin, issuer, audit_setup.jwks_path(settings))
         demo_access.scenario(envoy.url, lasthop.ready["admin_listen"], issuer)
+        demo_db.run(work, lasthop.port, admin, audit_setup.trail_path(settings))
         if keep_running:
             _wait_for_ctrl_c(envoy.url, lasthop.ready, issuer, admin, cfg)
     finally:
@@ -142,7 +144,7 @@ def _show_audit(settings: config.Settings, cfg: Path) -> None:
             chain = " -> ".join([r["user"], *r["chain"]]) if r["user"] else "-"
             print(
                 f"  {r['seq']:>3} decision {r['decision']:<5} {r['reason']:<20} {chain:<34} "
-                f"{r['action'] or '-':<7} {r['resource'] or r['path']}{_mcp(r)}"
+                f"{r['action'] or '-':<7} {_target(r)}{_mcp(r)}"
             )
         elif r["type"] == "event":
             print(f"  {r['seq']:>3} event    {r['event']:<26} by {r['actor']}: {r['target']}")
@@ -160,6 +162,11 @@ def _show_audit(settings: config.Settings, cfg: Path) -> None:
         f"\n$ lasthop audit disclosures --user dr-alice --config {config_arg}\n"
         + disclosures.render(rows, "md", "Accounting of disclosures: user dr-alice")
     )
+
+
+def _target(record: dict[str, object]) -> str:
+    """What a decision was about: its resource, else the path or the listener it reached."""
+    return str(record["resource"] or record["path"] or record.get("listener", ""))
 
 
 def _mcp(record: dict[str, object]) -> str:

@@ -209,6 +209,8 @@ class Envoy:
                 str(self.log),
                 "--concurrency",
                 "1",
+                "--file-flush-interval-msec",  # access logs on disk within a quarter second
+                "250",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

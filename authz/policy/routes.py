@@ -7,7 +7,9 @@ Rules:
 - a path parameter matches one segment of unreserved characters (RFC 3986) and
   cannot start with a dot;
 - anything no route matches is `no_route`;
-- a POST to an MCP endpoint (`[[mcp]]`, see `policy.mcp`) is decided by its body.
+- a POST to an MCP endpoint (`[[mcp]]`, see `policy.mcp`) is decided by its body;
+- a connection to a database listener (`[[database]]`, see `policy.databases`) is
+  decided by the listener it reached.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from authz.codec import printable
 from authz.errors import PolicyLoadError, RouteError
 from authz.model import RouteMatch
+from authz.policy import databases
 from authz.policy.mcp import McpEndpoint, load_endpoint
 from authz.policy.templates import ID_VALUE, EntityTemplate, entity_template
 from authz.reasons import Reason
@@ -62,9 +65,15 @@ class Route:
 
 
 class RouteTable:
-    def __init__(self, routes: list[Route], mcp: list[McpEndpoint] | None = None) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        mcp: list[McpEndpoint] | None = None,
+        dbs: databases.Databases | None = None,
+    ) -> None:
         self.routes = tuple(routes)
         self.mcp = {endpoint.path: endpoint for endpoint in mcp or ()}
+        self.databases = dbs or databases.Databases([])
         self._index: dict[tuple[str, int], list[Route]] = {}
         for route in routes:
             self._index.setdefault((route.method, len(route.segments)), []).append(route)
@@ -113,10 +122,11 @@ def load(path: Path, actions: frozenset[str] | None = None) -> RouteTable:
         raise PolicyLoadError(where, f"invalid TOML: {err}", line) from err
     entries = doc.get("route", [])
     endpoints = doc.get("mcp", [])
-    if not isinstance(entries, list) or not isinstance(endpoints, list):
-        raise PolicyLoadError(where, "`route` and `mcp` must be arrays of tables")
-    if not entries and not endpoints:
-        raise PolicyLoadError(where, "no `[[route]]` or `[[mcp]]` entries")
+    dbs = doc.get("database", [])
+    if not all(isinstance(x, list) for x in (entries, endpoints, dbs)):
+        raise PolicyLoadError(where, "`route`, `mcp` and `database` must be arrays of tables")
+    if not entries and not endpoints and not dbs:
+        raise PolicyLoadError(where, "no `[[route]]`, `[[mcp]]` or `[[database]]` entries")
     routes = [_route(entry, i, where, actions) for i, entry in enumerate(entries)]
     mcp = [_mcp(entry, i, where, actions) for i, entry in enumerate(endpoints)]
     endpoint_paths = [e.path for e in mcp]
@@ -125,7 +135,7 @@ def load(path: Path, actions: frozenset[str] | None = None) -> RouteTable:
             raise PolicyLoadError(where, f"MCP endpoint `{endpoint}` is declared twice")
         if any(r.method == "POST" and r.template == endpoint for r in routes):
             raise PolicyLoadError(where, f"`POST {endpoint}` is both a route and an MCP endpoint")
-    return RouteTable(routes, mcp)
+    return RouteTable(routes, mcp, databases.load(dbs, where, actions))
 
 
 def _toml_line(message: str) -> int | None:

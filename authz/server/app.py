@@ -35,7 +35,13 @@ from authz.check.identity import (
 )
 from authz.check.intent import IntentReader
 from authz.check.pipeline import CheckObserver, Pipeline, PipelineOptions
-from authz.config import DEFAULT_METHOD_OVERRIDES, IdentitySettings, Settings, spiffe_binding
+from authz.config import (
+    DEFAULT_METHOD_OVERRIDES,
+    ConnectionsSettings,
+    IdentitySettings,
+    Settings,
+    spiffe_binding,
+)
 from authz.errors import ConfigError, StoreUnavailable
 from authz.model import DEFAULT_TIERS, RiskTiers
 from authz.policy import load as policy_load
@@ -62,12 +68,14 @@ EMBEDDED_STORE = "embedded (single process only: grants and agents live in this 
 
 @dataclass
 class Stores:
-    grants: GrantStore  # what checks and the admin API use (cached when on Redis)
-    agents: AgentStore  # the registry's store
+    grants: GrantStore  # what checks use (cached when on Redis)
+    admin_grants: GrantStore  # what the admin and access APIs use (a longer timeout on Redis)
+    agents: AgentStore  # the registry's store, for the admin API and seeding
     registry: AgentRegistry  # what checks read agents through (cached when on Redis)
     freshness: Callable[[], int | None]  # the decision cache's store generation
     access: AccessStore  # access requests and task bindings
-    redis: RedisStore | None = None
+    redis: RedisStore | None = None  # the check path's client
+    admin_redis: RedisStore | None = None  # the admin and access APIs' client
     invalidation: Invalidation | None = None
 
 
@@ -180,6 +188,7 @@ def assemble(
     receipts: ReceiptSigner | None = None,
     method_overrides: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES,
     deadline: float | None = None,
+    connection_max_seconds: int = ConnectionsSettings.max_duration_seconds,
 ) -> Pipeline:
     """The decision pipeline from its parts: the only place one is constructed."""
     access, txn, _ = identity_rules(ident)
@@ -199,6 +208,7 @@ def assemble(
             dry_run=dry_run,
             tiers=tiers,
             deadline=deadline,
+            connection_max_seconds=connection_max_seconds,
         ),
         clock=clock,
         decisions=decisions,
@@ -247,35 +257,49 @@ def stores(settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> 
     if not st.redis_url:
         generation = Generation()
         agents = EmbeddedAgentStore(generation)
+        grants = EmbeddedGrantStore(clock, generation)
         return Stores(
-            grants=EmbeddedGrantStore(clock, generation),
+            grants=grants,
+            admin_grants=grants,
             agents=agents,
             registry=StoreRegistry(agents),
             freshness=lambda: generation.value,
             access=EmbeddedAccessStore(clock),
         )
-    redis = RedisStore(
+    # Two clients: the check path's, with `store.timeout_ms` (tight, inside Envoy's budget),
+    # and the admin and access APIs', with `store.admin_timeout_ms` (a grant issued or
+    # revoked on a busy Redis should not fail for taking 60 ms).
+    redis, admin = (
+        _redis(settings, timeout, metrics) for timeout in (st.timeout_ms, st.admin_timeout_ms)
+    )
+    access = RedisAccessStore(admin, clock)
+    if st.cache_ttl_ms <= 0:
+        return Stores(redis, admin, admin, StoreRegistry(redis), lambda: None, access, redis, admin)
+    inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
+    return Stores(
+        grants=CachingGrantStore(redis, inval),
+        admin_grants=CachingGrantStore(admin, inval),
+        agents=admin,
+        registry=CachingRegistry(redis, inval),
+        freshness=lambda: inval.generation if inval.live else None,
+        access=access,
+        redis=redis,
+        admin_redis=admin,
+        invalidation=inval,
+    )
+
+
+def _redis(settings: Settings, timeout_ms: int, metrics: Metrics) -> RedisStore:
+    st = settings.store
+    return RedisStore(
         st.redis_url,
-        st.timeout_ms,
+        timeout_ms,
         cluster=st.redis_cluster,
         revoke_replicas=st.revoke_replicas,
         revoke_wait_ms=st.revoke_wait_ms,
         observer=metrics,
         use_replicas=st.use_replicas,
         sentinel_password=st.sentinel_password,
-    )
-    access = RedisAccessStore(redis, clock)
-    if st.cache_ttl_ms <= 0:
-        return Stores(redis, redis, StoreRegistry(redis), lambda: None, access, redis)
-    inval = Invalidation(redis, st.cache_ttl_ms / 1000, metrics)
-    return Stores(
-        grants=CachingGrantStore(redis, inval),
-        agents=redis,
-        registry=CachingRegistry(redis, inval),
-        freshness=lambda: inval.generation if inval.live else None,
-        access=access,
-        redis=redis,
-        invalidation=inval,
     )
 
 
@@ -313,6 +337,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
         receipts=audit.receipts,
         method_overrides=settings.server.method_override_headers,
         deadline=settings.server.check_deadline_ms / 1000,
+        connection_max_seconds=settings.connections.max_duration_seconds,
     )
     if settings.policies.mode == "dry-run":
         log.warning(
@@ -351,7 +376,7 @@ def _admin_services(
     clock = time.time
     grants = GrantsService(
         auth=AdminAuth(keys, admin_rules, clock),
-        store=store.grants,
+        store=store.admin_grants,
         registry=store.registry,
         actions=lambda: pipeline.bundle.actions,
         max_ttl=settings.grants.max_ttl,
@@ -361,7 +386,7 @@ def _admin_services(
     agents = AgentsService(
         auth=AdminAuth(keys, admin_rules, clock),
         agents=store.agents,
-        grant_store=store.grants,
+        grant_store=store.admin_grants,
         tiers=tiers_of(settings),
         clock=clock,
         audit=audit,
@@ -403,7 +428,7 @@ def _access(
     clock = time.time
     access = AccessRequests(
         store=store.access,
-        grants=store.grants,
+        grants=store.admin_grants,
         registry=store.registry,
         bundle=lambda: pipeline.bundle,
         audit=audit,
@@ -437,10 +462,11 @@ def _background(app: App) -> list[Task]:
     tasks: list[Task] = [app.access.run]
     if app.stores.invalidation is not None:
         tasks.append(app.stores.invalidation.run)
-    if app.redis is not None:
-        if app.redis.watch is not None:
-            tasks.append(app.redis.watch.run)
-        keeper = RegistryKeeper(app.redis, lambda: app.pipeline.bundle, app.audit)
+    for client in (app.stores.redis, app.stores.admin_redis):
+        if client is not None and client.watch is not None:
+            tasks.append(client.watch.run)  # each client follows Sentinel failovers
+    if app.stores.admin_redis is not None:
+        keeper = RegistryKeeper(app.stores.admin_redis, lambda: app.pipeline.bundle, app.audit)
         tasks.append(keeper.run)
     tasks.append(app.keys.refresh_forever)
     policies = app.settings.policies

@@ -20,6 +20,14 @@
 - A CheckRequest protobuf cannot decode (invalid UTF-8 in a string field, say)
   is decoded here, not by gRPC, so that it too gets a deny (400
   `malformed_request`) and an audit record rather than a gRPC error.
+- A network CheckRequest (Envoy's network ext_authz, in front of a database)
+  has no `request` attribute: it becomes a `CheckInput` with a `Connection`
+  (the listener's principal, the TLS server name, the client's address) and
+  the client certificate's principal as the peer. Its allow is an OK status
+  with `dynamic_metadata` (decision id, agent, user, grant, database, and when
+  the connection ends at the latest), which Envoy puts on the connection under
+  `envoy.filters.network.ext_authz` for its access log; its deny is any other
+  status, on which Envoy closes the connection.
 - A deny is `DeniedHttpResponse` with its reason's status (401, 403, 503; 400
   or 413 for an MCP body or an undecodable request) and a JSON body;
   a 401 adds `www-authenticate`. A deny for want of a usable grant (`no_grant`,
@@ -41,13 +49,14 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attributes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from authz import codec
 from authz.check import headers as request_headers
 from authz.errors import MalformedRequest
-from authz.model import CheckInput, Decision, split_target
+from authz.model import CheckInput, Connection, Decision, split_target
 from authz.reasons import Reason
 from authz.server import wire
 
@@ -93,6 +102,8 @@ def decode(raw: bytes) -> pb.CheckRequest:
 
 def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput:
     """`call_traceparent`: the `traceparent` metadata of the gRPC call, if any."""
+    if not request.attributes.HasField("request"):
+        return _connection(request.attributes, call_traceparent)
     http = request.attributes.request.http
     headers: dict[str, list[str]] = {}
     if http.header_map.headers:
@@ -119,6 +130,24 @@ def to_input(request: pb.CheckRequest, call_traceparent: str = "") -> CheckInput
     )
 
 
+def _connection(attrs: attributes.AttributeContext, call_traceparent: str) -> CheckInput:
+    """A network CheckRequest: a new connection, known by its two certificates."""
+    source = attrs.source.address.socket_address
+    return CheckInput(
+        method="",
+        path="",
+        host="",
+        headers={},
+        peer_principal=attrs.source.principal,
+        connection=Connection(
+            listener=attrs.destination.principal,
+            server_name=attrs.tls_session.sni,
+            source=f"{source.address}:{source.port_value}" if source.address else "",
+        ),
+        traceparent=codec.traceparent(call_traceparent),
+    )
+
+
 def _body(
     http: attributes.AttributeContext.HttpRequest, headers: dict[str, list[str]]
 ) -> tuple[bytes | None, bool]:
@@ -134,6 +163,8 @@ def to_response(decision: Decision, request: CheckInput, overrides: Iterable[str
     """The serialised `CheckResponse` for `decision` on `request`. `overrides`: the method
     override headers an allow removes (from the settings)."""
     if decision.allowed:
+        if request.connection is not None:
+            return _allow_connection(decision)
         return _allow(decision, request, tuple(overrides))
     serialised: bytes = _deny(decision).SerializeToString()
     return serialised
@@ -171,6 +202,29 @@ def _removals(sent: tuple[str, ...], receipt: bool, overrides: tuple[str, ...]) 
     ours = (*IDENTITY_HEADERS, DECISION_ID_HEADER, *((RECEIPT_HEADER,) if receipt else ()))
     names = request_headers.to_remove(sent, ours, overrides)
     return b"".join(wire.field(wire.OK_REMOVE, name.encode()) for name in names)
+
+
+def connection_metadata(decision: Decision) -> dict[str, str | float]:
+    """What an allowed connection carries in Envoy (its access log reads it)."""
+    chain, route, grant = decision.chain, decision.route, decision.grant
+    assert chain is not None and route is not None
+    return {
+        "decision_id": decision.decision_id,
+        "agent": chain.actor,
+        "user": chain.user,
+        "grant": grant.id if grant else "",
+        "database": str(route.resource),
+        "grant_expires_at": grant.expires_at if grant else 0,
+        "ends_at": round(decision.ends_at, 3),  # Envoy's max duration ends it by then
+    }
+
+
+def _allow_connection(decision: Decision) -> bytes:
+    metadata = struct_pb2.Struct()
+    metadata.update(connection_metadata(decision))
+    ok = status_pb2.Status(code=code_pb2.OK)
+    serialised: bytes = pb.CheckResponse(status=ok, dynamic_metadata=metadata).SerializeToString()
+    return serialised
 
 
 def _deny(decision: Decision) -> pb.CheckResponse:

@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels come only from closed sets (decision, reason, phase, op), never ids.
+"""Prometheus metrics. Labels come only from closed sets (kind, decision, reason, phase, op), never
+ids.
 
 `Metrics` is what the pipeline, the stores and the policy watcher report to
 (it implements their observer protocols); each takes a registry, so each
@@ -27,7 +28,7 @@ from authz.access.hooks import OUTCOMES
 from authz.access.webhook import RESULTS
 from authz.check.keys import RESULTS as KEY_RESULTS
 from authz.check.pipeline import PHASES
-from authz.model import CheckInput, Decision
+from authz.model import KINDS, CheckInput, Decision
 from authz.reasons import Reason
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -79,20 +80,23 @@ class Metrics:
         )
         self.check_duration = Histogram(
             "lasthop_check_duration_seconds",
-            "Time to decide one ext_authz Check.",
+            "Time to decide one ext_authz Check, by what it decided.",
+            ["kind"],
             buckets=CHECK_BUCKETS,
             registry=registry,
         )
         self.decisions = Counter(
             "lasthop_decisions_total",
-            "Decisions by outcome and reason.",
-            ["decision", "reason"],
+            "Decisions by what they decided, outcome and reason.",
+            ["kind", "decision", "reason"],
             registry=registry,
         )
-        # (allowed, reason) -> its series, looked up once: labels() costs more than inc()
-        self._decided: dict[tuple[bool, str], Counter] = {}
-        for reason in Reason:  # every series exists from the start, at 0
-            self._decision_series(reason.status == 200, reason)
+        # (kind, allowed, reason) -> its series, looked up once: labels() costs more than inc()
+        self._decided: dict[tuple[str, bool, str], Counter] = {}
+        self._durations = {kind: self.check_duration.labels(kind) for kind in KINDS}
+        for kind in KINDS:  # every series exists from the start, at 0
+            for reason in Reason:
+                self._decision_series(kind, reason.status == 200, reason)
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry
         )
@@ -213,8 +217,9 @@ class Metrics:
         self.phases[name].observe(seconds)
 
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None:
-        self.check_duration.observe(seconds)
-        self._decision_series(decision.allowed, decision.reason).inc()
+        kind = decision.kind
+        self._durations[kind].observe(seconds)
+        self._decision_series(kind, decision.allowed, decision.reason).inc()
         self._decision_cache[cached].inc()
         if decision.shadow_disagrees:
             self.shadow_disagreements.inc()
@@ -222,11 +227,12 @@ class Metrics:
     def ended(self) -> None:
         self.in_flight.dec()
 
-    def _decision_series(self, allowed: bool, reason: str) -> Counter:
-        series = self._decided.get((allowed, reason))
+    def _decision_series(self, kind: str, allowed: bool, reason: str) -> Counter:
+        series = self._decided.get((kind, allowed, reason))
         if series is None:
             label = "allow" if allowed else "deny"
-            series = self._decided[(allowed, reason)] = self.decisions.labels(label, reason)
+            series = self.decisions.labels(kind, label, reason)
+            self._decided[(kind, allowed, reason)] = series
         return series
 
     # the stores (stores.protocols.StoreObserver)

@@ -201,6 +201,8 @@ async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Ta
         task.cancel()
     await app.audit.close()
     await app.store.close()
+    if app.stores.admin_redis is not None:
+        await app.stores.admin_redis.close()
     for flush in app.on_shutdown:
         flush()
     listeners.metrics.shutdown()

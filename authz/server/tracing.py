@@ -36,6 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from authz import version
 from authz.check.pipeline import CheckObserver
 from authz.config import TracingSettings
+from authz.errors import ConfigError
 from authz.model import CheckInput, Decision
 
 SPAN_NAME = "lasthop.check"
@@ -54,11 +55,25 @@ def provider(settings: TracingSettings, exporter: SpanExporter | None = None) ->
     sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
     tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter is None:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter(endpoint=settings.endpoint or None)
+        exporter = _otlp_exporter(settings)
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     return tracer_provider
+
+
+def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as err:
+        # xds-protos ships an older copy of opentelemetry-proto's modules in the same files;
+        # when it was installed last, the exporter cannot load its messages.
+        raise ConfigError(
+            "tracing.enabled",
+            f"the OTLP exporter cannot load ({err}); xds-protos, which Lasthop needs for "
+            "Envoy's protos, overwrote opentelemetry-proto's modules with an older copy: "
+            "reinstall it over them with `pip install --force-reinstall --no-deps "
+            "opentelemetry-proto`",
+        ) from err
+    return OTLPSpanExporter(endpoint=settings.endpoint or None)
 
 
 class TracingObserver:

@@ -180,7 +180,7 @@ class Fleet:
                 raise AssertionError(f"{replica.name} never allowed: {resp.status} {resp.body}")
             time.sleep(0.02)
 
-    def warm(self, replica: Replica, token: str, cache: str, timeout: float = 3.0) -> None:
+    def warm(self, replica: Replica, token: str, cache: str, timeout: float = 10.0) -> None:
         """Until `replica` allows `token` from a local cache: its `cache` cache, or the
         decision cache in front of it (a hit is counted on either).
 

@@ -84,3 +84,25 @@ def test_the_access_latency_benchmark_runs(tmp_path: Path) -> None:
         "api/request", "api/issue", "inproc/request", "inproc/issue", "check/plain", "check/task",
     }  # fmt: skip
     assert "target p99 < 5.0 ms through the API" in result.stdout
+
+
+def test_the_connection_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/connection_check.py, tiny: both checks allowed, every figure there; through
+    Envoy, no connection outlives the revoke by more than the maximum duration and none is
+    admitted after it (correctness, not speed)."""
+    out = tmp_path / "connection.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "connection_check.py"), "--checks", "20",
+         "--rounds", "1", "--revocation", "--connections", "2", "--max-seconds", "1",
+         "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for regime in ("warm", "cold"):
+        assert report["latency"][regime]["connection_p50_us"] > 0
+    revocation = report["revocation"]
+    assert revocation["refused_after_revoke"] is True
+    assert len(revocation["reach_s"]) == 2 and revocation["reach_max_s"] <= 1

@@ -70,11 +70,23 @@ def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) ->
     assert "ok: every hash, the sequence and every signature verify" in result.stdout
     receipts = re.findall(r"signed receipt for decision ([0-9a-f]{32}), verified", result.stdout)
     disclosed = re.findall(
-        r"^\| \S+ \| scribe \(owner dr-alice\) \|.* \| ([0-9a-f]{32}) \|$",
+        r"^\| \S+ \| scribe \(owner dr-alice\) \| (?!connect).* \| ([0-9a-f]{32}) \|$",
         result.stdout,
         re.MULTILINE,
     )
     assert len(receipts) == 3 and disclosed[:3] == receipts and len(disclosed) == 4
+    # The database part: refused without a grant, allowed with one, ended by Envoy before
+    # the grant expires, refused again; the allowed connection is a disclosure of the database.
+    connections = re.findall(r"-> connection (allowed|refused)(?::| ) ?(\S*)", result.stdout)
+    assert connections[:3] == [
+        ("refused", "grant_not_named"),
+        ("allowed", "decision"),
+        ("refused", "billing_not_clinical"),
+    ]
+    # the grant ends before a new connection would; on a very slow run it has ended
+    assert connections[3:] in ([("refused", "grant_ends_too_soon")], [("refused", "no_grant")])
+    assert "Envoy ends the connection after" in result.stdout
+    assert 'connect Database::"ehr" (database connection: the whole database)' in result.stdout
     assert "naming tool get_patient_record" in result.stdout
     # Just-in-time access: approved by policy in milliseconds, and by the clinician.
     assert re.search(
@@ -86,7 +98,7 @@ def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) ->
         result.stdout,
         re.MULTILINE,
     )
-    assert approvers[-2:] == [
+    assert [a for a in approvers if a[1] != "connect"][-2:] == [
         ("med-reconciler", "read", "policy:med-reconciler-reads-medications"),
         ("scribe", "write", "dr-alice"),
     ]
@@ -102,9 +114,11 @@ def test_demo_runs_the_scenario_and_its_printed_commands_work(tmp_path: Path) ->
         ran = run_printed(argv)
         assert ran.returncode == 0, (argv, ran.stdout, ran.stderr)
     assert run_printed(commands[0]).stdout.startswith("ok: ")
-    # the reads with receipts, and the two just-in-time accesses (the reconciler's, the note)
+    # the reads with receipts, the two just-in-time accesses (the reconciler's, the note) and
+    # the database connection
     disclosed_ids = re.findall(r"\| ([0-9a-f]{32}) \|$", run_printed(commands[1]).stdout, re.M)
-    assert set(receipts) <= set(disclosed_ids) and len(disclosed_ids) == len(receipts) + 2
+    assert set(receipts) <= set(disclosed_ids) and len(disclosed_ids) == len(receipts) + 3
+    assert run_printed(commands[1]).stdout.count("database connection") == 1
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str) -> str:
