@@ -27,7 +27,7 @@ Lasthop's audit trail. Then chain depth 1 to 4 in process, uncached.
 Prints the targets with their measured figures (median and range over rounds)
 and writes report.md, results.json and latency.png to --out. Everything is
 bounded: rounds x targets x (closed + rates) x seconds; the defaults take
-about 9 minutes.
+about 8 minutes (7 min 46 s measured on 2 cores).
 """
 
 from __future__ import annotations

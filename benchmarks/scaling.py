@@ -56,6 +56,7 @@ RELAYS = [
     Agent(f"relay-{n}", "dr-alice", 10, "active", allowed_purposes=(PURPOSE,)) for n in (1, 2)
 ]
 DEEP_CHAIN = ["relay-2", "relay-1", "orchestrator", "scribe"]
+DEPTHS = (1, 2, 3, 4)
 PER_AGENT = """
 @id("read-{n}")
 permit (principal == Agent::"{n}", action == Action::"read", resource is Records)
@@ -109,25 +110,35 @@ def grant(agent: str = "scribe", user: str = "dr-alice") -> Grant:
 
 
 def p50(p: Pipeline, token: str, checks: int) -> float:
-    request = CheckInput(
-        method="GET", path=PATH, host="ehr", headers={"authorization": [f"Bearer {token}"]}
-    )
-
     async def go() -> list[float]:
+        return (await uncached_samples([(p, token)], checks))[0]
+
+    gc.collect()
+    return statistics.median(asyncio.run(go())) * 1e6
+
+
+async def uncached_samples(subjects: list[tuple[Pipeline, str]], checks: int) -> list[list[float]]:
+    """Seconds per uncached check of each (pipeline, token), taking turns check by check, so
+    that a machine's drift lands on every subject alike; warmed up first, and allowed."""
+    requests = [
+        CheckInput(
+            method="GET", path=PATH, host="ehr", headers={"authorization": [f"Bearer {token}"]}
+        )
+        for _, token in subjects
+    ]
+    for (p, _), request in zip(subjects, requests, strict=True):
         for _ in range(50):
             decision = await p.check(request)
         if not decision.allowed:
             raise RuntimeError(f"benchmark request denied: {decision.reason} {decision.detail}")
-        samples = []
-        for _ in range(checks):
+    samples: list[list[float]] = [[] for _ in subjects]
+    for _ in range(checks):
+        for (p, _), request, taken in zip(subjects, requests, samples, strict=True):
             uncached(p)
             started = time.perf_counter()
             await p.check(request)
-            samples.append(time.perf_counter() - started)
-        return samples
-
-    gc.collect()
-    return statistics.median(asyncio.run(go())) * 1e6
+            taken.append(time.perf_counter() - started)
+    return samples
 
 
 def curve(name: str, points: list[tuple[Any, float]]) -> dict[str, Any]:
@@ -221,7 +232,8 @@ def depth_curve(
     bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int, redis_url: str
 ) -> dict[str, Any]:
     """Chain depth 1 to 4, agents and grants in Redis with no local cache: every check reads
-    the registry (one round trip for the whole chain) and the grants."""
+    the registry (one round trip for the whole chain) and the grants. The depths take turns
+    check by check (a pipeline each, one Redis client)."""
 
     async def load() -> None:
         store = RedisStore(redis_url, 500)
@@ -230,14 +242,20 @@ def depth_curve(
         await store.put(grant())
         await store.close()
 
-    def at(depth: int) -> float:
-        store = RedisStore(redis_url, 500)  # a client per event loop: p50 runs its own
-        chain = DEEP_CHAIN[-depth:]
-        p = pipeline(bundle, issuer, store, StoreRegistry(store))
-        return p50(p, issuer_token(issuer, chain), checks)
+    async def measure() -> list[list[float]]:
+        store = RedisStore(redis_url, 500)  # one client, on this event loop
+        try:
+            p = [pipeline(bundle, issuer, store, StoreRegistry(store)) for _ in DEPTHS]
+            tokens = [issuer_token(issuer, DEEP_CHAIN[-depth:]) for depth in DEPTHS]
+            return await uncached_samples(list(zip(p, tokens, strict=True)), checks)
+        finally:
+            await store.close()
 
     asyncio.run(load())
-    return curve("chain depth (Redis, no local cache)", [(d, at(d)) for d in range(1, 5)])
+    gc.collect()
+    samples = asyncio.run(measure())
+    points = [(d, statistics.median(s) * 1e6) for d, s in zip(DEPTHS, samples, strict=True)]
+    return curve("chain depth (Redis, no local cache, depths in turn)", points)
 
 
 def token_curve(
