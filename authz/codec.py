@@ -1,12 +1,16 @@
 """Encodings every layer shares: base64url without padding (RFC 7515), RFC 3339 times,
-W3C trace context (`traceparent`), and strict JSON (RFC 8259) for bodies Lasthop decides on."""
+decision ids, W3C trace context (`traceparent`), and strict JSON (RFC 8259) for bodies Lasthop
+decides on."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import math
+import os
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,9 +29,31 @@ def b64url_decode(text: str) -> bytes:
         raise ValueError(f"not base64url: {err}") from err
 
 
+def random_id() -> str:
+    """128 random bits as 32 hex digits: a decision id."""
+    return os.urandom(16).hex()
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def rfc3339(timestamp: float) -> str:
-    """The `time` of every audit record: RFC 3339, UTC, milliseconds."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    """The `time` of every audit record: RFC 3339, UTC, milliseconds.
+
+    Exactly `datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")`
+    (microseconds rounded half to even, then cut to milliseconds), with the
+    date and time of day formatted once per second: it is on every check.
+    """
+    global _second
+    if timestamp < 0:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    second = int(whole) + (micros >= 1_000_000)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{micros % 1_000_000 // 1000:03d}+00:00"
 
 
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; all-zero ids are invalid.

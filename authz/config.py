@@ -26,6 +26,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 DEFAULT_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+MAX_THREADS = 1024
 DEFAULT_STORE_TIMEOUT_MS = 50  # well under Envoy's usual 200 ms ext_authz timeout
 # Every check is answered within this, safely under the 250 ms ext_authz timeout in
 # envoy/sidecar.yaml, so Envoy never answers for Lasthop with its own timeout.
@@ -76,6 +77,7 @@ class ServerSettings:
     admin_tls_client_ca: str = ""  # mTLS on `admin_listen`: clients need a cert this CA signed
     method_override_headers: tuple[str, ...] = DEFAULT_METHOD_OVERRIDES
     check_deadline_ms: int = DEFAULT_CHECK_DEADLINE_MS  # a check not decided by then: 503
+    threads: int = 32  # Check handler threads (grpcio's threaded server); 0: grpc.aio
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,7 @@ def _validate(s: Settings) -> None:
 
 
 def _validate_server(s: ServerSettings) -> None:
+    _range("server.threads", s.threads, 0, MAX_THREADS)
     for key, addr in (("server.listen", s.listen), ("server.admin_listen", s.admin_listen)):
         if addr.startswith(UNIX_PREFIX):
             unix_path(key, addr)

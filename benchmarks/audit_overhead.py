@@ -43,9 +43,8 @@ import grpc
 import loadgen
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
+from run import issue_grant
 
-from authz._proto import grants_pb2
-from authz.cli.admin_client import AdminClient
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
 from authz.dev.upstream import DemoUpstream
@@ -109,18 +108,7 @@ class Target:
         self.envoy = devstack.Envoy(
             work, self.lasthop.port, upstream.port, template=_direct_response_template(work)
         )
-        admin = AdminClient(self.lasthop.ready["admin_listen"], issuer.admin_token())
-        admin.issue(
-            grants_pb2.IssueGrantRequest(
-                agent="scribe",
-                user="dr-alice",
-                actions=["read"],
-                resources=['Patient::"p-1001"'],
-                purpose=PURPOSE,
-                ttl_seconds=3600,
-            )
-        )
-        admin.close()
+        issue_grant(self.lasthop.ready["admin_listen"], issuer)
 
     def counters(self) -> tuple[float, float, float]:
         """(Check seconds summed, Checks counted, process CPU seconds)."""

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, Record
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -55,8 +57,8 @@ PURPOSE = "clinical-documentation"
 
 
 class Null:
-    async def commit(self, record: Any) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def build(issuer: DemoIssuer) -> tuple[Pipeline, str]:

@@ -39,9 +39,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
-from run import Stack, cpu_seconds
+import procstat
+from run import Stack
 
 from authz._proto import grants_pb2 as pb
+from authz.audit.records import Committed
 from authz.check import keys as jwks
 from authz.check.decisions import DecisionCache
 from authz.check.pipeline import Pipeline
@@ -69,8 +71,8 @@ TOKEN_TTL = 1200  # under detect.hygiene_token_lifetime: the benchmark is not a 
 
 
 class Null:
-    async def commit(self, record: Any) -> bool:
-        return True
+    async def commit(self, record: Any, receipt: Any = None) -> Committed:
+        return Committed(True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -247,9 +249,9 @@ def through_envoy(
         statuses: dict[str, dict[int, int]] = {n: {} for n in ports}
         for n in range(args.rounds):
             for name, port in ports.items() if n % 2 == 0 else reversed(ports.items()):
-                before = cpu_seconds(pids[name])
+                before = procstat.cpu(pids[name]).total
                 result = asyncio.run(loadgen.open_loop(port, raws, args.rate, args.seconds))
-                cpu = (cpu_seconds(pids[name]) - before) / max(1, len(result.latencies))
+                cpu = (procstat.cpu(pids[name]).total - before) / max(1, len(result.latencies))
                 rows[name]["p50"].append(result.percentile(0.5))
                 rows[name]["p99"].append(result.percentile(0.99))
                 rows[name]["cpu"].append(cpu * 1e6)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from authz.audit.records import Committed
 from authz.check import keys as jwks
 from authz.config import DetectSettings, IdentitySettings
 from authz.detect.monitor import Monitor
@@ -202,8 +203,8 @@ async def simulate(days: int, rng: random.Random) -> Counts:
 
 
 class _Null:
-    async def commit(self, record: object) -> bool:
-        return True
+    async def commit(self, record: object, receipt: object = None) -> Committed:
+        return Committed(True)
 
 
 def report(counts: Counts, days: int) -> str:

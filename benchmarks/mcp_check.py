@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, Record
 from authz.check import keys as jwks
 from authz.check import mcp
 from authz.check.pipeline import Pipeline
@@ -46,8 +48,8 @@ TARGET = 1.2
 
 
 class Null:
-    async def commit(self, record: Any) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def build(issuer: DemoIssuer) -> Pipeline:

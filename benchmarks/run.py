@@ -1,24 +1,33 @@
-"""Lasthop's benchmark suite: Envoy alone, the Python floor, and Lasthop, interleaved in one run.
+"""Lasthop's benchmark suite: Envoy alone, the Python floors and Lasthop, interleaved in one run.
 
-    .venv/bin/python benchmarks/run.py [--seconds 5] [--rounds 3] [--rates 200,400,800,1000]
-                                       [--out benchmarks/results/NAME] [--smoke]
+    .venv/bin/python benchmarks/run.py [--rounds 3] [--seconds 5] [--open-seconds 10]
+        [--rates 200,400,800,1000] [--targets envoy,floor,floor-threads,lasthop,lasthop-50ms]
+        [--connections 16] [--out benchmarks/results/NAME] [--smoke]
 
-Starts on loopback: Redis; Lasthop (Redis store with a grant for the
-hospital example's 2-hop chain dr-alice -> orchestrator -> scribe, audit on,
-RS256 and ES256 tokens alternating); the no-op Python ext_authz
-(benchmarks/noop_authz.py); and three Envoys answering 200 themselves.
-Lasthop's audit trail runs with --fsync (default 50ms) and signed receipts:
+Starts on loopback: Redis; each target behind its own Envoy (which answers 200
+itself once ext_authz allows, so no upstream muddies the figures); a loopback
+load generator. Targets (`--targets`, from `TARGETS` below):
 
-  envoy    no ext_authz
-  floor    ext_authz -> the no-op Python server
-  lasthop  ext_authz -> Lasthop
+  envoy           Envoy alone, no ext_authz
+  floor           a no-op grpc.aio ext_authz: the floor every target is a ratio to
+  floor-threads   the fastest no-op Python ext_authz we could build with grpcio (threaded
+                  server, bytes in and out): the honest floor
+  lasthop         Lasthop as installed: its default configuration (fsync `always`,
+                  receipts on), Redis store, the hospital example's 2-hop chain
+  lasthop-50ms    the same with `audit.fsync = "50ms"`
+  ...             and the variants in `TARGETS` (other server fronts, receipts off, workers)
 
-Each measurement visits the three targets in turn, round after round, so
-machine drift lands on all of them alike. Per target: maximum throughput
-(closed loop), p50/p90/p99/p99.9 at each offered rate (open loop), the
-server's CPU per check, and its RSS. Writes report.md, results.json and
-latency.png (latency against offered rate) to --out, and prints the report.
-Everything is bounded: rounds x targets x (closed + rates) x seconds.
+Every round visits every target in turn, in a rotated order, so machine drift
+lands on all of them alike: maximum throughput (closed loop, `--connections`),
+with each process's CPU per check (its main thread, its other threads, Envoy);
+then latency at each offered rate (open loop, measured from the schedule, so a
+stall is latency, not fewer requests); and the fsync time of the disk under
+Lasthop's audit trail. Then chain depth 1 to 4 in process, uncached.
+
+Prints the targets with their measured figures (median and range over rounds)
+and writes report.md, results.json and latency.png to --out. Everything is
+bounded: rounds x targets x (closed + rates) x seconds; the defaults take
+about 8 minutes (7 min 46 s measured on 2 cores).
 """
 
 from __future__ import annotations
@@ -28,53 +37,100 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import disk
 import envoy_config
 import loadgen
+import procstat
+import report
+import scaling
 
 from authz._proto import grants_pb2 as pb
 from authz.cli.admin_client import AdminClient
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
+from authz.policy import load as policy_load
 
 HERE = Path(__file__).resolve().parent
 PATH = "/patients/p-1001/records"
 PURPOSE = "clinical-documentation"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHAIN = ["orchestrator", "scribe"]
+DEFAULT_TARGETS = "envoy,floor,floor-threads,lasthop,lasthop-50ms"
+ANY_METRICS_PORT = ("LASTHOP_SERVER_METRICS_LISTEN", "127.0.0.1:0")  # workers: each its own
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+@dataclass(frozen=True)
+class Spec:
+    """One target: what runs behind its Envoy."""
+
+    kind: str  # envoy | noop | lasthop
+    label: str
+    env: tuple[tuple[str, str], ...] = ()  # Lasthop: LASTHOP_* overrides
+    serve_args: tuple[str, ...] = ()  # Lasthop: extra `lasthop serve` arguments
+    noop_threads: int = 0  # the no-op: 0 grpc.aio, N threaded
+    open_loop: bool = True
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+TARGETS = {
+    "envoy": Spec("envoy", "Envoy alone", open_loop=False),
+    "floor": Spec("noop", "no-op grpc.aio ext_authz (the floor)"),
+    "floor-threads": Spec(
+        "noop", "no-op threaded ext_authz, bytes (honest floor)", noop_threads=16, open_loop=False
+    ),
+    "lasthop": Spec("lasthop", "Lasthop, defaults: fsync always, receipts on"),
+    "lasthop-50ms": Spec(
+        "lasthop", "Lasthop, fsync 50ms, receipts on", env=(("LASTHOP_AUDIT_FSYNC", "50ms"),)
+    ),
+    "lasthop-aio": Spec(
+        "lasthop", "Lasthop on grpc.aio, defaults", env=(("LASTHOP_SERVER_THREADS", "0"),)
+    ),
+    "lasthop-aio-50ms": Spec(
+        "lasthop",
+        "Lasthop on grpc.aio, fsync 50ms",
+        env=(("LASTHOP_SERVER_THREADS", "0"), ("LASTHOP_AUDIT_FSYNC", "50ms")),
+    ),
+    "lasthop-workers2": Spec(
+        "lasthop",
+        "Lasthop, 2 worker processes, defaults",
+        env=(ANY_METRICS_PORT,),
+        serve_args=("--workers", "2"),
+    ),
+    "lasthop-workers2-50ms": Spec(
+        "lasthop",
+        "Lasthop, 2 worker processes, fsync 50ms",
+        env=(ANY_METRICS_PORT, ("LASTHOP_AUDIT_FSYNC", "50ms")),
+        serve_args=("--workers", "2"),
+    ),
+    "lasthop-noreceipts": Spec(
+        "lasthop", "Lasthop, fsync always, receipts off", env=(("LASTHOP_AUDIT_RECEIPTS", "false"),)
+    ),
+    "lasthop-50ms-noreceipts": Spec(
+        "lasthop",
+        "Lasthop, fsync 50ms, receipts off",
+        env=(("LASTHOP_AUDIT_FSYNC", "50ms"), ("LASTHOP_AUDIT_RECEIPTS", "false")),
+    ),
+}
 
 
 @dataclass
 class Target:
     name: str
-    port: int
-    server_pid: int  # the process whose CPU and RSS we report (Envoy for `envoy`)
+    spec: Spec
+    port: int  # its Envoy's listener
+    server_pid: int  # whose CPU counts as the server's (Envoy's own for `envoy`)
     envoy_pid: int
-    closed: list[loadgen.Result] = field(default_factory=list)
-    cpu_per_check_us: list[float] = field(default_factory=list)
-    envoy_cpu_per_check_us: list[float] = field(default_factory=list)
-    open: dict[float, list[loadgen.Result]] = field(default_factory=dict)
-    rss: float = 0.0
+    audit_dir: Path | None = None
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    open: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class Stack:
@@ -89,18 +145,8 @@ class Stack:
         port, admin = devstack.free_port(), devstack.free_port()
         config = envoy_config.write(self.work / f"envoy-{name}.json", port, admin, authz_ports)
         proc = subprocess.Popen(
-            [
-                devstack.venv_binary("envoy"),
-                "-c",
-                str(config),
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-                "--concurrency",
-                "1",
-                "--base-id",
-                str(port),
-            ],
+            [devstack.venv_binary("envoy"), "-c", str(config), "--disable-hot-restart"]
+            + ["--log-level", "error", "--concurrency", "1", "--base-id", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -108,19 +154,16 @@ class Stack:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                import urllib.request
-
                 with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=0.5):
                     return port, proc.pid
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"envoy `{name}` did not start")
 
-    def noop(self) -> tuple[int, int]:
+    def noop(self, threads: int) -> tuple[int, int]:
+        command = [sys.executable, str(HERE / "noop_authz.py"), "--port", "0"]
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "noop_authz.py"), "--port", "0"],
-            stdout=subprocess.PIPE,
-            text=True,
+            [*command, "--threads", str(threads)], stdout=subprocess.PIPE, text=True
         )
         self.procs.append(proc)
         assert proc.stdout is not None
@@ -128,6 +171,17 @@ class Stack:
         if not line.startswith("noop ready"):
             raise RuntimeError("noop ext_authz did not start")
         return int(line.split()[2]), proc.pid
+
+    def lasthop(
+        self, name: str, spec: Spec, jwks: Path, redis_url: str
+    ) -> tuple[devstack.LasthopServer, Path]:
+        work = self.work / name
+        work.mkdir()
+        config = devstack.write_config(work, jwks, redis_url=redis_url)
+        command = [sys.executable, "-m", "authz", "serve", *spec.serve_args]
+        server = devstack.LasthopServer(config, env=dict(spec.env), command=command)
+        self.closers.append(server.close)
+        return server, work / "audit"
 
     def close(self) -> None:
         for proc in self.procs:
@@ -141,239 +195,191 @@ class Stack:
             closer()
 
 
-def measure_closed(target: Target, raws: list[bytes], seconds: float) -> None:
-    before, envoy_before = cpu_seconds(target.server_pid), cpu_seconds(target.envoy_pid)
-    result = asyncio.run(loadgen.closed_loop(target.port, raws, seconds))
+def start(
+    stack: Stack, names: list[str], jwks: Path, redis_url: str, issuer: DemoIssuer
+) -> list[Target]:
+    targets, granted = [], False
+    for name in names:
+        spec = TARGETS[name]
+        server_pid, audit_dir, ports = 0, None, None
+        if spec.kind == "noop":
+            port, server_pid = stack.noop(spec.noop_threads)
+            ports = [port]
+        elif spec.kind == "lasthop":
+            server, audit_dir = stack.lasthop(name, spec, jwks, redis_url)
+            server_pid, ports = server.proc.pid, [server.port]
+            if not granted:  # every Lasthop reads the same Redis
+                issue_grant(server.ready["admin_listen"], issuer)
+                granted = True
+        port, envoy_pid = stack.envoy(name, ports)
+        targets.append(Target(name, spec, port, server_pid or envoy_pid, envoy_pid, audit_dir))
+    return targets
+
+
+def issue_grant(admin_listen: str, issuer: DemoIssuer) -> None:
+    admin = AdminClient(admin_listen, issuer.admin_token())
+    admin.issue(
+        pb.IssueGrantRequest(
+            agent="scribe",
+            user="dr-alice",
+            actions=["read"],
+            resources=['Patient::"p-1001"'],
+            purpose=PURPOSE,
+            ttl_seconds=3600,
+        )
+    )
+    admin.close()
+
+
+def closed_round(target: Target, raws: list[bytes], seconds: float, connections: int) -> None:
+    server, envoy = procstat.cpu(target.server_pid), procstat.cpu(target.envoy_pid)
+    result = asyncio.run(loadgen.closed_loop(target.port, raws, seconds, connections))
+    server, envoy = procstat.cpu(target.server_pid) - server, procstat.cpu(target.envoy_pid) - envoy
     n = max(1, len(result.latencies))
-    target.closed.append(result)
-    target.cpu_per_check_us.append((cpu_seconds(target.server_pid) - before) / n * 1e6)
-    target.envoy_cpu_per_check_us.append((cpu_seconds(target.envoy_pid) - envoy_before) / n * 1e6)
+    target.closed.append(
+        {
+            "rps": result.throughput,
+            "main_us": server.main / n * 1e6,
+            "other_us": server.other / n * 1e6,
+            "envoy_us": envoy.total / n * 1e6,
+            "statuses": result.statuses,
+            "errors": result.errors,
+        }
+    )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def open_round(target: Target, raws: list[bytes], rate: float, seconds: float) -> None:
+    result = asyncio.run(loadgen.open_loop(target.port, raws, rate, seconds))
+    target.open.setdefault(str(int(rate)), []).append(
+        {
+            "latencies": result.latencies,
+            "statuses": result.statuses,
+            "errors": result.errors,
+        }
+    )
+
+
+def warm_up(target: Target, raws: list[bytes], tries: int = 5) -> None:
+    """Warm each target up until a whole second is all 200s: every target must allow.
+
+    A first check can outlast Envoy's 250 ms timeout on a busy machine (a 503 then)."""
+    statuses: dict[int, int] = {}
+    for _ in range(tries):
+        statuses = asyncio.run(loadgen.closed_loop(target.port, raws, 1.0, connections=4)).statuses
+        if set(statuses) == {200}:
+            return
+    raise RuntimeError(f"{target.name} answered {statuses} in its last warm-up second")
+
+
+def rotated(items: list[Target], by: int) -> list[Target]:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def requests(issuers: list[DemoIssuer]) -> list[bytes]:
+    """The allowed request, with tokens from each issuer in turn (ES256 and RS256)."""
+    return [
+        loadgen.request_bytes(PATH, i.access_token("dr-alice", CHAIN, purpose=PURPOSE, ttl=3600))
+        for i in issuers
+    ]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
+    names = args.targets.split(",")
     with devstack.workdir("lasthop-bench-") as work:
         stack = Stack(work)
         try:
-            es, rs = DemoIssuer("ES256", kid="bench-es"), DemoIssuer("RS256", kid="bench-rs")
+            issuers = [DemoIssuer("ES256", kid="bench-es"), DemoIssuer("RS256", kid="bench-rs")]
             jwks = work / "jwks.json"
-            jwks.write_text(json.dumps({"keys": [es.public_jwk, rs.public_jwk]}))
+            jwks.write_text(json.dumps({"keys": [i.public_jwk for i in issuers]}))
             redis = devstack.RedisServer(work)
             stack.closers.append(redis.close)
-            lasthop = devstack.LasthopServer(
-                devstack.write_config(work, jwks, redis_url=redis.url),
-                env={"LASTHOP_AUDIT_FSYNC": args.fsync},
-            )
-            stack.closers.append(lasthop.close)
-            admin = AdminClient(lasthop.ready["admin_listen"], es.admin_token())
-            admin.issue(
-                pb.IssueGrantRequest(
-                    agent="scribe",
-                    user="dr-alice",
-                    actions=["read"],
-                    resources=['Patient::"p-1001"'],
-                    purpose=PURPOSE,
-                    ttl_seconds=3600,
-                )
-            )
-            noop_port, noop_pid = stack.noop()
-            targets = []
-            for name, ports, pid in (
-                ("envoy", None, None),
-                ("floor", [noop_port], noop_pid),
-                ("lasthop", [lasthop.port], lasthop.proc.pid),
-            ):
-                port, envoy_pid = stack.envoy(name, ports)
-                targets.append(Target(name, port, pid or envoy_pid, envoy_pid))
-            raws = [
-                loadgen.request_bytes(
-                    PATH,
-                    issuer.access_token(
-                        "dr-alice", ["orchestrator", "scribe"], purpose=PURPOSE, ttl=3600
-                    ),
-                )
-                for issuer in (es, rs)
-            ]
-            for target in targets:  # warm up, and prove every target allows
-                warm = asyncio.run(loadgen.closed_loop(target.port, raws, 1.0, connections=4))
-                if set(warm.statuses) != {200}:
-                    raise RuntimeError(f"{target.name} answered {warm.statuses} in warm-up")
-            for _ in range(args.rounds):
-                for target in targets:
-                    measure_closed(target, raws, args.seconds)
-            for rate in rates:
-                for _ in range(args.rounds):
-                    for target in targets:
-                        result = asyncio.run(
-                            loadgen.open_loop(target.port, raws, rate, args.seconds)
-                        )
-                        target.open.setdefault(rate, []).append(result)
+            targets = start(stack, names, jwks, redis.url, issuers[0])
+            raws = requests(issuers)
             for target in targets:
-                target.rss = rss_mb(target.server_pid)
+                warm_up(target, raws)
+            fsync = rounds(args, targets, raws, rates)
+            depth = chain_depth(args, redis.url)
+            rss = {t.name: procstat.rss_mb(t.server_pid) for t in targets}
         finally:
             stack.close()
-    return summarise(targets, rates, args)
+    return report.summarise(targets, fsync, depth, rss, rates, settings(args, rates))
 
 
-def _merged(results: list[loadgen.Result]) -> loadgen.Result:
-    merged = loadgen.Result(seconds=sum(r.seconds for r in results))
-    for r in results:
-        merged.latencies.extend(r.latencies)
-        merged.errors += r.errors
-        for code, n in r.statuses.items():
-            merged.statuses[code] = merged.statuses.get(code, 0) + n
-    return merged
+def rounds(
+    args: argparse.Namespace, targets: list[Target], raws: list[bytes], rates: list[float]
+) -> list[list[float]]:
+    """Every round: closed loop on each target, the fsync probe, open loop at each rate."""
+    probe_dir = next((t.audit_dir for t in targets if t.audit_dir is not None), None)
+    fsync: list[list[float]] = []
+    for n in range(args.rounds):
+        for target in rotated(targets, n):
+            closed_round(target, raws, args.seconds, args.connections)
+        if probe_dir is not None:
+            fsync.append(disk.probe(probe_dir, args.fsync_probes))
+        for rate in rates:
+            for target in rotated([t for t in targets if t.spec.open_loop], n):
+                open_round(target, raws, rate, args.open_seconds)
+        print(f"round {n + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    return fsync
 
 
-def summarise(
-    targets: list[Target], rates: list[float], args: argparse.Namespace
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def chain_depth(args: argparse.Namespace, redis_url: str) -> list[list[float]]:
+    """p50 (µs) at depth 1 to 4, uncached, in process, once per round."""
+    bundle = policy_load.load(devstack.POLICIES)
+    issuer = DemoIssuer("ES256", kid="bench-depth")
+    points = []
+    for _ in range(args.rounds):
+        curve = scaling.depth_curve(bundle, issuer, args.depth_checks, redis_url)
+        points.append([p["p50_us"] for p in curve["points"]])
+    return points
+
+
+def settings(args: argparse.Namespace, rates: list[float]) -> dict[str, Any]:
+    return {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "open_seconds": args.open_seconds,
+        "connections": args.connections,
+        "rates": rates,
+        "targets": args.targets.split(","),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average": os.getloadavg(),
         },
-        "settings": {
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "rates": rates,
-            "fsync": args.fsync,
-        },
-        "targets": {},
     }
-    for t in targets:
-        closed = _merged(t.closed)
-        entry: dict[str, Any] = {
-            "max_throughput_rps": statistics.median(r.throughput for r in t.closed),
-            "closed_p50_ms": closed.percentile(0.5),
-            "closed_p99_ms": closed.percentile(0.99),
-            "server_cpu_per_check_us": statistics.median(t.cpu_per_check_us),
-            "envoy_cpu_per_check_us": statistics.median(t.envoy_cpu_per_check_us),
-            "rss_mb": round(t.rss, 1),
-            "statuses": closed.statuses,
-            "errors": closed.errors,
-            "open_loop": {},
-        }
-        for rate in rates:
-            merged = _merged(t.open[rate])
-            entry["open_loop"][str(int(rate))] = {
-                "n": len(merged.latencies),
-                **{
-                    f"p{label}_ms": merged.percentile(q)
-                    for label, q in (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.9", 0.999))
-                },
-                "statuses": merged.statuses,
-                "errors": merged.errors,
-            }
-        out["targets"][t.name] = entry
-    floor, ours = out["targets"]["floor"], out["targets"]["lasthop"]
-    out["ratios"] = {
-        "throughput_lasthop_over_floor": ours["max_throughput_rps"] / floor["max_throughput_rps"],
-        "throughput_target": 0.80,
-    }
-    at = "400" if "400" in ours["open_loop"] else str(int(rates[0]))
-    out["ratios"][f"p99_at_{at}_minus_floor_ms"] = (
-        ours["open_loop"][at]["p99_ms"] - floor["open_loop"][at]["p99_ms"]
-    )
-    out["ratios"]["p99_budget_ms"] = 1.0
-    return out
-
-
-def report(results: dict[str, Any]) -> str:
-    lines = [
-        "# Lasthop benchmark",
-        "",
-        f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}; "
-        f"{results['settings']['rounds']} rounds x {results['settings']['seconds']} s per "
-        f"measurement, targets interleaved; Lasthop on Redis with audit.fsync = "
-        f"{results['settings']['fsync']} and receipts on.",
-        "",
-        "| target | max req/s | server CPU/check | Envoy CPU/check | RSS |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for name, t in results["targets"].items():
-        lines.append(
-            f"| {name} | {t['max_throughput_rps']:.0f} | "
-            f"{t['server_cpu_per_check_us']:.0f} µs | "
-            f"{t['envoy_cpu_per_check_us']:.0f} µs | {t['rss_mb']:.0f} MB |"
-        )
-    lines += [
-        "",
-        "| target | offered req/s | p50 | p90 | p99 | p99.9 | non-200 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for rate in results["settings"]["rates"]:
-        for name, t in results["targets"].items():
-            o = t["open_loop"][str(int(rate))]
-            bad = sum(n for code, n in o["statuses"].items() if int(code) != 200) + o["errors"]
-            lines.append(
-                f"| {name} | {int(rate)} | {o['p50_ms']:.2f} ms | {o['p90_ms']:.2f} ms | "
-                f"{o['p99_ms']:.2f} ms | {o['p99.9_ms']:.2f} ms | {bad} |"
-            )
-    r = results["ratios"]
-    p99_key = next(k for k in r if k.startswith("p99_at_"))
-    lines += [
-        "",
-        "| target | measured | holds |",
-        "| --- | ---: | --- |",
-        f"| throughput, Lasthop / floor >= 0.80 | {r['throughput_lasthop_over_floor']:.2f} | "
-        f"{'yes' if r['throughput_lasthop_over_floor'] >= 0.8 else 'NO'} |",
-        f"| p99 {p99_key.split('_')[2]} req/s, Lasthop - floor <= 1.0 ms | "
-        f"{r[p99_key]:+.2f} ms | {'yes' if r[p99_key] <= 1.0 else 'NO'} |",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rates = results["settings"]["rates"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, t in results["targets"].items():
-        for q, style in (("p50", "-"), ("p99", "--")):
-            ax.plot(
-                rates,
-                [t["open_loop"][str(int(r))][f"{q}_ms"] for r in rates],
-                style,
-                marker="o",
-                label=f"{name} {q}",
-            )
-    ax.set_xlabel("offered load (req/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("Latency against offered load, through Envoy")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop measurement")
+    ap.add_argument("--open-seconds", type=float, default=10.0, help="per rate and target")
     ap.add_argument("--rates", default="200,400,800,1000")
+    ap.add_argument("--targets", default=DEFAULT_TARGETS, help=f"from: {', '.join(TARGETS)}")
+    ap.add_argument("--connections", type=int, default=16, help="closed loop")
+    ap.add_argument("--fsync-probes", type=int, default=200, help="per round")
+    ap.add_argument("--depth-checks", type=int, default=500, help="per depth and round")
     ap.add_argument("--out", type=Path, default=HERE / "results" / time.strftime("%Y%m%d-%H%M%S"))
-    ap.add_argument(
-        "--fsync", default="50ms", help="Lasthop's audit.fsync for the run (always, or e.g. 50ms)"
-    )
     ap.add_argument("--smoke", action="store_true", help="tiny run: checks the harness works")
     args = ap.parse_args()
+    unknown = [n for n in args.targets.split(",") if n not in TARGETS]
+    if unknown:
+        ap.error(f"unknown target `{unknown[0]}`; choose from {', '.join(TARGETS)}")
     if args.smoke:
-        args.seconds, args.rounds, args.rates = 0.5, 1, "100"
+        args.rounds, args.seconds, args.open_seconds, args.rates = 1, 0.5, 0.5, "100"
+        args.fsync_probes, args.depth_checks = 10, 20
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run(args)
-    text = report(results)
+    started = time.monotonic()
+    results = measure(args)
+    results["settings"]["minutes"] = round((time.monotonic() - started) / 60, 1)
+    text = report.render(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "report.md").write_text(text)
-    plotted = plot(results, args.out / "latency.png")
+    plotted = report.plot(results, args.out / "latency.png")
     print(text)
     print(f"written to {args.out}" + ("" if plotted else " (no plot: pip install matplotlib)"))
 

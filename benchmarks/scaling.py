@@ -8,7 +8,7 @@ time, with every cache that would hide the cost turned off:
 
   policies     10, 100, 1,000, 10,000 (one `principal ==` policy per agent)
   grants       10 up to --max-grants active grants in a real Redis (other pairs)
-  chain depth  1 up to identity.max_chain_depth (4)
+  chain depth  1 up to identity.max_chain_depth (4), agents in Redis, no local cache
   token size   about 1, 2, 4 and 8 KiB
 
 and measures memory: RSS with 10,000 agents and 100,000 cached grant pairs.
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, Record
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -40,13 +42,21 @@ from authz.stores.embedded import (
     EmbeddedGrantStore,
     SeededRegistry,
 )
-from authz.stores.protocols import GrantStore
+from authz.stores.protocols import AgentRegistry, GrantStore
 from authz.stores.redis_store import PREFIX, RedisStore, pair_tag
+from authz.stores.registry import StoreRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 
 PURPOSE = "clinical-documentation"
 PATH = "/patients/p-1001/records"
+# Agents that may hand a clinical-documentation task on, so that a chain can be 4 deep
+# (every agent of a chain must allow its purpose: agent-purpose-must-be-allowed).
+RELAYS = [
+    Agent(f"relay-{n}", "dr-alice", 10, "active", allowed_purposes=(PURPOSE,)) for n in (1, 2)
+]
+DEEP_CHAIN = ["relay-2", "relay-1", "orchestrator", "scribe"]
+DEPTHS = (1, 2, 3, 4)
 PER_AGENT = """
 @id("read-{n}")
 permit (principal == Agent::"{n}", action == Action::"read", resource is Records)
@@ -55,8 +65,8 @@ when {{ context has grant }};
 
 
 class Null:
-    async def commit(self, record: Any) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def uncached(p: Pipeline) -> None:
@@ -69,7 +79,7 @@ def pipeline(
     bundle: policy_load.PolicyBundle,
     issuer: DemoIssuer,
     store: GrantStore,
-    agents: dict[str, Agent],
+    agents: dict[str, Agent] | AgentRegistry,
 ) -> Pipeline:
     keys = jwks.StaticKeys(
         jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}), ("ES256",), "bench")
@@ -78,7 +88,7 @@ def pipeline(
         ident=IdentitySettings(),
         keys=keys,
         bundle=bundle,
-        registry=SeededRegistry(agents),
+        registry=SeededRegistry(agents) if isinstance(agents, dict) else agents,
         store=store,
         audit=Null(),
     )
@@ -100,25 +110,35 @@ def grant(agent: str = "scribe", user: str = "dr-alice") -> Grant:
 
 
 def p50(p: Pipeline, token: str, checks: int) -> float:
-    request = CheckInput(
-        method="GET", path=PATH, host="ehr", headers={"authorization": [f"Bearer {token}"]}
-    )
-
     async def go() -> list[float]:
+        return (await uncached_samples([(p, token)], checks))[0]
+
+    gc.collect()
+    return statistics.median(asyncio.run(go())) * 1e6
+
+
+async def uncached_samples(subjects: list[tuple[Pipeline, str]], checks: int) -> list[list[float]]:
+    """Seconds per uncached check of each (pipeline, token), taking turns check by check, so
+    that a machine's drift lands on every subject alike; warmed up first, and allowed."""
+    requests = [
+        CheckInput(
+            method="GET", path=PATH, host="ehr", headers={"authorization": [f"Bearer {token}"]}
+        )
+        for _, token in subjects
+    ]
+    for (p, _), request in zip(subjects, requests, strict=True):
         for _ in range(50):
             decision = await p.check(request)
         if not decision.allowed:
             raise RuntimeError(f"benchmark request denied: {decision.reason} {decision.detail}")
-        samples = []
-        for _ in range(checks):
+    samples: list[list[float]] = [[] for _ in subjects]
+    for _ in range(checks):
+        for (p, _), request, taken in zip(subjects, requests, samples, strict=True):
             uncached(p)
             started = time.perf_counter()
             await p.check(request)
-            samples.append(time.perf_counter() - started)
-        return samples
-
-    gc.collect()
-    return statistics.median(asyncio.run(go())) * 1e6
+            taken.append(time.perf_counter() - started)
+    return samples
 
 
 def curve(name: str, points: list[tuple[Any, float]]) -> dict[str, Any]:
@@ -209,14 +229,33 @@ def grants_curve(
 
 
 def depth_curve(
-    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int
+    bundle: policy_load.PolicyBundle, issuer: DemoIssuer, checks: int, redis_url: str
 ) -> dict[str, Any]:
-    store = EmbeddedGrantStore(time.time)
-    asyncio.run(store.put(grant()))
-    p = pipeline(bundle, issuer, store, bundle.agents)
-    chain = ["orchestrator", "med-reconciler", "billing-bot", "scribe"]
-    points = [(d, p50(p, issuer_token(issuer, chain[-d:]), checks)) for d in range(1, 5)]
-    return curve("chain depth", points)
+    """Chain depth 1 to 4, agents and grants in Redis with no local cache: every check reads
+    the registry (one round trip for the whole chain) and the grants. The depths take turns
+    check by check (a pipeline each, one Redis client)."""
+
+    async def load() -> None:
+        store = RedisStore(redis_url, 500)
+        for agent in [*bundle.agents.values(), *RELAYS]:
+            await store.add_agent(agent)
+        await store.put(grant())
+        await store.close()
+
+    async def measure() -> list[list[float]]:
+        store = RedisStore(redis_url, 500)  # one client, on this event loop
+        try:
+            p = [pipeline(bundle, issuer, store, StoreRegistry(store)) for _ in DEPTHS]
+            tokens = [issuer_token(issuer, DEEP_CHAIN[-depth:]) for depth in DEPTHS]
+            return await uncached_samples(list(zip(p, tokens, strict=True)), checks)
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    gc.collect()
+    samples = asyncio.run(measure())
+    points = [(d, statistics.median(s) * 1e6) for d, s in zip(DEPTHS, samples, strict=True)]
+    return curve("chain depth (Redis, no local cache, depths in turn)", points)
 
 
 def token_curve(
@@ -277,9 +316,15 @@ def main() -> None:
     args = ap.parse_args()
     bundle = policy_load.load(ROOT / "policies")
     issuer = DemoIssuer("ES256", kid="bench")
+    with tempfile.TemporaryDirectory() as work:
+        redis = RedisServer(Path(work))
+        try:
+            depth = depth_curve(bundle, issuer, args.checks, redis.url)
+        finally:
+            redis.close()
     results = {
         "policies": policies_curve(bundle, issuer, "", args.checks),
-        "chain_depth": depth_curve(bundle, issuer, args.checks),
+        "chain_depth": depth,
         "token_size": token_curve(bundle, issuer, args.checks),
         "grants": grants_curve(bundle, issuer, args.checks, args.max_grants),
         "memory": memory(bundle),

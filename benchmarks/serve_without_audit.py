@@ -15,14 +15,15 @@ import logging
 import sys
 
 from authz import config
-from authz.audit.records import Record
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, Record
 from authz.server.app import build
 from authz.server.serve import serve
 
 
 class DiscardingAudit:
-    async def commit(self, record: Record) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def main(argv: list[str]) -> int:

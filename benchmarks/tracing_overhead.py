@@ -31,7 +31,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from authz.audit.records import MemoryAudit
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, MemoryAudit, Record
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings, TracingSettings
@@ -50,8 +51,8 @@ PURPOSE = "clinical-documentation"
 
 
 class Drops(MemoryAudit):
-    async def commit(self, record: object) -> bool:
-        return True
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
 
 
 def pipeline(observer: Any, issuer: DemoIssuer, store: EmbeddedGrantStore) -> Pipeline:

@@ -15,7 +15,8 @@ import pytest
 from authz.access.asks import Ask
 from authz.access.people import Approver
 from authz.access.requests import AccessRequests
-from authz.audit.records import EventRecord, MemoryAudit, Record
+from authz.audit.receipts import Unsigned
+from authz.audit.records import Committed, EventRecord, MemoryAudit, Record
 from authz.check.pipeline import Caller, Pipeline
 from authz.config import AccessSettings
 from authz.dev.tokens import DemoIssuer
@@ -56,8 +57,8 @@ class Seen:
 class Refusing(MemoryAudit):
     """A trail that takes nothing."""
 
-    async def commit(self, record: Record) -> bool:
-        return False
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(False)
 
 
 @dataclass

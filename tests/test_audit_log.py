@@ -386,7 +386,7 @@ def test_a_write_failure_refuses_this_record_and_every_later_one(
         monkeypatch.setattr(os, "write", fail)
         assert not await log.commit(decision(2))
         monkeypatch.undo()  # the disk has room again: still refused until restart
-        assert [await log.commit(decision(n)) for n in range(3, 6)] == [False] * 3
+        assert [(await log.commit(decision(n))).ok for n in range(3, 6)] == [False] * 3
         assert "failed" in log.failure
         await asyncio.wait_for(log.close(), 5)
 
@@ -424,7 +424,7 @@ def test_a_failed_rotation_refuses(tmp_path: Path, key: SigningKey) -> None:
         assert await log.commit(decision(1))
         audit_dir.rename(tmp_path / "moved")  # the directory is gone ...
         audit_dir.write_text("and a file took its place")
-        results = [await log.commit(decision(n)) for n in range(2, 12)]
+        results = [(await log.commit(decision(n))).ok for n in range(2, 12)]
         assert False in results
         failed_at = results.index(False)
         assert results[failed_at:] == [False] * (len(results) - failed_at)

@@ -293,7 +293,7 @@ def test_envoys_network_check_request_round_trip(env: Env) -> None:
     )
     assert check.peer_principal == peer("scribe") and check.method == check.path == ""
     decision = env.check(check)
-    response = ext_authz.to_response(decision, check)
+    response = pb.CheckResponse.FromString(ext_authz.to_response(decision, check))
     assert response.status.code == 0 and not response.HasField("ok_response")
     metadata = dict(response.dynamic_metadata)
     assert metadata == {
@@ -312,7 +312,7 @@ def test_a_refused_connection_is_a_non_ok_check_status(env: Env) -> None:
     call itself stays OK, so `failure_mode_allow` never applies."""
     check = ext_authz.to_input(network_check("ehr-db.lasthop.test"))
     decision = env.check(check)
-    response = ext_authz.to_response(decision, check)
+    response = pb.CheckResponse.FromString(ext_authz.to_response(decision, check))
     assert decision.reason == "grant_not_named"
     assert response.status.code == 7  # PERMISSION_DENIED
     assert not response.dynamic_metadata.fields

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from authz.audit.receipts import ReceiptSigner, Unsigned
+from authz.audit.records import AuditRecord, Committed, Record, Repeat
+from authz.audit.signing import SigningKey
 from authz.check.decisions import DecisionCache
 from authz.check.pipeline import Pipeline
 from authz.dev.tokens import DemoIssuer
@@ -147,3 +150,33 @@ def test_a_method_override_is_part_of_the_key(
     assert plain.allowed
     assert (overridden.allowed, overridden.reason) == (False, "method_override")
     assert counting.full == 2
+
+
+class RawAudit:
+    """Keeps what the pipeline hands the sink, as handed."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        self.records.append(record)
+        return Committed(True, receipt.signer.sign([receipt])[0] if receipt else "")
+
+
+def test_a_repeat_is_recorded_as_a_repeat_of_the_first_record_with_its_own_id(
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+) -> None:
+    counting, _, _ = build(make_pipeline, clock)
+    pipeline = counting.pipeline
+    pipeline.audit = audit = RawAudit()
+    pipeline.receipts = ReceiptSigner(SigningKey.generate(), 60, clock)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    first, second = (asyncio.run(pipeline.check(check_input(token))) for _ in range(2))
+    made, repeated = audit.records
+    assert isinstance(made, AuditRecord) and isinstance(repeated, Repeat)
+    assert repeated.like is made and made.decision_id == first.decision_id
+    assert repeated.decision_id == second.decision_id != first.decision_id
+    assert repeated.record() == AuditRecord.of(
+        second, check_input(token), repeated.time, repeated.latency_ms / 1000, repeated.trace_id
+    )
+    assert first.receipt != second.receipt  # each receipt binds its own decision id

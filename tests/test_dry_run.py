@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from authz import config
-from authz.audit.records import AuditRecord, EventRecord, MemoryAudit
+from authz.audit.records import AuditRecord, MemoryAudit, Record
 from authz.config import IdentitySettings
 from authz.dev import stack as devstack
 from authz.dev.tokens import DemoIssuer
@@ -383,7 +383,7 @@ def test_policy_error_is_still_503(issuer: DemoIssuer, tmp_path: Path) -> None:
 
 def test_audit_refusal_is_still_503(issuer: DemoIssuer, bundle: PolicyBundle) -> None:
     class Refusing(MemoryAudit):
-        def emit(self, record: AuditRecord | EventRecord) -> bool:
+        def emit(self, record: Record) -> bool:
             super().emit(record)
             return False
 

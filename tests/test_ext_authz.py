@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attrs
 from envoy.service.auth.v3 import external_auth_pb2 as pb
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 
+from authz.check import headers as request_headers
+from authz.check.pipeline import Pipeline
 from authz.dev.tokens import DemoIssuer
 from authz.model import Chain, CheckInput, Connection, Decision, EntityRef, Intent, RouteMatch
 from authz.server import ext_authz
-from authz.server.serve import AuthorizationService
+from authz.server.front import AuthorizationService, ThreadedAuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, grant
 
@@ -149,6 +155,13 @@ def allow(
     )
 
 
+def respond(
+    decision: Decision, request: CheckInput, overrides: tuple[str, ...] = ()
+) -> pb.CheckResponse:
+    """What Envoy reads: `to_response` answers the serialised message."""
+    return pb.CheckResponse.FromString(ext_authz.to_response(decision, request, overrides))
+
+
 def input_with(headers: dict[str, list[str]]) -> CheckInput:
     return CheckInput(
         method="GET", path="/patients/p-1001/records", host="ehr.local", headers=headers
@@ -165,7 +178,7 @@ def ok_headers(resp: pb.CheckResponse) -> dict[str, str]:
 
 
 def test_allow_response() -> None:
-    resp = ext_authz.to_response(allow(), input_with({"authorization": ["Bearer x"]}))
+    resp = respond(allow(), input_with({"authorization": ["Bearer x"]}))
     assert resp.status.code == code_pb2.OK
     assert resp.WhichOneof("http_response") == "ok_response"
     assert ok_headers(resp) == {
@@ -193,7 +206,7 @@ def test_allow_removes_the_clients_other_lasthop_headers() -> None:
         "x-lasthopper": ["not ours"],
         "x-other": ["keep"],
     }
-    resp = ext_authz.to_response(allow(), input_with(headers))
+    resp = respond(allow(), input_with(headers))
     assert list(resp.ok_response.headers_to_remove) == sorted(
         ["x-lasthop-grant", "x-lasthop-role", *underscored(resp)]
     )
@@ -202,7 +215,7 @@ def test_allow_removes_the_clients_other_lasthop_headers() -> None:
 
 
 def test_allow_when_the_user_acts_directly() -> None:
-    resp = ext_authz.to_response(allow(agents=()), input_with({}))
+    resp = respond(allow(agents=()), input_with({}))
     headers = ok_headers(resp)
     assert headers["x-lasthop-agent"] == "dr-alice"
     assert headers["x-lasthop-chain"] == "dr-alice"
@@ -225,7 +238,7 @@ def test_allow_when_the_user_acts_directly() -> None:
     ],
 )
 def test_allow_header_values_cannot_split(field: str, evil: str, safe: str) -> None:
-    resp = ext_authz.to_response(allow(**{field: evil}), input_with({}))  # type: ignore[arg-type]
+    resp = respond(allow(**{field: evil}), input_with({}))  # type: ignore[arg-type]
     headers = ok_headers(resp)
     for value in headers.values():
         assert all(0x20 <= ord(c) < 0x7F for c in value), repr(value)
@@ -233,13 +246,72 @@ def test_allow_header_values_cannot_split(field: str, evil: str, safe: str) -> N
 
 
 def test_allow_header_value_is_capped() -> None:
-    resp = ext_authz.to_response(allow(txn="t" * 5000), input_with({}))
+    resp = respond(allow(txn="t" * 5000), input_with({}))
     assert ok_headers(resp)["x-lasthop-txn"] == "t" * 512
 
 
 def test_allow_chain_agent_names_are_sanitised() -> None:
-    resp = ext_authz.to_response(allow(agents=("orch\r\nestrator", "scribe")), input_with({}))
+    resp = respond(allow(agents=("orch\r\nestrator", "scribe")), input_with({}))
     assert ok_headers(resp)["x-lasthop-chain"] == "dr-alice,orch??estrator,scribe"
+
+
+def built_with_protobuf(
+    decision: Decision, request: CheckInput, overrides: tuple[str, ...]
+) -> pb.CheckResponse:
+    """The allow response as protobuf objects would build it: what `wire` must equal."""
+    assert decision.chain is not None and decision.intent is not None
+    chain, intent = decision.chain, decision.intent
+    values = [
+        chain.user,
+        chain.actor,
+        ",".join((chain.user, *chain.agents)),
+        intent.purpose,
+        intent.txn,
+        decision.decision_id,
+    ]
+    safe = ["".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in v)[:512] for v in values]
+    headers = dict(zip(OURS, safe, strict=True))
+    if decision.receipt:
+        headers["x-lasthop-receipt"] = decision.receipt
+    return pb.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=pb.OkHttpResponse(
+            headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=k, value=v),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+                for k, v in headers.items()
+            ],
+            headers_to_remove=request_headers.to_remove(request.headers, headers, overrides),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        allow(),
+        allow(agents=()),
+        allow(user="caf\u00e9\r\n", txn="t" * 700, purpose="p" * 200),
+        replace(allow(), receipt="r" * 2000, decision_id="0123456789abcdef" * 2),
+    ],
+)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-lasthop-receipt": ["forged"], "x_lasthop_zz": ["1"], "x-lasthop-agent": ["m"]},
+    ],
+)
+@pytest.mark.parametrize("overrides", [(), ("x-http-method-override", "x-method-override")])
+def test_the_allow_bytes_are_what_protobuf_would_send(
+    decision: Decision, headers: dict[str, list[str]], overrides: tuple[str, ...]
+) -> None:
+    request = input_with(headers)
+    expected = built_with_protobuf(decision, request, overrides)
+    assert ext_authz.to_response(decision, request, overrides) == expected.SerializeToString()
+    assert respond(decision, request, overrides) == expected
 
 
 # --- to_response: deny ----------------------------------------------------------------------
@@ -263,7 +335,7 @@ def deny(status: int, reason: str) -> Decision:
     ],
 )
 def test_deny_response(status: int, reason: str, grpc_code: int) -> None:
-    resp = ext_authz.to_response(deny(status, reason), input_with({"x-lasthop-role": ["a"]}))
+    resp = respond(deny(status, reason), input_with({"x-lasthop-role": ["a"]}))
     assert resp.status.code == grpc_code
     assert resp.status.code != code_pb2.OK
     assert resp.WhichOneof("http_response") == "denied_response"
@@ -295,7 +367,7 @@ def test_deny_body_escapes_detail() -> None:
         reason="no_route",
         detail='no route for `GET /a"b\n`',
     )
-    body = ext_authz.to_response(decision, input_with({})).denied_response.body
+    body = respond(decision, input_with({})).denied_response.body
     assert "\n" not in body
     assert json.loads(body)["detail"] == 'no route for `GET /a"b\n`'
 
@@ -313,40 +385,67 @@ class CallContext:
         return self.metadata
 
 
+FRONTS = ["aio", "threads"]
+
+
+@contextlib.contextmanager
+def loop_in_a_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """The event loop the threaded front hands uncached checks to, as `serve` runs it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def servicer_check(
-    service: AuthorizationService,
+    pipeline: Pipeline,
     request: pb.CheckRequest,
+    front: str = "aio",
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> pb.CheckResponse:
-    async def main() -> pb.CheckResponse:
-        return await service.Check(request.SerializeToString(), context=CallContext(metadata))
-
-    return asyncio.run(main())
+    """What Envoy gets from `front`'s Check."""
+    raw, context = request.SerializeToString(), CallContext(metadata)
+    if front == "aio":
+        answer = asyncio.run(AuthorizationService(pipeline).Check(raw, context))
+    else:
+        with loop_in_a_thread() as loop:
+            answer = ThreadedAuthorizationService(pipeline, loop).Check(raw, context)
+    return pb.CheckResponse.FromString(answer)
 
 
 def bearer_request(token: str) -> pb.CheckRequest:
     return check_request(header_map=[("authorization", f"Bearer {token}".encode())])
 
 
+@pytest.mark.parametrize("front", FRONTS)
 def test_servicer_allows_end_to_end(
-    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock
+    make_pipeline: PipelineFactory, issuer: DemoIssuer, clock: Clock, front: str
 ) -> None:
     store = EmbeddedGrantStore(clock)
     asyncio.run(store.put(grant(now=clock.now)))
-    service = AuthorizationService(make_pipeline(store=store))
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
-    resp = servicer_check(service, bearer_request(token))
+    resp = servicer_check(make_pipeline(store=store), bearer_request(token), front)
     assert resp.status.code == code_pb2.OK
     assert ok_headers(resp)["x-lasthop-agent"] == "scribe"
 
 
-def test_servicer_denies_without_a_token(make_pipeline: PipelineFactory) -> None:
-    resp = servicer_check(AuthorizationService(make_pipeline()), check_request())
+@pytest.mark.parametrize("front", FRONTS)
+def test_servicer_denies_without_a_token(make_pipeline: PipelineFactory, front: str) -> None:
+    resp = servicer_check(make_pipeline(), check_request(), front)
     assert resp.denied_response.status.code == 401
 
 
+@pytest.mark.parametrize("front", FRONTS)
 def test_unexpected_exception_inside_the_pipeline_is_denied_503(
-    make_pipeline: PipelineFactory, issuer: DemoIssuer, monkeypatch: pytest.MonkeyPatch
+    make_pipeline: PipelineFactory,
+    issuer: DemoIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+    front: str,
 ) -> None:
     pipeline = make_pipeline()
 
@@ -355,7 +454,7 @@ def test_unexpected_exception_inside_the_pipeline_is_denied_503(
 
     monkeypatch.setattr(pipeline.verifier, "verify", boom)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
-    resp = servicer_check(AuthorizationService(pipeline), bearer_request(token))
+    resp = servicer_check(pipeline, bearer_request(token), front)
     assert resp.status.code != code_pb2.OK
     assert resp.WhichOneof("http_response") == "denied_response"
     assert resp.denied_response.status.code == 503
@@ -369,9 +468,14 @@ class ExplodingAudit:
         raise RuntimeError("audit sink bug")
 
 
+@pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("where", ["check", "audit"])
 def test_exception_escaping_check_is_still_a_deny(
-    make_pipeline: PipelineFactory, issuer: DemoIssuer, monkeypatch: pytest.MonkeyPatch, where: str
+    make_pipeline: PipelineFactory,
+    issuer: DemoIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    front: str,
 ) -> None:
     """Whatever check() raises, Envoy gets a 503 deny, never a gRPC error (failure_mode_allow)."""
     if where == "audit":
@@ -384,7 +488,7 @@ def test_exception_escaping_check_is_still_a_deny(
 
         monkeypatch.setattr(pipeline, "check", broken)
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
-    resp = servicer_check(AuthorizationService(pipeline), bearer_request(token))
+    resp = servicer_check(pipeline, bearer_request(token), front)
     assert resp.status.code != code_pb2.OK
     assert resp.denied_response.status.code == 503
     expected = "audit_unavailable" if where == "audit" else "internal_error"

@@ -48,7 +48,7 @@ from authz.model import USER_ID, Agent, EntityRef, TokenClaims
 from authz.policy import routes
 from authz.reasons import Reason
 from authz.server import ext_authz
-from authz.server.serve import AuthorizationService
+from authz.server.front import AuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import PURPOSE, Clock, PipelineFactory, check_input, grant, keys_for, rules
 from tests.test_ext_authz import CallContext
@@ -303,10 +303,10 @@ def check_requests(draw: st.DrawFn) -> pb.CheckRequest:
 
 
 def servicer_check(service: AuthorizationService, raw: bytes) -> pb.CheckResponse:
-    async def call() -> pb.CheckResponse:
+    async def call() -> bytes:
         return await service.Check(raw, context=CallContext())
 
-    return asyncio.run(call())
+    return pb.CheckResponse.FromString(asyncio.run(call()))
 
 
 def assert_denied_ok_rpc(resp: pb.CheckResponse) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from authz.dev.tokens import DemoIssuer
 from authz.model import EntityRef
 from authz.policy import routes
 from authz.policy.templates import EntityTemplate
-from authz.server.serve import AuthorizationService
+from authz.server.front import AuthorizationService
 from authz.stores.embedded import EmbeddedGrantStore
 from tests.conftest import Clock, PipelineFactory, grant
 from tests.test_ext_authz import CallContext
@@ -205,7 +205,8 @@ def test_undecodable_check_request_is_an_ok_rpc_with_a_recorded_deny(
     service = AuthorizationService(make_pipeline(audit=audit))
 
     async def check(raw: bytes) -> pb.CheckResponse:
-        return await service.Check(raw, context=CallContext())
+        answer = await service.Check(raw, context=CallContext())
+        return pb.CheckResponse.FromString(answer)
 
     resp = asyncio.run(check(undecodable()))
     assert resp.WhichOneof("http_response") == "denied_response"

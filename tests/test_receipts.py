@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+from collections.abc import Sequence
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 
-from authz.audit.receipts import Binding, ReceiptSigner, verify
-from authz.audit.records import AuditRecord, MemoryAudit
+from authz.audit.receipts import Binding, ReceiptSigner, Unsigned, signer, verify
+from authz.audit.records import AuditRecord, Committed, MemoryAudit, Record
 from authz.audit.signing import SigningKey
+from authz.codec import b64url, b64url_decode
 from authz.dev.tokens import DemoIssuer
 from authz.errors import ReceiptError
 from authz.model import Chain, CheckInput, Decision, Intent
@@ -49,8 +52,9 @@ def test_round_trip_binds_the_decision(key: SigningKey) -> None:
     assert claims["policy_version"] == "abc"
     assert claims["exp"] - claims["iat"] == 60
     assert "body_sha256" not in claims
-    header = jwt.get_unverified_header(mint(key))
-    assert header == {"alg": "EdDSA", "typ": "lasthop-receipt+jwt", "kid": key.kid}
+    header = json.loads(b64url_decode(mint(key).split(".")[0]))
+    assert header == {"alg": "EdDSA", "typ": "lasthop-receipt+merkle", "kid": key.kid}
+    assert signer(mint(key)) == key.kid
 
 
 @pytest.mark.parametrize(
@@ -78,9 +82,9 @@ def test_body_binding(key: SigningKey) -> None:
 
 def test_signature_key_and_expiry(key: SigningKey) -> None:
     receipt = mint(key)
-    head, payload, sig = receipt.split(".")
+    head, payload, proof, sig = receipt.split(".")
     with pytest.raises(ReceiptError, match="bad_signature"):
-        verify(f"{head}.{payload}.{sig[:-4]}AAAA", keys(key))
+        verify(f"{head}.{payload}.{proof}.{sig[:-4]}AAAA", keys(key))
     other = SigningKey.generate()
     with pytest.raises(ReceiptError, match="unknown_key"):
         verify(receipt, keys(other))
@@ -89,6 +93,55 @@ def test_signature_key_and_expiry(key: SigningKey) -> None:
         verify(receipt, keys(key), now=1_800_000_060)
     with pytest.raises(ReceiptError, match="malformed"):
         verify("not-a-jws", keys(key))
+
+
+def batch(key: SigningKey, size: int) -> list[str]:
+    signer_ = ReceiptSigner(key, 60, FakeClock(1_800_000_000))
+    return signer_.sign([signer_.claims(*allowed(n)) for n in range(size)])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_every_receipt_of_a_batch_verifies_under_its_one_signature(
+    key: SigningKey, size: int
+) -> None:
+    receipts = batch(key, size)
+    assert len({r.rsplit(".", 1)[1] for r in receipts}) == 1  # one signature for the batch
+    assert [verify(r, keys(key))["jti"] for r in receipts] == [f"d-{n}" for n in range(size)]
+
+
+def test_a_receipt_cannot_be_moved_or_renumbered_within_its_batch(key: SigningKey) -> None:
+    receipts = batch(key, 5)
+    head, claims, proof, sig = receipts[2].split(".")
+    raw = b64url_decode(proof)
+    other_claims = receipts[3].split(".")[1]
+    renumbered = b64url(raw[:4] + (3).to_bytes(4, "big") + raw[8:])
+    resized = b64url((6).to_bytes(4, "big") + raw[4:])
+    for forged in (
+        f"{head}.{other_claims}.{proof}.{sig}",  # another receipt's claims on this path
+        f"{head}.{claims}.{renumbered}.{sig}",
+        f"{head}.{claims}.{resized}.{sig}",
+        f"{head}.{claims}.{b64url(raw[:-32])}.{sig}",  # a sibling dropped
+        f"{head}.{claims}.{proof}.{batch(key, 4)[2].split('.')[3]}",  # another batch's root
+    ):
+        with pytest.raises(ReceiptError, match="bad_signature"):
+            verify(forged, keys(key))
+    with pytest.raises(ReceiptError, match="malformed: the proof"):
+        verify(f"{head}.{claims}.{b64url(raw[:-1])}.{sig}", keys(key))
+
+
+def test_a_receipt_from_lasthop_0_1_0_still_verifies(key: SigningKey) -> None:
+    """0.1.0 signed each receipt on its own, as a compact JWS: old receipts stay verifiable."""
+    made, req = allowed(4)
+    claims = json.loads(b64url_decode(mint(key).split(".")[1]))
+    old = jwt.encode(
+        claims,
+        key.private,
+        algorithm="EdDSA",
+        headers={"kid": key.kid, "typ": "lasthop-receipt+jwt"},
+    )
+    assert verify(old, keys(key), Binding(method=req.method, path=req.path))["jti"] == "d-7"
+    with pytest.raises(ReceiptError, match="bad_signature"):
+        verify(old[:-4] + "AAAA", keys(key))
 
 
 def test_a_token_of_another_type_is_not_a_receipt(key: SigningKey) -> None:
@@ -127,7 +180,9 @@ def test_an_allow_carries_a_receipt_and_a_deny_none(
 
     headers = {
         h.header.key: h.header.value
-        for h in ext_authz.to_response(allowed, check_input(token)).ok_response.headers
+        for h in pb.CheckResponse.FromString(
+            ext_authz.to_response(allowed, check_input(token))
+        ).ok_response.headers
     }
     assert headers["x-lasthop-receipt"] == allowed.receipt
 
@@ -146,7 +201,7 @@ def test_a_long_receipt_is_not_cut(key: SigningKey) -> None:
         intent=Intent(PURPOSE, "t", "x"),
         receipt=receipt,
     )
-    response = ext_authz.to_response(allow, check_input(None))
+    response = pb.CheckResponse.FromString(ext_authz.to_response(allow, check_input(None)))
     sent = {h.header.key: h.header.value for h in response.ok_response.headers}
     assert sent["x-lasthop-receipt"] == receipt
 
@@ -168,13 +223,18 @@ def test_body_digest_only_for_a_whole_body() -> None:
     assert ext_authz.to_input(request(None, b"")).body_sha256 == ""
 
 
+class BrokenClaims(ReceiptSigner):
+    def claims(self, decision: Decision, req: CheckInput) -> Unsigned:
+        raise RuntimeError("claims failed")
+
+
 class BrokenSigner(ReceiptSigner):
-    def mint(self, decision: Decision, req: CheckInput) -> str:
+    def sign(self, batch: Sequence[Unsigned]) -> list[str]:
         raise RuntimeError("signing failed")
 
 
 class RaisingAudit(MemoryAudit):
-    async def commit(self, record: object) -> bool:
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
         raise RuntimeError("sink bug")
 
 
@@ -186,11 +246,14 @@ def test_no_receipt_no_allow_and_a_raising_sink_fails_closed(
     token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
     audit = MemoryAudit()
     pipeline = make_pipeline(store=store, audit=audit)
-    pipeline.receipts = BrokenSigner(key, 60)
+    pipeline.receipts = BrokenClaims(key, 60)
     decision_ = asyncio.run(pipeline.check(check_input(token)))
     assert (decision_.allowed, decision_.status, decision_.reason) == (False, 503, "internal_error")
     record = audit.records[0]
     assert isinstance(record, AuditRecord) and record.decision == "deny"  # recorded as it ended
+    pipeline.receipts = BrokenSigner(key, 60)  # the sink signs: it refuses, as if it were down
+    decision_ = asyncio.run(pipeline.check(check_input(token)))
+    assert (decision_.allowed, decision_.reason) == (False, "audit_unavailable")
     raising = make_pipeline(store=store, audit=RaisingAudit())
     decision_ = asyncio.run(raising.check(check_input(token)))
     assert (decision_.allowed, decision_.reason) == (False, "audit_unavailable")

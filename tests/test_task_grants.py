@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2 as pb
 
 from authz.audit import disclosures
 from authz.audit.records import AuditRecord
@@ -128,6 +129,12 @@ def _denied(reason: str) -> Decision:
     )
 
 
+def denied_body(decision: Decision) -> str:
+    response = pb.CheckResponse.FromString(ext_authz.to_response(decision, _request()))
+    body: str = response.denied_response.body
+    return body
+
+
 @pytest.mark.parametrize(
     "reason",
     [
@@ -139,7 +146,7 @@ def _denied(reason: str) -> Decision:
     ],
 )
 def test_a_denial_for_want_of_a_grant_names_what_it_would_need(reason: Reason) -> None:
-    body = json.loads(ext_authz.to_response(_denied(reason), _request()).denied_response.body)
+    body = json.loads(denied_body(_denied(reason)))
     assert body["needs"] == {
         "action": "read",
         "resource": 'Medications::"p-1001"',
@@ -149,7 +156,7 @@ def test_a_denial_for_want_of_a_grant_names_what_it_would_need(reason: Reason) -
 
 @pytest.mark.parametrize("reason", [Reason.POLICY_DENIED, Reason.AGENT_SUSPENDED, "risk_too_high"])
 def test_other_denials_name_nothing_to_ask_for(reason: str) -> None:
-    body = json.loads(ext_authz.to_response(_denied(reason), _request()).denied_response.body)
+    body = json.loads(denied_body(_denied(reason)))
     assert "needs" not in body
 
 

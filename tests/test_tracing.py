@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from authz import codec
-from authz.audit.records import AuditRecord, MemoryAudit
+from authz.audit.receipts import Unsigned
+from authz.audit.records import AuditRecord, Committed, MemoryAudit, Record
 from authz.check.pipeline import Pipeline
 from authz.config import TracingSettings
 from authz.dev.tokens import DemoIssuer
@@ -122,8 +123,8 @@ def test_a_503_marks_the_span_an_error(
     issuer: DemoIssuer,
 ) -> None:
     class Refusing(MemoryAudit):
-        async def commit(self, record: object) -> bool:
-            return False
+        async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+            return Committed(False)
 
     provider = tracing.provider(TracingSettings(enabled=True), exporter)
     observer = tracing.TracingObserver(Metrics(CollectorRegistry()), provider.get_tracer("t"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from authz.access.approval import Verdict
-from authz.audit.records import AuditSink, EventRecord
+from authz.audit.records import AuditSink, Committed, EventRecord
 from authz.codec import rfc3339
 from authz.errors import AuditUnavailable
 from authz.model import AccessRequest, Grant
@@ -62,7 +62,7 @@ class Recorder:
         results = await asyncio.gather(
             *(self._audit.commit(e) for e in events), return_exceptions=True
         )
-        return all(r is True for r in results)
+        return all(isinstance(r, Committed) and r.ok for r in results)
 
     async def commit_or_raise(self, *events: EventRecord) -> None:
         if not await self.commit(*events):

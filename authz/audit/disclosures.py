@@ -107,8 +107,9 @@ def account(
             continue
         when = datetime.fromisoformat(r["time"])
         if window.holds(when):
-            rows.append(_row(r))
-    return rows
+            rows.append((when, _row(r)))
+    rows.sort(key=lambda row: row[0])  # in time order across trails (one per worker)
+    return [row for _, row in rows]
 
 
 def _row(r: dict[str, Any]) -> Disclosure:

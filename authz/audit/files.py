@@ -2,10 +2,14 @@
 
 A trail is its live file (`audit.path`) plus the files rotated out of it,
 named `<live name>.<seq of their first record, 12 digits>`, so that a plain
-sort puts them in order. Every write goes through one `os.write` loop on an
-`O_APPEND` descriptor; `fsync` failures are never retried on the same
-descriptor (after a failed fsync the kernel may have dropped the dirty pages
-and a second fsync would report success): the caller abandons it.
+sort puts them in order. `lasthop serve --workers N` runs N processes, each
+with a trail of its own: worker 0 writes `audit.path`, worker k the sibling
+`<stem>.w<k><suffix>` (decisions.jsonl, decisions.w1.jsonl, ...).
+
+Every write goes through one `os.write` loop on an `O_APPEND` descriptor;
+`fsync` failures are never retried on the same descriptor (after a failed
+fsync the kernel may have dropped the dirty pages and a second fsync would
+report success): the caller abandons it.
 """
 
 from __future__ import annotations
@@ -23,16 +27,50 @@ def rotated_name(live: Path, first_seq: int) -> Path:
     return live.with_name(f"{live.name}.{first_seq:0{SEQ_DIGITS}d}")
 
 
-def rotated_files(live: Path) -> list[Path]:
-    """The files rotated out of `live`, oldest first."""
-    pattern = re.compile(rf"{re.escape(live.name)}\.(\d{{{SEQ_DIGITS},}})")
+def _numbered(directory: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
+    """The files in `directory` whose whole names match `pattern`, with the number it captures."""
     found: list[tuple[int, Path]] = []
-    if live.parent.is_dir():
-        for entry in live.parent.iterdir():
+    if directory.is_dir():
+        for entry in directory.iterdir():
             match = pattern.fullmatch(entry.name)
             if match and entry.is_file():
                 found.append((int(match.group(1)), entry))
-    return [path for _, path in sorted(found)]
+    return found
+
+
+def rotated_files(live: Path) -> list[Path]:
+    """The files rotated out of `live`, oldest first."""
+    pattern = re.compile(rf"{re.escape(live.name)}\.(\d{{{SEQ_DIGITS},}})")
+    return [path for _, path in sorted(_numbered(live.parent, pattern))]
+
+
+def worker_trail(live: Path, worker: int) -> Path:
+    """The live file of worker `worker`'s trail (worker 0's is `live` itself)."""
+    return live if worker == 0 else live.with_name(f"{live.stem}.w{worker}{live.suffix}")
+
+
+def worker_trails(live: Path) -> list[Path]:
+    """`live` and the live files of the other workers' trails beside it, by worker."""
+    pattern = re.compile(rf"{re.escape(live.stem)}\.w([1-9]\d*){re.escape(live.suffix)}")
+    return [path for _, path in sorted([(0, live), *_numbered(live.parent, pattern)])]
+
+
+def live_of(path: Path) -> Path:
+    """The live file of the trail `path` belongs to (itself, unless it was rotated out)."""
+    name, dot, seq = path.name.rpartition(".")
+    rotated = dot and len(seq) >= SEQ_DIGITS and seq.isdigit()
+    return path.with_name(name) if rotated else path
+
+
+def by_trail(files: list[Path]) -> list[list[Path]]:
+    """`files` grouped into their trails (each in the order given), trails in order of first
+    appearance."""
+    trails: dict[Path, list[Path]] = {}
+    for path in files:
+        trail = trails.setdefault(live_of(path), [])
+        if path not in trail:
+            trail.append(path)
+    return list(trails.values())
 
 
 def trail_files(live: Path) -> list[Path]:

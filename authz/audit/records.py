@@ -20,10 +20,13 @@ decimals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from authz.model import CheckInput, Decision, Grant
+
+if TYPE_CHECKING:
+    from authz.audit.receipts import Unsigned
 
 DECISION = "decision"
 EVENT = "event"
@@ -136,6 +139,34 @@ class EventRecord:
         return {"type": EVENT, **{name: getattr(self, name) for name in _EVENT_FIELDS}}
 
 
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """The record of a check that repeated a cached decision: what the first check's record
+    (`like`) says, with this check's own id, time, latency, request id and trace id. The
+    writer encodes it from `like`'s encoding (`templates.py`), so a repeated decision costs
+    no JSON encoding."""
+
+    like: AuditRecord
+    decision_id: str
+    time: str
+    latency_ms: float
+    request_id: str
+    trace_id: str
+
+    def record(self) -> AuditRecord:
+        return replace(
+            self.like,
+            decision_id=self.decision_id,
+            time=self.time,
+            latency_ms=self.latency_ms,
+            request_id=self.request_id,
+            trace_id=self.trace_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record().to_dict()
+
+
 def grant_detail(grant: Grant) -> dict[str, Any]:
     """A grant event's detail (issued, revoked): every field but the id, which is the target."""
     return {
@@ -154,25 +185,51 @@ def grant_detail(grant: Grant) -> dict[str, Any]:
 _DECISION_FIELDS = tuple(f.name for f in fields(AuditRecord))
 _EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
 
-Record = AuditRecord | EventRecord
+Record = AuditRecord | EventRecord | Repeat
+
+
+class Committed(NamedTuple):
+    """What the sink answers `commit`: taken (as safe as `audit.fsync` promises), and the
+    signed receipt when one was asked for."""
+
+    ok: bool
+    receipt: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 class AuditSink(Protocol):
-    async def commit(self, record: Record) -> bool:
-        """Hand `record` to the trail. True once it is as safe as `audit.fsync` promises
-        (`always`: on disk; an interval: handed to the writer); False if it cannot be."""
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        """Hand `record` to the trail, and sign `receipt` with the batch it is written in.
+        `ok` once the record is as safe as `audit.fsync` promises (`always`: on disk; an
+        interval: handed to the writer, or written when it carries a receipt); not `ok` if
+        it cannot be, and then there is no receipt either."""
+        ...
+
+
+@runtime_checkable
+class BlockingSink(Protocol):
+    """A sink a thread other than the event loop's can commit to (the threaded front)."""
+
+    def commit_blocking(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        """`commit`, waiting in the calling thread."""
         ...
 
 
 class MemoryAudit:
-    """Keeps records in a list; for tests."""
+    """Keeps records in a list (a repeat as the whole record); signs each receipt alone. Tests."""
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.records: list[AuditRecord | EventRecord] = []
 
     def emit(self, record: Record) -> bool:
-        self.records.append(record)
+        self.records.append(record.record() if isinstance(record, Repeat) else record)
         return True
 
-    async def commit(self, record: Record) -> bool:
-        return self.emit(record)
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        try:
+            signed = receipt.signer.sign([receipt])[0] if receipt is not None else ""
+        except Exception:  # noqa: BLE001 - as the writer: a receipt that cannot be signed refuses
+            return Committed(False)
+        return Committed(self.emit(record), signed)

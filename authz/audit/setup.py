@@ -15,7 +15,7 @@ from typing import Any
 from authz.audit.receipts import ReceiptSigner
 from authz.audit.signing import SigningKey, load_key, write_jwks
 from authz.audit.trail import TrailOptions
-from authz.audit.writer import AuditLog
+from authz.audit.writer import AuditLog, WriterObserver
 from authz.config import Settings
 from authz.errors import ConfigError
 
@@ -60,7 +60,11 @@ def signing_key(settings: Settings) -> SigningKey:
     return load_key(settings.path(settings.audit.signing_key))
 
 
-def build(settings: Settings, clock: Callable[[], float] = time.time) -> AuditParts:
+def build(
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    observer: WriterObserver | None = None,
+) -> AuditParts:
     audit = settings.audit
     key = signing_key(settings)
     published = jwks_path(settings)
@@ -78,6 +82,6 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> AuditPa
         key=key,
         anchors=checkpoints_path(settings),
     )
-    log = AuditLog(trail_path(settings), audit.queue_size, options, clock)
+    log = AuditLog(trail_path(settings), audit.queue_size, options, clock, observer)
     receipts = ReceiptSigner(key, audit.receipt_ttl_seconds, clock) if audit.receipts else None
     return AuditParts(log=log, key=key, receipts=receipts, jwks=jwks, jwks_path=published)

@@ -133,7 +133,7 @@ def write_jwks(path: Path, key: SigningKey) -> dict[str, Any]:
         ]
     doc = jwks_document([key.jwk, *kept])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers write it at once
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="ascii")
     os.replace(tmp, path)
     return doc

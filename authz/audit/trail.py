@@ -40,8 +40,9 @@ from authz.audit.files import (
     rotated_files,
     rotated_name,
 )
-from authz.audit.records import CHECKPOINT, Record
+from authz.audit.records import CHECKPOINT, Record, Repeat
 from authz.audit.signing import SigningKey
+from authz.audit.templates import Templates
 from authz.codec import rfc3339
 from authz.errors import ConfigError
 
@@ -71,6 +72,7 @@ class Trail:
         self._dirty_since: float | None = None
         self._since_checkpoint = 0
         self._last_checkpoint = 0.0
+        self._templates = Templates()
 
     @property
     def head(self) -> Head:
@@ -148,7 +150,7 @@ class Trail:
 
     def write(self, records: Sequence[Record]) -> None:
         now = self._clock()
-        data = b"".join(self._head.seal_line(r.to_dict()) for r in records)
+        data = b"".join(self._seal(r) for r in records)
         self._append(data, now)
         self._since_checkpoint += len(records)
         if self._checkpoint_due(now, by_count=True):
@@ -197,6 +199,11 @@ class Trail:
                 file.close()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _seal(self, record: Record) -> bytes:
+        if isinstance(record, Repeat):
+            return self._templates.seal(self._head, record)
+        return self._head.seal_line(record.to_dict())
 
     def _live(self) -> AppendFile:
         if self._file is None:

@@ -21,9 +21,12 @@ Redis runs without local caches) nothing is cached or served.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from authz.audit.records import AuditRecord
 from authz.config import DEFAULT_METHOD_OVERRIDES
 from authz.model import CheckInput, Decision
 from authz.stores.cache import BoundedCache
@@ -31,6 +34,15 @@ from authz.stores.cache import BoundedCache
 Key = tuple[Any, ...]
 ENTRIES = 10_000
 TTL_SECONDS = 1.0  # the key holds the second; this only lets entries of past seconds go
+
+
+@dataclass(slots=True)
+class Entry:
+    """A decision made once, and the record of the check that made it: the checks that
+    repeat the decision are recorded as repeats of that record (`records.Repeat`)."""
+
+    decision: Decision
+    record: AuditRecord | None = None
 
 
 class DecisionCache:
@@ -43,7 +55,8 @@ class DecisionCache:
         self._freshness = freshness
         # the headers a decision reads
         self._headers = ("authorization", "txn-token", "mcp-method", "mcp-name", *overrides)
-        self._entries: BoundedCache[Key, Decision] = BoundedCache(entries, TTL_SECONDS)
+        self._entries: BoundedCache[Key, Entry] = BoundedCache(entries, TTL_SECONDS)
+        self._lock = threading.Lock()  # the threaded server's handlers read it too
 
     def key(self, req: CheckInput, version: str, keys: int, now: float) -> Key | None:
         generation = self._freshness()
@@ -64,12 +77,19 @@ class DecisionCache:
             generation,
         )
 
-    def get(self, key: Key | None) -> Decision | None:
-        return None if key is None else self._entries.get(key)
+    def get(self, key: Key | None) -> Entry | None:
+        if key is None:
+            return None
+        with self._lock:
+            return self._entries.get(key)
 
-    def put(self, key: Key | None, decision: Decision) -> None:
-        if key is not None:
-            self._entries.put(key, decision)
+    def put(self, key: Key | None, decision: Decision) -> Entry | None:
+        if key is None:
+            return None
+        entry = Entry(decision)
+        with self._lock:
+            self._entries.put(key, entry)
+        return entry
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -16,7 +16,8 @@
     grants    -> a PHI route needs a live grant of (actor, user) for this purpose
     cedar     -> Allow with no errors, or deny
     uses      -> a use-limited grant counts this use atomically; over the limit: deny
-    receipt   -> an allow gets a signed receipt for the upstream, bound to its record
+    receipt   -> an allow gets a receipt for the upstream, bound to its record: its
+                 claims here, signed with the batch its record is written in
     audit     -> one record per decision; no record, no allow
 
 A database connection (a network CheckRequest: `CheckInput.connection`) goes
@@ -41,9 +42,12 @@ receipt and the audit record come after it: a decision is never recorded as
 one thing and answered as another.
 
 Decision cache: a `Decision` is built once, kept as it is (`decisions.py`
-says what its key holds) and served again with a new decision id. Never
-cached: 503s, a decision that spent a use of a use-limited grant, and a
-connection's (checked once per connection, against the clock of that moment).
+says what its key holds) and served again with a new decision id; the
+checks that repeat it are recorded as repeats of its first record, and
+`check_now` answers them in the calling thread (the threaded server's
+handlers). Never cached: 503s, a decision that spent a use of a use-limited
+grant, and a connection's (checked once per connection, against the clock of
+that moment).
 
 Dry-run (`policies.mode = "dry-run"`, which needs `policies.allow_dry_run`):
 a grant or Cedar denial is recorded as what it would have been and allowed.
@@ -55,18 +59,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from authz.audit.receipts import ReceiptSigner
-from authz.audit.records import AuditRecord, AuditSink, EventRecord
+from authz.audit.receipts import ReceiptSigner, Unsigned
+from authz.audit.records import (
+    AuditRecord,
+    AuditSink,
+    BlockingSink,
+    Committed,
+    EventRecord,
+    Record,
+    Repeat,
+)
 from authz.check import connection, delegation, grants, headers, identity, mcp
-from authz.check.decisions import DecisionCache
+from authz.check.decisions import DecisionCache, Entry, Key
 from authz.check.intent import TXN_TOKEN_HEADER, IntentReader
 from authz.check.registry import resolve_chain
-from authz.codec import rfc3339, trace_id_of
+from authz.codec import random_id, rfc3339, trace_id_of
 from authz.errors import (
     AuditUnavailable,
     DelegationError,
@@ -238,6 +249,16 @@ class Pipeline:
         self._expired_seen: BoundedCache[str, bool] = BoundedCache(EXPIRED_SEEN_ENTRIES)
 
     @property
+    def audit(self) -> AuditSink:
+        return self._sink
+
+    @audit.setter
+    def audit(self, sink: AuditSink) -> None:
+        """The sink records go to; `check_now` needs one that can commit from any thread."""
+        self._sink = sink
+        self._blocking = sink if isinstance(sink, BlockingSink) else None
+
+    @property
     def bundle(self) -> PolicyBundle:
         return self.policy.bundle
 
@@ -253,16 +274,16 @@ class Pipeline:
     async def refuse(self, req: CheckInput, err: LasthopError) -> Decision:
         """Deny and record a request no phase could read (an undecodable CheckRequest)."""
 
-        async def refused(req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
+        async def refused(req: CheckInput, decision_id: str) -> tuple[Decision, Entry | None]:
             facts = _Facts(policy_version=self.policy.bundle.version)
-            return facts.decision(decision_id, err.reason, err.detail, err.status), False
+            return facts.decision(decision_id, err.reason, err.detail, err.status), None
 
         return await self._observed(req, refused)
 
     async def _observed(
         self,
         req: CheckInput,
-        decide: Callable[[CheckInput, str], Awaitable[tuple[Decision, bool]]],
+        decide: Callable[[CheckInput, str], Awaitable[tuple[Decision, Entry | None]]],
     ) -> Decision:
         """`decide`, then sign and record, reported to the observer. Never raises."""
         started = time.perf_counter()
@@ -271,20 +292,61 @@ class Pipeline:
         if observer:
             trace_id = observer.started(req) or trace_id
         try:
-            decision, cached = await decide(req, uuid.uuid4().hex)
-            if decision.allowed and self.receipts is not None and req.connection is None:
-                decision = self._receipt(decision, req)  # a connection has no upstream to tell
-            decision = await self._record(decision, req, started, trace_id)
-            if self.detect is not None:
-                self.detect.observe(decision)
-            if observer:
-                observer.decided(decision, time.perf_counter() - started, cached)
-            if log.isEnabledFor(logging.DEBUG):
-                _log_decision(decision, req, trace_id, cached)
-            return decision
+            decision, entry = await decide(req, random_id())
+            cached = entry is not None and entry.record is not None
+            decision, record, receipt = self._recorded(decision, req, started, entry, trace_id)
+            timer = self._timer()
+            decision = _committed(decision, await self._audit(record, receipt))
+            timer("audit")
+            return self._decided(decision, req, started, trace_id, cached)
         finally:
             if observer:
                 observer.ended()
+
+    def check_now(self, req: CheckInput) -> Decision | None:
+        """`check` in the calling thread, for a request whose decision is cached (the threaded
+        server answers those without the event loop); None when it must be decided (`check`)."""
+        cache, sink = self.decisions, self._blocking
+        if cache is None or sink is None or req.connection is not None:
+            return None
+        started = time.perf_counter()
+        hit = cache.get(self._cache_key(cache, req, self.policy))
+        if hit is None or hit.record is None:
+            return None
+        observer = self.observer
+        trace_id = trace_id_of(req.traceparent)
+        if observer:
+            trace_id = observer.started(req) or trace_id
+        try:
+            decision = replace(hit.decision, decision_id=random_id())
+            decision, record, receipt = self._recorded(decision, req, started, hit, trace_id)
+            timer = self._timer()
+            try:
+                committed = sink.commit_blocking(record, receipt)
+            except Exception:
+                log.exception(
+                    "audit sink failed for %s",
+                    decision.decision_id,
+                    extra={"event": "audit.sink_failed"},
+                )
+                committed = Committed(False)
+            timer("audit")
+            return self._decided(_committed(decision, committed), req, started, trace_id, True)
+        finally:
+            if observer:
+                observer.ended()
+
+    def _decided(
+        self, decision: Decision, req: CheckInput, started: float, trace_id: str, cached: bool
+    ) -> Decision:
+        """Report the decision made (detection, metrics, the debug log); return it."""
+        if self.detect is not None:
+            self.detect.observe(decision)
+        if self.observer:
+            self.observer.decided(decision, time.perf_counter() - started, cached)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_decision(decision, req, trace_id, cached)
+        return decision
 
     async def identify(self, req: CheckInput) -> Caller:
         """The identity, chain, registry and intent phases exactly as a check runs them, for a
@@ -296,22 +358,22 @@ class Pipeline:
         intent = await self.intent.read(claims, req.headers.get(TXN_TOKEN_HEADER, []))
         return Caller(chain, agents, intent)
 
-    async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, bool]:
-        """The cached decision for this exact request, or a new one; (decision, cached)."""
+    async def _decision(self, req: CheckInput, decision_id: str) -> tuple[Decision, Entry | None]:
+        """The cached decision for this exact request, or a new one, and its cache entry."""
         policy = self.policy  # one bundle for the whole check, whatever a reload does
         # a connection is decided afresh: its grant must outlive it from this very moment
         cache = self.decisions if req.connection is None else None
         key = None
         if cache is not None:
-            key = cache.key(req, policy.bundle.version, self.verifier.key_generation, self.clock())
+            key = self._cache_key(cache, req, policy)
             hit = cache.get(key)
             if hit is not None:
-                return replace(hit, decision_id=decision_id), True
+                return replace(hit.decision, decision_id=decision_id), hit
         facts = _Facts(policy_version=policy.bundle.version, kind=_kind(req, policy))
         decision = await self._decide_all(req, policy, facts, decision_id)
         if cache is not None and decision.status != 503 and not facts.spends_use:
-            cache.put(key, decision)
-        return decision, False
+            return decision, cache.put(key, decision)
+        return decision, None
 
     async def _decide_all(
         self, req: CheckInput, policy: PolicyEngine, facts: _Facts, decision_id: str
@@ -526,35 +588,45 @@ class Pipeline:
         if uses == grant.max_uses:
             await self._event("grant_exhausted", grant.id, detail)
 
-    def _receipt(self, decision: Decision, req: CheckInput) -> Decision:
-        """An allow's signed receipt; a receipt that cannot be made fails the check closed."""
+    def _recorded(
+        self, decision: Decision, req: CheckInput, started: float, entry: Entry | None, trace: str
+    ) -> tuple[Decision, Record, Unsigned | None]:
+        """The decision's receipt claims and its record, for the sink: no record, no allow,
+        and a receipt that cannot be made fails the check closed (recorded as it ended)."""
         timer = self._timer()
-        assert self.receipts is not None
-        try:
-            receipt = self.receipts.mint(decision, req)
-        except Exception:
-            log.exception(
-                "receipt for %s failed",
-                decision.decision_id,
-                extra=_fields("check.receipt_failed", decision.decision_id, req),
-            )
-            return _refused(decision, InternalError("cannot sign the receipt"))
+        receipt = None
+        # a connection has no upstream to tell
+        if decision.allowed and self.receipts is not None and req.connection is None:
+            try:
+                receipt = self.receipts.claims(decision, req)
+            except Exception:
+                log.exception(
+                    "receipt for %s failed",
+                    decision.decision_id,
+                    extra=_fields("check.receipt_failed", decision.decision_id, req),
+                )
+                decision, entry = _refused(decision, InternalError("cannot sign the receipt")), None
         timer("receipt")
-        return replace(decision, receipt=receipt)
+        return decision, self._record_of(decision, req, started, entry, trace), receipt
 
-    async def _record(
-        self, decision: Decision, req: CheckInput, started: float, trace_id: str
-    ) -> Decision:
-        """No record, no allow: a sink that refuses or raises fails the check closed."""
-        timer = self._timer()
+    def _record_of(
+        self, decision: Decision, req: CheckInput, started: float, entry: Entry | None, trace: str
+    ) -> Record:
+        """The decision's record; a repeat of the record of the check that made it, if cached."""
+        time_ = rfc3339(self.clock())
         elapsed = time.perf_counter() - started
-        record = AuditRecord.of(decision, req, rfc3339(self.clock()), elapsed, trace_id)
-        if not await self._audit(record):
-            decision = _refused(decision, AuditUnavailable())
-        timer("audit")
-        return decision
+        if entry is None:
+            return AuditRecord.of(decision, req, time_, elapsed, trace)
+        if entry.record is None:
+            entry.record = AuditRecord.of(decision, req, time_, elapsed, trace)
+            return entry.record
+        latency = round(elapsed * 1000, 3)
+        return Repeat(entry.record, decision.decision_id, time_, latency, req.request_id, trace)
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _cache_key(self, cache: DecisionCache, req: CheckInput, policy: PolicyEngine) -> Key | None:
+        return cache.key(req, policy.bundle.version, self.verifier.key_generation, self.clock())
 
     def _timer(self) -> Callable[[str], None]:
         """`timer(phase)` reports the time since the previous call (or since this one)."""
@@ -576,7 +648,7 @@ class Pipeline:
             event=event, actor="lasthop", target=target, time=rfc3339(self.clock()), detail=detail
         )
         if not await self._audit(record):
-            raise AuditUnavailable()
+            raise AuditUnavailable()  # `Committed` is falsy when the sink refused
 
     async def _expired(self, held: list[Grant], route: RouteMatch) -> None:
         """Record each covering grant found expired, once per process."""
@@ -591,16 +663,17 @@ class Pipeline:
                 detail = {"agent": grant.agent, "user": grant.user, "expires_at": grant.expires_at}
                 await self._event("grant_expired", grant.id, detail)
 
-    async def _audit(self, record: AuditRecord | EventRecord) -> bool:
+    async def _audit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        """Hand `record` to the sink, with the receipt to sign; refused if the sink raises."""
         try:
-            return await self.audit.commit(record)
+            return await self.audit.commit(record, receipt)
         except Exception:
             log.exception(
                 "audit sink failed for %s",
                 getattr(record, "decision_id", "") or getattr(record, "event", ""),
                 extra={"event": "audit.sink_failed"},
             )
-            return False
+            return Committed(False)
 
     def _context(
         self,
@@ -682,6 +755,15 @@ def _log_decision(decision: Decision, req: CheckInput, trace_id: str, cached: bo
             "cached": cached,
         },
     )
+
+
+def _committed(decision: Decision, committed: Committed) -> Decision:
+    """The decision as the sink took it: refused if it could not, with its signed receipt."""
+    if not committed.ok:
+        return _refused(decision, AuditUnavailable())
+    if committed.receipt:
+        return replace(decision, receipt=committed.receipt)
+    return decision
 
 
 def _refused(decision: Decision, err: LasthopError) -> Decision:

@@ -16,14 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from authz import config
 from authz.audit import disclosures, receipts
 from authz.audit import setup as audit_setup
 from authz.audit import verify as audit_verify
-from authz.audit.files import rotated_files, trail_files
+from authz.audit.files import (
+    by_trail,
+    live_of,
+    rotated_files,
+    trail_files,
+    worker_trail,
+    worker_trails,
+)
 from authz.audit.signing import SigningKey, read_jwks
 from authz.cli.conventions import HANDLED, Exit, add_output, exit_code, print_json
 from authz.errors import JwksError, ReceiptError, UsageError
@@ -135,23 +141,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if settings is None:
             raise UsageError("name the trail: PATH, or --config to take audit.path")
         args.paths = [audit_setup.trail_path(settings)]
-    files = expand(args.paths)
+    trails = by_trail(expand(args.paths))
+    if args.checkpoints and len(trails) > 1:
+        raise UsageError(
+            f"--checkpoints names the anchors of one trail; {len(trails)} trails were given "
+            f"({', '.join(str(live_of(t[-1])) for t in trails)})"
+        )
     keys = _keys(args, settings, required=True)
-    anchors = _anchors(args, settings)
-    report = audit_verify.verify(files, keys, anchors, partial=args.partial)
+    verified = []
+    for files in trails:
+        anchors = _anchors(args, settings, live_of(files[-1]))
+        verified.append((audit_verify.verify(files, keys, anchors, partial=args.partial), anchors))
+    broken = any(report.problem is not None for report, _ in verified)
     if args.output == "json":
-        print_json(_verify_json(report, anchors))
-        return EXIT_BROKEN if report.problem is not None else Exit.OK
+        shown = [_verify_json(report, anchors) for report, anchors in verified]
+        print_json(shown[0] if len(shown) == 1 else {"ok": not broken, "trails": shown})
+    else:
+        for report, anchors in verified:
+            _print_verified(report, anchors, len(verified) > 1)
+    return EXIT_BROKEN if broken else Exit.OK
+
+
+def _print_verified(report: audit_verify.Report, anchors: list[Path], named: bool) -> None:
+    """One trail's result; `named`: prefixed with its live file (several trails verified)."""
+    prefix = f"{live_of(report.files[-1])}: " if named and report.files else ""
     if report.problem is not None:
-        print(f"BROKEN: {report.problem}")
+        print(f"{prefix}BROKEN: {report.problem}")
         where = report.problem.where
         if where is not None and where.file.exists() and where.file.name != "":
             print(f"record: {_line(where)}")
-        return EXIT_BROKEN
-    print(summary(report, anchors))
+        return
+    print(prefix + summary(report, anchors))
     for note in report.notes:
         print(f"note: {note}")
-    return 0
 
 
 def _verify_json(report: audit_verify.Report, anchors: list[Path]) -> dict[str, Any]:
@@ -198,7 +220,8 @@ def summary(report: audit_verify.Report, anchors: list[Path]) -> str:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Files of the trails named: a live file brings its rotated files; a directory, its trails."""
+    """Files of the trails named: a live file brings its rotated files and the trails of the
+    other workers beside it (`--workers`); a directory, its trails."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -208,7 +231,9 @@ def expand(paths: list[Path]) -> list[Path]:
             for live in lives:
                 files.extend(trail_files(live))
         elif path.is_file():
-            files.extend([*rotated_files(path), path])
+            lives = worker_trails(path) if live_of(path) == path else [path]
+            for live in lives:
+                files.extend([*rotated_files(live), live])
         else:
             raise FileNotFoundError(f"`{path}`: no such file or directory")
     return files
@@ -231,15 +256,19 @@ def _keys(
     return None
 
 
-def _anchors(args: argparse.Namespace, settings: config.Settings | None) -> list[Path]:
+def _anchors(args: argparse.Namespace, settings: config.Settings | None, live: Path) -> list[Path]:
+    """The anchors files of the trail whose live file is `live`."""
     if args.checkpoints:
         for path in args.checkpoints:
             if not path.is_file():
                 raise UsageError(f"--checkpoints: `{path}` not found")
         return list(args.checkpoints)
-    found = [path.with_name(f"{path.name}.checkpoints") for path in args.paths if path.is_file()]
+    found = [live.with_name(f"{live.name}.checkpoints")]
     if settings is not None:
-        found.append(audit_setup.checkpoints_path(settings))
+        configured = audit_setup.trail_path(settings)
+        for worker, path in enumerate(worker_trails(configured)):
+            if path.resolve() == live.resolve():
+                found.append(worker_trail(audit_setup.checkpoints_path(settings), worker))
     unique = {p.resolve(): p for p in found if p.is_file()}
     return list(unique.values())
 
@@ -264,7 +293,7 @@ def cmd_disclosures(args: argparse.Namespace) -> int:
         files = expand(args.trail)
     else:
         live = audit_setup.trail_path(settings or config.load(None))
-        files = trail_files(live)
+        files = [f for trail in worker_trails(live) for f in trail_files(trail)]
         if not files:
             raise UsageError(f"no audit trail at `{live}`: pass --trail or --config")
     window = disclosures.Window(
@@ -272,23 +301,24 @@ def cmd_disclosures(args: argparse.Namespace) -> int:
         until=disclosures.parse_day(args.until, end=True) if args.until else None,
     )
     keys = _keys(args, settings, required=False)
-    report = audit_verify.verify(files, keys, partial=True)
-    if report.problem is not None:
-        print(
-            f"lasthop: the trail does not verify, so it cannot account for disclosures: "
-            f"{report.problem}",
-            file=sys.stderr,
-        )
-        return EXIT_BROKEN
+    verified: list[Path] = []
+    for trail in by_trail(files):
+        report = audit_verify.verify(trail, keys, partial=True)
+        if report.problem is not None:
+            print(
+                f"lasthop: the trail does not verify, so it cannot account for disclosures: "
+                f"{report.problem}",
+                file=sys.stderr,
+            )
+            return EXIT_BROKEN
+        verified.extend(report.files)
     if keys is None:
         print(
             "lasthop: note: hashes and sequence verified; checkpoint signatures not "
             "checked (pass --jwks)",
             file=sys.stderr,
         )
-    rows = disclosures.account(
-        disclosures.read_records(report.files), args.user, args.patient, window
-    )
+    rows = disclosures.account(disclosures.read_records(verified), args.user, args.patient, window)
     fmt = "md" if args.output == "text" else args.output
     sys.stdout.write(disclosures.render(rows, fmt, _title(args)))
     return 0
@@ -343,7 +373,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     checked = [name for name in ("method", "path", "host") if getattr(args, name)]
     if args.body:
         checked.append("body")
-    kid = jwt.get_unverified_header(token).get("kid")
+    kid = receipts.signer(token)
     if args.output == "json":
         print_json({"valid": True, "kid": kid, "checked": checked, "claims": claims})
         return 0

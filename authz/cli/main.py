@@ -101,13 +101,16 @@ def cmd_grants_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from authz.server import logs
+    from authz.server import logs, workers
     from authz.server.app import build
     from authz.server.serve import serve
 
     settings = config.load(args.config)
+    workers.check(settings, args.workers)
     logs.configure(settings.server)
-    return asyncio.run(serve(build(settings)))
+    if args.workers > 1:
+        return workers.supervise(args.config, settings, args.workers)
+    return asyncio.run(serve(build(settings), shared_ports=args.worker is not None))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -128,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the ext_authz, admin and metrics listeners")
     serve.add_argument("--config", required=True, help="TOML config file")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the ext_authz port, each with its own audit trail (needs Redis)",
+    )
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run Envoy + Lasthop + the demo EHR, and walk a scenario")

@@ -293,7 +293,7 @@ class Responder:
             event=event, actor=ACTOR, target=target, time=rfc3339(self.clock()), detail=detail
         )
         try:
-            ok = await self.audit.commit(record)
+            ok = bool(await self.audit.commit(record))
         except Exception:
             log.exception("audit sink failed for %s", event, extra={"event": "detect.audit_failed"})
             ok = False

@@ -271,16 +271,11 @@ class AgentsService(pb_grpc.AgentsServicer):
             "spiffe_id": agent.spiffe_id,
             **extra,
         }
+        record = EventRecord(
+            event=event, actor=caller, target=agent.id, time=rfc3339(self._clock()), detail=detail
+        )
         try:
-            return await self._audit.commit(
-                EventRecord(
-                    event=event,
-                    actor=caller,
-                    target=agent.id,
-                    time=rfc3339(self._clock()),
-                    detail=detail,
-                )
-            )
+            return (await self._audit.commit(record)).ok
         except Exception:
             log.exception(
                 "audit event %s for %s failed",

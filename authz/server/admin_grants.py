@@ -249,15 +249,14 @@ class GrantsService(pb_grpc.GrantsServicer):
         return grant
 
     async def _record(self, event: str, caller: str, grant: Grant) -> bool:
-        return await self._audit.commit(
-            EventRecord(
-                event=event,
-                actor=caller,
-                target=grant.id,
-                time=rfc3339(self._clock()),
-                detail=grant_detail(grant),
-            )
+        record = EventRecord(
+            event=event,
+            actor=caller,
+            target=grant.id,
+            time=rfc3339(self._clock()),
+            detail=grant_detail(grant),
         )
+        return (await self._audit.commit(record)).ok
 
     async def GetGrant(
         self,

@@ -318,7 +318,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     metrics.jwks_age.set_function(lambda: time.time() - keys.loaded_at)
     bundle = policy_load.load(settings.path(settings.policies.dir))
     store = stores(settings, metrics, clock)
-    audit = audit_setup.build(settings, clock)
+    audit = audit_setup.build(settings, clock, metrics)
     audit_log = audit.log
     metrics.audit_queue.set_function(lambda: audit_log.depth)
     metrics.policy_version.labels(bundle.version).set(1)

@@ -5,7 +5,9 @@
 - An allow is `OkHttpResponse` with the `x-lasthop-*` identity headers set, and
   the signed `x-lasthop-receipt` when receipts are on, after removing every
   `x-lasthop-*` header the client sent (in any `-`/`_` spelling) and every
-  method override header (`authz.check.headers` says why).
+  method override header (`authz.check.headers` says why). It is encoded
+  straight to bytes (`wire`); the identity headers of a chain and intent, and
+  the usual list of headers to remove, are encoded once.
 - When Envoy sends the request body (`with_request_body`), it goes to the
   pipeline as sent (`raw_body` with `pack_as_bytes`, else `body`), marked
   partial unless Envoy says `x-envoy-auth-partial-body: false`; the SHA-256 of
@@ -38,10 +40,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attributes
@@ -56,10 +58,21 @@ from authz.check import headers as request_headers
 from authz.errors import MalformedRequest
 from authz.model import CheckInput, Connection, Decision, split_target
 from authz.reasons import Reason
+from authz.server import wire
 
 HEADER_PREFIX = "x-lasthop-"
 RECEIPT_HEADER = "x-lasthop-receipt"
+DECISION_ID_HEADER = "x-lasthop-decision-id"
+IDENTITY_HEADERS = (
+    "x-lasthop-user",
+    "x-lasthop-agent",
+    "x-lasthop-chain",
+    "x-lasthop-purpose",
+    "x-lasthop-txn",
+)
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+MAX_HEADER_VALUE = 512
+ENCODINGS = 4096  # distinct identities, and lists of headers to remove, kept encoded
 _GRPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,  # an MCP body, or a CheckRequest, Lasthop cannot read
     401: code_pb2.UNAUTHENTICATED,
@@ -146,47 +159,49 @@ def _body(
     return body, said != ["false"]
 
 
-def identity_headers(decision: Decision) -> dict[str, str]:
-    chain = decision.chain
-    intent = decision.intent
-    assert chain is not None and intent is not None
-    headers = {
-        "x-lasthop-user": chain.user,
-        "x-lasthop-agent": chain.actor,
-        "x-lasthop-chain": ",".join((chain.user, *chain.agents)),
-        "x-lasthop-purpose": intent.purpose,
-        "x-lasthop-txn": intent.txn,
-        "x-lasthop-decision-id": decision.decision_id,
-    }
-    if decision.receipt:
-        headers[RECEIPT_HEADER] = decision.receipt
-    return headers
-
-
-def to_response(
-    decision: Decision, request: CheckInput, overrides: Iterable[str] = ()
-) -> pb.CheckResponse:
-    """`overrides`: the method override headers an allow removes (from the settings)."""
+def to_response(decision: Decision, request: CheckInput, overrides: Iterable[str] = ()) -> bytes:
+    """The serialised `CheckResponse` for `decision` on `request`. `overrides`: the method
+    override headers an allow removes (from the settings)."""
     if decision.allowed:
         if request.connection is not None:
             return _allow_connection(decision)
-        return _allow(decision, request, overrides)
-    return _deny(decision)
+        return _allow(decision, request, tuple(overrides))
+    serialised: bytes = _deny(decision).SerializeToString()
+    return serialised
 
 
-def _allow(decision: Decision, request: CheckInput, overrides: Iterable[str]) -> pb.CheckResponse:
-    ours = identity_headers(decision)
-    spoofed = request_headers.to_remove(request.headers, ours, overrides)
-    return pb.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.OK),
-        ok_response=pb.OkHttpResponse(
-            # a receipt is base64url by construction and must not be cut at 512 characters
-            headers=[
-                _header(k, v if k == RECEIPT_HEADER else _header_safe(v)) for k, v in ours.items()
-            ],
-            headers_to_remove=spoofed,
-        ),
+def _allow(decision: Decision, request: CheckInput, overrides: tuple[str, ...]) -> bytes:
+    chain, intent = decision.chain, decision.intent
+    assert chain is not None and intent is not None
+    body = _identity(chain.user, chain.agents, intent.purpose, intent.txn)
+    body += wire.ok_header(DECISION_ID_HEADER, _header_safe(decision.decision_id))
+    if decision.receipt:  # base64url by construction, and must not be cut at 512 characters
+        body += wire.ok_header(RECEIPT_HEADER, decision.receipt)
+    body += _removals(_spelled_as_ours(request.headers), bool(decision.receipt), overrides)
+    return wire.STATUS_OK + wire.field(wire.RESPONSE_OK, body)
+
+
+@functools.lru_cache(maxsize=ENCODINGS)
+def _identity(user: str, agents: tuple[str, ...], purpose: str, txn: str) -> bytes:
+    """The identity headers, encoded: user, agent, chain, purpose, txn."""
+    values = (user, agents[-1] if agents else user, ",".join((user, *agents)), purpose, txn)
+    return b"".join(
+        wire.ok_header(name, _header_safe(value))
+        for name, value in zip(IDENTITY_HEADERS, values, strict=True)
     )
+
+
+def _spelled_as_ours(headers: Mapping[str, list[str]]) -> tuple[str, ...]:
+    """The client's header names that read as Lasthop's own (`-` or `_`), in order."""
+    return tuple(h for h in headers if h.replace("_", "-").startswith(HEADER_PREFIX))
+
+
+@functools.lru_cache(maxsize=ENCODINGS)
+def _removals(sent: tuple[str, ...], receipt: bool, overrides: tuple[str, ...]) -> bytes:
+    """`headers_to_remove`, encoded (`authz.check.headers.to_remove` says which)."""
+    ours = (*IDENTITY_HEADERS, DECISION_ID_HEADER, *((RECEIPT_HEADER,) if receipt else ()))
+    names = request_headers.to_remove(sent, ours, overrides)
+    return b"".join(wire.field(wire.OK_REMOVE, name.encode()) for name in names)
 
 
 def connection_metadata(decision: Decision) -> dict[str, str | float]:
@@ -204,10 +219,12 @@ def connection_metadata(decision: Decision) -> dict[str, str | float]:
     }
 
 
-def _allow_connection(decision: Decision) -> pb.CheckResponse:
+def _allow_connection(decision: Decision) -> bytes:
     metadata = struct_pb2.Struct()
     metadata.update(connection_metadata(decision))
-    return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=metadata)
+    ok = status_pb2.Status(code=code_pb2.OK)
+    serialised: bytes = pb.CheckResponse(status=ok, dynamic_metadata=metadata).SerializeToString()
+    return serialised
 
 
 def _deny(decision: Decision) -> pb.CheckResponse:
@@ -223,7 +240,7 @@ def _deny(decision: Decision) -> pb.CheckResponse:
     body = json.dumps(content)
     headers = [
         _header("content-type", "application/json"),
-        _header("x-lasthop-decision-id", decision.decision_id),
+        _header(DECISION_ID_HEADER, decision.decision_id),
     ]
     if decision.status == 401:
         headers.append(
@@ -250,16 +267,17 @@ def grant_needed(decision: Decision) -> dict[str, str] | None:
     return {"action": route.action, "resource": str(route.resource), "purpose": intent.purpose}
 
 
-def internal_error_response() -> pb.CheckResponse:
+def internal_error_response() -> bytes:
     """The deny for a failure outside the pipeline: still an OK RPC, never a gRPC error."""
-    return _deny(
+    return to_response(
         Decision(
-            decision_id=uuid.uuid4().hex,
+            decision_id=codec.random_id(),
             allowed=False,
             status=503,
             reason=Reason.INTERNAL_ERROR,
             detail="internal error",
-        )
+        ),
+        UNREADABLE,
     )
 
 
@@ -272,4 +290,6 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 def _header_safe(value: str) -> str:
     """Header values from token claims: printable ASCII only, so nothing splits a header."""
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)[:512]
+    if not (value.isascii() and value.isprintable()):
+        value = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
+    return value[:MAX_HEADER_VALUE]

@@ -34,6 +34,7 @@ from authz.detect.respond import ACTIONS
 from authz.model import KINDS, CheckInput, Decision
 from authz.reasons import Reason
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # 100 us to 1 s: fine below 5 ms where the budget is, coarse above.
 CHECK_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
@@ -50,7 +51,7 @@ CONTAINMENT_BUCKETS = (
 RELOAD_RESULTS = ("success", "failure")
 CACHES = ("decisions", "grants", "agents")  # lasthop_cache_requests_total{cache}
 # lasthop_store_*{op}: the check path's own reads and counted uses apart, the rest by kind
-STORE_OPS = ("grants", "consume", "agent", "read", "write", "ping", "detect")
+STORE_OPS = ("grants", "consume", "agent", "agents", "read", "write", "ping", "detect")
 
 
 class CacheSizes(Collector):
@@ -97,10 +98,12 @@ class Metrics:
             ["kind", "decision", "reason"],
             registry=registry,
         )
+        # (kind, allowed, reason) -> its series, looked up once: labels() costs more than inc()
+        self._decided: dict[tuple[str, bool, str], Counter] = {}
+        self._durations = {kind: self.check_duration.labels(kind) for kind in KINDS}
         for kind in KINDS:  # every series exists from the start, at 0
-            self.check_duration.labels(kind)
             for reason in Reason:
-                self.decisions.labels(kind, "allow" if reason.status == 200 else "deny", reason)
+                self._decision_series(kind, reason.status == 200, reason)
         self.in_flight = Gauge(
             "lasthop_checks_in_flight", "Checks being decided now.", registry=registry
         )
@@ -126,6 +129,10 @@ class Metrics:
         for cache in CACHES:
             for result in ("hit", "miss"):
                 self.cache_requests.labels(cache, result)
+        self._decision_cache = {
+            cached: self.cache_requests.labels("decisions", "hit" if cached else "miss")
+            for cached in (True, False)
+        }
         self.phase_duration = Histogram(
             "lasthop_phase_duration_seconds",
             "Time spent in one phase of a decided check.",
@@ -152,6 +159,18 @@ class Metrics:
             self.store_errors.labels(op)
         self.audit_queue = Gauge(
             "lasthop_audit_queue_depth", "Records waiting for the audit writer.", registry=registry
+        )
+        self.audit_batch_records = Histogram(
+            "lasthop_audit_batch_records",
+            "Records per audit write (group commit): one fsync, one receipt signature each.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.audit_commit_duration = Histogram(
+            "lasthop_audit_commit_seconds",
+            "Time to seal, write and (with audit.fsync = always) fsync one batch.",
+            buckets=CHECK_BUCKETS,
+            registry=registry,
         )
         self.jwks_reloads = Counter(
             "lasthop_jwks_reload_total",
@@ -240,14 +259,22 @@ class Metrics:
 
     def decided(self, decision: Decision, seconds: float, cached: bool) -> None:
         kind = decision.kind
-        self.check_duration.labels(kind).observe(seconds)
-        self.decisions.labels(kind, "allow" if decision.allowed else "deny", decision.reason).inc()
-        self.cache_requests.labels("decisions", "hit" if cached else "miss").inc()
+        self._durations[kind].observe(seconds)
+        self._decision_series(kind, decision.allowed, decision.reason).inc()
+        self._decision_cache[cached].inc()
         if decision.shadow_disagrees:
             self.shadow_disagreements.inc()
 
     def ended(self) -> None:
         self.in_flight.dec()
+
+    def _decision_series(self, kind: str, allowed: bool, reason: str) -> Counter:
+        series = self._decided.get((kind, allowed, reason))
+        if series is None:
+            label = "allow" if allowed else "deny"
+            series = self.decisions.labels(kind, label, reason)
+            self._decided[(kind, allowed, reason)] = series
+        return series
 
     # the stores (stores.protocols.StoreObserver)
 
@@ -263,6 +290,12 @@ class Metrics:
 
     def keys_reloaded(self, result: str) -> None:
         self.jwks_reloads.labels(result).inc()
+
+    # the audit writer (audit.writer.WriterObserver), from its own thread
+
+    def audit_batch(self, records: int, commit_seconds: float) -> None:
+        self.audit_batch_records.observe(records)
+        self.audit_commit_duration.observe(commit_seconds)
 
     # the policy watcher (policy.reload.ReloadObserver)
 

@@ -8,7 +8,9 @@ Start-up says what it runs with, twice: in its first log lines and in the
 version, the audit trail's path and fsync mode, tracing).
 
 `listen` and `admin_listen` are `host:port` or a Unix socket (`unix:/path`),
-plaintext or TLS (mTLS with a client CA): `authz.server.tls`.
+plaintext or TLS (mTLS with a client CA): `authz.server.tls`. Check is served
+by `authz.server.front` (grpcio's threaded server, or grpc.aio). A port in use
+stops start-up, unless this is one of `--workers`, which share their ports.
 
 SIGTERM/SIGINT: health goes NOT_SERVING, listeners stop accepting, in-flight
 checks finish (up to `server.shutdown_grace_seconds`), the audit trail is
@@ -23,80 +25,30 @@ which a probe on health will now do), and on shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2 as pb
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from authz._proto import access_pb2_grpc, agents_pb2_grpc, grants_pb2_grpc
 from authz.audit.setup import WELL_KNOWN_JWKS
-from authz.check.pipeline import Pipeline
 from authz.config import UNIX_PREFIX, split_address
-from authz.errors import MalformedRequest, StoreUnavailable
-from authz.server import ext_authz, metrics_http
+from authz.errors import StoreUnavailable
+from authz.server import metrics_http
 from authz.server.app import EMBEDDED_STORE, App
+from authz.server.front import AUTHZ_SERVICE, Front
 
 log = logging.getLogger(__name__)
 
-AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
-
-class AuthorizationService:
-    """`envoy.service.auth.v3.Authorization/Check`, taking the request's raw bytes.
-
-    gRPC does not decode the request: a CheckRequest protobuf refuses (invalid
-    UTF-8 in a string field) would otherwise be a gRPC error with no audit
-    record, and a gRPC error is what Envoy's `failure_mode_allow` lets through.
-    """
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-
-    async def Check(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
-        try:
-            try:
-                check = ext_authz.to_input(ext_authz.decode(raw), _traceparent(context))
-            except MalformedRequest as err:
-                refused = await self._pipeline.refuse(ext_authz.UNREADABLE, err)
-                return ext_authz.to_response(refused, ext_authz.UNREADABLE)
-            decision = await self._pipeline.check(check)
-            return ext_authz.to_response(decision, check, self._pipeline.options.method_overrides)
-        except Exception:
-            log.exception(
-                "Check failed outside the pipeline", extra={"event": "check.adapter_failed"}
-            )
-            return ext_authz.internal_error_response()
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            AUTHZ_SERVICE,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.Check,
-                    request_deserializer=None,  # raw bytes: decoded in Check
-                    response_serializer=pb.CheckResponse.SerializeToString,
-                )
-            },
-        )
-
-
-def _traceparent(context: grpc.aio.ServicerContext) -> str:
-    """The `traceparent` Envoy put on the gRPC call (its ext_authz span), if any."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent" and isinstance(value, str):
-            return value
-    return ""
-
-
-def _bind(
-    server: grpc.aio.Server, key: str, address: str, creds: grpc.ServerCredentials | None
-) -> str:
+def _bind(server: Any, key: str, address: str, creds: grpc.ServerCredentials | None) -> str:
     """Bind `address` (`host:port` or `unix:/path`); the address actually bound."""
     unix = address.startswith(UNIX_PREFIX)
     host = "" if unix else split_address(key, address)[0]
@@ -104,7 +56,7 @@ def _bind(
         port = (
             server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         )
-    except RuntimeError as err:  # grpc.aio's way of saying the bind failed
+    except RuntimeError as err:  # grpcio's way of saying the bind failed
         raise OSError(f"cannot listen on `{address}` ({key}): {err}") from None
     if port == 0:
         raise OSError(f"cannot listen on `{address}` ({key})")
@@ -113,16 +65,19 @@ def _bind(
 
 @dataclass
 class _Listeners:
-    authz: grpc.aio.Server
+    authz: Any  # grpc.aio.Server, or front.ThreadedServer (the same interface)
     admin: grpc.aio.Server
-    health_only: grpc.aio.Server | None
+    health_only: Any
     metrics: ThreadingWSGIServer
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health's aio HealthServicer, or front.ThreadedHealth
     addresses: dict[str, str]
 
 
-async def serve(app: App) -> int:
-    """Run until SIGTERM or SIGINT, then drain and exit 0."""
+async def serve(app: App, shared_ports: bool = False) -> int:
+    """Run until SIGTERM or SIGINT, then drain and exit 0.
+
+    `shared_ports`: one of `--workers` (its listeners bind with SO_REUSEPORT); else a port
+    already in use stops start-up."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +86,11 @@ async def serve(app: App) -> int:
     summary = app.summary()
     _announce(summary)
     await _first_contact(app)
-    listeners = _listen(app)
+    # What start-up built (policies, keys, protobuf descriptors) lives as long as the
+    # process: out of the collector's way, a full collection does not walk it on a check.
+    gc.collect()
+    gc.freeze()
+    listeners = _listen(app, [("grpc.so_reuseport", int(shared_ports))])
     background = [asyncio.create_task(task()) for task in app.background]
     await listeners.authz.start()
     await listeners.admin.start()
@@ -169,12 +128,12 @@ def _announce(summary: dict[str, str]) -> None:
     log.info("tracing: %s", summary["tracing"], extra={"event": "server.tracing"})
 
 
-async def _health(servicer: health.aio.HealthServicer, status: int) -> None:
+async def _health(servicer: Any, status: int) -> None:
     for service in ("", AUTHZ_SERVICE):
         await servicer.set(service, status)
 
 
-async def _not_serving_once_audit_fails(app: App, servicer: health.aio.HealthServicer) -> None:
+async def _not_serving_once_audit_fails(app: App, servicer: Any) -> None:
     why = await app.audit.wait_failed()
     log.error(
         "health: NOT_SERVING (%s); restart Lasthop once the trail can be written",
@@ -201,24 +160,21 @@ async def _first_contact(app: App) -> None:
         )
 
 
-def _listen(app: App) -> _Listeners:
+def _listen(app: App, options: list[tuple[str, int]]) -> _Listeners:
     """Bind ext_authz + health, the admin API and the metrics listener (not yet serving)."""
     server = app.settings.server
-    health_servicer = health.aio.HealthServicer()
+    front = Front(app.pipeline, server.threads, options)
     health_only = None
     addresses = {}
     if server.health_listen:
-        health_only = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
+        health_only = front.health_only()
         addresses["health_listen"] = _bind(
             health_only, "server.health_listen", server.health_listen, None
         )
-    authz_server = grpc.aio.server()
-    authz_server.add_generic_rpc_handlers((AuthorizationService(app.pipeline).handler(),))
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
+    authz_server = front.server
     listen = _bind(authz_server, "server.listen", server.listen, app.authz_tls)
 
-    admin_server = grpc.aio.server()
+    admin_server = grpc.aio.server(options=options)
     grants_pb2_grpc.add_GrantsServicer_to_server(app.grants_service, admin_server)
     agents_pb2_grpc.add_AgentsServicer_to_server(app.agents_service, admin_server)
     access_pb2_grpc.add_AccessServicer_to_server(app.access_service, admin_server)
@@ -230,7 +186,7 @@ def _listen(app: App) -> _Listeners:
     addresses.update(
         listen=listen, admin_listen=admin, metrics_listen=f"{host}:{metrics.server_port}"
     )
-    return _Listeners(authz_server, admin_server, health_only, metrics, health_servicer, addresses)
+    return _Listeners(authz_server, admin_server, health_only, metrics, front.health, addresses)
 
 
 async def _shutdown(app: App, listeners: _Listeners, background: list[asyncio.Task[None]]) -> None:

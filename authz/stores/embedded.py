@@ -9,7 +9,7 @@ which the decision cache keys on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from authz.model import Agent, Grant, Revocation
 from authz.stores.cache import BoundedCache
@@ -104,6 +104,9 @@ class EmbeddedAgentStore:
     async def get_agent(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
 
+    async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent | None]:
+        return [self._agents.get(a) for a in agent_ids]
+
     async def add_agent(self, agent: Agent) -> bool:
         async with self._lock:
             if agent.id in self._agents:
@@ -139,3 +142,6 @@ class SeededRegistry:
 
     async def get(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
+
+    async def get_many(self, agent_ids: Sequence[str]) -> list[Agent | None]:
+        return [self._agents.get(a) for a in agent_ids]

@@ -6,6 +6,7 @@ tests hand the pipeline in-memory ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from authz.model import AccessRequest, Agent, Grant, Revocation
@@ -41,13 +42,20 @@ class GrantStore(Protocol):
 
 
 class AgentRegistry(Protocol):
-    """What the check path needs: one agent, by id."""
+    """What the check path needs: agents by id."""
 
     async def get(self, agent_id: str) -> Agent | None: ...
+    async def get_many(self, agent_ids: Sequence[str]) -> list[Agent | None]:
+        """Every agent of `agent_ids`, in order, in one read of the store."""
+        ...
 
 
 class AgentStore(Protocol):
     async def get_agent(self, agent_id: str) -> Agent | None: ...
+    async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent | None]:
+        """Every agent of `agent_ids`, in order (None: no such agent), in one round trip."""
+        ...
+
     async def add_agent(self, agent: Agent) -> bool:
         """Store `agent` unless one with its id exists; True if stored."""
         ...

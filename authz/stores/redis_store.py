@@ -41,7 +41,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -331,6 +331,20 @@ class RedisStore:
             raw = await self.redis.get(f"{PREFIX}agent:{agent_id}")
             return None if raw is None else Agent.from_json(raw)
 
+    async def get_agents(self, agent_ids: Sequence[str]) -> builtins.list[Agent | None]:
+        """One MGET for every agent (per hash slot on a Cluster, where agents spread)."""
+        if not agent_ids:
+            return []
+        keys = [f"{PREFIX}agent:{a}" for a in agent_ids]
+        with self._call("agents", "read"):
+            if self._replication.cluster:
+                raws = await self.redis.mget_nonatomic(keys)
+            else:
+                raws = await self.redis.mget(keys)
+            if not isinstance(raws, list) or len(raws) != len(keys):
+                raise ValueError(f"MGET of {len(keys)} agents answered `{raws!r}`"[:200])
+            return [None if raw is None else Agent.from_json(raw) for raw in raws]
+
     async def add_agent(self, agent: Agent) -> bool:
         with self._call("write"):
             added = await self.redis.set(f"{PREFIX}agent:{agent.id}", agent.to_json(), nx=True)
@@ -378,7 +392,7 @@ class RedisStore:
     async def list_agents(self) -> builtins.list[Agent]:
         with self._call("read"):
             ids = await self.redis.smembers(f"{PREFIX}agents")
-        agents = [await self.get_agent(i.decode()) for i in sorted(ids)]
+        agents = await self.get_agents([i.decode() for i in sorted(ids)])
         return [a for a in agents if a is not None]
 
     # durability -------------------------------------------------------------

@@ -8,6 +8,7 @@ bring it back).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from authz.model import Agent
@@ -22,6 +23,9 @@ class StoreRegistry:
 
     async def get(self, agent_id: str) -> Agent | None:
         return await self.store.get_agent(agent_id)
+
+    async def get_many(self, agent_ids: Sequence[str]) -> list[Agent | None]:
+        return await self.store.get_agents(agent_ids)
 
 
 async def seed(store: AgentStore, agents: dict[str, Agent], now: int) -> list[str]:

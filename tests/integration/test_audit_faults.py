@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.dev.upstream import DemoUpstream
 from authz.errors import AdminError
-from authz.server.serve import AUTHZ_SERVICE
+from authz.server.front import AUTHZ_SERVICE
 from tests.integration.conftest import (
     RECORDS,
     Response,

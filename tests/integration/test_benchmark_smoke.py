@@ -25,11 +25,18 @@ def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["targets"]) == {"envoy", "floor", "lasthop"}
+    assert set(results["targets"]) == {"envoy", "floor", "floor-threads", "lasthop", "lasthop-50ms"}
     for name, target in results["targets"].items():
         assert set(target["statuses"]) == {"200"}, (name, target["statuses"])
-        assert target["max_throughput_rps"] > 0
-    assert "| lasthop |" in (out / "report.md").read_text()
+        assert min(target["rps"]) > 0
+    # the default configuration, measured as a user gets it, against the floor of the same run
+    assert results["ratios"]["lasthop"]["floor"][0] > 0
+    assert {g["goal"].split(":")[0] for g in results["goals"]} >= {
+        "default (fsync always, receipts on)"
+    }
+    assert len(results["chain_depth"]["p50_us"][0]) == 4
+    text = (out / "report.md").read_text()
+    assert "| lasthop |" in text and "## Targets" in text
     assert (out / "latency.png").stat().st_size > 1000
 
 
