@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -465,6 +466,49 @@ def test_checks_the_windows_cannot_count_are_counted_late_not_lost(
     assert after.reason == "agent_suspended"
     (detected,) = rig.events("threat_detected")
     assert detected.detail["decision_id"] == swept[25].decision_id  # the 26th, as it happened
+
+
+def test_checks_answered_in_handler_threads_are_counted(
+    bundle: PolicyBundle, issuer: DemoIssuer
+) -> None:
+    """The threaded server answers a cached decision in the handler's thread
+    (`Pipeline.check_now`), where no event loop runs: observing it there raised
+    (`asyncio.get_running_loop`). It is queued, and the loop's flusher counts it."""
+    rig = make_rig(bundle, issuer)
+    patients = [f"p-{i}" for i in range(30)]
+
+    async def decide() -> list[Decision]:
+        await rig.grant(*patients)
+        rig.pipeline.detect = None  # decided here, observed below from threads
+        decided = [await rig.check(f"/patients/{p}/records") for p in patients]
+        rig.pipeline.detect = rig.monitor
+        return decided
+
+    decided = run(decide)
+    errors: list[RuntimeError] = []
+
+    def observe(batch: list[Decision]) -> None:
+        try:
+            for decision in batch:
+                rig.monitor.observe(decision)
+        except RuntimeError as err:  # what the handler thread would have raised
+            errors.append(err)
+
+    threads = [threading.Thread(target=observe, args=(decided[i::3],)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    async def on_the_loop() -> Decision:
+        await rig.monitor.flush()
+        await rig.monitor.responder.drain()
+        return await rig.check("/patients/p-0/records")
+
+    assert run(on_the_loop).reason == "agent_suspended"  # all 30 counted: over the line
+    (detected,) = rig.events("threat_detected")
+    assert detected.detail["evidence"]["count"] >= 26
 
 
 # --- the detectors, judged alone --------------------------------------------------------------

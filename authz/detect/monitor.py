@@ -27,9 +27,11 @@ until it takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,7 +101,9 @@ class Monitor:
         )
         self._tokens: BoundedCache[str, int] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
         self._hours: BoundedCache[str, WorkingHours] = BoundedCache(SNAPSHOT_ENTRIES)
-        self._pending: list[Seen] = []
+        # appended from the event loop and from the threaded server's handler threads (a
+        # cached decision answered off the loop): a deque, whose appends are thread-safe
+        self._pending: deque[Seen] = deque()
         self._backoff = MIN_BACKOFF
         self._flusher: asyncio.Task[None] | None = None  # started with the first observation
         self._wake: asyncio.Event | None = None
@@ -149,7 +153,9 @@ class Monitor:
     # --- after the decision -------------------------------------------------------------------
 
     def observe(self, decision: Decision) -> None:
-        """Queue the decision for the windows; never waits, never raises."""
+        """Queue the decision for the windows; never waits, never raises. From a thread
+        other than the event loop's (`Pipeline.check_now`), it is only queued: the flusher
+        looks every LINGER while idle."""
         obs = self._observation(decision)
         if obs is None:
             return
@@ -158,6 +164,10 @@ class Monitor:
                 self.observer.windows_failed()
             return
         self._pending.append(Seen.of(obs, decision))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a handler thread: asyncio's Event is not for it
         if self._wake is not None and self._flusher is not None and not self._flusher.done():
             self._wake.set()
         else:  # the first observation, or the loop the flusher ran on is gone (tests)
@@ -201,7 +211,11 @@ class Monitor:
         while True:
             wake.clear()
             if not self._pending:
-                await wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LINGER):  # handler threads queue without waking
+                        await wake.wait()
+                if not self._pending:
+                    continue
             pause = last + LINGER - loop.time()
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -220,11 +234,12 @@ class Monitor:
         return True
 
     async def _flush_batch(self) -> bool:
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(MAX_BATCH, len(pending)))]
         try:
             await self._judge(batch)
         except StoreUnavailable as err:
-            self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
+            pending.extendleft(reversed(batch[: max(0, MAX_PENDING - len(pending))]))
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             log.warning(
                 "detection windows: %s; %d checks wait",
