@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from authz import config
 from authz.audit.records import EventRecord, MemoryAudit, Record
+from authz.check.decisions import DecisionCache
 from authz.check.pipeline import Pipeline
 from authz.config import DetectSettings, IdentitySettings
 from authz.detect import detectors
@@ -634,3 +635,26 @@ def test_build_wires_the_example_and_a_cached_allow_never_outlives_a_containment
     assert run(go) == ["allowed", "agent_suspended"]
     hits = app.metrics.cache_requests.labels("decisions", "hit")._value.get()
     assert hits >= 1
+
+
+def test_a_cached_decision_never_outlives_the_risk_values_its_policy_read(
+    bundle: PolicyBundle, issuer: DemoIssuer
+) -> None:
+    """A write allowed and cached, then a burst of denials: the same write, in the same
+    second, is decided again (and refused by `probing-agents-never-write`), not served
+    from the decision cache with the values it was first decided on."""
+    rig = make_rig(bundle, issuer)
+    rig.pipeline.decisions = DecisionCache(lambda: rig.monitor.generation)
+    token = issuer.access_token("dr-alice", ["scribe"], purpose=PURPOSE)
+    write = check_input(token, method="POST", path=WRITE)
+
+    async def go() -> list[str]:
+        await rig.grant("p-1001", actions=("read", "write"))
+        reasons = [(await rig.pipeline.check(write)).reason]
+        reasons.append((await rig.pipeline.check(write)).reason)  # served from the cache
+        for i in range(11):
+            assert (await rig.check(f"/patients/p-{i}/records")).reason == "no_grant"
+        reasons.append((await rig.pipeline.check(write)).reason)
+        return reasons
+
+    assert run(go) == ["allowed", "allowed", "risk_probing"]

@@ -96,6 +96,7 @@ class Monitor:
         self.clock = clock
         # the last window values this replica saw: by agent, by (agent, user), by token
         self._values: BoundedCache[str, _Values] = BoundedCache(SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS)
+        self._changes = 0  # of the values below: part of `generation`
         self._pairs: BoundedCache[tuple[str, str], int] = BoundedCache(
             SNAPSHOT_ENTRIES, SNAPSHOT_SECONDS
         )
@@ -110,8 +111,9 @@ class Monitor:
 
     @property
     def generation(self) -> int:
-        """Moves on with every local containment and release: the decision cache keys on it."""
-        return self.responder.generation
+        """Moves on with every local containment and release and every change of the values
+        `context.risk` reads: the decision cache keys on it."""
+        return self.responder.generation + self._changes
 
     # --- the risk phase -----------------------------------------------------------------------
 
@@ -277,18 +279,24 @@ class Monitor:
         return resolved
 
     def _remember(self, obs: Observation, tally: Tally) -> None:
-        self._values.put(
-            obs.agent,
-            _Values(
-                tally.patients,
-                int(tally.requests / tally.baseline) if tally.baseline >= 1 else 0,
-                tally.denials,
-                tally.approval_required,
-            ),
+        """Keep the tally as `context.risk` reads it; a value that changed moves `generation`
+        on, so no cached decision outlives the values its policy read."""
+        values = _Values(
+            tally.patients,
+            int(tally.requests / tally.baseline) if tally.baseline >= 1 else 0,
+            tally.denials,
+            tally.approval_required,
         )
-        self._pairs.put((obs.agent, obs.user), tally.user_patients)
+        changed = self._values.get(obs.agent) != values
+        self._values.put(obs.agent, values)
+        pair = (obs.agent, obs.user)
+        changed |= self._pairs.get(pair) != tally.user_patients
+        self._pairs.put(pair, tally.user_patients)
         if obs.token:
+            changed |= self._tokens.get(obs.token) != tally.token_denials
             self._tokens.put(obs.token, tally.token_denials)
+        if changed:
+            self._changes += 1
 
     async def close(self, grace: float = CLOSE_SECONDS) -> None:
         """Flush what is queued and let the responses under way finish, for up to `grace`."""
