@@ -198,11 +198,14 @@ def test_demo_contains_the_sweep_on_both_replicas_within_a_second(demo: Demo) ->
     )
     assert timing is not None, out
     assert float(timing.group(1)) < 1000 and float(timing.group(2)) < 1000, timing.group(0)
-    assert re.search(
-        r"threat_detected +scribe by lasthop: breadth/patients: \{\"count\": 26, "
+    # The event names the first check judged over the line that claimed the detection: the
+    # sweep's 26th patient, or replica B's own check judged a moment later (26 or more).
+    detected = re.search(
+        r"threat_detected +scribe by lasthop: breadth/patients: \{\"count\": (\d+), "
         r"\"entity\": \"Patient\", \"threshold\": 25, \"window_seconds\": 600\}",
         out,
-    ), out
+    )
+    assert detected is not None and int(detected.group(1)) > 25, out
     assert re.search(r"agent_suspended +scribe by lasthop: breadth/patients", out), out
     assert re.search(r"agent_resumed +scribe by ops-admin", out), out
     # the fleet's files are kept with the rest, under detect/
