@@ -110,6 +110,9 @@ TARGETS = {
         env=(ANY_METRICS_PORT, ("LASTHOP_AUDIT_FSYNC", "50ms")),
         serve_args=("--workers", "2"),
     ),
+    "lasthop-nodetect": Spec(
+        "lasthop", "Lasthop, defaults without detection", env=(("LASTHOP_DETECT_ENABLED", "false"),)
+    ),
     "lasthop-noreceipts": Spec(
         "lasthop", "Lasthop, fsync always, receipts off", env=(("LASTHOP_AUDIT_RECEIPTS", "false"),)
     ),
