@@ -40,8 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from authz.audit.receipts import Unsigned
-from authz.audit.records import Committed, Record
+from report import paired_rounds
+
+from authz.audit.records import NullAudit
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -54,11 +55,6 @@ from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "clinical-documentation"
-
-
-class Null:
-    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
-        return Committed(True)
 
 
 def build(issuer: DemoIssuer) -> tuple[Pipeline, str]:
@@ -88,7 +84,7 @@ def build(issuer: DemoIssuer) -> tuple[Pipeline, str]:
         bundle=bundle,
         registry=SeededRegistry(bundle.agents),
         store=store,
-        audit=Null(),
+        audit=NullAudit(),
     )
     return pipeline, connect_id
 
@@ -134,22 +130,9 @@ def latency(checks: int, rounds: int) -> dict[str, Any]:
     reqs = requests(token, connect_id)
     samples(pipeline, reqs, 200, cold=False)  # warm up both paths
     report: dict[str, Any] = {"checks": checks, "rounds": rounds}
-    for regime, cold in (("warm", False), ("cold", True)):
-        per_round = []
-        for _ in range(rounds):
-            both = samples(pipeline, reqs, checks, cold)
-            get = statistics.median(both["get"]) * 1e6
-            conn = statistics.median(both["connection"]) * 1e6
-            per_round.append({"get_p50_us": get, "connection_p50_us": conn, "ratio": conn / get})
-        ratios = [r["ratio"] for r in per_round]
-        report[regime] = {
-            "rounds": per_round,
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-            "get_p50_us": statistics.median(r["get_p50_us"] for r in per_round),
-            "connection_p50_us": statistics.median(r["connection_p50_us"] for r in per_round),
-        }
+    report |= paired_rounds(
+        lambda cold: samples(pipeline, reqs, checks, cold), "get", "connection", rounds
+    )
     return report
 
 

@@ -43,7 +43,7 @@ import procstat
 from run import Stack
 
 from authz._proto import grants_pb2 as pb
-from authz.audit.records import Committed
+from authz.audit.records import NullAudit
 from authz.check import keys as jwks
 from authz.check.decisions import DecisionCache
 from authz.check.pipeline import Pipeline
@@ -68,11 +68,6 @@ PATIENTS = [f"p-{1001 + i}" for i in range(10)]
 CHAIN = ["orchestrator", "scribe"]
 EXAMPLE = DetectSettings(breadth_response="suspend")
 TOKEN_TTL = 1200  # under detect.hygiene_token_lifetime: the benchmark is not a hygiene event
-
-
-class Null:
-    async def commit(self, record: Any, receipt: Any = None) -> Committed:
-        return Committed(True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -112,7 +107,7 @@ class Variant:
         self.monitor = None
         if windows is not None:
             responder = Responder(
-                settings=EXAMPLE, windows=windows, agents=agents, grants=grants, audit=Null()
+                settings=EXAMPLE, windows=windows, agents=agents, grants=grants, audit=NullAudit()
             )
             self.monitor = Monitor(EXAMPLE, windows, responder, StoreRegistry(agents))
         monitor = self.monitor
@@ -122,7 +117,7 @@ class Variant:
             bundle=bundle,
             registry=StoreRegistry(agents),
             store=grants,
-            audit=Null(),
+            audit=NullAudit(),
             detect=monitor,
             decisions=DecisionCache(
                 lambda: generation.value + (monitor.generation if monitor else 0)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz.audit.records import Committed
+from authz.audit.records import NullAudit
 from authz.check import keys as jwks
 from authz.config import DetectSettings, IdentitySettings
 from authz.detect.monitor import Monitor
@@ -171,13 +171,13 @@ async def simulate(days: int, rng: random.Random) -> Counts:
     await agents.put_agent(dataclasses.replace(scribe, hours="Mon-Fri 07:00-19:00"))
     grants, windows = EmbeddedGrantStore(clock), EmbeddedWindows(clock)
     responder = Responder(settings=SETTINGS, windows=windows, agents=agents, grants=grants,
-                          audit=_Null(), observer=counts, clock=clock)  # fmt: skip
+                          audit=NullAudit(), observer=counts, clock=clock)  # fmt: skip
     monitor = Monitor(SETTINGS, windows, responder, StoreRegistry(agents), counts, clock)
     keys = jwks.StaticKeys(
         jwks.parse_jwks(json.dumps({"keys": [issuer.public_jwk]}), ("ES256",), "fp")
     )
     pipeline = assemble(ident=IdentitySettings(), keys=keys, bundle=bundle,
-                        registry=StoreRegistry(agents), store=grants, audit=_Null(),
+                        registry=StoreRegistry(agents), store=grants, audit=NullAudit(),
                         clock=clock, detect=monitor)  # fmt: skip
     requests: list[tuple[float, str, str, str]] = []
     for n, task in enumerate(plan(days, rng)):
@@ -200,11 +200,6 @@ async def simulate(days: int, rng: random.Random) -> Counts:
         await monitor.flush()
         await responder.drain()
     return counts
-
-
-class _Null:
-    async def commit(self, record: object, receipt: object = None) -> Committed:
-        return Committed(True)
 
 
 def report(counts: Counts, days: int) -> str:

@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from authz.audit.receipts import Unsigned
-from authz.audit.records import Committed, Record
+from report import paired_rounds
+
+from authz.audit.records import NullAudit
 from authz.check import keys as jwks
 from authz.check import mcp
 from authz.check.pipeline import Pipeline
@@ -45,11 +46,6 @@ from authz.stores.embedded import EmbeddedGrantStore, SeededRegistry
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "clinical-documentation"
 TARGET = 1.2
-
-
-class Null:
-    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
-        return Committed(True)
 
 
 def build(issuer: DemoIssuer) -> Pipeline:
@@ -71,7 +67,7 @@ def build(issuer: DemoIssuer) -> Pipeline:
         bundle=bundle,
         registry=SeededRegistry(bundle.agents),
         store=store,
-        audit=Null(),
+        audit=NullAudit(),
     )
 
 
@@ -133,22 +129,9 @@ def run(checks: int, rounds: int) -> dict[str, Any]:
     requests = Requests(token)
     samples(pipeline, requests, 200, cold=False)  # warm up both paths
     report: dict[str, Any] = {"checks": checks, "rounds": rounds, "target": TARGET}
-    for regime, cold in (("warm", False), ("cold", True)):
-        per_round = []
-        for _ in range(rounds):
-            both = samples(pipeline, requests, checks, cold)
-            get = statistics.median(both["get"]) * 1e6
-            tool = statistics.median(both["mcp"]) * 1e6
-            per_round.append({"get_p50_us": get, "mcp_p50_us": tool, "ratio": tool / get})
-        ratios = [r["ratio"] for r in per_round]
-        report[regime] = {
-            "rounds": per_round,
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-            "get_p50_us": statistics.median(r["get_p50_us"] for r in per_round),
-            "mcp_p50_us": statistics.median(r["mcp_p50_us"] for r in per_round),
-        }
+    report |= paired_rounds(
+        lambda cold: samples(pipeline, requests, checks, cold), "get", "mcp", rounds
+    )
     report["parse_p50_us"] = parse_p50(requests, pipeline, checks)
     return report
 

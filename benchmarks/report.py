@@ -15,6 +15,33 @@ QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
 OPA_ENVOY_P99_MS = 3.0  # OPA-Envoy's published p99 at 1,000 req/s
 
 
+def paired_rounds(
+    sample: Callable[[bool], dict[str, list[float]]], base: str, other: str, rounds: int
+) -> dict[str, Any]:
+    """Two kinds of check measured alternating (`sample(cold)`: latencies by kind), warm (the
+    memos on, as a server runs) and cold (cleared before each check): per round each kind's
+    p50 in µs and `other / base`, then the ratios' median and range."""
+    report: dict[str, Any] = {}
+    for regime, cold in (("warm", False), ("cold", True)):
+        per_round = []
+        for _ in range(rounds):
+            both = sample(cold)
+            a, b = (statistics.median(both[kind]) * 1e6 for kind in (base, other))
+            per_round.append({f"{base}_p50_us": a, f"{other}_p50_us": b, "ratio": b / a})
+        ratios = [r["ratio"] for r in per_round]
+        report[regime] = {
+            "rounds": per_round,
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            **{
+                f"{kind}_p50_us": statistics.median(r[f"{kind}_p50_us"] for r in per_round)
+                for kind in (base, other)
+            },
+        }
+    return report
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """q in [0, 1] of latencies in seconds -> milliseconds."""
     if not values:

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from authz.audit.receipts import Unsigned
-from authz.audit.records import Committed, Record
+from authz.audit.records import NullAudit
 from authz.check import keys as jwks
 from authz.check.pipeline import Pipeline
 from authz.config import IdentitySettings
@@ -64,11 +63,6 @@ when {{ context has grant }};
 """
 
 
-class Null:
-    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
-        return Committed(True)
-
-
 def uncached(p: Pipeline) -> None:
     """Forget every memo the fast path keeps, so each check pays its full cost."""
     p.bundle = p.bundle  # a new policy engine: its memos start empty
@@ -90,7 +84,7 @@ def pipeline(
         bundle=bundle,
         registry=SeededRegistry(agents) if isinstance(agents, dict) else agents,
         store=store,
-        audit=Null(),
+        audit=NullAudit(),
     )
 
 

@@ -217,6 +217,14 @@ class BlockingSink(Protocol):
         ...
 
 
+class NullAudit:
+    """Takes every record and keeps none, signing no receipt: the pipeline measured without
+    its trail (benchmarks)."""
+
+    async def commit(self, record: Record, receipt: Unsigned | None = None) -> Committed:
+        return Committed(True)
+
+
 class MemoryAudit:
     """Keeps records in a list (a repeat as the whole record); signs each receipt alone. Tests."""
 

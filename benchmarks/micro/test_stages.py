@@ -20,7 +20,7 @@ import pytest
 
 from authz.audit.chain import Head
 from authz.audit.receipts import ReceiptSigner
-from authz.audit.records import AuditRecord, Committed, Repeat
+from authz.audit.records import AuditRecord, NullAudit, Repeat
 from authz.audit.signing import SigningKey
 from authz.audit.templates import Templates
 from authz.audit.trail import TrailOptions
@@ -199,7 +199,7 @@ def test_detect_signals(benchmark: Any, es: DemoIssuer) -> None:
     settings = DetectSettings()
     responder = Responder(
         settings=settings, windows=windows, agents=agents, grants=EmbeddedGrantStore(time.time),
-        audit=Null(),
+        audit=NullAudit(),
     )  # fmt: skip
     monitor = Monitor(settings, windows, responder, StoreRegistry(agents))
     verifier = identity.AccessTokenVerifier(keys_for(es), rules(), time.time)
@@ -224,8 +224,3 @@ def test_detect_window_record(benchmark: Any) -> None:
 
     # the work of `record` for one observation, without an event loop around it
     assert benchmark(windows._one, observation, spec).patients == 1
-
-
-class Null:
-    async def commit(self, record: object, receipt: object = None) -> Committed:
-        return Committed(True)
